@@ -1,0 +1,87 @@
+"""Database engines: which one a URL names, and binding it to every table.
+
+Piccolo finds its engine through ``piccolo_conf``; Switchboard's conf
+(``functions.core.db.conf``) builds it from the settings. :func:`use_engine` swaps the
+engine at run time (tests run the same services on PostgreSQL and SQLite in one process),
+which means re-pointing the conf module and every table that cached the old one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from piccolo.apps.migrations.tables import Migration
+from piccolo.engine.base import Engine
+from piccolo.engine.postgres import PostgresEngine
+from piccolo.engine.sqlite import SQLiteEngine, TransactionType
+
+# SQLite: wait for a writer instead of failing at once with "database is locked".
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+def sqlite_path(url: str) -> Path:
+    """``sqlite:///rel/path`` is relative to the working directory; ``sqlite:////abs`` is absolute."""
+    return Path(url.removeprefix("sqlite:///"))
+
+
+def engine_from_url(url: str) -> Engine:
+    """Build (but do not connect) the Piccolo engine a database URL names."""
+    if url.startswith("sqlite:///"):
+        path = sqlite_path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return SQLiteEngine(path=str(path), timeout=SQLITE_BUSY_TIMEOUT_S)
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresEngine(config={"dsn": url})
+    raise ValueError(f"unsupported database URL scheme: {urlsplit(url).scheme or url!r}")
+
+
+def describe_url(url: str) -> str:
+    """The URL without its password, for logs and CLI output."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+def use_engine(engine: Engine) -> None:
+    """Point Piccolo's engine finder and every Switchboard table at ``engine``."""
+    from functions.core.db import conf
+    from functions.core.db.tables import ALL_TABLES
+
+    conf.DB = engine
+    os.environ["PICCOLO_CONF"] = conf.__name__
+    for table in (*ALL_TABLES, Migration):
+        table._meta.db = engine
+
+
+def current_engine() -> Engine:
+    from functions.core.db import conf
+
+    return conf.DB
+
+
+async def open_pool(engine: Engine, *, min_size: int = 1, max_size: int = 20) -> None:
+    if isinstance(engine, PostgresEngine):
+        await engine.start_connection_pool(min_size=min_size, max_size=max_size)
+
+
+async def close_pool(engine: Engine) -> None:
+    if isinstance(engine, PostgresEngine) and engine.pool is not None:
+        await engine.close_connection_pool()
+
+
+def write_transaction(engine: Engine | None = None) -> Any:
+    """A transaction that takes SQLite's write lock up front.
+
+    SQLite's default deferred transactions upgrade to a write lock on the first write and
+    fail with "database is locked" when two connections race to upgrade; ``IMMEDIATE``
+    queues them instead. PostgreSQL uses row locks, so a plain transaction is right there.
+    """
+    engine = engine or current_engine()
+    if isinstance(engine, SQLiteEngine):
+        return engine.transaction(transaction_type=TransactionType.immediate)
+    return engine.transaction()

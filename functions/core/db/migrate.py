@@ -1,0 +1,80 @@
+"""Applying and undoing Piccolo migrations from code (the CLI, tests, the quick start).
+
+Piccolo's runners print progress with ``print``; we capture that and report a structured
+result instead, so ``switchboard db migrate`` can say exactly what it did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from itertools import chain
+
+import msgspec
+from piccolo.apps.migrations.commands.backwards import BackwardsMigrationManager
+from piccolo.apps.migrations.commands.check import CheckMigrationManager
+from piccolo.apps.migrations.commands.forwards import ForwardsMigrationManager
+from piccolo.apps.migrations.commands.new import AutoMigrationManager
+from piccolo.engine.base import Engine
+
+from functions.core.db.engine import use_engine
+from functions.core.errors import SwitchboardError
+
+APP_NAME = "core"
+
+
+class MigrationError(SwitchboardError):
+    code = "migration_failed"
+
+
+class MigrationReport(msgspec.Struct, frozen=True):
+    applied: list[str]
+    already_applied: list[str]
+    output: str = ""
+
+
+async def migration_status(engine: Engine) -> dict[str, bool]:
+    """Each migration id, in order, and whether it has been applied."""
+    use_engine(engine)
+    statuses = await CheckMigrationManager(app_name=APP_NAME).get_migration_statuses()
+    return {status.migration_id: status.has_ran for status in statuses}
+
+
+async def migrate(engine: Engine) -> MigrationReport:
+    """Apply every migration not yet applied, each in its own transaction."""
+    before = await migration_status(engine)
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        result = await ForwardsMigrationManager(app_name=APP_NAME).run()
+    if not result.success:
+        raise MigrationError(f"migration failed: {result.message or captured.getvalue()}")
+    after = await migration_status(engine)
+    return MigrationReport(
+        applied=[mid for mid, ran in after.items() if ran and not before.get(mid, False)],
+        already_applied=[mid for mid, ran in before.items() if ran],
+        output=captured.getvalue(),
+    )
+
+
+async def rollback(engine: Engine, migration_id: str = "all") -> list[str]:
+    """Undo migrations newest first down to ``migration_id`` (``all``: every one)."""
+    before = await migration_status(engine)
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        result = await BackwardsMigrationManager(
+            app_name=APP_NAME, migration_id=migration_id, auto_agree=True
+        ).run()
+    if not result.success:
+        raise MigrationError(f"rollback failed: {result.message or captured.getvalue()}")
+    after = await migration_status(engine)
+    return [mid for mid, ran in before.items() if ran and not after.get(mid, False)]
+
+
+async def schema_drift(engine: Engine) -> list[str]:
+    """Statements a new auto migration would contain; empty when tables match migrations."""
+    use_engine(engine)
+    manager = AutoMigrationManager()
+    app_config = manager.get_app_config(app_name=APP_NAME)
+    with contextlib.redirect_stdout(io.StringIO()):
+        alter = await manager.get_alter_statements(app_config=app_config)
+    return list(chain.from_iterable(statement.statements for statement in alter))

@@ -1,0 +1,107 @@
+"""Switchboard's tables. Only the services in ``functions.core.<domain>`` touch these.
+
+PostgreSQL types where they matter (UUID ids, timestamptz, JSONB); Piccolo maps each to an
+equivalent on SQLite. Composite, ordered, partial and composite-unique indexes live in a raw-SQL migration
+(``piccolo_migrations/core_2026_11_26t05_20_00_indexes.py``): Piccolo's ``Unique``
+constraint is emitted as ``ALTER TABLE ... ADD CONSTRAINT``, which SQLite cannot run.
+"""
+
+from __future__ import annotations
+
+from piccolo.columns import (
+    JSONB,
+    UUID,
+    Array,
+    BigInt,
+    Boolean,
+    DoublePrecision,
+    ForeignKey,
+    Integer,
+    OnDelete,
+    Text,
+    Timestamptz,
+    Varchar,
+)
+from piccolo.columns.defaults.timestamptz import TimestamptzNow
+from piccolo.table import Table
+
+
+class ApiKey(Table, tablename="api_key"):
+    """A caller's credential. Only a SHA-256 hash of the secret is stored."""
+
+    id = UUID(primary_key=True)
+    name = Varchar(length=100)
+    # The first characters of the secret, shown in listings and used to find the row.
+    prefix = Varchar(length=16, index=True)
+    key_hash = Varchar(length=64, unique=True)
+    scopes = Array(base_column=Varchar(length=16))
+    created_at = Timestamptz(default=TimestamptzNow())
+    last_used_at = Timestamptz(null=True, default=None)
+    revoked_at = Timestamptz(null=True, default=None)
+
+
+class LLMConfig(Table, tablename="llm_config"):
+    """One immutable version of a named LLM configuration.
+
+    Editing a configuration inserts the next version; messages point at the exact row
+    that produced them. ``is_default`` is only ever set on the latest version of one name.
+    """
+
+    id = UUID(primary_key=True)
+    name = Varchar(length=100, index=True)
+    version = Integer()
+    model = Varchar(length=200)
+    temperature = DoublePrecision(null=True, default=None)
+    top_p = DoublePrecision(null=True, default=None)
+    max_tokens = Integer(null=True, default=None)
+    stop = Array(base_column=Text(), null=True, default=None)
+    seed = BigInt(null=True, default=None)
+    system_prompt = Text(null=True, default=None)
+    history_window = Integer(null=True, default=None)
+    extra = JSONB(default={})
+    is_default = Boolean(default=False)
+    created_at = Timestamptz(default=TimestamptzNow())
+    archived_at = Timestamptz(null=True, default=None)
+
+
+class Conversation(Table, tablename="conversation"):
+    """A chat thread owned by one API key."""
+
+    id = UUID(primary_key=True)
+    owner_key = ForeignKey(references=ApiKey, on_delete=OnDelete.cascade, index=True)
+    config_name = Varchar(length=100, null=True, default=None)
+    title = Varchar(length=500, default="")
+    metadata = JSONB(default={})
+    # The last message sequence number handed out; bumped under a row lock so concurrent
+    # sends get distinct, gap-free numbers.
+    last_seq = Integer(default=0)
+    created_at = Timestamptz(default=TimestamptzNow())
+    updated_at = Timestamptz(default=TimestamptzNow(), index=True)
+
+
+class Message(Table, tablename="message"):
+    """One turn of a conversation, with everything needed to audit how it was produced."""
+
+    id = UUID(primary_key=True)
+    conversation = ForeignKey(references=Conversation, on_delete=OnDelete.cascade)
+    seq = Integer()
+    role = Varchar(length=16)
+    content = Text(default="")
+    status = Varchar(length=16, default="complete")
+    llm_config = ForeignKey(
+        references=LLMConfig, on_delete=OnDelete.restrict, null=True, default=None
+    )
+    model = Varchar(length=200, null=True, default=None)
+    prompt_tokens = Integer(null=True, default=None)
+    completion_tokens = Integer(null=True, default=None)
+    latency_ms = DoublePrecision(null=True, default=None)
+    ttft_ms = DoublePrecision(null=True, default=None)
+    finish_reason = Varchar(length=32, null=True, default=None)
+    error_code = Varchar(length=64, null=True, default=None)
+    error_message = Text(null=True, default=None)
+    upstream_request_id = Varchar(length=200, null=True, default=None)
+    created_at = Timestamptz(default=TimestamptzNow(), index=True)
+    completed_at = Timestamptz(null=True, default=None)
+
+
+ALL_TABLES: tuple[type[Table], ...] = (ApiKey, LLMConfig, Conversation, Message)

@@ -1,0 +1,58 @@
+"""One exception hierarchy for everything Switchboard raises on purpose.
+
+Each error carries the HTTP status and the stable machine-readable ``code`` it maps to, so
+the web layer (``functions.core.web``) can turn any of them into the one JSON error shape
+without a table of special cases. Services, the CLI and flows raise these; nothing else
+should need to know about HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class SwitchboardError(Exception):
+    """Base class: a failure with a status, a code and a message a person can act on."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = details or {}
+
+
+class InvalidInputError(SwitchboardError):
+    status_code = 400
+    code = "validation_error"
+
+
+class AuthenticationError(SwitchboardError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class PermissionDeniedError(SwitchboardError):
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFoundError(SwitchboardError):
+    status_code = 404
+    code = "not_found"
+
+
+class ConflictError(SwitchboardError):
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLargeError(SwitchboardError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class DatabaseUnavailableError(SwitchboardError):
+    status_code = 503
+    code = "database_unavailable"

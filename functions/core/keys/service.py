@@ -1,0 +1,107 @@
+"""API keys: create, list, revoke, and authenticate a presented secret.
+
+Secrets are 256-bit random tokens, so a single SHA-256 is the right hash (a slow KDF guards
+low-entropy passwords, not these). Lookup goes by the displayable prefix; the stored hash
+is compared in constant time. The plaintext exists only in the ``ApiKeyCreated`` result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+
+from functions.core.db.tables import ApiKey
+from functions.core.errors import AuthenticationError, NotFoundError
+from functions.core.keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, Principal
+
+SECRET_PREFIX = "sb-"
+PREFIX_LENGTH = 12  # "sb-" plus 9 random characters: enough to find the row, useless alone
+# Write last_used_at at most this often per key, so authentication stays a read.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+_KEY_COLUMNS = (
+    ApiKey.id,
+    ApiKey.name,
+    ApiKey.prefix,
+    ApiKey.scopes,
+    ApiKey.created_at,
+    ApiKey.last_used_at,
+    ApiKey.revoked_at,
+)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+async def create_key(data: ApiKeyCreate) -> ApiKeyCreated:
+    """Create a key and return it with its secret, the only time the secret is available."""
+    secret = new_secret()
+    scopes = sorted(set(data.scopes))
+    row = ApiKey(
+        name=data.name.strip(),
+        prefix=secret[:PREFIX_LENGTH],
+        key_hash=hash_secret(secret),
+        scopes=scopes,
+    )
+    await row.save()
+    key = await _get(row.id)
+    return ApiKeyCreated(**msgspec.structs.asdict(key), secret=secret)
+
+
+async def list_keys(*, include_revoked: bool = True) -> list[ApiKeyOut]:
+    query = ApiKey.select(*_KEY_COLUMNS).order_by(ApiKey.created_at)
+    if not include_revoked:
+        query = query.where(ApiKey.revoked_at.is_null())
+    return msgspec.convert(await query, list[ApiKeyOut])
+
+
+async def revoke_key(key_id: uuid.UUID) -> ApiKeyOut:
+    """Revoke a key; effective for the next request. Revoking twice keeps the first time."""
+    await ApiKey.update({ApiKey.revoked_at: datetime.now(UTC)}).where(
+        (ApiKey.id == key_id) & ApiKey.revoked_at.is_null()
+    )
+    return await _get(key_id)
+
+
+async def _get(key_id: uuid.UUID) -> ApiKeyOut:
+    row = await ApiKey.select(*_KEY_COLUMNS).where(ApiKey.id == key_id).first()
+    if row is None:
+        raise NotFoundError(f"API key {key_id} does not exist", details={"id": str(key_id)})
+    return msgspec.convert(row, ApiKeyOut)
+
+
+async def authenticate(secret: str) -> Principal:
+    """Resolve a presented secret to its key, or raise :class:`AuthenticationError`."""
+    if not secret.startswith(SECRET_PREFIX) or len(secret) < PREFIX_LENGTH + 8:
+        raise AuthenticationError(
+            "malformed API key: expected 'Authorization: Bearer sb-...'",
+        )
+    presented = hash_secret(secret)
+    candidates = await ApiKey.select(
+        ApiKey.id, ApiKey.name, ApiKey.key_hash, ApiKey.scopes, ApiKey.revoked_at,
+        ApiKey.last_used_at,
+    ).where(ApiKey.prefix == secret[:PREFIX_LENGTH])
+    match = None
+    for row in candidates:
+        # Compare every candidate so timing does not depend on which one matched.
+        if hmac.compare_digest(row["key_hash"], presented):
+            match = row
+    if match is None:
+        raise AuthenticationError("unknown API key")
+    if match["revoked_at"] is not None:
+        raise AuthenticationError("this API key has been revoked")
+    now = datetime.now(UTC)
+    last_used = match["last_used_at"]
+    if last_used is None or now - last_used > LAST_USED_RESOLUTION:
+        await ApiKey.update({ApiKey.last_used_at: now}).where(ApiKey.id == match["id"])
+    return Principal(key_id=match["id"], name=match["name"], scopes=frozenset(match["scopes"]))

@@ -1,0 +1,154 @@
+"""Settings: one frozen Struct, read once from ``SWITCHBOARD_*`` environment variables.
+
+Only the process edges (the CLI, an app factory, a flow entry point) call
+:func:`load_settings`; everything below them is handed the Struct. A bad or unknown
+variable stops start-up with one line that names it (:class:`SettingsError`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+PREFIX = "SWITCHBOARD_"
+DEFAULT_DATABASE_URL = "sqlite:///.switchboard/switchboard.sqlite"
+DEFAULT_LLM_URL = "http://127.0.0.1:8000/v1"
+
+PositiveFloat = Annotated[float, Meta(gt=0)]
+PositiveInt = Annotated[int, Meta(gt=0)]
+
+
+class SettingsError(Exception):
+    """A configuration problem, phrased as the one line start-up prints before it stops."""
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Every knob Switchboard reads from its environment.
+
+    Each field ``name`` is set by the variable ``SWITCHBOARD_<NAME>``.
+    """
+
+    database_url: str = DEFAULT_DATABASE_URL
+    database_pool_min: Annotated[int, Meta(ge=0)] = 1
+    database_pool_max: PositiveInt = 20
+
+    llm_urls: tuple[str, ...] = (DEFAULT_LLM_URL,)
+    llm_api_key: str | None = None
+    llm_connect_timeout_s: PositiveFloat = 5.0
+    llm_first_token_timeout_s: PositiveFloat = 60.0
+    llm_token_timeout_s: PositiveFloat = 30.0
+    llm_total_timeout_s: PositiveFloat = 600.0
+    llm_max_retries: Annotated[int, Meta(ge=0)] = 2
+    llm_max_inflight_per_upstream: PositiveInt = 256
+    llm_eject_after_failures: PositiveInt = 3
+    llm_eject_cooldown_s: PositiveFloat = 10.0
+    llm_simulated: bool = False
+
+    log_format: Literal["json", "console"] | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8080
+    max_body_bytes: PositiveInt = 1024 * 1024
+    send_lock_timeout_s: PositiveFloat = 30.0
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite:")
+
+    @property
+    def resolved_log_format(self) -> Literal["json", "console"]:
+        if self.log_format is not None:
+            return self.log_format
+        return "console" if sys.stderr.isatty() else "json"
+
+
+_FIELDS = {name.upper(): name for name in Settings.__struct_fields__}
+_TUPLE_FIELDS = {"llm_urls"}
+
+
+def env_name(field: str) -> str:
+    return PREFIX + field.upper()
+
+
+def _read_dotenv(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, dotenv: Path | None = Path(".env")
+) -> Settings:
+    """Build :class:`Settings` from ``environ`` (default ``os.environ``) and a ``.env`` file.
+
+    Real environment variables win over the ``.env`` file. Raises :class:`SettingsError`
+    naming the offending variable for an unknown ``SWITCHBOARD_*`` name or a bad value.
+    """
+    source: dict[str, str] = _read_dotenv(dotenv) if dotenv is not None else {}
+    source.update(os.environ if environ is None else environ)
+
+    raw: dict[str, object] = {}
+    for key, value in source.items():
+        if not key.startswith(PREFIX):
+            continue
+        suffix = key.removeprefix(PREFIX)
+        field = _FIELDS.get(suffix)
+        if field is None:
+            guess = difflib.get_close_matches(suffix, _FIELDS, n=1)
+            hint = f" (did you mean {PREFIX}{guess[0]}?)" if guess else ""
+            raise SettingsError(f"unknown setting {key}{hint}")
+        if field in _TUPLE_FIELDS:
+            raw[field] = tuple(part.strip().rstrip("/") for part in value.split(",") if part.strip())
+        elif value == "" and field in {"llm_api_key", "log_format"}:
+            raw[field] = None
+        elif field == "log_level":
+            raw[field] = value.upper()
+        else:
+            raw[field] = value
+
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_describe(exc, raw)) from None
+    _check(settings)
+    return settings
+
+
+def _describe(exc: msgspec.ValidationError, raw: Mapping[str, object]) -> str:
+    text = str(exc)
+    for field in raw:
+        if f"`$.{field}`" in text or f"`$.{field}[" in text:
+            reason = text.split(" - at ")[0]
+            return f"invalid {env_name(field)}={raw[field]!r}: {reason}"
+    return f"invalid settings: {text}"
+
+
+def _check(settings: Settings) -> None:
+    url = settings.database_url
+    if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise SettingsError(
+            f"invalid {env_name('database_url')}={url!r}: "
+            "expected postgresql://user@host:port/db or sqlite:///path/to/file.sqlite"
+        )
+    if not settings.llm_urls:
+        raise SettingsError(f"invalid {env_name('llm_urls')}: give at least one vLLM base URL")
+    for llm_url in settings.llm_urls:
+        if not llm_url.startswith(("http://", "https://")):
+            raise SettingsError(
+                f"invalid {env_name('llm_urls')} entry {llm_url!r}: "
+                "expected an http(s) base URL such as http://127.0.0.1:8000/v1"
+            )
+    if settings.database_pool_min > settings.database_pool_max:
+        raise SettingsError(
+            f"invalid {env_name('database_pool_min')}: larger than {env_name('database_pool_max')}"
+        )
