@@ -10,13 +10,17 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 import structlog
 
-_SECRET_KEYS = re.compile(r"(authorization|api_key|apikey|secret|password|token_hash|key_hash)", re.I)
+if TYPE_CHECKING:
+    from collections.abc import MutableMapping
+
+_SECRET_KEYS = re.compile(
+    r"(authorization|api_key|apikey|secret|password|token_hash|key_hash)", re.I
+)
 _BEARER = re.compile(r"(Bearer\s+)\S+", re.I)
 _SB_KEY = re.compile(r"\bsb-[A-Za-z0-9_\-]{8,}")
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")

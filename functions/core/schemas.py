@@ -26,7 +26,7 @@ class Output(msgspec.Struct, kw_only=True):
     """Base for service results and response bodies."""
 
 
-class Page(Output, Generic[T]):
+class Page(Output, Generic[T], kw_only=True):
     """One page of a listing; pass ``next_cursor`` back to get the next one."""
 
     data: list[T]

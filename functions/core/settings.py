@@ -10,12 +10,14 @@ from __future__ import annotations
 import difflib
 import os
 import sys
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
 from msgspec import Meta
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 PREFIX = "SWITCHBOARD_"
 DEFAULT_DATABASE_URL = "sqlite:///.switchboard/switchboard.sqlite"
@@ -108,7 +110,9 @@ def load_settings(
             hint = f" (did you mean {PREFIX}{guess[0]}?)" if guess else ""
             raise SettingsError(f"unknown setting {key}{hint}")
         if field in _TUPLE_FIELDS:
-            raw[field] = tuple(part.strip().rstrip("/") for part in value.split(",") if part.strip())
+            raw[field] = tuple(
+                part.strip().rstrip("/") for part in value.split(",") if part.strip()
+            )
         elif value == "" and field in {"llm_api_key", "log_format"}:
             raw[field] = None
         elif field == "log_level":
@@ -128,7 +132,7 @@ def _describe(exc: msgspec.ValidationError, raw: Mapping[str, object]) -> str:
     text = str(exc)
     for field in raw:
         if f"`$.{field}`" in text or f"`$.{field}[" in text:
-            reason = text.split(" - at ")[0]
+            reason = text.split(" - at ", maxsplit=1)[0]
             return f"invalid {env_name(field)}={raw[field]!r}: {reason}"
     return f"invalid settings: {text}"
 

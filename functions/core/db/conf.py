@@ -7,12 +7,16 @@ works from any directory. ``DB`` is reassigned by :func:`functions.core.db.engin
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from piccolo.conf.apps import AppRegistry
-from piccolo.engine.base import Engine
 
 from functions.core.db.engine import engine_from_url
 from functions.core.settings import load_settings
 
-DB: Engine = engine_from_url(load_settings().database_url)
+if TYPE_CHECKING:
+    from piccolo.engine.base import Engine
+
+DB: Engine[Any] = engine_from_url(load_settings().database_url)
 
 APP_REGISTRY = AppRegistry(apps=["functions.core.db.piccolo_app"])

@@ -10,24 +10,27 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from piccolo.apps.migrations.tables import Migration
-from piccolo.engine.base import Engine
 from piccolo.engine.postgres import PostgresEngine
 from piccolo.engine.sqlite import SQLiteEngine, TransactionType
+
+if TYPE_CHECKING:
+    from piccolo.engine.base import Engine
+    from piccolo.table import Table
 
 # SQLite: wait for a writer instead of failing at once with "database is locked".
 SQLITE_BUSY_TIMEOUT_S = 30.0
 
 
 def sqlite_path(url: str) -> Path:
-    """``sqlite:///rel/path`` is relative to the working directory; ``sqlite:////abs`` is absolute."""
+    """``sqlite:///rel/path`` is relative to the working directory; ``sqlite:////abs`` is not."""
     return Path(url.removeprefix("sqlite:///"))
 
 
-def engine_from_url(url: str) -> Engine:
+def engine_from_url(url: str) -> Engine[Any]:
     """Build (but do not connect) the Piccolo engine a database URL names."""
     if url.startswith("sqlite:///"):
         path = sqlite_path(url)
@@ -47,34 +50,35 @@ def describe_url(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-def use_engine(engine: Engine) -> None:
+def use_engine(engine: Engine[Any]) -> None:
     """Point Piccolo's engine finder and every Switchboard table at ``engine``."""
     from functions.core.db import conf
     from functions.core.db.tables import ALL_TABLES
 
     conf.DB = engine
     os.environ["PICCOLO_CONF"] = conf.__name__
-    for table in (*ALL_TABLES, Migration):
+    tables: tuple[type[Table], ...] = (*ALL_TABLES, Migration)
+    for table in tables:
         table._meta.db = engine
 
 
-def current_engine() -> Engine:
+def current_engine() -> Engine[Any]:
     from functions.core.db import conf
 
     return conf.DB
 
 
-async def open_pool(engine: Engine, *, min_size: int = 1, max_size: int = 20) -> None:
+async def open_pool(engine: Engine[Any], *, min_size: int = 1, max_size: int = 20) -> None:
     if isinstance(engine, PostgresEngine):
         await engine.start_connection_pool(min_size=min_size, max_size=max_size)
 
 
-async def close_pool(engine: Engine) -> None:
+async def close_pool(engine: Engine[Any]) -> None:
     if isinstance(engine, PostgresEngine) and engine.pool is not None:
         await engine.close_connection_pool()
 
 
-def write_transaction(engine: Engine | None = None) -> Any:
+def write_transaction(engine: Engine[Any] | None = None) -> Any:
     """A transaction that takes SQLite's write lock up front.
 
     SQLite's default deferred transactions upgrade to a write lock on the first write and

@@ -9,16 +9,19 @@ from __future__ import annotations
 import contextlib
 import io
 from itertools import chain
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from piccolo.apps.migrations.commands.backwards import BackwardsMigrationManager
 from piccolo.apps.migrations.commands.check import CheckMigrationManager
 from piccolo.apps.migrations.commands.forwards import ForwardsMigrationManager
 from piccolo.apps.migrations.commands.new import AutoMigrationManager
-from piccolo.engine.base import Engine
 
 from functions.core.db.engine import use_engine
 from functions.core.errors import SwitchboardError
+
+if TYPE_CHECKING:
+    from piccolo.engine.base import Engine
 
 APP_NAME = "core"
 
@@ -33,14 +36,14 @@ class MigrationReport(msgspec.Struct, frozen=True):
     output: str = ""
 
 
-async def migration_status(engine: Engine) -> dict[str, bool]:
+async def migration_status(engine: Engine[Any]) -> dict[str, bool]:
     """Each migration id, in order, and whether it has been applied."""
     use_engine(engine)
     statuses = await CheckMigrationManager(app_name=APP_NAME).get_migration_statuses()
     return {status.migration_id: status.has_ran for status in statuses}
 
 
-async def migrate(engine: Engine) -> MigrationReport:
+async def migrate(engine: Engine[Any]) -> MigrationReport:
     """Apply every migration not yet applied, each in its own transaction."""
     before = await migration_status(engine)
     captured = io.StringIO()
@@ -56,7 +59,7 @@ async def migrate(engine: Engine) -> MigrationReport:
     )
 
 
-async def rollback(engine: Engine, migration_id: str = "all") -> list[str]:
+async def rollback(engine: Engine[Any], migration_id: str = "all") -> list[str]:
     """Undo migrations newest first down to ``migration_id`` (``all``: every one)."""
     before = await migration_status(engine)
     captured = io.StringIO()
@@ -70,7 +73,7 @@ async def rollback(engine: Engine, migration_id: str = "all") -> list[str]:
     return [mid for mid, ran in before.items() if ran and not after.get(mid, False)]
 
 
-async def schema_drift(engine: Engine) -> list[str]:
+async def schema_drift(engine: Engine[Any]) -> list[str]:
     """Statements a new auto migration would contain; empty when tables match migrations."""
     use_engine(engine)
     manager = AutoMigrationManager()

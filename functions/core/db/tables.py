@@ -1,9 +1,10 @@
 """Switchboard's tables. Only the services in ``functions.core.<domain>`` touch these.
 
 PostgreSQL types where they matter (UUID ids, timestamptz, JSONB); Piccolo maps each to an
-equivalent on SQLite. Composite, ordered, partial and composite-unique indexes live in a raw-SQL migration
-(``piccolo_migrations/core_2026_11_26t05_20_00_indexes.py``): Piccolo's ``Unique``
-constraint is emitted as ``ALTER TABLE ... ADD CONSTRAINT``, which SQLite cannot run.
+equivalent on SQLite. Composite, ordered, partial and composite-unique indexes live in a
+raw-SQL migration (``piccolo_migrations/core_2026_11_26t05_20_00_indexes.py``): Piccolo's
+``Unique`` constraint is emitted as ``ALTER TABLE ... ADD CONSTRAINT``, which SQLite
+cannot run.
 """
 
 from __future__ import annotations

@@ -15,14 +15,14 @@ Scope = Literal["admin", "chat"]
 KeyName = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"\S")]
 
 
-class ApiKeyCreate(Input):
+class ApiKeyCreate(Input, kw_only=True):
     name: KeyName
     scopes: Annotated[list[Scope], Meta(min_length=1)] = msgspec.field(
         default_factory=lambda: ["chat"]
     )
 
 
-class ApiKeyOut(Output):
+class ApiKeyOut(Output, kw_only=True):
     id: uuid.UUID
     name: str
     prefix: str

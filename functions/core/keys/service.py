@@ -10,14 +10,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import uuid
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from functions.core.db.tables import ApiKey
 from functions.core.errors import AuthenticationError, NotFoundError
 from functions.core.keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, Principal
+
+if TYPE_CHECKING:
+    import uuid
 
 SECRET_PREFIX = "sb-"
 PREFIX_LENGTH = 12  # "sb-" plus 9 random characters: enough to find the row, useless alone
@@ -88,7 +91,11 @@ async def authenticate(secret: str) -> Principal:
         )
     presented = hash_secret(secret)
     candidates = await ApiKey.select(
-        ApiKey.id, ApiKey.name, ApiKey.key_hash, ApiKey.scopes, ApiKey.revoked_at,
+        ApiKey.id,
+        ApiKey.name,
+        ApiKey.key_hash,
+        ApiKey.scopes,
+        ApiKey.revoked_at,
         ApiKey.last_used_at,
     ).where(ApiKey.prefix == secret[:PREFIX_LENGTH])
     match = None

@@ -66,17 +66,11 @@ DESCRIPTION = "Initial schema: api_key, llm_config, conversation, message"
 
 
 async def forwards():
-    manager = MigrationManager(
-        migration_id=ID, app_name="core", description=DESCRIPTION
-    )
+    manager = MigrationManager(migration_id=ID, app_name="core", description=DESCRIPTION)
 
-    manager.add_table(
-        class_name="Message", tablename="message", schema=None, columns=None
-    )
+    manager.add_table(class_name="Message", tablename="message", schema=None, columns=None)
 
-    manager.add_table(
-        class_name="LLMConfig", tablename="llm_config", schema=None, columns=None
-    )
+    manager.add_table(class_name="LLMConfig", tablename="llm_config", schema=None, columns=None)
 
     manager.add_table(
         class_name="Conversation",
@@ -85,9 +79,7 @@ async def forwards():
         columns=None,
     )
 
-    manager.add_table(
-        class_name="ApiKey", tablename="api_key", schema=None, columns=None
-    )
+    manager.add_table(class_name="ApiKey", tablename="api_key", schema=None, columns=None)
 
     manager.add_column(
         table_class_name="Message",

@@ -25,8 +25,7 @@ INDEXES = {
     ),
     # At most one default configuration row.
     "llm_config_one_default_idx": (
-        "CREATE UNIQUE INDEX llm_config_one_default_idx ON llm_config (is_default) "
-        "WHERE is_default"
+        "CREATE UNIQUE INDEX llm_config_one_default_idx ON llm_config (is_default) WHERE is_default"
     ),
     # Exports page through messages by time.
     "message_created_id_idx": "CREATE INDEX message_created_id_idx ON message (created_at, id)",

@@ -1,0 +1,94 @@
+"""Named, versioned LLM configurations."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from functions.core.schemas import Input, Output
+
+ConfigName = Annotated[
+    str,
+    Meta(
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$",
+        description="Lower-case letters, digits, '.', '_' and '-'; at most 100 characters.",
+        examples=["support-bot"],
+    ),
+]
+Temperature = Annotated[float, Meta(ge=0, le=2)]
+TopP = Annotated[float, Meta(gt=0, le=1)]
+MaxTokens = Annotated[int, Meta(ge=1, le=1_000_000)]
+HistoryWindow = Annotated[int, Meta(ge=1, le=10_000)]
+Seed = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+StopList = Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(max_length=16)]
+
+# Request fields Switchboard sets itself; letting ``extra`` override them would break the
+# history and streaming guarantees.
+RESERVED_EXTRA_KEYS = frozenset(
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "n",
+        "prompt",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+    }
+)
+
+
+class LLMConfigSpec(Input, kw_only=True):
+    """Everything that defines one version of a configuration (the body of ``PUT``)."""
+
+    model: Annotated[str, Meta(min_length=1, max_length=200)]
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    max_tokens: MaxTokens | None = None
+    stop: StopList | None = None
+    seed: Seed | None = None
+    system_prompt: Annotated[str, Meta(max_length=100_000)] | None = None
+    history_window: HistoryWindow | None = msgspec.field(default=None)
+    extra: dict[str, Any] = msgspec.field(default_factory=dict)
+    is_default: bool = False
+
+
+class LLMConfigCreate(LLMConfigSpec, kw_only=True):
+    """A new configuration: its name plus the first version's definition."""
+
+    name: ConfigName
+
+
+class LLMConfigOut(Output, kw_only=True):
+    id: uuid.UUID
+    name: str
+    version: int
+    model: str
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+    system_prompt: str | None = None
+    history_window: int | None = None
+    extra: dict[str, Any] = msgspec.field(default_factory=dict)
+    is_default: bool = False
+    created_at: datetime
+    archived_at: datetime | None = None
+
+    def sampling_params(self) -> dict[str, Any]:
+        """The vLLM request fields this configuration sets (``None`` ones left out)."""
+        params: dict[str, Any] = dict(self.extra)
+        for field in ("temperature", "top_p", "max_tokens", "stop", "seed"):
+            value = getattr(self, field)
+            if value is not None:
+                params[field] = value
+        return params

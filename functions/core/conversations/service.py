@@ -1,0 +1,141 @@
+"""Conversations, always scoped to the owning key.
+
+Every query filters on the owner, so another key's conversation is indistinguishable from
+one that does not exist (404, never 403).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from msgspec import UNSET
+
+from functions.core.configs import service as configs
+from functions.core.conversations.schemas import (
+    ConversationCreate,
+    ConversationOut,
+    ConversationUpdate,
+)
+from functions.core.db.tables import Conversation
+from functions.core.errors import InvalidInputError, NotFoundError
+from functions.core.schemas import Page, decode_cursor, encode_cursor
+
+MAX_METADATA_BYTES = 16 * 1024
+MAX_PAGE_SIZE = 200
+
+_COLUMNS = (
+    Conversation.id,
+    Conversation.title,
+    Conversation.config_name.as_alias("config"),
+    Conversation.metadata,
+    Conversation.last_seq.as_alias("message_count"),
+    Conversation.created_at,
+    Conversation.updated_at,
+)
+
+
+def not_found(conversation_id: uuid.UUID) -> NotFoundError:
+    return NotFoundError(
+        f"conversation {conversation_id} not found", details={"id": str(conversation_id)}
+    )
+
+
+def _check_metadata(metadata: dict[str, Any]) -> None:
+    size = len(msgspec.json.encode(metadata))
+    if size > MAX_METADATA_BYTES:
+        raise InvalidInputError(
+            f"metadata is {size} bytes encoded; the limit is {MAX_METADATA_BYTES}",
+            details={"field": "metadata"},
+        )
+
+
+async def _config_name(name: str | None) -> str | None:
+    """Validate a named config, or pick the current default's name (None if unset)."""
+    if name is not None:
+        return (await configs.resolve_config(name)).name
+    default = await configs.get_default_config()
+    return None if default is None else default.name
+
+
+async def create_conversation(owner: uuid.UUID, data: ConversationCreate) -> ConversationOut:
+    _check_metadata(data.metadata)
+    row = Conversation(
+        owner_key=owner,
+        title=data.title,
+        config_name=await _config_name(data.config),
+        metadata=data.metadata,
+    )
+    await row.save()
+    return await get_conversation(owner, uuid.UUID(str(row.id)))
+
+
+async def get_conversation(owner: uuid.UUID, conversation_id: uuid.UUID) -> ConversationOut:
+    row = (
+        await Conversation.select(*_COLUMNS)
+        .where((Conversation.id == conversation_id) & (Conversation.owner_key == owner))
+        .first()
+        .output(load_json=True)
+    )
+    if row is None:
+        raise not_found(conversation_id)
+    return msgspec.convert(row, ConversationOut)
+
+
+async def list_conversations(
+    owner: uuid.UUID, *, limit: int = 50, cursor: str | None = None
+) -> Page[ConversationOut]:
+    """The owner's conversations, most recently active first."""
+    limit = max(1, min(limit, MAX_PAGE_SIZE))
+    query = Conversation.select(*_COLUMNS).where(Conversation.owner_key == owner)
+    if cursor is not None:
+        updated_at, last_id = decode_cursor(cursor, tuple[datetime, uuid.UUID])
+        query = query.where(
+            (Conversation.updated_at < updated_at)
+            | ((Conversation.updated_at == updated_at) & (Conversation.id < last_id))
+        )
+    rows = (
+        await query.order_by(Conversation.updated_at, Conversation.id, ascending=False)
+        .limit(limit + 1)
+        .output(load_json=True)
+    )
+    items = msgspec.convert(rows[:limit], list[ConversationOut])
+    next_cursor = None
+    if len(rows) > limit:
+        last = items[-1]
+        next_cursor = encode_cursor(last.updated_at, last.id)
+    return Page(data=items, next_cursor=next_cursor)
+
+
+async def update_conversation(
+    owner: uuid.UUID, conversation_id: uuid.UUID, data: ConversationUpdate
+) -> ConversationOut:
+    values: dict[Any, Any] = {Conversation.updated_at: datetime.now(UTC)}
+    if data.title is not UNSET:
+        values[Conversation.title] = data.title
+    if data.metadata is not UNSET:
+        _check_metadata(data.metadata)
+        values[Conversation.metadata] = data.metadata
+    if data.config is not UNSET:
+        values[Conversation.config_name] = await _config_name(data.config)
+    updated = (
+        await Conversation.update(values)
+        .where((Conversation.id == conversation_id) & (Conversation.owner_key == owner))
+        .returning(Conversation.id)
+    )
+    if not updated:
+        raise not_found(conversation_id)
+    return await get_conversation(owner, conversation_id)
+
+
+async def delete_conversation(owner: uuid.UUID, conversation_id: uuid.UUID) -> None:
+    """Delete a conversation and, by cascade, all its messages."""
+    deleted = (
+        await Conversation.delete()
+        .where((Conversation.id == conversation_id) & (Conversation.owner_key == owner))
+        .returning(Conversation.id)
+    )
+    if not deleted:
+        raise not_found(conversation_id)

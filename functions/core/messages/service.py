@@ -1,0 +1,300 @@
+"""Messages and the write path that never loses one.
+
+A send is two short transactions around the model call:
+
+1. :func:`begin_exchange` locks the conversation row (bumping ``last_seq`` hands out the
+   next two sequence numbers), stores the user message and a ``pending`` assistant message,
+   and reads the history the model will see.
+2. :func:`finish_exchange` writes the outcome (``complete``, ``failed`` or ``cancelled``)
+   onto that assistant message.
+
+Nothing is held open while the model runs. A second send while a reply is pending gets
+:class:`ConversationBusyError`; callers wait and retry, so histories never interleave.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from functions.core.conversations.service import not_found
+from functions.core.db.engine import write_transaction
+from functions.core.db.tables import Conversation, Message
+from functions.core.errors import ConflictError, InvalidInputError, NotFoundError
+from functions.core.messages.schemas import (
+    ChatTurn,
+    ConfigRef,
+    Exchange,
+    MessageError,
+    MessageOut,
+    ReplyOutcome,
+    Usage,
+)
+from functions.core.schemas import Page
+
+if TYPE_CHECKING:
+    import uuid
+    from collections.abc import AsyncIterator
+
+    from functions.core.configs.schemas import LLMConfigOut
+
+MAX_PAGE_SIZE = 500
+# A pending reply older than this is from a process that died mid-send; it no longer
+# blocks the conversation and is marked failed.
+STALE_PENDING_AFTER = timedelta(minutes=15)
+
+_COLUMNS = (
+    Message.id,
+    Message.conversation,
+    Message.seq,
+    Message.role,
+    Message.content,
+    Message.status,
+    Message.llm_config,
+    Message.llm_config.name,
+    Message.llm_config.version,
+    Message.model,
+    Message.prompt_tokens,
+    Message.completion_tokens,
+    Message.latency_ms,
+    Message.ttft_ms,
+    Message.finish_reason,
+    Message.error_code,
+    Message.error_message,
+    Message.upstream_request_id,
+    Message.created_at,
+    Message.completed_at,
+)
+
+
+class ConversationBusyError(ConflictError):
+    code = "conversation_busy"
+
+
+def _to_out(row: dict[str, Any]) -> MessageOut:
+    config = None
+    if row["llm_config"] is not None:
+        config = ConfigRef(
+            id=row["llm_config"],
+            name=row["llm_config.name"],
+            version=row["llm_config.version"],
+        )
+    usage = None
+    if row["prompt_tokens"] is not None and row["completion_tokens"] is not None:
+        usage = Usage(
+            prompt_tokens=row["prompt_tokens"],
+            completion_tokens=row["completion_tokens"],
+            total_tokens=row["prompt_tokens"] + row["completion_tokens"],
+        )
+    error = None
+    if row["error_code"] is not None:
+        error = MessageError(code=row["error_code"], message=row["error_message"] or "")
+    return MessageOut(
+        id=row["id"],
+        conversation_id=row["conversation"],
+        seq=row["seq"],
+        role=row["role"],
+        content=row["content"],
+        status=row["status"],
+        config=config,
+        model=row["model"],
+        usage=usage,
+        latency_ms=row["latency_ms"],
+        ttft_ms=row["ttft_ms"],
+        finish_reason=row["finish_reason"],
+        error=error,
+        upstream_request_id=row["upstream_request_id"],
+        created_at=row["created_at"],
+        completed_at=row["completed_at"],
+    )
+
+
+async def get_message(message_id: uuid.UUID) -> MessageOut:
+    row = await Message.select(*_COLUMNS).where(Message.id == message_id).first()
+    if row is None:
+        raise NotFoundError(f"message {message_id} not found")
+    return _to_out(row)
+
+
+async def list_messages(
+    owner: uuid.UUID, conversation_id: uuid.UUID, *, limit: int = 100, after: int = 0
+) -> Page[MessageOut]:
+    """A conversation's messages in sequence order, those with ``seq > after``."""
+    owned = await Conversation.exists().where(
+        (Conversation.id == conversation_id) & (Conversation.owner_key == owner)
+    )
+    if not owned:
+        raise not_found(conversation_id)
+    limit = max(1, min(limit, MAX_PAGE_SIZE))
+    rows = (
+        await Message.select(*_COLUMNS)
+        .where((Message.conversation == conversation_id) & (Message.seq > after))
+        .order_by(Message.seq)
+        .limit(limit + 1)
+    )
+    items = [_to_out(row) for row in rows[:limit]]
+    next_cursor = str(items[-1].seq) if len(rows) > limit else None
+    return Page(data=items, next_cursor=next_cursor)
+
+
+async def _history(
+    conversation_id: uuid.UUID, before_seq: int, window: int | None
+) -> list[ChatTurn]:
+    query = (
+        Message.select(Message.role, Message.content)
+        .where(
+            (Message.conversation == conversation_id)
+            & (Message.seq < before_seq)
+            & (Message.status == "complete")
+        )
+        .order_by(Message.seq, ascending=False)
+    )
+    if window is not None:
+        query = query.limit(window)
+    rows = await query
+    return [ChatTurn(role=row["role"], content=row["content"]) for row in reversed(rows)]
+
+
+async def begin_exchange(
+    owner: uuid.UUID,
+    conversation_id: uuid.UUID,
+    content: str,
+    config: LLMConfigOut,
+    *,
+    model: str | None = None,
+) -> Exchange:
+    """Store the user's message and a pending reply in one transaction.
+
+    Raises :class:`ConversationBusyError` while another reply in the conversation is pending.
+    """
+    if not content.strip():
+        raise InvalidInputError("content is empty", details={"field": "content"})
+    now = datetime.now(UTC)
+    async with write_transaction():
+        # The UPDATE takes the conversation's row lock, so concurrent sends queue here and
+        # each gets its own pair of sequence numbers.
+        bumped = (
+            await Conversation.update(
+                {Conversation.last_seq: Conversation.last_seq + 2, Conversation.updated_at: now}
+            )
+            .where((Conversation.id == conversation_id) & (Conversation.owner_key == owner))
+            .returning(Conversation.last_seq)
+        )
+        if not bumped:
+            raise not_found(conversation_id)
+        await _claim_conversation(conversation_id, now)
+        assistant_seq = bumped[0]["last_seq"]
+        user_seq = assistant_seq - 1
+        user = Message(
+            conversation=conversation_id,
+            seq=user_seq,
+            role="user",
+            content=content,
+            status="complete",
+            created_at=now,
+            completed_at=now,
+        )
+        assistant = Message(
+            conversation=conversation_id,
+            seq=assistant_seq,
+            role="assistant",
+            content="",
+            status="pending",
+            llm_config=config.id,
+            model=model or config.model,
+            created_at=now,
+        )
+        await Message.insert(user, assistant)
+        history = await _history(conversation_id, user_seq, config.history_window)
+        history.append(ChatTurn(role="user", content=content))
+        if config.history_window is not None:
+            history = history[-config.history_window :]
+        rows = (
+            await Message.select(*_COLUMNS)
+            .where(Message.id.is_in([user.id, assistant.id]))
+            .order_by(Message.seq)
+        )
+    if config.system_prompt:
+        history.insert(0, ChatTurn(role="system", content=config.system_prompt))
+    user_out, assistant_out = (_to_out(row) for row in rows)
+    return Exchange(user_message=user_out, assistant_message=assistant_out, history=history)
+
+
+async def _claim_conversation(conversation_id: uuid.UUID, now: datetime) -> None:
+    """Refuse while a live reply is pending; retire pending replies of dead processes."""
+    pending = await Message.select(Message.id, Message.created_at).where(
+        (Message.conversation == conversation_id) & (Message.status == "pending")
+    )
+    stale = [row["id"] for row in pending if now - row["created_at"] > STALE_PENDING_AFTER]
+    if len(stale) < len(pending):
+        raise ConversationBusyError(
+            "another reply in this conversation is still being generated; retry when it is done",
+            details={"conversation_id": str(conversation_id)},
+        )
+    if stale:
+        await Message.update(
+            {
+                Message.status: "failed",
+                Message.error_code: "interrupted",
+                Message.error_message: "the process generating this reply stopped",
+                Message.completed_at: now,
+            }
+        ).where(Message.id.is_in(stale))
+
+
+async def finish_exchange(message_id: uuid.UUID, outcome: ReplyOutcome) -> MessageOut:
+    """Write how the model call ended onto the pending assistant message, once."""
+    if outcome.status == "pending":
+        raise ValueError("an outcome must end the message")
+    now = datetime.now(UTC)
+    async with write_transaction():
+        values: dict[Any, Any] = {
+            Message.status: outcome.status,
+            Message.content: outcome.content,
+            Message.prompt_tokens: outcome.prompt_tokens,
+            Message.completion_tokens: outcome.completion_tokens,
+            Message.latency_ms: outcome.latency_ms,
+            Message.ttft_ms: outcome.ttft_ms,
+            Message.finish_reason: outcome.finish_reason,
+            Message.error_code: outcome.error_code,
+            Message.error_message: outcome.error_message,
+            Message.upstream_request_id: outcome.upstream_request_id,
+            Message.completed_at: now,
+        }
+        if outcome.model is not None:  # the served name; keep the requested one otherwise
+            values[Message.model] = outcome.model
+        updated = (
+            await Message.update(values)
+            .where((Message.id == message_id) & (Message.status == "pending"))
+            .returning(Message.conversation)
+        )
+        if not updated:
+            raise ConflictError(f"message {message_id} is not pending")
+        await Conversation.update({Conversation.updated_at: now}).where(
+            Conversation.id == updated[0]["conversation"]
+        )
+    return await get_message(message_id)
+
+
+async def iter_messages(
+    *, since: datetime | None = None, until: datetime | None = None, batch_size: int = 500
+) -> AsyncIterator[list[MessageOut]]:
+    """Every message created in [since, until), oldest first, in batches (for exports)."""
+    last: tuple[datetime, uuid.UUID] | None = None
+    while True:
+        query = Message.select(*_COLUMNS)
+        if since is not None:
+            query = query.where(Message.created_at >= since)
+        if until is not None:
+            query = query.where(Message.created_at < until)
+        if last is not None:
+            query = query.where(
+                (Message.created_at > last[0])
+                | ((Message.created_at == last[0]) & (Message.id > last[1]))
+            )
+        rows = await query.order_by(Message.created_at, Message.id).limit(batch_size)
+        if not rows:
+            return
+        batch = [_to_out(row) for row in rows]
+        yield batch
+        last = (batch[-1].created_at, batch[-1].id)
