@@ -74,6 +74,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 _FIELDS = {name.upper(): name for name in Settings.__struct_fields__}
 _TUPLE_FIELDS = {"llm_urls"}
+# SWITCHBOARD_* variables that belong to tooling, not to the service.
+_NOT_SETTINGS = {"TEST_DATABASE_URL"}
 
 
 def env_name(field: str) -> str:
@@ -104,6 +106,8 @@ def load_settings(
         if not key.startswith(PREFIX):
             continue
         suffix = key.removeprefix(PREFIX)
+        if suffix in _NOT_SETTINGS:
+            continue
         field = _FIELDS.get(suffix)
         if field is None:
             guess = difflib.get_close_matches(suffix, _FIELDS, n=1)

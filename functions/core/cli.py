@@ -1,0 +1,238 @@
+"""The ``switchboard`` command: database, keys and configs administration, and servers.
+
+Every command reads the settings once, reports a bad setting or an unreachable database
+in one line on stderr, and exits non-zero: 1 for a refused operation (unknown id, ...),
+2 for bad usage or settings, 3 when the database cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import click
+import msgspec
+
+from functions.core.errors import SwitchboardError
+from functions.core.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+T = TypeVar("T")
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_DATABASE = 3
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+def with_database(settings: Settings, work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work`` against the configured database, turning failures into exit codes."""
+    from functions.core.db.engine import describe_url, engine_from_url, use_engine
+    from functions.core.db.errors import as_database_error
+
+    async def run() -> T:
+        use_engine(engine_from_url(settings.database_url))
+        return await work()
+
+    try:
+        return asyncio.run(run())
+    except SwitchboardError as exc:
+        fail(exc.message, EXIT_REFUSED)
+    except Exception as exc:
+        database_error = as_database_error(exc)
+        if database_error is None:
+            raise
+        fail(f"{describe_url(settings.database_url)}: {database_error.message}", EXIT_DATABASE)
+
+
+def echo_json(value: Any) -> None:
+    click.echo(msgspec.json.format(msgspec.json.encode(value), indent=2))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="switchboard")
+def main() -> None:
+    """Switchboard: a self-hosted LLM chat gateway for vLLM.
+
+    Settings come from SWITCHBOARD_* environment variables (or a .env file); see the README.
+    """
+
+
+# --- db ------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema: apply migrations, show their status."""
+
+
+@db.command("migrate")
+def db_migrate() -> None:
+    """Apply every pending migration (PostgreSQL or SQLite, from SWITCHBOARD_DATABASE_URL)."""
+    from functions.core.db.engine import current_engine, describe_url
+    from functions.core.db.migrate import migrate
+
+    settings = settings_or_exit()
+    report = with_database(settings, lambda: migrate(current_engine()))
+    where = describe_url(settings.database_url)
+    if report.applied:
+        click.echo(f"applied {len(report.applied)} migration(s) to {where}:")
+        for migration_id in report.applied:
+            click.echo(f"  {migration_id}")
+    else:
+        click.echo(f"{where} is up to date ({len(report.already_applied)} migration(s) applied)")
+
+
+@db.command("status")
+def db_status() -> None:
+    """List migrations and whether each has been applied."""
+    from functions.core.db.engine import current_engine
+    from functions.core.db.migrate import migration_status
+
+    settings = settings_or_exit()
+    status = with_database(settings, lambda: migration_status(current_engine()))
+    for migration_id, applied in status.items():
+        click.echo(f"{'applied' if applied else 'pending':8} {migration_id}")
+
+
+@db.command("rollback")
+@click.option("--to", "migration_id", default="all", show_default=True, help="Migration id.")
+@click.confirmation_option(prompt="Undo migrations (this drops tables and their data)?")
+def db_rollback(migration_id: str) -> None:
+    """Undo migrations, newest first, down to and including --to."""
+    from functions.core.db.engine import current_engine
+    from functions.core.db.migrate import rollback
+
+    settings = settings_or_exit()
+    undone = with_database(settings, lambda: rollback(current_engine(), migration_id))
+    click.echo(f"rolled back {len(undone)} migration(s)")
+
+
+# --- keys ----------------------------------------------------------------------------
+
+
+@main.group()
+def keys() -> None:
+    """API keys: create (the secret is shown once), list, revoke."""
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="Who or what the key is for.")
+@click.option("--admin", is_flag=True, help="Also grant the admin scope (configs and keys).")
+@click.option("--json", "as_json", is_flag=True, help="Print the key as JSON.")
+def keys_create(name: str, admin: bool, as_json: bool) -> None:
+    """Create an API key and print its secret, once. Only a hash is stored."""
+    from functions.core.keys.schemas import ApiKeyCreate
+    from functions.core.keys.service import create_key
+
+    try:
+        data = msgspec.convert(
+            {"name": name, "scopes": ["admin", "chat"] if admin else ["chat"]}, ApiKeyCreate
+        )
+    except msgspec.ValidationError as exc:
+        fail(f"invalid --name: {exc}", EXIT_USAGE)
+    settings = settings_or_exit()
+    created = with_database(settings, lambda: create_key(data))
+    if as_json:
+        echo_json(created)
+        return
+    click.echo(f"id:     {created.id}")
+    click.echo(f"name:   {created.name}")
+    click.echo(f"scopes: {','.join(created.scopes)}")
+    click.echo(f"secret: {created.secret}")
+    click.echo("Store the secret now: it is not stored and cannot be shown again.", err=True)
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--active", is_flag=True, help="Leave out revoked keys.")
+def keys_list(as_json: bool, active: bool) -> None:
+    """List API keys (prefixes only; secrets are never stored)."""
+    from functions.core.keys.service import list_keys
+
+    settings = settings_or_exit()
+    found = with_database(settings, lambda: list_keys(include_revoked=not active))
+    if as_json:
+        echo_json(found)
+        return
+    if not found:
+        click.echo("no API keys yet: create one with `switchboard keys create --name NAME`")
+        return
+    click.echo(f"{'ID':36}  {'PREFIX':12}  {'SCOPES':10}  {'STATE':7}  NAME")
+    for key in found:
+        state = "revoked" if key.revoked_at else "active"
+        scopes = ",".join(key.scopes)
+        click.echo(f"{key.id!s:36}  {key.prefix:12}  {scopes:10}  {state:7}  {key.name}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke the key with this ID; it stops working at once."""
+    from functions.core.keys.service import revoke_key
+
+    try:
+        parsed = uuid.UUID(key_id)
+    except ValueError:
+        fail(f"{key_id!r} is not a key id (a UUID, as `switchboard keys list` shows)", EXIT_USAGE)
+    settings = settings_or_exit()
+    revoked = with_database(settings, lambda: revoke_key(parsed))
+    click.echo(f"revoked {revoked.id} ({revoked.name}) at {revoked.revoked_at:%Y-%m-%dT%H:%M:%SZ}")
+
+
+# --- configs -------------------------------------------------------------------------
+
+
+@main.group()
+def configs() -> None:
+    """LLM configurations."""
+
+
+@configs.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--all", "include_archived", is_flag=True, help="Include archived configs.")
+def configs_list(as_json: bool, include_archived: bool) -> None:
+    """List configurations (latest version of each)."""
+    from functions.core.configs.service import list_configs
+
+    settings = settings_or_exit()
+    found = with_database(settings, lambda: list_configs(include_archived=include_archived))
+    if as_json:
+        echo_json(found)
+        return
+    if not found:
+        click.echo("no configurations yet: create one with POST /v1/configs")
+        return
+    click.echo(f"{'NAME':24}  {'VERSION':7}  {'DEFAULT':7}  MODEL")
+    for config in found:
+        default = "yes" if config.is_default else ""
+        archived = " (archived)" if config.archived_at else ""
+        click.echo(f"{config.name:24}  {config.version:<7}  {default:7}  {config.model}{archived}")
+
+
+def _register_optional_commands() -> None:
+    """Commands that live beside their own code (the simulator, the servers)."""
+    from functions.simulator.cli import sim_vllm
+
+    main.add_command(sim_vllm, name="sim-vllm")
+
+
+_register_optional_commands()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Shared fixtures: real databases, migrated once per run.
+
+``db`` runs a test against PostgreSQL and again against SQLite, inside a transaction that
+is rolled back afterwards (Piccolo's current transaction is a ContextVar, so the services
+under test join it). Tests that need several connections use ``pg_engine`` /
+``sqlite_engine`` directly and clean up with :func:`truncate_all`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from piccolo.engine.base import Engine
+from piccolo.engine.postgres import PostgresEngine
+
+from functions.core.db.engine import engine_from_url, use_engine
+from functions.core.db.migrate import migrate
+from functions.core.db.tables import ALL_TABLES
+from tests.support.databases import (
+    create_postgres_database,
+    drop_postgres_database,
+    sqlite_url,
+)
+
+# Tests must never read a developer's .env or SWITCHBOARD_* variables by accident.
+for _name in [name for name in os.environ if name.startswith("SWITCHBOARD_")]:
+    if _name != "SWITCHBOARD_TEST_DATABASE_URL":
+        del os.environ[_name]
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+@pytest.fixture(scope="session")
+async def pg_url() -> AsyncIterator[str]:
+    url = await create_postgres_database()
+    yield url
+    await drop_postgres_database(url)
+
+
+@pytest.fixture(scope="session")
+async def pg_engine(pg_url: str) -> AsyncIterator[Engine[Any]]:
+    engine = engine_from_url(pg_url)
+    await migrate(engine)
+    assert isinstance(engine, PostgresEngine)
+    await engine.start_connection_pool(min_size=1, max_size=10)
+    yield engine
+    await engine.close_connection_pool()
+
+
+@pytest.fixture(scope="session")
+def sqlite_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("sqlite")
+
+
+@pytest.fixture(scope="session")
+async def sqlite_engine(sqlite_dir: Path) -> Engine[Any]:
+    engine = engine_from_url(sqlite_url(sqlite_dir))
+    await migrate(engine)
+    return engine
+
+
+async def truncate_all(engine: Engine[Any]) -> None:
+    """Empty every Switchboard table (children first, for SQLite's foreign keys)."""
+    for table in reversed(ALL_TABLES):
+        await engine.run_ddl(f"DELETE FROM {table._meta.tablename}")
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+async def db(
+    request: pytest.FixtureRequest, pg_engine: Engine[Any], sqlite_engine: Engine[Any]
+) -> AsyncIterator[Engine[Any]]:
+    """The engine under test, inside a transaction rolled back when the test ends."""
+    engine = pg_engine if request.param == "postgres" else sqlite_engine
+    use_engine(engine)
+    async with engine.transaction() as transaction:
+        yield engine
+        await transaction.rollback()
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+async def shared_db(
+    request: pytest.FixtureRequest, pg_engine: Engine[Any], sqlite_engine: Engine[Any]
+) -> AsyncIterator[Engine[Any]]:
+    """The engine under test without a wrapping transaction (for several connections)."""
+    engine = pg_engine if request.param == "postgres" else sqlite_engine
+    use_engine(engine)
+    yield engine
+    await truncate_all(engine)

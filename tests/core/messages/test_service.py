@@ -1,0 +1,196 @@
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+
+from functions.core.configs import service as configs
+from functions.core.configs.schemas import LLMConfigCreate, LLMConfigOut
+from functions.core.conversations import service as conversations
+from functions.core.conversations.schemas import ConversationCreate
+from functions.core.db.engine import engine_from_url, use_engine
+from functions.core.db.tables import Message
+from functions.core.errors import ConflictError, NotFoundError
+from functions.core.keys import service as keys
+from functions.core.keys.schemas import ApiKeyCreate
+from functions.core.messages import service
+from functions.core.messages.schemas import ChatTurn, ReplyOutcome
+from functions.core.messages.service import ConversationBusyError
+
+
+async def setup(**config: Any) -> tuple[uuid.UUID, uuid.UUID, LLMConfigOut]:
+    owner = (await keys.create_key(ApiKeyCreate(name="o"))).id
+    cfg = await configs.create_config(
+        msgspec.convert(
+            {"name": f"c{uuid.uuid4().hex[:8]}", "model": "m", **config}, LLMConfigCreate
+        )
+    )
+    conv = await conversations.create_conversation(owner, ConversationCreate(config=cfg.name))
+    return owner, conv.id, cfg
+
+
+def done(text: str) -> ReplyOutcome:
+    return ReplyOutcome(
+        status="complete",
+        content=text,
+        model="served",
+        prompt_tokens=5,
+        completion_tokens=2,
+        latency_ms=12.5,
+        ttft_ms=3.0,
+        finish_reason="stop",
+        upstream_request_id="chatcmpl-1",
+    )
+
+
+async def test_an_exchange_stores_both_messages_before_the_model_runs(db: object) -> None:
+    owner, conv_id, cfg = await setup(system_prompt="You are terse.")
+    exchange = await service.begin_exchange(owner, conv_id, "Hi 👋", cfg)
+    assert (exchange.user_message.seq, exchange.assistant_message.seq) == (1, 2)
+    assert exchange.user_message.status == "complete"
+    assert exchange.assistant_message.status == "pending"
+    assert exchange.assistant_message.config is not None
+    assert exchange.assistant_message.config.version == 1
+    assert exchange.history == [
+        ChatTurn(role="system", content="You are terse."),
+        ChatTurn(role="user", content="Hi 👋"),
+    ]
+    stored = await service.list_messages(owner, conv_id)
+    assert [(m.role, m.status) for m in stored.data] == [
+        ("user", "complete"),
+        ("assistant", "pending"),
+    ]
+
+
+async def test_finishing_records_content_usage_and_timings(db: object) -> None:
+    owner, conv_id, cfg = await setup()
+    exchange = await service.begin_exchange(owner, conv_id, "Hi", cfg)
+    reply = await service.finish_exchange(exchange.assistant_message.id, done("Hello!"))
+    assert reply.status == "complete"
+    assert reply.content == "Hello!"
+    assert reply.usage is not None
+    assert reply.usage.total_tokens == 7
+    assert (reply.latency_ms, reply.ttft_ms, reply.finish_reason) == (12.5, 3.0, "stop")
+    assert reply.model == "served"
+    assert reply.completed_at is not None
+    with pytest.raises(ConflictError):
+        await service.finish_exchange(exchange.assistant_message.id, done("again"))
+
+
+async def test_history_leaves_out_failed_and_cancelled_replies(db: object) -> None:
+    owner, conv_id, cfg = await setup()
+    first = await service.begin_exchange(owner, conv_id, "one", cfg)
+    await service.finish_exchange(first.assistant_message.id, done("uno"))
+    second = await service.begin_exchange(owner, conv_id, "two", cfg)
+    failed = await service.finish_exchange(
+        second.assistant_message.id,
+        ReplyOutcome(status="failed", error_code="llm_unavailable", error_message="down"),
+    )
+    assert failed.error is not None
+    assert failed.error.code == "llm_unavailable"
+    third = await service.begin_exchange(owner, conv_id, "three", cfg)
+    assert [t.content for t in third.history] == ["one", "uno", "two", "three"]
+
+
+async def test_history_window_keeps_the_last_n_messages(db: object) -> None:
+    owner, conv_id, cfg = await setup(history_window=3, system_prompt="sys")
+    for text in ["a", "b"]:
+        exchange = await service.begin_exchange(owner, conv_id, text, cfg)
+        await service.finish_exchange(exchange.assistant_message.id, done(text.upper()))
+    exchange = await service.begin_exchange(owner, conv_id, "c", cfg)
+    assert [t.content for t in exchange.history] == ["sys", "b", "B", "c"]
+
+
+async def test_a_second_send_waits_for_the_pending_reply(db: object) -> None:
+    owner, conv_id, cfg = await setup()
+    await service.begin_exchange(owner, conv_id, "first", cfg)
+    with pytest.raises(ConversationBusyError):
+        await service.begin_exchange(owner, conv_id, "second", cfg)
+
+
+async def test_a_stale_pending_reply_is_retired(db: object) -> None:
+    owner, conv_id, cfg = await setup()
+    stuck = await service.begin_exchange(owner, conv_id, "first", cfg)
+    long_ago = datetime.now(UTC) - service.STALE_PENDING_AFTER - timedelta(minutes=1)
+    await Message.update({Message.created_at: long_ago}).where(
+        Message.id == stuck.assistant_message.id
+    )
+    await service.begin_exchange(owner, conv_id, "second", cfg)
+    retired = await service.get_message(stuck.assistant_message.id)
+    assert (retired.status, retired.error.code if retired.error else None) == (
+        "failed",
+        "interrupted",
+    )
+
+
+async def test_messages_of_another_key_are_not_found(db: object) -> None:
+    _owner, conv_id, cfg = await setup()
+    stranger = (await keys.create_key(ApiKeyCreate(name="s"))).id
+    with pytest.raises(NotFoundError):
+        await service.begin_exchange(stranger, conv_id, "hi", cfg)
+    with pytest.raises(NotFoundError):
+        await service.list_messages(stranger, conv_id)
+
+
+async def test_messages_page_in_sequence_order(db: object) -> None:
+    owner, conv_id, cfg = await setup()
+    for i in range(3):
+        exchange = await service.begin_exchange(owner, conv_id, f"q{i}", cfg)
+        await service.finish_exchange(exchange.assistant_message.id, done(f"a{i}"))
+    first = await service.list_messages(owner, conv_id, limit=4)
+    assert [m.seq for m in first.data] == [1, 2, 3, 4]
+    assert first.next_cursor == "4"
+    rest = await service.list_messages(owner, conv_id, after=int(first.next_cursor))
+    assert [m.content for m in rest.data] == ["q2", "a2"]
+    assert rest.next_cursor is None
+
+
+async def test_iter_messages_pages_through_time(db: object) -> None:
+    owner, conv_id, cfg = await setup()
+    for i in range(3):
+        exchange = await service.begin_exchange(owner, conv_id, f"q{i}", cfg)
+        await service.finish_exchange(exchange.assistant_message.id, done(f"a{i}"))
+    batches = [batch async for batch in service.iter_messages(batch_size=4)]
+    assert [len(b) for b in batches] == [4, 2]
+    assert len({m.id for b in batches for m in b}) == 6
+
+
+async def _send_until_accepted(
+    owner: uuid.UUID, conv_id: uuid.UUID, cfg: LLMConfigOut, text: str
+) -> tuple[int, int]:
+    while True:
+        try:
+            exchange = await service.begin_exchange(owner, conv_id, text, cfg)
+        except ConversationBusyError:
+            await asyncio.sleep(0.001)
+            continue
+        await service.finish_exchange(exchange.assistant_message.id, done(f"re:{text}"))
+        return exchange.user_message.seq, exchange.assistant_message.seq
+
+
+async def test_sequence_numbers_stay_ordered_under_concurrent_sends(shared_db: Any) -> None:
+    """Separate connections racing on one conversation get gap-free, paired numbers."""
+    owner, conv_id, cfg = await setup()
+    # A pool on PostgreSQL; on SQLite every query opens its own connection already.
+    if shared_db.engine_type == "postgres":
+        engine = engine_from_url(shared_db.config["dsn"])
+        await engine.start_connection_pool(min_size=4, max_size=8)
+        use_engine(engine)
+    try:
+        pairs = await asyncio.gather(
+            *(_send_until_accepted(owner, conv_id, cfg, f"m{i}") for i in range(8))
+        )
+    finally:
+        if shared_db.engine_type == "postgres":
+            await engine.close_connection_pool()
+            use_engine(shared_db)
+    assert sorted(seq for pair in pairs for seq in pair) == list(range(1, 17))
+    assert all(assistant == user + 1 for user, assistant in pairs)
+    stored = (await service.list_messages(owner, conv_id, limit=100)).data
+    for user, reply in zip(stored[::2], stored[1::2], strict=True):
+        assert reply.content == f"re:{user.content}"
+    assert (await conversations.get_conversation(owner, conv_id)).message_count == 16

@@ -1,0 +1,168 @@
+"""The ``switchboard`` command, run as a user would: a subprocess with its own environment."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from tests.support.databases import create_postgres_database, drop_postgres_database
+
+SWITCHBOARD = [sys.executable, "-m", "functions.core.cli"]
+
+
+def run(
+    url: str, *args: str, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
+    env.update({"SWITCHBOARD_DATABASE_URL": url, "SWITCHBOARD_LOG_FORMAT": "json"})
+    env.update(extra_env or {})
+    return subprocess.run(
+        [*SWITCHBOARD, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.fixture(scope="module", params=["postgres", "sqlite"])
+async def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[str]:
+    if request.param == "postgres":
+        url = await create_postgres_database("switchboard_cli")
+        yield url
+        await drop_postgres_database(url)
+    else:
+        yield f"sqlite:///{tmp_path_factory.mktemp('cli') / 'cli.sqlite'}"
+
+
+@pytest.fixture(scope="module")
+def migrated(database_url: str) -> str:
+    result = run(database_url, "db", "migrate")
+    assert result.returncode == 0, result.stderr
+    assert "applied 2 migration(s)" in result.stdout
+    return database_url
+
+
+def dump(url: str) -> str:
+    """Everything the database holds, as the operator's own tools would dump it."""
+    if url.startswith("sqlite:///"):
+        connection = sqlite3.connect(url.removeprefix("sqlite:///"))
+        try:
+            return "\n".join(connection.iterdump())
+        finally:
+            connection.close()
+    pg_dump = shutil.which("pg_dump")
+    assert pg_dump, "pg_dump is needed to check what PostgreSQL stores"
+    return subprocess.run(
+        [pg_dump, "--data-only", url], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+
+
+def test_help_lists_every_command() -> None:
+    result = subprocess.run(
+        [*SWITCHBOARD, "--help"], capture_output=True, text=True, check=True, timeout=60
+    )
+    for command in ("db", "keys", "configs", "sim-vllm"):
+        assert command in result.stdout
+    keys_help = subprocess.run(
+        [*SWITCHBOARD, "keys", "--help"], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    for command in ("create", "list", "revoke"):
+        assert command in keys_help
+
+
+def test_migrate_is_idempotent(migrated: str) -> None:
+    result = run(migrated, "db", "migrate")
+    assert result.returncode == 0
+    assert "up to date (2 migration(s) applied)" in result.stdout
+    status = run(migrated, "db", "status")
+    assert status.stdout.count("applied") == 2
+
+
+def test_create_prints_the_secret_once_and_stores_only_its_hash(migrated: str) -> None:
+    result = run(migrated, "keys", "create", "--name", "demo", "--admin")
+    assert result.returncode == 0, result.stderr
+    fields = dict(line.split(":", 1) for line in result.stdout.strip().splitlines())
+    secret = fields["secret"].strip()
+    assert secret.startswith("sb-")
+    assert fields["scopes"].strip() == "admin,chat"
+    assert "cannot be shown again" in result.stderr
+
+    dumped = dump(migrated)
+    assert "demo" in dumped  # the dump really has the key's row...
+    assert secret not in dumped  # ...but never its secret
+    assert secret[12:] not in dumped
+
+    listed = run(migrated, "keys", "list")
+    assert secret[:12] in listed.stdout
+    assert secret not in listed.stdout
+
+
+def test_list_as_json_and_revoke(migrated: str) -> None:
+    created = msgspec.json.decode(
+        run(migrated, "keys", "create", "--name", "to-revoke", "--json").stdout
+    )
+    revoked = run(migrated, "keys", "revoke", created["id"])
+    assert revoked.returncode == 0, revoked.stderr
+    assert f"revoked {created['id']}" in revoked.stdout
+    listed = msgspec.json.decode(run(migrated, "keys", "list", "--json").stdout)
+    by_id = {key["id"]: key for key in listed}
+    assert by_id[created["id"]]["revoked_at"] is not None
+    assert all("secret" not in key and "key_hash" not in key for key in listed)
+    active = msgspec.json.decode(run(migrated, "keys", "list", "--json", "--active").stdout)
+    assert created["id"] not in {key["id"] for key in active}
+
+
+def test_revoke_errors(migrated: str) -> None:
+    bad_id = run(migrated, "keys", "revoke", "not-a-uuid")
+    assert bad_id.returncode == 2
+    assert "is not a key id" in bad_id.stderr
+    unknown = run(migrated, "keys", "revoke", "00000000-0000-4000-8000-000000000000")
+    assert unknown.returncode == 1
+    assert "does not exist" in unknown.stderr
+
+
+def test_create_rejects_an_empty_name(migrated: str) -> None:
+    result = run(migrated, "keys", "create", "--name", "   ")
+    assert result.returncode == 2
+    assert "--name" in result.stderr
+
+
+def test_configs_list(migrated: str) -> None:
+    empty = run(migrated, "configs", "list")
+    assert empty.returncode == 0
+    assert "no configurations yet" in empty.stdout
+    assert msgspec.json.decode(run(migrated, "configs", "list", "--json").stdout) == []
+
+
+def test_an_unreachable_database_is_one_clear_line() -> None:
+    result = run("postgresql://postgres@127.0.0.1:1/nowhere", "keys", "list")
+    assert result.returncode == 3
+    assert result.stderr.startswith("error: postgresql://postgres@127.0.0.1:1/nowhere:")
+    assert "unavailable" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unmigrated_database_says_what_to_run(tmp_path: Path) -> None:
+    result = run(f"sqlite:///{tmp_path / 'empty.sqlite'}", "keys", "list")
+    assert result.returncode == 3
+    assert "switchboard db migrate" in result.stderr
+
+
+def test_a_bad_setting_stops_with_its_name(tmp_path: Path) -> None:
+    result = run(
+        f"sqlite:///{tmp_path / 'x.sqlite'}",
+        "keys",
+        "list",
+        extra_env={"SWITCHBOARD_LOG_LEVL": "DEBUG"},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: unknown setting SWITCHBOARD_LOG_LEVL (did you mean SWITCHBOARD_LOG_LEVEL?)"
+    )

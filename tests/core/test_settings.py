@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from functions.core.settings import DEFAULT_DATABASE_URL, SettingsError, load_settings
+
+
+def load(env: dict[str, str], dotenv: Path | None = None) -> object:
+    return load_settings(env, dotenv=dotenv)
+
+
+def test_defaults_need_no_environment() -> None:
+    settings = load_settings({}, dotenv=None)
+    assert settings.database_url == DEFAULT_DATABASE_URL
+    assert settings.is_sqlite
+    assert settings.llm_urls == ("http://127.0.0.1:8000/v1",)
+    assert settings.log_level == "INFO"
+
+
+def test_values_are_parsed_and_lists_split() -> None:
+    settings = load_settings(
+        {
+            "SWITCHBOARD_DATABASE_URL": "postgresql://u@h:5432/db",
+            "SWITCHBOARD_LLM_URLS": "http://a:8000/v1/, http://b:8000/v1",
+            "SWITCHBOARD_LLM_API_KEY": "k",
+            "SWITCHBOARD_LOG_FORMAT": "json",
+            "SWITCHBOARD_LOG_LEVEL": "debug",
+            "SWITCHBOARD_PORT": "9000",
+            "PATH": "/usr/bin",
+        },
+        dotenv=None,
+    )
+    assert settings.llm_urls == ("http://a:8000/v1", "http://b:8000/v1")
+    assert (settings.log_format, settings.log_level, settings.port) == ("json", "DEBUG", 9000)
+    assert not settings.is_sqlite
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        (
+            {"SWITCHBOARD_DATABSE_URL": "x"},
+            "SWITCHBOARD_DATABSE_URL (did you mean SWITCHBOARD_DATABASE_URL?)",
+        ),
+        ({"SWITCHBOARD_PORT": "eighty"}, "SWITCHBOARD_PORT"),
+        ({"SWITCHBOARD_PORT": "70000"}, "SWITCHBOARD_PORT"),
+        ({"SWITCHBOARD_LOG_FORMAT": "xml"}, "SWITCHBOARD_LOG_FORMAT"),
+        ({"SWITCHBOARD_DATABASE_URL": "mysql://x"}, "SWITCHBOARD_DATABASE_URL"),
+        ({"SWITCHBOARD_LLM_URLS": "localhost:8000"}, "SWITCHBOARD_LLM_URLS"),
+        ({"SWITCHBOARD_LLM_TOTAL_TIMEOUT_S": "-1"}, "SWITCHBOARD_LLM_TOTAL_TIMEOUT_S"),
+    ],
+)
+def test_a_bad_or_unknown_variable_is_named_in_one_line(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings(env, dotenv=None)
+    message = str(info.value)
+    assert named in message
+    assert "\n" not in message
+
+
+def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("SWITCHBOARD_PORT=9001\nSWITCHBOARD_LOG_LEVEL=WARNING\n")
+    settings = load_settings({"SWITCHBOARD_PORT": "9002"}, dotenv=dotenv)
+    assert (settings.port, settings.log_level) == (9002, "WARNING")
