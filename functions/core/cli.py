@@ -227,9 +227,12 @@ def configs_list(as_json: bool, include_archived: bool) -> None:
 
 def _register_optional_commands() -> None:
     """Commands that live beside their own code (the simulator, the servers)."""
+    from functions.serve import dev, serve
     from functions.simulator.cli import sim_vllm
 
     main.add_command(sim_vllm, name="sim-vllm")
+    main.add_command(serve)
+    main.add_command(dev)
 
 
 _register_optional_commands()

@@ -1,0 +1,183 @@
+"""The chat function: conversations, their messages, and sending a message to the model."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Litestar, Request, Response, Router, delete, get, patch, post
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
+from litestar.response import Stream
+
+from functions.core.chat.schemas import ChatEvent, MessageSend, event_name
+from functions.core.chat.service import ChatService
+from functions.core.conversations import service as conversations
+from functions.core.conversations.schemas import (
+    ConversationCreate,
+    ConversationOut,
+    ConversationUpdate,
+)
+from functions.core.keys.schemas import Principal
+from functions.core.messages import service as messages
+from functions.core.messages.schemas import MessageOut
+from functions.core.schemas import Page
+from functions.core.settings import Settings
+from functions.core.web.app import build_app, llm_of, settings_of
+from functions.core.web.auth import provide_principal
+from functions.core.web.docs import errors, parse_id
+from functions.core.web.errors import request_id_of
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_encoder = msgspec.json.Encoder()
+
+
+def provide_chat(state: State) -> ChatService:
+    service: ChatService | None = state.get("chat")
+    if service is None:
+        busy_timeout = settings_of(state).send_lock_timeout_s
+        service = ChatService(llm_of(state), busy_timeout_s=busy_timeout)
+        state.chat = service
+    return service
+
+
+@post("/", summary="Start a conversation", responses=errors(400, 404))
+async def create_conversation(data: ConversationCreate, principal: Principal) -> ConversationOut:
+    """``config`` names an LLM configuration; left out, the default configuration is used."""
+    return await conversations.create_conversation(principal.key_id, data)
+
+
+@get("/", summary="Your conversations, most recent first", responses=errors(400))
+async def list_conversations(
+    principal: Principal,
+    limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Parameter(description="next_cursor of the previous page")] = None,
+) -> Page[ConversationOut]:
+    return await conversations.list_conversations(principal.key_id, limit=limit, cursor=cursor)
+
+
+@get("/{conversation_id:str}", summary="Get a conversation", responses=errors(400, 404))
+async def get_conversation(conversation_id: str, principal: Principal) -> ConversationOut:
+    return await conversations.get_conversation(
+        principal.key_id, parse_id(conversation_id, "conversation")
+    )
+
+
+@patch(
+    "/{conversation_id:str}", summary="Change title, metadata or config", responses=errors(400, 404)
+)
+async def update_conversation(
+    conversation_id: str, data: ConversationUpdate, principal: Principal
+) -> ConversationOut:
+    return await conversations.update_conversation(
+        principal.key_id, parse_id(conversation_id, "conversation"), data
+    )
+
+
+@delete(
+    "/{conversation_id:str}",
+    summary="Delete a conversation and its messages",
+    responses=errors(400, 404),
+)
+async def delete_conversation(conversation_id: str, principal: Principal) -> None:
+    await conversations.delete_conversation(
+        principal.key_id, parse_id(conversation_id, "conversation")
+    )
+
+
+@get("/{conversation_id:str}/messages", summary="Messages in order", responses=errors(400, 404))
+async def list_messages(
+    conversation_id: str,
+    principal: Principal,
+    limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
+    after: Annotated[
+        int, Parameter(ge=0, description="Only messages with seq > after (next_cursor)")
+    ] = 0,
+) -> Page[MessageOut]:
+    return await messages.list_messages(
+        principal.key_id, parse_id(conversation_id, "conversation"), limit=limit, after=after
+    )
+
+
+def _sse(event: ChatEvent) -> bytes:
+    return b"event: " + event_name(event).encode() + b"\ndata: " + _encoder.encode(event) + b"\n\n"
+
+
+async def _event_stream(first: ChatEvent, rest: AsyncIterator[ChatEvent]) -> AsyncIterator[bytes]:
+    yield _sse(first)
+    async for event in rest:
+        yield _sse(event)
+
+
+@post(
+    "/{conversation_id:str}/messages",
+    summary="Send a message and get the model's reply",
+    status_code=201,
+    responses={
+        201: ResponseSpec(
+            data_container=MessageOut,
+            description=(
+                "Non-streaming: the stored assistant message. With `stream: true`: "
+                "`text/event-stream` with events `message` (both stored messages), "
+                "`delta` (`{text}`), then `done` (`{message}`, the stored reply with usage) "
+                "or `error` (`{error, message}`)."
+            ),
+        ),
+        **errors(400, 404, 409, 502, 503, 504),
+    },
+)
+async def send_message(
+    conversation_id: str,
+    data: MessageSend,
+    principal: Principal,
+    chat: ChatService,
+    request: Request[Any, Any, Any],
+) -> Response[Any]:
+    """Stores your message and a pending reply first, so nothing is lost if vLLM fails.
+
+    On failure the reply is stored as ``failed`` and the error names its cause:
+    ``llm_unavailable`` (503), ``llm_timeout`` (504), ``context_length_exceeded`` (400),
+    ``llm_error`` (502).
+    """
+    conversation = parse_id(conversation_id, "conversation")
+    request_id = request_id_of(request)
+    if not data.stream:
+        reply = await chat.send(principal.key_id, conversation, data, request_id=request_id)
+        return Response(reply, status_code=201)
+    events = chat.stream(principal.key_id, conversation, data, request_id=request_id)
+    # Run up to the first event here, so "not found" or "busy" is an HTTP error, not an
+    # SSE event after a 200.
+    first = await anext(events)
+    return Stream(
+        _event_stream(first, events),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+        status_code=200,
+    )
+
+
+router = Router(
+    path="/v1/conversations",
+    route_handlers=[
+        create_conversation,
+        list_conversations,
+        get_conversation,
+        update_conversation,
+        delete_conversation,
+        list_messages,
+        send_message,
+    ],
+    dependencies={
+        "principal": Provide(provide_principal),
+        "chat": Provide(provide_chat, sync_to_thread=False),
+    },
+    tags=["chat"],
+    security=[{"BearerAuth": []}],
+)
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    return build_app("chat", [router], settings=settings, uses_llm=True)

@@ -1,0 +1,93 @@
+"""Prometheus metrics, defined once per process and shared by every function.
+
+Labels are bounded: routes are the route templates (``/v1/conversations/{id}``), never
+raw paths; models and upstreams come from configuration, not from callers.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.registry import REGISTRY, Collector
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from prometheus_client.core import GaugeMetricFamily, Metric
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+LLM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+
+HTTP_REQUESTS = Counter(
+    "switchboard_http_requests_total",
+    "HTTP requests handled, by function, method, route template and status.",
+    ["function", "method", "route", "status"],
+)
+HTTP_DURATION = Histogram(
+    "switchboard_http_request_duration_seconds",
+    "Time from request start to the last byte of the response.",
+    ["function", "method", "route"],
+    buckets=LATENCY_BUCKETS,
+)
+HTTP_IN_FLIGHT = Gauge(
+    "switchboard_http_requests_in_flight",
+    "Requests being handled right now.",
+    ["function"],
+    multiprocess_mode="livesum",
+)
+LLM_REQUESTS = Counter(
+    "switchboard_llm_requests_total",
+    "Calls to vLLM by model and outcome (ok or an error code).",
+    ["model", "outcome"],
+)
+LLM_TTFT = Histogram(
+    "switchboard_llm_time_to_first_token_seconds",
+    "Time from sending a request to vLLM to its first token.",
+    ["model"],
+    buckets=LLM_BUCKETS,
+)
+LLM_DURATION = Histogram(
+    "switchboard_llm_request_duration_seconds",
+    "Time from sending a request to vLLM to its last token.",
+    ["model"],
+    buckets=LLM_BUCKETS,
+)
+LLM_TOKENS = Counter(
+    "switchboard_llm_tokens_total",
+    "Tokens reported by vLLM, by model and kind (prompt or completion).",
+    ["model", "kind"],
+)
+CHAT_MESSAGES = Counter(
+    "switchboard_chat_replies_total",
+    "Assistant replies stored, by final status (complete, failed, cancelled).",
+    ["status"],
+)
+
+
+class CallbackCollector(Collector):
+    """Gauges read at scrape time from a callback (e.g. the LLM client's upstream stats)."""
+
+    def __init__(self, collect: Callable[[], Iterable[GaugeMetricFamily]]) -> None:
+        self._collect = collect
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._collect())
+
+
+def render_metrics() -> tuple[bytes, str]:
+    """The exposition text for this process, or for all workers in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

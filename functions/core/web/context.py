@@ -1,0 +1,92 @@
+"""Per-request context: a request id, one canonical log line, HTTP metrics.
+
+A raw ASGI wrapper around the whole Litestar handler (not a Litestar middleware, which only
+runs for matched routes), so 404s and 405s get a request id and a log line too.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+import structlog
+
+from functions.core.logging import get_logger
+from functions.core.metrics import HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS
+
+log = get_logger("switchboard.access")
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+ASGIApp = Any
+
+
+def _incoming_request_id(scope: dict[str, Any]) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            candidate: str = value.decode("latin-1")
+            if _VALID_REQUEST_ID.match(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
+def _route_template(scope: dict[str, Any]) -> str:
+    handler = scope.get("route_handler")
+    if handler is None:
+        return "unmatched"
+    template = scope.get("path_template")
+    if isinstance(template, str):
+        return template
+    paths = getattr(handler, "paths", None)
+    return str(next(iter(paths))) if paths else "unmatched"
+
+
+class RequestContext:
+    """Wraps an ASGI app: binds ``request_id``, echoes it, logs and counts each request."""
+
+    def __init__(self, app: ASGIApp, function: str) -> None:
+        self.app = app
+        self.function = function
+        self.in_flight = HTTP_IN_FLIGHT.labels(function)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode())
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        self.in_flight.inc()
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                self.in_flight.dec()
+                elapsed = time.perf_counter() - started
+                route = _route_template(scope)
+                method = scope["method"]
+                HTTP_REQUESTS.labels(self.function, method, route, str(status)).inc()
+                HTTP_DURATION.labels(self.function, method, route).observe(elapsed)
+                if scope["path"] not in _QUIET_PATHS or status >= 400:
+                    log.info(
+                        "request",
+                        method=method,
+                        path=scope["path"],
+                        route=route,
+                        status=status,
+                        duration_ms=round(elapsed * 1000, 3),
+                        principal=scope["state"].get("principal_name"),
+                    )

@@ -1,0 +1,18 @@
+"""Every function mounted in one process: one app, one lifespan, one OpenAPI schema."""
+
+from __future__ import annotations
+
+from litestar import Litestar
+
+from functions.chat.app import router as chat_router
+from functions.configs.app import router as configs_router
+from functions.core.llm.client import LLMClient
+from functions.core.settings import Settings
+from functions.core.web.app import build_app
+from functions.keys.app import router as keys_router
+
+ROUTERS = [chat_router, configs_router, keys_router]
+
+
+def create_app(settings: Settings | None = None, *, llm: LLMClient | None = None) -> Litestar:
+    return build_app("gateway", ROUTERS, settings=settings, uses_llm=True, llm=llm)
