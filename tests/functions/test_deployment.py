@@ -1,0 +1,95 @@
+"""How the functions start and degrade: each alone, with no LLM, with no database."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from functions.core.db.engine import engine_from_url, use_engine
+from functions.core.db.migrate import migrate
+from functions.core.keys import service as keys
+from functions.core.keys.schemas import ApiKeyCreate
+from tests.support.databases import create_postgres_database, drop_postgres_database
+from tests.support.gateway import GatewayProcess
+from tests.support.process import free_port
+from tests.support.simulator import SimulatorProcess
+
+
+@pytest.fixture
+async def fresh_db() -> AsyncIterator[str]:
+    url = await create_postgres_database("switchboard_deploy")
+    engine = engine_from_url(url)
+    use_engine(engine)
+    await migrate(engine)
+    yield url
+    await drop_postgres_database(url)
+
+
+@pytest.mark.parametrize("function", ["chat", "configs", "keys"])
+async def test_each_function_runs_alone_with_its_probes(
+    fresh_db: str, simulators: dict[str, SimulatorProcess], function: str
+) -> None:
+    secret = (await keys.create_key(ApiKeyCreate(name="a", scopes=["admin", "chat"]))).secret
+    with GatewayProcess(fresh_db, [simulators["sim-model"].base_url], function=function) as app:
+        async with httpx.AsyncClient(base_url=app.root_url, timeout=10) as client:
+            assert (await client.get("/healthz")).json() == {"status": "ok"}
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200
+            assert ready.json()["function"] == function
+            assert ready.json()["database"]["status"] == "ok"
+            expected_llm = "simulated" if function == "chat" else "not_used"
+            assert ready.json()["llm"]["status"] == expected_llm
+            assert "switchboard_http_requests_total" in (await client.get("/metrics")).text
+            own = {"chat": "/v1/conversations", "configs": "/v1/configs", "keys": "/v1/keys"}
+            headers = {"Authorization": f"Bearer {secret}"}
+            for name, path in own.items():
+                status = (await client.get(path, headers=headers)).status_code
+                assert status == (200 if name == function else 404), (name, status)
+
+
+async def test_with_no_llm_reads_work_and_sends_fail_fast(fresh_db: str) -> None:
+    dead_llm = f"http://127.0.0.1:{free_port()}/v1"
+    secret = (await keys.create_key(ApiKeyCreate(name="a", scopes=["admin", "chat"]))).secret
+    with GatewayProcess(fresh_db, [dead_llm]) as app:
+        headers = {"Authorization": f"Bearer {secret}"}
+        async with httpx.AsyncClient(base_url=app.root_url, headers=headers, timeout=10) as client:
+            ready = (await client.get("/readyz")).json()
+            assert (ready["status"], ready["llm"]["status"]) == ("degraded", "down")
+            await client.post("/v1/configs", json={"name": "c", "model": "m", "is_default": True})
+            conv = (await client.post("/v1/conversations", json={"title": "t"})).json()
+            assert (await client.get("/v1/conversations")).status_code == 200
+
+            started = time.monotonic()
+            response = await client.post(
+                f"/v1/conversations/{conv['id']}/messages", json={"content": "hello?"}
+            )
+            assert time.monotonic() - started < 3
+            assert response.status_code == 503
+            assert response.json()["error"]["code"] == "llm_unavailable"
+            assert response.headers["retry-after"]
+            history = (await client.get(f"/v1/conversations/{conv['id']}/messages")).json()
+            assert [(m["role"], m["status"]) for m in history["data"]] == [
+                ("user", "complete"),
+                ("assistant", "failed"),
+            ]
+
+
+async def test_with_no_database_it_starts_and_answers_503() -> None:
+    unreachable = f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"
+    with GatewayProcess(unreachable, ["http://127.0.0.1:9/v1"]) as app:
+        async with httpx.AsyncClient(base_url=app.root_url, timeout=10) as client:
+            assert (await client.get("/healthz")).status_code == 200
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["database"]["status"] == "down"
+            response = await client.get(
+                "/v1/conversations", headers={"Authorization": "Bearer sb-" + "x" * 43}
+            )
+            assert response.status_code == 503
+            error = response.json()["error"]
+            assert error["code"] == "database_unavailable"
+            assert "SELECT" not in error["message"]
+            assert "Traceback" not in response.text
