@@ -1,0 +1,39 @@
+"""Every knob of the simulator, in one frozen Struct built once by the CLI."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0.0)]
+
+
+class SimulatorOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How the simulated vLLM server behaves. Defaults give a fast, healthy, fault-free server."""
+
+    models: tuple[str, ...] = ("sim-model",)
+    """Served model names; the first is the default and the ``root`` of every card."""
+    ttft_ms: NonNegative = 0.0
+    """Delay before the first token (the role chunk when streaming)."""
+    itl_ms: NonNegative = 0.0
+    """Delay between two tokens."""
+    tokens: Annotated[int, msgspec.Meta(ge=1)] = 16
+    """Length of every reply in tokens, before ``max_tokens`` and ``stop`` cut it."""
+    max_model_len: Annotated[int, msgspec.Meta(ge=1)] = 8192
+    max_num_seqs: Annotated[int, msgspec.Meta(ge=0)] = 256
+    """Requests generating at once; more wait in a queue (``num_requests_waiting``). 0: no cap."""
+    api_keys: tuple[str, ...] = ()
+    legacy_errors: bool = False
+    """Flat ``{"object":"error",...}`` bodies as vLLM <= 0.10.0 sent them."""
+    fail_rate: Fraction = 0.0
+    """Fraction of chat requests answered with a 500 InternalServerError."""
+    hang_rate: Fraction = 0.0
+    """Fraction of chat requests accepted and never answered."""
+    cut_after: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    """Fail every generation after this many tokens (a mid-stream error event when streaming)."""
+    unhealthy: bool = False
+    """Start with a dead engine: ``/health`` 503, chat 500."""
+    seed: int = 0
+    """Seed of the dice that pick which requests ``fail_rate``/``hang_rate`` hit."""
