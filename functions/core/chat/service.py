@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import aclosing
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -24,19 +24,17 @@ from functions.core.chat.schemas import (
     ReplyDone,
     ReplyFailed,
 )
-from functions.core.configs import service as configs
-from functions.core.conversations import service as conversations
 from functions.core.llm.errors import LLMError
 from functions.core.llm.schemas import ChatDelta, ChatDone, ChatMessage, ChatRequest, ChatResult
 from functions.core.logging import get_logger
 from functions.core.messages import service as messages
-from functions.core.messages.schemas import Exchange, MessageOut, ReplyOutcome
+from functions.core.messages.schemas import ConfigRef, Exchange, MessageOut, ReplyOutcome
 from functions.core.messages.service import ConversationBusyError
 from functions.core.metrics import CHAT_MESSAGES, LLM_DURATION, LLM_REQUESTS, LLM_TOKENS, LLM_TTFT
 
 if TYPE_CHECKING:
     import uuid
-    from collections.abc import AsyncGenerator, AsyncIterator
+    from collections.abc import AsyncIterator
 
     from functions.core.configs.schemas import LLMConfigOut
     from functions.core.llm.client import LLMClient
@@ -56,20 +54,17 @@ class ChatService:
     async def _begin(
         self, owner: uuid.UUID, conversation_id: uuid.UUID, data: MessageSend
     ) -> tuple[Exchange, LLMConfigOut, ChatRequest]:
-        conversation = await conversations.get_conversation(owner, conversation_id)
-        config = await configs.resolve_config(conversation.config)
         deadline = time.monotonic() + self._busy_timeout_s
         while True:
             try:
-                exchange = await messages.begin_exchange(
-                    owner, conversation_id, data.content, config
-                )
+                exchange = await messages.begin_exchange(owner, conversation_id, data.content)
                 break
             except ConversationBusyError:
                 # Another process is replying in this conversation; wait our turn.
                 if time.monotonic() >= deadline:
                     raise
                 await asyncio.sleep(BUSY_RETRY_S)
+        config = exchange.config
         params = {**config.sampling_params(), **data.overrides()}
         extra = {k: v for k, v in params.items() if k not in _REQUEST_FIELDS}
         request = ChatRequest(
@@ -129,10 +124,7 @@ class ChatService:
                     user_message=exchange.user_message,
                     assistant_message=exchange.assistant_message,
                 )
-                upstream = cast(
-                    "AsyncGenerator[ChatDelta | ChatDone, None]",
-                    self._llm.stream_chat(request, request_id=request_id),
-                )
+                upstream = self._llm.stream_chat(request, request_id=request_id)
                 done: ChatDone | None = None
                 async with aclosing(upstream) as events:
                     async for event in events:
@@ -166,7 +158,11 @@ async def _finish(reply_id: uuid.UUID, outcome: ReplyOutcome, config: LLMConfigO
     """Record the outcome even while the surrounding task is being cancelled."""
     _observe(outcome, config)
     with anyio.CancelScope(shield=True):
-        stored = await messages.finish_exchange(reply_id, outcome)
+        stored = await messages.finish_exchange(
+            reply_id,
+            outcome,
+            config=ConfigRef(id=config.id, name=config.name, version=config.version),
+        )
     return stored  # noqa: RET504 - returning inside the shield confuses type checkers
 
 

@@ -20,6 +20,7 @@ from functions.core.configs.schemas import (
     LLMConfigSpec,
 )
 from functions.core.db.engine import write_transaction
+from functions.core.db.sql import fetch
 from functions.core.db.tables import LLMConfig
 from functions.core.errors import ConflictError, InvalidInputError, NotFoundError
 
@@ -170,14 +171,25 @@ async def archive_config(name: str) -> LLMConfigOut:
     return await get_config(name)
 
 
+# Constant column names; every value goes in as a parameter.
+_SELECT = "SELECT " + ", ".join(LLMConfigOut.__struct_fields__) + " FROM llm_config"  # noqa: S608
+
+
+def _from_raw(row: dict[str, Any]) -> LLMConfigOut:
+    # Hand-written SQL returns JSON columns as text on both engines.
+    if isinstance(row["extra"], str):
+        row = {**row, "extra": msgspec.json.decode(row["extra"])}
+    return msgspec.convert(row, LLMConfigOut)
+
+
 async def get_default_config() -> LLMConfigOut | None:
-    row = (
-        await LLMConfig.select(*_COLUMNS)
-        .where(LLMConfig.is_default.eq(True))
-        .first()
-        .output(load_json=True)
-    )
-    return None if row is None else msgspec.convert(row, LLMConfigOut)
+    rows = await fetch(_SELECT + " WHERE is_default = {} LIMIT 1", True)
+    return _from_raw(rows[0]) if rows else None
+
+
+async def _latest_version(name: str) -> LLMConfigOut | None:
+    rows = await fetch(_SELECT + " WHERE name = {} ORDER BY version DESC LIMIT 1", name)
+    return _from_raw(rows[0]) if rows else None
 
 
 async def resolve_config(name: str | None) -> LLMConfigOut:
@@ -191,7 +203,9 @@ async def resolve_config(name: str | None) -> LLMConfigOut:
                 details={"field": "config"},
             )
         return default
-    config = await get_config(name)
+    config = await _latest_version(name)
+    if config is None:
+        raise NotFoundError(f"no configuration {name!r}", details={"name": name})
     if config.archived_at is not None:
         raise InvalidInputError(
             f"configuration {name!r} is archived", details={"field": "config", "name": name}

@@ -9,6 +9,7 @@ which means re-pointing the conf module and every table that cached the old one.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -20,6 +21,10 @@ from piccolo.engine.sqlite import SQLiteEngine, TransactionType
 if TYPE_CHECKING:
     from piccolo.engine.base import Engine
     from piccolo.table import Table
+
+# Piccolo warns on stderr, in colour, when its first query cannot connect; Switchboard
+# reports that itself (one CLI line, a 503, a readiness probe), so the warning is noise.
+warnings.filterwarnings("ignore", message=".*Unable to connect to (the )?database", module="piccolo")
 
 # SQLite: wait for a writer instead of failing at once with "database is locked".
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -68,9 +73,20 @@ def current_engine() -> Engine[Any]:
     return conf.DB
 
 
+async def _keep_session(_connection: object) -> None:
+    """Pool reset hook: nothing to undo, as Switchboard never changes session state.
+
+    asyncpg's default reset sends ``RESET ALL; UNLISTEN *; ...`` every time a connection
+    goes back to the pool: one extra round trip per query. An open transaction is still
+    rolled back by asyncpg before this hook runs.
+    """
+
+
 async def open_pool(engine: Engine[Any], *, min_size: int = 1, max_size: int = 20) -> None:
     if isinstance(engine, PostgresEngine):
-        await engine.start_connection_pool(min_size=min_size, max_size=max_size)
+        await engine.start_connection_pool(
+            min_size=min_size, max_size=max_size, reset=_keep_session
+        )
 
 
 async def close_pool(engine: Engine[Any]) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from functions.core.db.sql import fetch
 from functions.core.db.tables import ApiKey
 from functions.core.errors import AuthenticationError, NotFoundError
 from functions.core.keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, Principal
@@ -90,14 +91,11 @@ async def authenticate(secret: str) -> Principal:
             "malformed API key: expected 'Authorization: Bearer sb-...'",
         )
     presented = hash_secret(secret)
-    candidates = await ApiKey.select(
-        ApiKey.id,
-        ApiKey.name,
-        ApiKey.key_hash,
-        ApiKey.scopes,
-        ApiKey.revoked_at,
-        ApiKey.last_used_at,
-    ).where(ApiKey.prefix == secret[:PREFIX_LENGTH])
+    candidates = await fetch(
+        "SELECT id, name, key_hash, scopes, revoked_at, last_used_at FROM api_key "
+        "WHERE prefix = {}",
+        secret[:PREFIX_LENGTH],
+    )
     match = None
     for row in candidates:
         # Compare every candidate so timing does not depend on which one matched.
@@ -110,5 +108,5 @@ async def authenticate(secret: str) -> Principal:
     now = datetime.now(UTC)
     last_used = match["last_used_at"]
     if last_used is None or now - last_used > LAST_USED_RESOLUTION:
-        await ApiKey.update({ApiKey.last_used_at: now}).where(ApiKey.id == match["id"])
+        await fetch("UPDATE api_key SET last_used_at = {} WHERE id = {}", now, match["id"])
     return Principal(key_id=match["id"], name=match["name"], scopes=frozenset(match["scopes"]))

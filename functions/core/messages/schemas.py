@@ -8,6 +8,7 @@ from typing import Literal
 
 import msgspec
 
+from functions.core.configs.schemas import LLMConfigOut
 from functions.core.schemas import Output
 
 Role = Literal["system", "user", "assistant"]
@@ -63,6 +64,7 @@ class Exchange(Output, kw_only=True):
     user_message: MessageOut
     assistant_message: MessageOut
     history: list[ChatTurn]
+    config: LLMConfigOut
 
 
 class ReplyOutcome(msgspec.Struct, kw_only=True):

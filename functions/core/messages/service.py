@@ -14,11 +14,14 @@ Nothing is held open while the model runs. A second send while a reply is pendin
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from functions.core.configs import service as configs
 from functions.core.conversations.service import not_found
 from functions.core.db.engine import write_transaction
+from functions.core.db.sql import fetch
 from functions.core.db.tables import Conversation, Message
 from functions.core.errors import ConflictError, InvalidInputError, NotFoundError
 from functions.core.messages.schemas import (
@@ -33,10 +36,7 @@ from functions.core.messages.schemas import (
 from functions.core.schemas import Page
 
 if TYPE_CHECKING:
-    import uuid
     from collections.abc import AsyncIterator
-
-    from functions.core.configs.schemas import LLMConfigOut
 
 MAX_PAGE_SIZE = 500
 # A pending reply older than this is from a process that died mid-send; it no longer
@@ -137,34 +137,41 @@ async def list_messages(
     return Page(data=items, next_cursor=next_cursor)
 
 
+_MESSAGE_COLUMNS = (
+    "id, conversation, seq, role, content, status, llm_config, model, prompt_tokens, "
+    "completion_tokens, latency_ms, ttft_ms, finish_reason, error_code, error_message, "
+    "upstream_request_id, created_at, completed_at"
+)
+
+
+# Constant column names; every value goes in as a parameter.
+_FINISH_SQL = (
+    "UPDATE message SET status = {}, content = {}, model = COALESCE({}, model), "  # noqa: S608
+    "prompt_tokens = {}, completion_tokens = {}, latency_ms = {}, ttft_ms = {}, "
+    "finish_reason = {}, error_code = {}, error_message = {}, upstream_request_id = {}, "
+    "completed_at = {} WHERE id = {} AND status = 'pending' RETURNING " + _MESSAGE_COLUMNS
+)
+
+
 async def _history(
     conversation_id: uuid.UUID, before_seq: int, window: int | None
 ) -> list[ChatTurn]:
-    query = (
-        Message.select(Message.role, Message.content)
-        .where(
-            (Message.conversation == conversation_id)
-            & (Message.seq < before_seq)
-            & (Message.status == "complete")
-        )
-        .order_by(Message.seq, ascending=False)
+    sql = (
+        "SELECT role, content FROM message WHERE conversation = {} AND seq < {} "
+        "AND status = 'complete' ORDER BY seq DESC"
     )
+    args: list[Any] = [conversation_id, before_seq]
     if window is not None:
-        query = query.limit(window)
-    rows = await query
+        sql += " LIMIT {}"
+        args.append(window)
+    rows = await fetch(sql, *args)
     return [ChatTurn(role=row["role"], content=row["content"]) for row in reversed(rows)]
 
 
-async def begin_exchange(
-    owner: uuid.UUID,
-    conversation_id: uuid.UUID,
-    content: str,
-    config: LLMConfigOut,
-    *,
-    model: str | None = None,
-) -> Exchange:
+async def begin_exchange(owner: uuid.UUID, conversation_id: uuid.UUID, content: str) -> Exchange:
     """Store the user's message and a pending reply in one transaction.
 
+    The reply uses the latest version of the conversation's config (or the default).
     Raises :class:`ConversationBusyError` while another reply in the conversation is pending.
     """
     if not content.strip():
@@ -173,57 +180,78 @@ async def begin_exchange(
     async with write_transaction():
         # The UPDATE takes the conversation's row lock, so concurrent sends queue here and
         # each gets its own pair of sequence numbers.
-        bumped = (
-            await Conversation.update(
-                {Conversation.last_seq: Conversation.last_seq + 2, Conversation.updated_at: now}
-            )
-            .where((Conversation.id == conversation_id) & (Conversation.owner_key == owner))
-            .returning(Conversation.last_seq)
+        bumped = await fetch(
+            "UPDATE conversation SET last_seq = last_seq + 2, updated_at = {} "
+            "WHERE id = {} AND owner_key = {} RETURNING last_seq, config_name",
+            now,
+            conversation_id,
+            owner,
         )
         if not bumped:
             raise not_found(conversation_id)
+        config = await configs.resolve_config(bumped[0]["config_name"])
         await _claim_conversation(conversation_id, now)
         assistant_seq = bumped[0]["last_seq"]
-        user_seq = assistant_seq - 1
-        user = Message(
-            conversation=conversation_id,
-            seq=user_seq,
+        user = MessageOut(
+            id=uuid.uuid4(),
+            conversation_id=conversation_id,
+            seq=assistant_seq - 1,
             role="user",
             content=content,
             status="complete",
             created_at=now,
             completed_at=now,
         )
-        assistant = Message(
-            conversation=conversation_id,
+        reply = MessageOut(
+            id=uuid.uuid4(),
+            conversation_id=conversation_id,
             seq=assistant_seq,
             role="assistant",
             content="",
             status="pending",
-            llm_config=config.id,
-            model=model or config.model,
             created_at=now,
+            config=ConfigRef(id=config.id, name=config.name, version=config.version),
+            model=config.model,
         )
-        await Message.insert(user, assistant)
-        history = await _history(conversation_id, user_seq, config.history_window)
-        history.append(ChatTurn(role="user", content=content))
-        if config.history_window is not None:
-            history = history[-config.history_window :]
-        rows = (
-            await Message.select(*_COLUMNS)
-            .where(Message.id.is_in([user.id, assistant.id]))
-            .order_by(Message.seq)
+        await fetch(
+            "INSERT INTO message (id, conversation, seq, role, content, status, llm_config, "
+            "model, created_at, completed_at) VALUES "
+            "({}, {}, {}, {}, {}, {}, {}, {}, {}, {}), ({}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+            user.id,
+            conversation_id,
+            user.seq,
+            "user",
+            content,
+            "complete",
+            None,
+            None,
+            now,
+            now,
+            reply.id,
+            conversation_id,
+            reply.seq,
+            "assistant",
+            "",
+            "pending",
+            config.id,
+            config.model,
+            now,
+            None,
         )
+        history = await _history(conversation_id, user.seq, config.history_window)
+    history.append(ChatTurn(role="user", content=content))
+    if config.history_window is not None:
+        history = history[-config.history_window :]
     if config.system_prompt:
         history.insert(0, ChatTurn(role="system", content=config.system_prompt))
-    user_out, assistant_out = (_to_out(row) for row in rows)
-    return Exchange(user_message=user_out, assistant_message=assistant_out, history=history)
+    return Exchange(user_message=user, assistant_message=reply, history=history, config=config)
 
 
 async def _claim_conversation(conversation_id: uuid.UUID, now: datetime) -> None:
     """Refuse while a live reply is pending; retire pending replies of dead processes."""
-    pending = await Message.select(Message.id, Message.created_at).where(
-        (Message.conversation == conversation_id) & (Message.status == "pending")
+    pending = await fetch(
+        "SELECT id, created_at FROM message WHERE conversation = {} AND status = 'pending'",
+        conversation_id,
     )
     stale = [row["id"] for row in pending if now - row["created_at"] > STALE_PENDING_AFTER]
     if len(stale) < len(pending):
@@ -242,38 +270,42 @@ async def _claim_conversation(conversation_id: uuid.UUID, now: datetime) -> None
         ).where(Message.id.is_in(stale))
 
 
-async def finish_exchange(message_id: uuid.UUID, outcome: ReplyOutcome) -> MessageOut:
-    """Write how the model call ended onto the pending assistant message, once."""
+async def finish_exchange(
+    message_id: uuid.UUID, outcome: ReplyOutcome, *, config: ConfigRef | None = None
+) -> MessageOut:
+    """Write how the model call ended onto the pending assistant message, once.
+
+    ``config`` (the version that produced the reply) saves a lookup when the caller has it.
+    """
     if outcome.status == "pending":
         raise ValueError("an outcome must end the message")
     now = datetime.now(UTC)
     async with write_transaction():
-        values: dict[Any, Any] = {
-            Message.status: outcome.status,
-            Message.content: outcome.content,
-            Message.prompt_tokens: outcome.prompt_tokens,
-            Message.completion_tokens: outcome.completion_tokens,
-            Message.latency_ms: outcome.latency_ms,
-            Message.ttft_ms: outcome.ttft_ms,
-            Message.finish_reason: outcome.finish_reason,
-            Message.error_code: outcome.error_code,
-            Message.error_message: outcome.error_message,
-            Message.upstream_request_id: outcome.upstream_request_id,
-            Message.completed_at: now,
-        }
-        if outcome.model is not None:  # the served name; keep the requested one otherwise
-            values[Message.model] = outcome.model
-        updated = (
-            await Message.update(values)
-            .where((Message.id == message_id) & (Message.status == "pending"))
-            .returning(Message.conversation)
+        updated = await fetch(
+            _FINISH_SQL,
+            outcome.status,
+            outcome.content,
+            outcome.model,
+            outcome.prompt_tokens,
+            outcome.completion_tokens,
+            outcome.latency_ms,
+            outcome.ttft_ms,
+            outcome.finish_reason,
+            outcome.error_code,
+            outcome.error_message,
+            outcome.upstream_request_id,
+            now,
+            message_id,
         )
         if not updated:
             raise ConflictError(f"message {message_id} is not pending")
-        await Conversation.update({Conversation.updated_at: now}).where(
-            Conversation.id == updated[0]["conversation"]
+        row = updated[0]
+        await fetch(
+            "UPDATE conversation SET updated_at = {} WHERE id = {}", now, row["conversation"]
         )
-    return await get_message(message_id)
+    if config is None:
+        return await get_message(message_id)
+    return _to_out({**row, "llm_config.name": config.name, "llm_config.version": config.version})
 
 
 async def iter_messages(

@@ -49,7 +49,7 @@ def done(text: str) -> ReplyOutcome:
 
 async def test_an_exchange_stores_both_messages_before_the_model_runs(db: object) -> None:
     owner, conv_id, cfg = await setup(system_prompt="You are terse.")
-    exchange = await service.begin_exchange(owner, conv_id, "Hi 👋", cfg)
+    exchange = await service.begin_exchange(owner, conv_id, "Hi 👋")
     assert (exchange.user_message.seq, exchange.assistant_message.seq) == (1, 2)
     assert exchange.user_message.status == "complete"
     assert exchange.assistant_message.status == "pending"
@@ -68,7 +68,7 @@ async def test_an_exchange_stores_both_messages_before_the_model_runs(db: object
 
 async def test_finishing_records_content_usage_and_timings(db: object) -> None:
     owner, conv_id, cfg = await setup()
-    exchange = await service.begin_exchange(owner, conv_id, "Hi", cfg)
+    exchange = await service.begin_exchange(owner, conv_id, "Hi")
     reply = await service.finish_exchange(exchange.assistant_message.id, done("Hello!"))
     assert reply.status == "complete"
     assert reply.content == "Hello!"
@@ -83,43 +83,43 @@ async def test_finishing_records_content_usage_and_timings(db: object) -> None:
 
 async def test_history_leaves_out_failed_and_cancelled_replies(db: object) -> None:
     owner, conv_id, cfg = await setup()
-    first = await service.begin_exchange(owner, conv_id, "one", cfg)
+    first = await service.begin_exchange(owner, conv_id, "one")
     await service.finish_exchange(first.assistant_message.id, done("uno"))
-    second = await service.begin_exchange(owner, conv_id, "two", cfg)
+    second = await service.begin_exchange(owner, conv_id, "two")
     failed = await service.finish_exchange(
         second.assistant_message.id,
         ReplyOutcome(status="failed", error_code="llm_unavailable", error_message="down"),
     )
     assert failed.error is not None
     assert failed.error.code == "llm_unavailable"
-    third = await service.begin_exchange(owner, conv_id, "three", cfg)
+    third = await service.begin_exchange(owner, conv_id, "three")
     assert [t.content for t in third.history] == ["one", "uno", "two", "three"]
 
 
 async def test_history_window_keeps_the_last_n_messages(db: object) -> None:
     owner, conv_id, cfg = await setup(history_window=3, system_prompt="sys")
     for text in ["a", "b"]:
-        exchange = await service.begin_exchange(owner, conv_id, text, cfg)
+        exchange = await service.begin_exchange(owner, conv_id, text)
         await service.finish_exchange(exchange.assistant_message.id, done(text.upper()))
-    exchange = await service.begin_exchange(owner, conv_id, "c", cfg)
+    exchange = await service.begin_exchange(owner, conv_id, "c")
     assert [t.content for t in exchange.history] == ["sys", "b", "B", "c"]
 
 
 async def test_a_second_send_waits_for_the_pending_reply(db: object) -> None:
     owner, conv_id, cfg = await setup()
-    await service.begin_exchange(owner, conv_id, "first", cfg)
+    await service.begin_exchange(owner, conv_id, "first")
     with pytest.raises(ConversationBusyError):
-        await service.begin_exchange(owner, conv_id, "second", cfg)
+        await service.begin_exchange(owner, conv_id, "second")
 
 
 async def test_a_stale_pending_reply_is_retired(db: object) -> None:
     owner, conv_id, cfg = await setup()
-    stuck = await service.begin_exchange(owner, conv_id, "first", cfg)
+    stuck = await service.begin_exchange(owner, conv_id, "first")
     long_ago = datetime.now(UTC) - service.STALE_PENDING_AFTER - timedelta(minutes=1)
     await Message.update({Message.created_at: long_ago}).where(
         Message.id == stuck.assistant_message.id
     )
-    await service.begin_exchange(owner, conv_id, "second", cfg)
+    await service.begin_exchange(owner, conv_id, "second")
     retired = await service.get_message(stuck.assistant_message.id)
     assert (retired.status, retired.error.code if retired.error else None) == (
         "failed",
@@ -131,7 +131,7 @@ async def test_messages_of_another_key_are_not_found(db: object) -> None:
     _owner, conv_id, cfg = await setup()
     stranger = (await keys.create_key(ApiKeyCreate(name="s"))).id
     with pytest.raises(NotFoundError):
-        await service.begin_exchange(stranger, conv_id, "hi", cfg)
+        await service.begin_exchange(stranger, conv_id, "hi")
     with pytest.raises(NotFoundError):
         await service.list_messages(stranger, conv_id)
 
@@ -139,7 +139,7 @@ async def test_messages_of_another_key_are_not_found(db: object) -> None:
 async def test_messages_page_in_sequence_order(db: object) -> None:
     owner, conv_id, cfg = await setup()
     for i in range(3):
-        exchange = await service.begin_exchange(owner, conv_id, f"q{i}", cfg)
+        exchange = await service.begin_exchange(owner, conv_id, f"q{i}")
         await service.finish_exchange(exchange.assistant_message.id, done(f"a{i}"))
     first = await service.list_messages(owner, conv_id, limit=4)
     assert [m.seq for m in first.data] == [1, 2, 3, 4]
@@ -152,7 +152,7 @@ async def test_messages_page_in_sequence_order(db: object) -> None:
 async def test_iter_messages_pages_through_time(db: object) -> None:
     owner, conv_id, cfg = await setup()
     for i in range(3):
-        exchange = await service.begin_exchange(owner, conv_id, f"q{i}", cfg)
+        exchange = await service.begin_exchange(owner, conv_id, f"q{i}")
         await service.finish_exchange(exchange.assistant_message.id, done(f"a{i}"))
     batches = [batch async for batch in service.iter_messages(batch_size=4)]
     assert [len(b) for b in batches] == [4, 2]
@@ -164,7 +164,7 @@ async def _send_until_accepted(
 ) -> tuple[int, int]:
     while True:
         try:
-            exchange = await service.begin_exchange(owner, conv_id, text, cfg)
+            exchange = await service.begin_exchange(owner, conv_id, text)
         except ConversationBusyError:
             await asyncio.sleep(0.001)
             continue
