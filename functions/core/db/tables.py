@@ -69,7 +69,8 @@ class Conversation(Table, tablename="conversation"):
     """A chat thread owned by one API key."""
 
     id = UUID(primary_key=True)
-    owner_key = ForeignKey(references=ApiKey, on_delete=OnDelete.cascade, index=True)
+    # Indexed together with updated_at by conversation_owner_recency_idx.
+    owner_key = ForeignKey(references=ApiKey, on_delete=OnDelete.cascade)
     config_name = Varchar(length=100, null=True, default=None)
     title = Varchar(length=500, default="")
     metadata = JSONB(default={})
@@ -77,7 +78,7 @@ class Conversation(Table, tablename="conversation"):
     # sends get distinct, gap-free numbers.
     last_seq = Integer(default=0)
     created_at = Timestamptz(default=TimestamptzNow())
-    updated_at = Timestamptz(default=TimestamptzNow(), index=True)
+    updated_at = Timestamptz(default=TimestamptzNow())
 
 
 class Message(Table, tablename="message"):
@@ -101,7 +102,8 @@ class Message(Table, tablename="message"):
     error_code = Varchar(length=64, null=True, default=None)
     error_message = Text(null=True, default=None)
     upstream_request_id = Varchar(length=200, null=True, default=None)
-    created_at = Timestamptz(default=TimestamptzNow(), index=True)
+    # Indexed with id by message_created_id_idx, for exports.
+    created_at = Timestamptz(default=TimestamptzNow())
     completed_at = Timestamptz(null=True, default=None)
 
 

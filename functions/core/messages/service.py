@@ -153,19 +153,34 @@ _FINISH_SQL = (
 )
 
 
-async def _history(
-    conversation_id: uuid.UUID, before_seq: int, window: int | None
-) -> list[ChatTurn]:
+async def _earlier_turns(
+    conversation_id: uuid.UUID, user_seq: int, window: int | None
+) -> tuple[list[ChatTurn], dict[str, Any] | None]:
+    """The complete messages before ``user_seq`` (newest ``window`` of them), and the
+    previous reply if it is still pending.
+
+    Sends are serialised, so only the newest reply (``user_seq - 1``) can be pending: every
+    send checks its predecessor before it starts. One query answers both questions.
+    """
     sql = (
-        "SELECT role, content FROM message WHERE conversation = {} AND seq < {} "
-        "AND status = 'complete' ORDER BY seq DESC"
+        "SELECT id, seq, role, content, status, created_at FROM message "
+        "WHERE conversation = {} AND seq < {} AND (status = 'complete' OR seq = {}) "
+        "ORDER BY seq DESC"
     )
-    args: list[Any] = [conversation_id, before_seq]
+    args: list[Any] = [conversation_id, user_seq, user_seq - 1]
     if window is not None:
         sql += " LIMIT {}"
-        args.append(window)
+        args.append(window + 1)
     rows = await fetch(sql, *args)
-    return [ChatTurn(role=row["role"], content=row["content"]) for row in reversed(rows)]
+    pending = rows[0] if rows and rows[0]["status"] == "pending" else None
+    turns = [
+        ChatTurn(role=row["role"], content=row["content"])
+        for row in reversed(rows)
+        if row["status"] == "complete"
+    ]
+    if window is not None:
+        turns = turns[-window:] if window else []
+    return turns, pending
 
 
 async def begin_exchange(owner: uuid.UUID, conversation_id: uuid.UUID, content: str) -> Exchange:
@@ -190,12 +205,15 @@ async def begin_exchange(owner: uuid.UUID, conversation_id: uuid.UUID, content: 
         if not bumped:
             raise not_found(conversation_id)
         config = await configs.resolve_config(bumped[0]["config_name"])
-        await _claim_conversation(conversation_id, now)
         assistant_seq = bumped[0]["last_seq"]
+        user_seq = assistant_seq - 1
+        history, pending = await _earlier_turns(conversation_id, user_seq, config.history_window)
+        if pending is not None:
+            await _retire_or_refuse(conversation_id, pending, now)
         user = MessageOut(
             id=uuid.uuid4(),
             conversation_id=conversation_id,
-            seq=assistant_seq - 1,
+            seq=user_seq,
             role="user",
             content=content,
             status="complete",
@@ -217,28 +235,11 @@ async def begin_exchange(owner: uuid.UUID, conversation_id: uuid.UUID, content: 
             "INSERT INTO message (id, conversation, seq, role, content, status, llm_config, "
             "model, created_at, completed_at) VALUES "
             "({}, {}, {}, {}, {}, {}, {}, {}, {}, {}), ({}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
-            user.id,
-            conversation_id,
-            user.seq,
-            "user",
-            content,
-            "complete",
-            None,
-            None,
-            now,
-            now,
-            reply.id,
-            conversation_id,
-            reply.seq,
-            "assistant",
-            "",
-            "pending",
-            config.id,
-            config.model,
-            now,
-            None,
+            *(user.id, conversation_id, user.seq, "user", content, "complete", None, None),
+            *(now, now),
+            *(reply.id, conversation_id, reply.seq, "assistant", "", "pending", config.id),
+            *(config.model, now, None),
         )
-        history = await _history(conversation_id, user.seq, config.history_window)
     history.append(ChatTurn(role="user", content=content))
     if config.history_window is not None:
         history = history[-config.history_window :]
@@ -247,27 +248,22 @@ async def begin_exchange(owner: uuid.UUID, conversation_id: uuid.UUID, content: 
     return Exchange(user_message=user, assistant_message=reply, history=history, config=config)
 
 
-async def _claim_conversation(conversation_id: uuid.UUID, now: datetime) -> None:
-    """Refuse while a live reply is pending; retire pending replies of dead processes."""
-    pending = await fetch(
-        "SELECT id, created_at FROM message WHERE conversation = {} AND status = 'pending'",
-        conversation_id,
-    )
-    stale = [row["id"] for row in pending if now - row["created_at"] > STALE_PENDING_AFTER]
-    if len(stale) < len(pending):
+async def _retire_or_refuse(
+    conversation_id: uuid.UUID, pending: dict[str, Any], now: datetime
+) -> None:
+    """Refuse while the previous reply is being generated; retire it if its process died."""
+    if now - pending["created_at"] <= STALE_PENDING_AFTER:
         raise ConversationBusyError(
             "another reply in this conversation is still being generated; retry when it is done",
             details={"conversation_id": str(conversation_id)},
         )
-    if stale:
-        await Message.update(
-            {
-                Message.status: "failed",
-                Message.error_code: "interrupted",
-                Message.error_message: "the process generating this reply stopped",
-                Message.completed_at: now,
-            }
-        ).where(Message.id.is_in(stale))
+    await fetch(
+        "UPDATE message SET status = 'failed', error_code = 'interrupted', "
+        "error_message = 'the process generating this reply stopped', completed_at = {} "
+        "WHERE id = {}",
+        now,
+        pending["id"],
+    )
 
 
 async def finish_exchange(
@@ -280,29 +276,26 @@ async def finish_exchange(
     if outcome.status == "pending":
         raise ValueError("an outcome must end the message")
     now = datetime.now(UTC)
-    async with write_transaction():
-        updated = await fetch(
-            _FINISH_SQL,
-            outcome.status,
-            outcome.content,
-            outcome.model,
-            outcome.prompt_tokens,
-            outcome.completion_tokens,
-            outcome.latency_ms,
-            outcome.ttft_ms,
-            outcome.finish_reason,
-            outcome.error_code,
-            outcome.error_message,
-            outcome.upstream_request_id,
-            now,
-            message_id,
-        )
-        if not updated:
-            raise ConflictError(f"message {message_id} is not pending")
-        row = updated[0]
-        await fetch(
-            "UPDATE conversation SET updated_at = {} WHERE id = {}", now, row["conversation"]
-        )
+    # One statement, so atomic without an explicit transaction: one round trip.
+    updated = await fetch(
+        _FINISH_SQL,
+        outcome.status,
+        outcome.content,
+        outcome.model,
+        outcome.prompt_tokens,
+        outcome.completion_tokens,
+        outcome.latency_ms,
+        outcome.ttft_ms,
+        outcome.finish_reason,
+        outcome.error_code,
+        outcome.error_message,
+        outcome.upstream_request_id,
+        now,
+        message_id,
+    )
+    if not updated:
+        raise ConflictError(f"message {message_id} is not pending")
+    row = updated[0]
     if config is None:
         return await get_message(message_id)
     return _to_out({**row, "llm_config.name": config.name, "llm_config.version": config.version})
