@@ -192,22 +192,34 @@ async def _latest_version(name: str) -> LLMConfigOut | None:
     return _from_raw(rows[0]) if rows else None
 
 
+def no_default_error() -> InvalidInputError:
+    return InvalidInputError(
+        "no configuration given and no default configuration is set: "
+        'pass "config" or mark a configuration as the default',
+        details={"field": "config"},
+    )
+
+
+def missing_error(name: str) -> NotFoundError:
+    return NotFoundError(f"no configuration {name!r}", details={"name": name})
+
+
+def archived_error(name: str) -> InvalidInputError:
+    return InvalidInputError(
+        f"configuration {name!r} is archived", details={"field": "config", "name": name}
+    )
+
+
 async def resolve_config(name: str | None) -> LLMConfigOut:
     """The version a new message should use: the latest of ``name``, else the default."""
     if name is None:
         default = await get_default_config()
         if default is None:
-            raise InvalidInputError(
-                "no configuration given and no default configuration is set: "
-                'pass "config" or mark a configuration as the default',
-                details={"field": "config"},
-            )
+            raise no_default_error()
         return default
     config = await _latest_version(name)
     if config is None:
-        raise NotFoundError(f"no configuration {name!r}", details={"name": name})
+        raise missing_error(name)
     if config.archived_at is not None:
-        raise InvalidInputError(
-            f"configuration {name!r} is archived", details={"field": "config", "name": name}
-        )
+        raise archived_error(name)
     return config

@@ -27,12 +27,17 @@ def _numbered(sql: str) -> str:
     )
 
 
-async def fetch(sql: str, *args: Any) -> list[dict[str, Any]]:
+async def fetch(sql: str, *args: Any, savepoint: bool = False) -> list[dict[str, Any]]:
+    """Run one statement; ``savepoint`` keeps a failing statement from aborting an
+    enclosing transaction (PostgreSQL aborts the whole transaction on any error)."""
     engine = current_engine()
     if isinstance(engine, PostgresEngine):
         statement = _numbered(sql)
         transaction = engine.current_transaction.get()
-        if transaction is not None:
+        if transaction is not None and savepoint:
+            async with transaction.connection.transaction():
+                records = await transaction.connection.fetch(statement, *args)
+        elif transaction is not None:
             records = await transaction.connection.fetch(statement, *args)
         elif engine.pool is not None:
             async with engine.pool.acquire() as connection:

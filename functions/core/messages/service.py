@@ -18,12 +18,22 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
+import msgspec
+from piccolo.engine.postgres import PostgresEngine
+
 from functions.core.configs import service as configs
+from functions.core.configs.schemas import LLMConfigOut
 from functions.core.conversations.service import not_found
-from functions.core.db.engine import write_transaction
+from functions.core.db.engine import current_engine, write_transaction
 from functions.core.db.sql import fetch
 from functions.core.db.tables import Conversation, Message
-from functions.core.errors import ConflictError, InvalidInputError, NotFoundError
+from functions.core.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    SwitchboardError,
+)
 from functions.core.messages.schemas import (
     ChatTurn,
     ConfigRef,
@@ -183,6 +193,14 @@ async def _earlier_turns(
     return turns, pending
 
 
+class _Claim(msgspec.Struct):
+    """The first half of a send, as either claim strategy returns it."""
+
+    last_seq: int
+    config: LLMConfigOut
+    history: list[ChatTurn]
+
+
 async def begin_exchange(owner: uuid.UUID, conversation_id: uuid.UUID, content: str) -> Exchange:
     """Store the user's message and a pending reply in one transaction.
 
@@ -192,8 +210,103 @@ async def begin_exchange(owner: uuid.UUID, conversation_id: uuid.UUID, content: 
     if not content.strip():
         raise InvalidInputError("content is empty", details={"field": "content"})
     now = datetime.now(UTC)
+    user_id, reply_id = uuid.uuid4(), uuid.uuid4()
+    claim_with = (
+        _claim_on_postgres if isinstance(current_engine(), PostgresEngine) else _claim_stepwise
+    )
+    claim = await claim_with(
+        owner=owner,
+        conversation_id=conversation_id,
+        content=content,
+        user_id=user_id,
+        reply_id=reply_id,
+        now=now,
+    )
+    config = claim.config
+    user = MessageOut(
+        id=user_id,
+        conversation_id=conversation_id,
+        seq=claim.last_seq - 1,
+        role="user",
+        content=content,
+        status="complete",
+        created_at=now,
+        completed_at=now,
+    )
+    reply = MessageOut(
+        id=reply_id,
+        conversation_id=conversation_id,
+        seq=claim.last_seq,
+        role="assistant",
+        content="",
+        status="pending",
+        created_at=now,
+        config=ConfigRef(id=config.id, name=config.name, version=config.version),
+        model=config.model,
+    )
+    history = [*claim.history, ChatTurn(role="user", content=content)]
+    if config.history_window is not None:
+        history = history[-config.history_window :]
+    if config.system_prompt:
+        history.insert(0, ChatTurn(role="system", content=config.system_prompt))
+    return Exchange(user_message=user, assistant_message=reply, history=history, config=config)
+
+
+async def _claim_on_postgres(
+    *,
+    owner: uuid.UUID,
+    conversation_id: uuid.UUID,
+    content: str,
+    user_id: uuid.UUID,
+    reply_id: uuid.UUID,
+    now: datetime,
+) -> _Claim:
+    """One round trip: the ``switchboard_begin_exchange`` function (see its migration)."""
+    try:
+        rows = await fetch(
+            "SELECT switchboard_begin_exchange({}, {}, {}, {}, {}, {}, {}) AS claim",
+            conversation_id,
+            owner,
+            content,
+            user_id,
+            reply_id,
+            now,
+            now - STALE_PENDING_AFTER,
+            savepoint=True,
+        )
+    except asyncpg.exceptions.RaiseError as exc:
+        raise _claim_error(str(exc), conversation_id) from None
+    return _claim_decoder.decode(rows[0]["claim"])
+
+
+_claim_decoder = msgspec.json.Decoder(_Claim)
+
+
+def _claim_error(raised: str, conversation_id: uuid.UUID) -> SwitchboardError:
+    _, reason, name = [*raised.split(":", 2), "", ""][:3]
+    if reason == "busy":
+        return _busy(conversation_id)
+    if reason == "no_default_config":
+        return configs.no_default_error()
+    if reason == "config_not_found":
+        return configs.missing_error(name)
+    if reason == "config_archived":
+        return configs.archived_error(name)
+    return not_found(conversation_id)
+
+
+async def _claim_stepwise(
+    *,
+    owner: uuid.UUID,
+    conversation_id: uuid.UUID,
+    content: str,
+    user_id: uuid.UUID,
+    reply_id: uuid.UUID,
+    now: datetime,
+) -> _Claim:
+    """The same steps as the PostgreSQL function, one statement at a time (SQLite)."""
     async with write_transaction():
-        # The UPDATE takes the conversation's row lock, so concurrent sends queue here and
+        # The UPDATE takes the conversation's write lock, so concurrent sends queue here and
         # each gets its own pair of sequence numbers.
         bumped = await fetch(
             "UPDATE conversation SET last_seq = last_seq + 2, updated_at = {} "
@@ -205,47 +318,29 @@ async def begin_exchange(owner: uuid.UUID, conversation_id: uuid.UUID, content: 
         if not bumped:
             raise not_found(conversation_id)
         config = await configs.resolve_config(bumped[0]["config_name"])
-        assistant_seq = bumped[0]["last_seq"]
-        user_seq = assistant_seq - 1
-        history, pending = await _earlier_turns(conversation_id, user_seq, config.history_window)
+        last_seq = bumped[0]["last_seq"]
+        history, pending = await _earlier_turns(
+            conversation_id, last_seq - 1, config.history_window
+        )
         if pending is not None:
             await _retire_or_refuse(conversation_id, pending, now)
-        user = MessageOut(
-            id=uuid.uuid4(),
-            conversation_id=conversation_id,
-            seq=user_seq,
-            role="user",
-            content=content,
-            status="complete",
-            created_at=now,
-            completed_at=now,
-        )
-        reply = MessageOut(
-            id=uuid.uuid4(),
-            conversation_id=conversation_id,
-            seq=assistant_seq,
-            role="assistant",
-            content="",
-            status="pending",
-            created_at=now,
-            config=ConfigRef(id=config.id, name=config.name, version=config.version),
-            model=config.model,
-        )
         await fetch(
             "INSERT INTO message (id, conversation, seq, role, content, status, llm_config, "
             "model, created_at, completed_at) VALUES "
             "({}, {}, {}, {}, {}, {}, {}, {}, {}, {}), ({}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
-            *(user.id, conversation_id, user.seq, "user", content, "complete", None, None),
+            *(user_id, conversation_id, last_seq - 1, "user", content, "complete", None, None),
             *(now, now),
-            *(reply.id, conversation_id, reply.seq, "assistant", "", "pending", config.id),
+            *(reply_id, conversation_id, last_seq, "assistant", "", "pending", config.id),
             *(config.model, now, None),
         )
-    history.append(ChatTurn(role="user", content=content))
-    if config.history_window is not None:
-        history = history[-config.history_window :]
-    if config.system_prompt:
-        history.insert(0, ChatTurn(role="system", content=config.system_prompt))
-    return Exchange(user_message=user, assistant_message=reply, history=history, config=config)
+    return _Claim(last_seq=last_seq, config=config, history=history)
+
+
+def _busy(conversation_id: uuid.UUID) -> ConversationBusyError:
+    return ConversationBusyError(
+        "another reply in this conversation is still being generated; retry when it is done",
+        details={"conversation_id": str(conversation_id)},
+    )
 
 
 async def _retire_or_refuse(
@@ -253,10 +348,7 @@ async def _retire_or_refuse(
 ) -> None:
     """Refuse while the previous reply is being generated; retire it if its process died."""
     if now - pending["created_at"] <= STALE_PENDING_AFTER:
-        raise ConversationBusyError(
-            "another reply in this conversation is still being generated; retry when it is done",
-            details={"conversation_id": str(conversation_id)},
-        )
+        raise _busy(conversation_id)
     await fetch(
         "UPDATE message SET status = 'failed', error_code = 'interrupted', "
         "error_message = 'the process generating this reply stopped', completed_at = {} "

@@ -1,0 +1,182 @@
+"""Reading one vLLM chat stream: SSE bytes in, text pieces out, timeouts enforced.
+
+Each read waits under one deadline: until the first choice arrives it is the first-token
+deadline (fixed from the start of the call), afterwards "now + between-token timeout",
+taken at the moment of the read so a slow consumer is never blamed on the upstream; the
+total deadline caps both. Every event is checked for an ``error`` key, which vLLM uses for
+failures after the 200 was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import msgspec
+
+from functions.core.llm.errors import LLMError, LLMTimeoutError, TimeoutPhase
+from functions.core.llm.sse import SSEDecoder, SSEProtocolError
+from functions.core.llm.vllm_errors import error_for_event
+from functions.core.llm.wire import stream_chunk_decoder
+
+if TYPE_CHECKING:
+    from functions.core.llm.schemas import Usage
+
+_DONE = b"[DONE]"
+# After [DONE] only the end of the chunked body is left; never wait long for it.
+MAX_DRAIN_S = 1.0
+
+
+class StreamTimeouts(msgspec.Struct, frozen=True):
+    """The stream's limits in seconds; ``started`` is the event-loop time of the call."""
+
+    started: float
+    first_token_s: float
+    token_s: float
+    total_s: float
+
+
+class ChatStreamReader:
+    """Turns one streaming response into text pieces and the final stream facts.
+
+    After :meth:`read` has returned with :attr:`finished` set, ``finish_reason``, ``usage``,
+    ``model`` and ``ttft_ms`` are final. Errors are raised as :class:`LLMError` subclasses
+    carrying the text received so far.
+    """
+
+    def __init__(
+        self,
+        response: httpx.Response,
+        *,
+        timeouts: StreamTimeouts,
+        upstream_id: str,
+        details: dict[str, Any],
+        model: str,
+    ) -> None:
+        self._chunks = response.aiter_raw()
+        self._timeouts = timeouts
+        self._total_deadline = timeouts.started + timeouts.total_s
+        self._loop = asyncio.get_running_loop()
+        self._decoder = SSEDecoder()
+        self._upstream_id = upstream_id
+        self._details = details
+        self._parts: list[str] = []
+        self.model = model
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+        self.ttft_ms: float | None = None
+        self.finished = False
+        # An error found after some text in the same chunk: raised on the next read, so the
+        # consumer gets that text first.
+        self._pending: LLMError | None = None
+
+    @property
+    def text(self) -> str:
+        """Everything generated so far."""
+        return "".join(self._parts)
+
+    async def read(self) -> list[str]:
+        """Wait for more of the stream; return the new text pieces (possibly none)."""
+        if self._pending is not None:
+            raise self._pending
+        phase, deadline = self._deadline()
+        try:
+            async with asyncio.timeout_at(deadline):
+                chunk = await anext(self._chunks)
+        except StopAsyncIteration:
+            pieces = self._handle(self._decoder.flush())
+            if not self.finished and self._pending is None:
+                self._end_without_done()
+            return pieces
+        except TimeoutError:
+            raise LLMTimeoutError(
+                self._timeout_message(phase),
+                phase=phase,
+                details=self._details,
+                partial_text=self.text,
+            ) from None
+        except httpx.HTTPError as exc:
+            raise self._error(f"the connection to {self._upstream_id} broke mid-stream") from exc
+        try:
+            events = self._decoder.feed(chunk)
+        except SSEProtocolError as exc:
+            raise self._error(str(exc)) from exc
+        return self._handle(events)
+
+    def _deadline(self) -> tuple[TimeoutPhase, float]:
+        phase: TimeoutPhase
+        if self.ttft_ms is None:
+            phase = "first_token"
+            deadline = self._timeouts.started + self._timeouts.first_token_s
+        else:
+            phase, deadline = "between_tokens", self._loop.time() + self._timeouts.token_s
+        if self._total_deadline <= deadline:
+            return "total", self._total_deadline
+        return phase, deadline
+
+    def _handle(self, events: list[bytes]) -> list[str]:
+        pieces: list[str] = []
+        for data in events:
+            if data == _DONE:
+                self.finished = True
+                break
+            try:
+                event = stream_chunk_decoder.decode(data)
+            except msgspec.DecodeError as exc:
+                error = self._error(f"unreadable stream event from {self._upstream_id}")
+                error.__cause__ = exc
+                return self._fail(pieces, error)
+            if event.error is not None:
+                error = error_for_event(event.error, details=self._details, partial_text=self.text)
+                return self._fail(pieces, error)
+            if event.model:
+                self.model = event.model
+            if event.usage is not None:
+                self.usage = event.usage
+            for choice in event.choices:
+                if self.ttft_ms is None:
+                    self.ttft_ms = round((self._loop.time() - self._timeouts.started) * 1000, 3)
+                if choice.finish_reason is not None:
+                    self.finish_reason = choice.finish_reason
+                if text := choice.delta.content:
+                    self._parts.append(text)
+                    pieces.append(text)
+        return pieces
+
+    def _fail(self, pieces: list[str], error: LLMError) -> list[str]:
+        if not pieces:
+            raise error
+        self._pending = error
+        return pieces
+
+    def _end_without_done(self) -> None:
+        # A stream cut after the finish chunk still holds the whole answer (maybe no usage).
+        if self.finish_reason is None:
+            raise self._error(f"the stream from {self._upstream_id} ended before the answer did")
+        self.finished = True
+
+    def _error(self, message: str) -> LLMError:
+        return LLMError(message, details=self._details, partial_text=self.text)
+
+    def _timeout_message(self, phase: TimeoutPhase) -> str:
+        if phase == "first_token":
+            return f"no first token from {self._upstream_id} within {self._timeouts.first_token_s}s"
+        if phase == "between_tokens":
+            return f"{self._upstream_id} went silent for {self._timeouts.token_s}s mid-stream"
+        return f"the answer from {self._upstream_id} took longer than {self._timeouts.total_s}s"
+
+    async def drain(self) -> None:
+        """Read the end of the body after ``[DONE]`` so the connection can be reused."""
+        try:
+            async with asyncio.timeout(min(self._timeouts.token_s, MAX_DRAIN_S)):
+                async for _ in self._chunks:
+                    pass
+        except (TimeoutError, httpx.HTTPError):
+            return
+
+    async def aclose(self) -> None:
+        """Stop iterating the body (the caller closes the response itself)."""
+        if isinstance(self._chunks, AsyncGenerator):
+            await self._chunks.aclose()
