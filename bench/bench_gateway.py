@@ -120,7 +120,8 @@ def main() -> None:
     try:
         secret, conversation_ids = asyncio.run(prepare(database_url, args.connections))
         gateway.start()
-        assert sim.pid and gateway.pid
+        assert sim.pid
+        assert gateway.pid
         os.sched_setaffinity(gateway.pid, {gateway_core})
         os.sched_setaffinity(sim.pid, {other_core})
         meter = CpuMeter(gateway.pid)
@@ -223,7 +224,8 @@ def main() -> None:
     print(f"added p50 latency, 1 conn: {added_p50:.3f} ms")
     dd, dg = d_direct.summary(), d_gateway.summary()
     print(
-        f"stream first byte p50: direct {dd['first_byte_p50_ms']} ms, gateway {dg['first_byte_p50_ms']} ms"
+        f"stream first byte p50: direct {dd['first_byte_p50_ms']} ms, "
+        f"gateway {dg['first_byte_p50_ms']} ms"
     )
     print(
         f"stream first token p50: direct {dd['first_token_p50_ms']} ms, gateway "

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from piccolo.engine.base import Engine
 
-from functions.core.db.engine import engine_from_url, open_pool, close_pool, use_engine
+from functions.core.db.engine import close_pool, engine_from_url, open_pool, use_engine
 from functions.core.db.migrate import migrate
 from functions.core.keys import service as keys
 from functions.core.keys.schemas import ApiKeyCreate
@@ -70,9 +70,7 @@ async def backend_url(
 
 
 @pytest.fixture(scope="session")
-def gateway(
-    backend_url: str, simulators: dict[str, SimulatorProcess]
-) -> Iterator[GatewayProcess]:
+def gateway(backend_url: str, simulators: dict[str, SimulatorProcess]) -> Iterator[GatewayProcess]:
     process = GatewayProcess(
         backend_url, [sim.base_url for sim in simulators.values()], env=GATEWAY_ENV
     )
@@ -99,8 +97,12 @@ class Api:
     anonymous: httpx.AsyncClient
     engine: Engine[Any]
 
-    async def create_config(self, name: str, model: str = "sim-model", **fields: Any) -> dict[str, Any]:
-        response = await self.admin.post("/v1/configs", json={"name": name, "model": model, **fields})
+    async def create_config(
+        self, name: str, model: str = "sim-model", **fields: Any
+    ) -> dict[str, Any]:
+        response = await self.admin.post(
+            "/v1/configs", json={"name": name, "model": model, **fields}
+        )
         assert response.status_code == 201, response.text
         return dict(response.json())
 

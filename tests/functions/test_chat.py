@@ -109,7 +109,8 @@ async def test_streamed_reply_events_and_stored_result(api: Api) -> None:
     await api.create_config("streamer", is_default=True)
     conv = await api.conversation()
     async with api.alice.stream(
-        "POST", f"/v1/conversations/{conv['id']}/messages",
+        "POST",
+        f"/v1/conversations/{conv['id']}/messages",
         json={"content": "Stream to me, 안녕 👋", "stream": True},
     ) as response:
         assert response.status_code == 200
@@ -151,9 +152,13 @@ async def test_stream_deltas_arrive_as_they_are_generated(api: Api) -> None:
 
 
 async def _message_rows(api: Api, conversation_id: str) -> list[dict[str, Any]]:
-    return await Message.select(Message.seq, Message.role, Message.status, Message.content, Message.error_code).where(
-        Message.conversation == conversation_id
-    ).order_by(Message.seq)
+    return (
+        await Message.select(
+            Message.seq, Message.role, Message.status, Message.content, Message.error_code
+        )
+        .where(Message.conversation == conversation_id)
+        .order_by(Message.seq)
+    )
 
 
 async def test_disconnect_aborts_upstream_and_stores_a_cancelled_partial(
@@ -180,7 +185,11 @@ async def test_disconnect_aborts_upstream_and_stores_a_cancelled_partial(
             break
         await asyncio.sleep(0.05)
     user, reply = rows
-    assert (user["status"], reply["status"], reply["error_code"]) == ("complete", "cancelled", "cancelled")
+    assert (user["status"], reply["status"], reply["error_code"]) == (
+        "complete",
+        "cancelled",
+        "cancelled",
+    )
     assert reply["content"]  # the part that was streamed before the client left
 
 
@@ -223,7 +232,9 @@ async def test_another_keys_conversation_is_not_found_everywhere(api: Api) -> No
 
 async def test_send_without_any_config_is_a_clear_error(api: Api) -> None:
     conv = await api.conversation()
-    response = await api.alice.post(f"/v1/conversations/{conv['id']}/messages", json={"content": "hi"})
+    response = await api.alice.post(
+        f"/v1/conversations/{conv['id']}/messages", json={"content": "hi"}
+    )
     assert response.status_code == 400
     assert "no default configuration" in response.json()["error"]["message"]
 
@@ -252,9 +263,16 @@ async def test_the_openapi_schema_documents_every_endpoint(api: Api) -> None:
     schema = (await api.anonymous.get("/schema/openapi.json")).json()
     paths = schema["paths"]
     for path in (
-        "/v1/conversations", "/v1/conversations/{conversation_id}",
-        "/v1/conversations/{conversation_id}/messages", "/v1/configs", "/v1/configs/{name}",
-        "/v1/keys", "/v1/keys/{key_id}", "/healthz", "/readyz", "/metrics",
+        "/v1/conversations",
+        "/v1/conversations/{conversation_id}",
+        "/v1/conversations/{conversation_id}/messages",
+        "/v1/configs",
+        "/v1/configs/{name}",
+        "/v1/keys",
+        "/v1/keys/{key_id}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
     ):
         assert path in paths, path
     send = paths["/v1/conversations/{conversation_id}/messages"]["post"]
@@ -281,7 +299,10 @@ async def test_metrics_count_requests_and_replies(api: Api) -> None:
     conv = await api.conversation()
     await api.alice.post(f"/v1/conversations/{conv['id']}/messages", json={"content": "hi"})
     text = (await api.anonymous.get("/metrics")).text
-    assert 'switchboard_http_requests_total{function="gateway",method="POST",route="/v1/conversations/{conversation_id}/messages",status="201"}' in text
+    assert (
+        'switchboard_http_requests_total{function="gateway",method="POST",route="/v1/conversations/{conversation_id}/messages",status="201"}'
+        in text
+    )
     assert 'switchboard_chat_replies_total{status="complete"}' in text
     assert "switchboard_llm_time_to_first_token_seconds_bucket" in text
 
@@ -290,7 +311,8 @@ async def test_client_request_id_is_echoed_and_forwarded(api: Api) -> None:
     await api.create_config("rid", is_default=True)
     conv = await api.conversation()
     response = await api.alice.post(
-        f"/v1/conversations/{conv['id']}/messages", json={"content": "hi"},
+        f"/v1/conversations/{conv['id']}/messages",
+        json={"content": "hi"},
         headers={"X-Request-Id": "trace-abc-123"},
     )
     assert response.headers["x-request-id"] == "trace-abc-123"

@@ -10,7 +10,9 @@ async def test_config_lifecycle(api: Api) -> None:
         "support", temperature=0.2, system_prompt="Be kind.", extra={"top_k": 20}
     )
     assert (created["version"], created["extra"]) == (1, {"top_k": 20})
-    updated = await api.admin.put("/v1/configs/support", json={"model": "sim-model", "temperature": 0.9})
+    updated = await api.admin.put(
+        "/v1/configs/support", json={"model": "sim-model", "temperature": 0.9}
+    )
     assert updated.status_code == 200
     assert updated.json()["version"] == 2
 

@@ -30,7 +30,9 @@ def assert_error(response: Any, status: int, code: str) -> dict[str, Any]:
         ({"Authorization": "Bearer sb-" + "x" * 43}, "unknown API key"),
     ],
 )
-async def test_bad_credentials_get_401_json(api: Api, headers: dict[str, str], fragment: str) -> None:
+async def test_bad_credentials_get_401_json(
+    api: Api, headers: dict[str, str], fragment: str
+) -> None:
     response = await api.anonymous.get("/v1/conversations", headers=headers)
     error = assert_error(response, 401, "unauthorized")
     assert fragment in error["message"]

@@ -12,9 +12,13 @@ from tests.functions.test_chat import parse_sse
 
 
 async def stored(api: Api, conversation_id: str) -> list[dict[str, Any]]:
-    return await Message.select(
-        Message.role, Message.status, Message.content, Message.error_code, Message.error_message
-    ).where(Message.conversation == conversation_id).order_by(Message.seq)
+    return (
+        await Message.select(
+            Message.role, Message.status, Message.content, Message.error_code, Message.error_message
+        )
+        .where(Message.conversation == conversation_id)
+        .order_by(Message.seq)
+    )
 
 
 @pytest.mark.parametrize(
@@ -45,7 +49,9 @@ async def test_a_failed_send_keeps_the_message_and_says_why(
 
     # The failed reply is left out of the next prompt, and the conversation goes on.
     await api.admin.put("/v1/configs/broken", json={"model": "sim-model"})
-    retry = await api.alice.post(f"/v1/conversations/{conv['id']}/messages", json={"content": "again"})
+    retry = await api.alice.post(
+        f"/v1/conversations/{conv['id']}/messages", json={"content": "again"}
+    )
     assert retry.status_code == 201
     assert retry.json()["config"]["version"] == 2
 

@@ -83,8 +83,10 @@ class ServiceProcess:
             except ServiceStartError:
                 # The free port may have been taken between probing and binding; only a
                 # port we chose ourselves may be swapped for a new one.
-                if self._fixed_port or attempt == 2 or "address already in use" not in (
-                    self.log_text().lower()
+                if (
+                    self._fixed_port
+                    or attempt == 2
+                    or "address already in use" not in (self.log_text().lower())
                 ):
                     raise
                 self.port = free_port()
@@ -98,8 +100,12 @@ class ServiceProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         self._proc = subprocess.Popen(
-            self.command(), cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
-            stdout=self._log, stderr=self._log,
+            self.command(),
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
         )
         _LIVE.add(self)
         deadline = time.monotonic() + timeout
@@ -113,8 +119,7 @@ class ServiceProcess:
             time.sleep(0.02)
         self.kill()
         raise ServiceStartError(
-            f"{self.module} did not answer {self.health_path} within {timeout}s:\n"
-            f"{self.log_text()}"
+            f"{self.module} did not answer {self.health_path} within {timeout}s:\n{self.log_text()}"
         )
 
     def _answers_health(self) -> bool:

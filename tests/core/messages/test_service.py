@@ -48,7 +48,7 @@ def done(text: str) -> ReplyOutcome:
 
 
 async def test_an_exchange_stores_both_messages_before_the_model_runs(db: object) -> None:
-    owner, conv_id, cfg = await setup(system_prompt="You are terse.")
+    owner, conv_id, _cfg = await setup(system_prompt="You are terse.")
     exchange = await service.begin_exchange(owner, conv_id, "Hi 👋")
     assert (exchange.user_message.seq, exchange.assistant_message.seq) == (1, 2)
     assert exchange.user_message.status == "complete"
@@ -67,7 +67,7 @@ async def test_an_exchange_stores_both_messages_before_the_model_runs(db: object
 
 
 async def test_finishing_records_content_usage_and_timings(db: object) -> None:
-    owner, conv_id, cfg = await setup()
+    owner, conv_id, _cfg = await setup()
     exchange = await service.begin_exchange(owner, conv_id, "Hi")
     reply = await service.finish_exchange(exchange.assistant_message.id, done("Hello!"))
     assert reply.status == "complete"
@@ -82,7 +82,7 @@ async def test_finishing_records_content_usage_and_timings(db: object) -> None:
 
 
 async def test_history_leaves_out_failed_and_cancelled_replies(db: object) -> None:
-    owner, conv_id, cfg = await setup()
+    owner, conv_id, _cfg = await setup()
     first = await service.begin_exchange(owner, conv_id, "one")
     await service.finish_exchange(first.assistant_message.id, done("uno"))
     second = await service.begin_exchange(owner, conv_id, "two")
@@ -97,7 +97,7 @@ async def test_history_leaves_out_failed_and_cancelled_replies(db: object) -> No
 
 
 async def test_history_window_keeps_the_last_n_messages(db: object) -> None:
-    owner, conv_id, cfg = await setup(history_window=3, system_prompt="sys")
+    owner, conv_id, _cfg = await setup(history_window=3, system_prompt="sys")
     for text in ["a", "b"]:
         exchange = await service.begin_exchange(owner, conv_id, text)
         await service.finish_exchange(exchange.assistant_message.id, done(text.upper()))
@@ -106,14 +106,14 @@ async def test_history_window_keeps_the_last_n_messages(db: object) -> None:
 
 
 async def test_a_second_send_waits_for_the_pending_reply(db: object) -> None:
-    owner, conv_id, cfg = await setup()
+    owner, conv_id, _cfg = await setup()
     await service.begin_exchange(owner, conv_id, "first")
     with pytest.raises(ConversationBusyError):
         await service.begin_exchange(owner, conv_id, "second")
 
 
 async def test_a_stale_pending_reply_is_retired(db: object) -> None:
-    owner, conv_id, cfg = await setup()
+    owner, conv_id, _cfg = await setup()
     stuck = await service.begin_exchange(owner, conv_id, "first")
     long_ago = datetime.now(UTC) - service.STALE_PENDING_AFTER - timedelta(minutes=1)
     await Message.update({Message.created_at: long_ago}).where(
@@ -128,7 +128,7 @@ async def test_a_stale_pending_reply_is_retired(db: object) -> None:
 
 
 async def test_messages_of_another_key_are_not_found(db: object) -> None:
-    _owner, conv_id, cfg = await setup()
+    _owner, conv_id, _cfg = await setup()
     stranger = (await keys.create_key(ApiKeyCreate(name="s"))).id
     with pytest.raises(NotFoundError):
         await service.begin_exchange(stranger, conv_id, "hi")
@@ -137,7 +137,7 @@ async def test_messages_of_another_key_are_not_found(db: object) -> None:
 
 
 async def test_messages_page_in_sequence_order(db: object) -> None:
-    owner, conv_id, cfg = await setup()
+    owner, conv_id, _cfg = await setup()
     for i in range(3):
         exchange = await service.begin_exchange(owner, conv_id, f"q{i}")
         await service.finish_exchange(exchange.assistant_message.id, done(f"a{i}"))
@@ -150,7 +150,7 @@ async def test_messages_page_in_sequence_order(db: object) -> None:
 
 
 async def test_iter_messages_pages_through_time(db: object) -> None:
-    owner, conv_id, cfg = await setup()
+    owner, conv_id, _cfg = await setup()
     for i in range(3):
         exchange = await service.begin_exchange(owner, conv_id, f"q{i}")
         await service.finish_exchange(exchange.assistant_message.id, done(f"a{i}"))
