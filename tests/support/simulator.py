@@ -16,166 +16,61 @@ and stalls the server); it is quoted in the error when the simulator fails to st
 from __future__ import annotations
 
 import asyncio
-import atexit
 import http.client
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-HOST = "127.0.0.1"
-START_TIMEOUT_S = 20.0
-STOP_TIMEOUT_S = 5.0
+from tests.support.process import (
+    HOST,
+    START_TIMEOUT_S,
+    ServiceProcess,
+    ServiceStartError,
+    free_port,
+)
 
-# Processes still alive when the test run exits (a crashed fixture, Ctrl-C) are killed here.
-_LIVE: set[SimulatorProcess] = set()
+__all__ = [
+    "SimulatorProcess",
+    "SimulatorStartError",
+    "async_running_simulator",
+    "free_port",
+    "running_simulator",
+]
 
 
-class SimulatorStartError(RuntimeError):
+class SimulatorStartError(ServiceStartError):
     """The simulator exited or did not answer ``/health`` in time."""
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class SimulatorProcess:
+class SimulatorProcess(ServiceProcess):
     """One simulator subprocess bound to a fixed port; ``start``/``stop`` may be repeated."""
 
-    def __init__(self, *args: str, port: int | None = None) -> None:
-        self.args: tuple[str, ...] = args
-        self._fixed_port = port is not None
-        self.port: int = port if port is not None else free_port()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._stderr: Any = None
+    health_path = "/health"
 
-    @property
-    def root_url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+    def __init__(self, *args: str, port: int | None = None) -> None:
+        super().__init__("functions.simulator", args, port=port)
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--host", HOST, "--port", str(self.port)]
 
     @property
     def base_url(self) -> str:
         return f"{self.root_url}/v1"
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
     def start(self, timeout: float = START_TIMEOUT_S) -> SimulatorProcess:
-        """Start the process (on the same port as before) and wait until ``/health`` answers."""
-        if self.running:
-            return self
-        for attempt in range(3):
-            try:
-                self._spawn_and_wait(timeout)
-            except SimulatorStartError:
-                # Another process may have taken the free port between probing and binding;
-                # only a port we chose ourselves may be swapped for a new one.
-                if (
-                    self._fixed_port
-                    or attempt == 2
-                    or "address already in use" not in (self.stderr_text().lower())
-                ):
-                    raise
-                self.port = free_port()
-            else:
-                return self
-        raise AssertionError("unreachable")
-
-    def _spawn_and_wait(self, timeout: float) -> None:
-        self._close_stderr()
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
-        cmd = [sys.executable, "-m", "functions.simulator", "--host", HOST, "--port"]
-        cmd += [str(self.port), *self.args]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        self._proc = subprocess.Popen(
-            cmd,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._stderr,
-            stderr=self._stderr,
-        )
-        _LIVE.add(self)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise SimulatorStartError(
-                    f"simulator exited with {self._proc.returncode}:\n{self.stderr_text()}"
-                )
-            if self._answers_health():
-                return
-            time.sleep(0.02)
-        self.kill()
-        raise SimulatorStartError(
-            f"simulator did not answer /health within {timeout}s:\n{self.stderr_text()}"
-        )
-
-    def _answers_health(self) -> bool:
-        # Any HTTP answer counts: an --unhealthy simulator is up but says 503.
-        conn = http.client.HTTPConnection(HOST, self.port, timeout=1.0)
         try:
-            conn.request("GET", "/health")
-            conn.getresponse().read()
-        except OSError:
-            return False
-        finally:
-            conn.close()
-        return True
-
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """SIGTERM, wait, then SIGKILL if it lingers. Safe to call twice."""
-        self._end(signal.SIGTERM, timeout)
-
-    def kill(self) -> None:
-        """SIGKILL at once: an upstream that crashes rather than shuts down."""
-        self._end(signal.SIGKILL, STOP_TIMEOUT_S)
-
-    def _end(self, sig: signal.Signals, timeout: float) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
-        self._proc = None
-        _LIVE.discard(self)
+            super().start(timeout)
+        except ServiceStartError as exc:
+            raise SimulatorStartError(
+                str(exc).replace("functions.simulator", "simulator")
+            ) from None
+        return self
 
     def stderr_text(self) -> str:
         """Everything the process has logged so far (it logs to stderr)."""
-        if self._stderr is None:
-            return ""
-        self._stderr.flush()
-        self._stderr.seek(0)
-        text: str = self._stderr.read().decode("utf-8", "replace")
-        return text
-
-    def _close_stderr(self) -> None:
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
+        return self.log_text()
 
     def _request_json(self, method: str, path: str, body: Any = None) -> Any:
         conn = http.client.HTTPConnection(HOST, self.port, timeout=5.0)
@@ -234,16 +129,8 @@ class SimulatorProcess:
                 raise TimeoutError(f"simulator stats never matched: {stats}")
             await asyncio.sleep(interval)
 
-    def close(self) -> None:
-        """Stop the process and drop its log file."""
-        self.stop()
-        self._close_stderr()
-
     def __enter__(self) -> SimulatorProcess:
         return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"SimulatorProcess(port={self.port}, args={self.args!r}, running={self.running})"
@@ -271,9 +158,3 @@ async def async_running_simulator(
         yield sim
     finally:
         await asyncio.to_thread(sim.close)
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for sim in list(_LIVE):
-        sim.kill()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import asyncpg
 import msgspec
@@ -193,6 +193,17 @@ async def _earlier_turns(
     return turns, pending
 
 
+class _Send(NamedTuple):
+    """One send's identity: who, where, what, and the ids and time it will be stored with."""
+
+    owner: uuid.UUID
+    conversation_id: uuid.UUID
+    content: str
+    user_id: uuid.UUID
+    reply_id: uuid.UUID
+    now: datetime
+
+
 class _Claim(msgspec.Struct):
     """The first half of a send, as either claim strategy returns it."""
 
@@ -214,14 +225,7 @@ async def begin_exchange(owner: uuid.UUID, conversation_id: uuid.UUID, content: 
     claim_with = (
         _claim_on_postgres if isinstance(current_engine(), PostgresEngine) else _claim_stepwise
     )
-    claim = await claim_with(
-        owner=owner,
-        conversation_id=conversation_id,
-        content=content,
-        user_id=user_id,
-        reply_id=reply_id,
-        now=now,
-    )
+    claim = await claim_with(_Send(owner, conversation_id, content, user_id, reply_id, now))
     config = claim.config
     user = MessageOut(
         id=user_id,
@@ -252,30 +256,22 @@ async def begin_exchange(owner: uuid.UUID, conversation_id: uuid.UUID, content: 
     return Exchange(user_message=user, assistant_message=reply, history=history, config=config)
 
 
-async def _claim_on_postgres(
-    *,
-    owner: uuid.UUID,
-    conversation_id: uuid.UUID,
-    content: str,
-    user_id: uuid.UUID,
-    reply_id: uuid.UUID,
-    now: datetime,
-) -> _Claim:
+async def _claim_on_postgres(send: _Send) -> _Claim:
     """One round trip: the ``switchboard_begin_exchange`` function (see its migration)."""
     try:
         rows = await fetch(
             "SELECT switchboard_begin_exchange({}, {}, {}, {}, {}, {}, {}) AS claim",
-            conversation_id,
-            owner,
-            content,
-            user_id,
-            reply_id,
-            now,
-            now - STALE_PENDING_AFTER,
+            send.conversation_id,
+            send.owner,
+            send.content,
+            send.user_id,
+            send.reply_id,
+            send.now,
+            send.now - STALE_PENDING_AFTER,
             savepoint=True,
         )
     except asyncpg.exceptions.RaiseError as exc:
-        raise _claim_error(str(exc), conversation_id) from None
+        raise _claim_error(str(exc), send.conversation_id) from None
     return _claim_decoder.decode(rows[0]["claim"])
 
 
@@ -295,16 +291,9 @@ def _claim_error(raised: str, conversation_id: uuid.UUID) -> SwitchboardError:
     return not_found(conversation_id)
 
 
-async def _claim_stepwise(
-    *,
-    owner: uuid.UUID,
-    conversation_id: uuid.UUID,
-    content: str,
-    user_id: uuid.UUID,
-    reply_id: uuid.UUID,
-    now: datetime,
-) -> _Claim:
+async def _claim_stepwise(send: _Send) -> _Claim:
     """The same steps as the PostgreSQL function, one statement at a time (SQLite)."""
+    owner, conversation_id, content, user_id, reply_id, now = send
     async with write_transaction():
         # The UPDATE takes the conversation's write lock, so concurrent sends queue here and
         # each gets its own pair of sequence numbers.
