@@ -18,12 +18,15 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from prometheus_client.core import GaugeMetricFamily, Metric
+    from prometheus_client.core import Metric
+
+    from functions.core.llm.schemas import LLMStats
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 LLM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
@@ -75,13 +78,63 @@ CHAT_MESSAGES = Counter(
 
 
 class CallbackCollector(Collector):
-    """Gauges read at scrape time from a callback (e.g. the LLM client's upstream stats)."""
+    """Metrics read at scrape time from a callback (e.g. the LLM client's upstream stats)."""
 
-    def __init__(self, collect: Callable[[], Iterable[GaugeMetricFamily]]) -> None:
+    def __init__(self, collect: Callable[[], Iterable[Metric]]) -> None:
         self._collect = collect
 
     def collect(self) -> Iterable[Metric]:
         return list(self._collect())
+
+
+_UPSTREAM_STATES = ("up", "half_open", "ejected", "down")
+
+
+def upstream_metrics(stats: LLMStats) -> Iterable[Metric]:
+    """The LLM client's view of each vLLM upstream, as Prometheus metrics."""
+    labels = ["upstream"]
+    in_flight = GaugeMetricFamily(
+        "switchboard_llm_upstream_in_flight", "Requests in flight to the upstream.", labels=labels
+    )
+    state = GaugeMetricFamily(
+        "switchboard_llm_upstream_state",
+        "1 for the upstream's current routing state (up, half_open, ejected, down).",
+        labels=[*labels, "state"],
+    )
+    waiting = GaugeMetricFamily(
+        "switchboard_llm_upstream_waiting",
+        "vLLM's num_requests_waiting at the last health check.",
+        labels=labels,
+    )
+    requests = CounterMetricFamily(
+        "switchboard_llm_upstream_requests", "Requests routed to the upstream.", labels=labels
+    )
+    failures = CounterMetricFamily(
+        "switchboard_llm_upstream_connect_failures",
+        "Connections to the upstream that failed.",
+        labels=labels,
+    )
+    ejections = CounterMetricFamily(
+        "switchboard_llm_upstream_ejections", "Times the upstream was ejected.", labels=labels
+    )
+    for upstream in stats.upstreams:
+        in_flight.add_metric([upstream.url], upstream.in_flight)
+        for name in _UPSTREAM_STATES:
+            state.add_metric([upstream.url, name], 1.0 if upstream.state == name else 0.0)
+        if upstream.queue_depth is not None:
+            waiting.add_metric([upstream.url], upstream.queue_depth)
+        requests.add_metric([upstream.url], upstream.requests_total)
+        failures.add_metric([upstream.url], upstream.connect_failures_total)
+        ejections.add_metric([upstream.url], upstream.ejections_total)
+    overloaded = CounterMetricFamily(
+        "switchboard_llm_overloaded", "Requests refused because every upstream was at its cap."
+    )
+    overloaded.add_metric([], stats.overloaded_total)
+    retries = CounterMetricFamily(
+        "switchboard_llm_retries", "Requests sent again after a retry-safe failure."
+    )
+    retries.add_metric([], stats.retries_total)
+    return [in_flight, state, waiting, requests, failures, ejections, overloaded, retries]
 
 
 def render_metrics() -> tuple[bytes, str]:

@@ -305,6 +305,9 @@ async def test_metrics_count_requests_and_replies(api: Api) -> None:
     )
     assert 'switchboard_chat_replies_total{status="complete"}' in text
     assert "switchboard_llm_time_to_first_token_seconds_bucket" in text
+    up = [line for line in text.splitlines() if line.startswith("switchboard_llm_upstream_state{")]
+    assert len([line for line in up if 'state="up"' in line and line.endswith(" 1.0")]) == 5
+    assert "switchboard_llm_upstream_in_flight{" in text
 
 
 async def test_client_request_id_is_echoed_and_forwarded(api: Api) -> None:

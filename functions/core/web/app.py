@@ -17,6 +17,7 @@ from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ControllerRouterHandler
+from prometheus_client.registry import REGISTRY
 
 from functions.core.db.engine import (
     close_pool,
@@ -28,6 +29,7 @@ from functions.core.db.engine import (
 from functions.core.db.errors import as_database_error
 from functions.core.llm.client import LLMClient
 from functions.core.logging import configure_logging, get_logger
+from functions.core.metrics import CallbackCollector, upstream_metrics
 from functions.core.settings import Settings, load_settings
 from functions.core.web.context import RequestContext
 from functions.core.web.errors import EXCEPTION_HANDLERS
@@ -96,6 +98,11 @@ def build_app(
         if uses_llm and llm is None:
             owned_llm = LLMClient.from_settings(settings)
         app.state.llm = llm or owned_llm
+        collector = None
+        if app.state.llm is not None:
+            client = app.state.llm
+            collector = CallbackCollector(lambda: upstream_metrics(client.stats()))
+            REGISTRY.register(collector)
         log.info(
             "function.started",
             function=function,
@@ -105,6 +112,8 @@ def build_app(
         try:
             yield
         finally:
+            if collector is not None:
+                REGISTRY.unregister(collector)
             if owned_llm is not None:
                 await owned_llm.aclose()
             await close_pool(engine)
