@@ -10,7 +10,8 @@ from litestar import Litestar, Request, Response, Router, delete, get, patch, po
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.openapi.spec import Example
+from litestar.params import Body, Parameter
 from litestar.response import Stream
 
 from functions.core.chat.schemas import ChatEvent, MessageSend, event_name
@@ -31,6 +32,31 @@ from functions.core.web.auth import provide_principal
 from functions.core.web.docs import errors, parse_id
 from functions.core.web.errors import request_id_of
 
+REPLY_EXAMPLE = {
+    "id": "0b8e7c52-61f4-4d4b-9a57-7f0f3c1e2d44",
+    "conversation_id": "3f0c6a52-5b7e-4a3c-9d43-2b1f3f1e8a10",
+    "seq": 2,
+    "role": "assistant",
+    "content": "Our Q3 plan focuses on three launches.",
+    "status": "complete",
+    "config": {"id": "a1d2c3b4-0000-4000-8000-000000000001", "name": "support", "version": 3},
+    "model": "meta-llama/Llama-3.1-8B-Instruct",
+    "usage": {"prompt_tokens": 42, "completion_tokens": 9, "total_tokens": 51},
+    "latency_ms": 412.7,
+    "ttft_ms": 88.1,
+    "finish_reason": "stop",
+    "error": None,
+    "upstream_request_id": "chatcmpl-9b2f4c1de0a34f7e",
+    "created_at": "2026-11-26T09:30:00.120000Z",
+    "completed_at": "2026-11-26T09:30:00.533000Z",
+}
+SEND_EXAMPLES = [
+    Example(summary="reply as one JSON object", value={"content": "Summarise our Q3 plan."}),
+    Example(
+        summary="streamed, with a lower temperature",
+        value={"content": "Summarise our Q3 plan.", "stream": True, "temperature": 0.2},
+    ),
+]
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _encoder = msgspec.json.Encoder()
 
@@ -119,6 +145,7 @@ async def _event_stream(first: ChatEvent, rest: AsyncIterator[ChatEvent]) -> Asy
     responses={
         201: ResponseSpec(
             data_container=MessageOut,
+            examples=[Example(summary="the stored reply", value=REPLY_EXAMPLE)],
             description=(
                 "Non-streaming: the stored assistant message. With `stream: true`: "
                 "`text/event-stream` with events `message` (both stored messages), "
@@ -131,7 +158,7 @@ async def _event_stream(first: ChatEvent, rest: AsyncIterator[ChatEvent]) -> Asy
 )
 async def send_message(
     conversation_id: str,
-    data: MessageSend,
+    data: Annotated[MessageSend, Body(examples=SEND_EXAMPLES)],
     principal: Principal,
     chat: ChatService,
     request: Request[Any, Any, Any],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Example
 
 from functions.core.errors import InvalidInputError
 from functions.core.web.schemas import ErrorBody
@@ -22,10 +23,42 @@ _MEANINGS = {
 }
 
 
+_EXAMPLE_CODES = {
+    400: ("validation_error", "invalid request: temperature: Expected `float` <= 2.0"),
+    401: ("unauthorized", "missing API key: send 'Authorization: Bearer sb-...'"),
+    403: ("forbidden", "this needs an API key with the admin scope"),
+    404: ("not_found", "conversation 3f0c6a52-5b7e-4a3c-9d43-2b1f3f1e8a10 not found"),
+    409: ("conflict", "a configuration named 'support' already exists"),
+    413: ("payload_too_large", "the request body is larger than the 1048576-byte limit"),
+    502: ("llm_error", "vLLM at 10.0.0.5:8000 answered 500: EngineCore encountered an issue"),
+    503: ("llm_unavailable", "no vLLM upstream is reachable"),
+    504: ("llm_timeout", "no first token from 10.0.0.5:8000 within 60.0s"),
+}
+
+
+def _example(status: int) -> Example:
+    code, message = _EXAMPLE_CODES[status]
+    return Example(
+        summary=code,
+        value={
+            "error": {
+                "code": code,
+                "message": message,
+                "request_id": "9b2f4c1de0a34f7e8c1b2a3d4e5f6a7b",
+                "details": {},
+            }
+        },
+    )
+
+
 def errors(*statuses: int) -> dict[int, ResponseSpec]:
     """Response specs for the given error statuses, plus the 401 every /v1 route has."""
     return {
-        status: ResponseSpec(data_container=ErrorBody, description=_MEANINGS[status])
+        status: ResponseSpec(
+            data_container=ErrorBody,
+            description=_MEANINGS[status],
+            examples=[_example(status)],
+        )
         for status in sorted({401, *statuses})
     }
 
