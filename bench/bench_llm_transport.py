@@ -21,8 +21,6 @@ Workloads: ``chat`` (non-streaming) and ``stream`` (SSE passed through chunk by 
     .venv/bin/python bench/bench_llm_transport.py    # 3 interleaved rounds of 3 s per row
 """
 
-from __future__ import annotations
-
 import argparse
 import asyncio
 import logging
@@ -33,18 +31,18 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import psutil
-from litestar import Litestar, Request, get, post
-from litestar.response import Response, Stream
 
+# The load generator's worker process re-imports this module (multiprocessing "spawn"), so
+# only light imports live at the top; the app, simulator and client are imported where used.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.loadgen import run_load  # noqa: E402
-from tests.support.simulator import SimulatorProcess, free_port  # noqa: E402
+if TYPE_CHECKING:
+    from tests.support.simulator import SimulatorProcess
 
 HOST = "127.0.0.1"
 VARIANTS = ("direct", "httpx", "httpx-aiohttp", "httpx-sb", "aiohttp", "llmclient")
@@ -136,7 +134,11 @@ def _llmclient_forwarder(upstream: str) -> tuple[Any, Any, Callable[[], Any]]:
 
 
 def serve(variant: str, port: int, upstream: str) -> None:
+    # Annotations below are evaluated at definition time (no postponed evaluation in this
+    # module), which Litestar needs when the names are local to this function.
     import uvicorn
+    from litestar import Litestar, Request, get, post
+    from litestar.response import Response, Stream
 
     # As in production (functions.core.logging): httpx's per-request INFO line is off.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -186,8 +188,11 @@ def _cpu_s(proc: psutil.Process) -> float:
 
 
 async def measure(
-    variant: str, workload: str, sim: SimulatorProcess, args: argparse.Namespace
+    variant: str, workload: str, sim: "SimulatorProcess", args: argparse.Namespace
 ) -> dict[str, Any]:
+    from bench.loadgen import run_load
+    from tests.support.simulator import free_port
+
     stream = workload == "stream"
     async with AsyncExitStack() as stack:
         if variant == "direct":
@@ -270,6 +275,8 @@ def _spread(rows: list[dict[str, Any]], key: str) -> str:
 
 
 async def run(args: argparse.Namespace) -> None:
+    from tests.support.simulator import SimulatorProcess
+
     sim = SimulatorProcess("--tokens", str(args.tokens))
     await asyncio.to_thread(sim.start)
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}

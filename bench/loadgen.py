@@ -133,6 +133,11 @@ def run_load(
         args=(child, core, (urls, body, headers, duration_s, max_requests, stream_marker)),
     )
     process.start()
+    # Poll rather than block, so a worker that dies on start fails the run instead of
+    # hanging it.
+    while not parent.poll(0.5):
+        if not process.is_alive():
+            raise RuntimeError(f"the load generator exited with {process.exitcode}")
     result: LoadResult = parent.recv()
     process.join()
     return result

@@ -99,7 +99,9 @@ class ChatService:
             except BaseException:
                 await _finish(reply_id, _cancelled("", config), config)
                 raise
-            return await _finish(reply_id, _completed(result), config)
+            # Non-streaming: the first token arrives with the whole answer.
+            outcome = _completed(result.content, result, ttft_ms=result.latency_ms)
+            return await _finish(reply_id, outcome, config)
 
     async def stream(
         self,
@@ -136,7 +138,9 @@ class ChatService:
                 if done is None:
                     raise LLMError("the upstream stream ended without finishing the reply")
                 finished = True
-                stored = await _finish(reply_id, _streamed("".join(parts), done), config)
+                stored = await _finish(
+                    reply_id, _completed("".join(parts), done, done.ttft_ms), config
+                )
                 yield ReplyDone(message=stored)
             except LLMError as exc:
                 finished = True
@@ -180,34 +184,18 @@ def _observe(outcome: ReplyOutcome, config: LLMConfigOut) -> None:
         LLM_TOKENS.labels(model, "completion").inc(outcome.completion_tokens)
 
 
-def _completed(result: ChatResult) -> ReplyOutcome:
-    usage = result.usage
-    return ReplyOutcome(
-        status="complete",
-        content=result.content,
-        model=result.model or None,
-        prompt_tokens=usage.prompt_tokens if usage else None,
-        completion_tokens=usage.completion_tokens if usage else None,
-        latency_ms=result.latency_ms,
-        # Non-streaming: the first token arrives with the whole answer.
-        ttft_ms=result.latency_ms,
-        finish_reason=result.finish_reason,
-        upstream_request_id=result.upstream_id,
-    )
-
-
-def _streamed(content: str, done: ChatDone) -> ReplyOutcome:
-    usage = done.usage
+def _completed(content: str, end: ChatResult | ChatDone, ttft_ms: float | None) -> ReplyOutcome:
+    usage = end.usage
     return ReplyOutcome(
         status="complete",
         content=content,
-        model=done.model or None,
+        model=end.model or None,
         prompt_tokens=usage.prompt_tokens if usage else None,
         completion_tokens=usage.completion_tokens if usage else None,
-        latency_ms=done.latency_ms,
-        ttft_ms=done.ttft_ms,
-        finish_reason=done.finish_reason,
-        upstream_request_id=done.upstream_id,
+        latency_ms=end.latency_ms,
+        ttft_ms=ttft_ms,
+        finish_reason=end.finish_reason,
+        upstream_request_id=end.response_id,
     )
 
 

@@ -1,9 +1,9 @@
 """The async vLLM client: ``LLMClient`` and the shapes and errors it speaks in.
 
-``client.py`` is the entry point; ``upstreams.py`` routes, ``transport.py`` builds the
-shared HTTP client, ``streaming.py``/``sse.py``/``wire.py`` read vLLM's answers,
-``vllm_errors.py`` and ``errors.py`` turn its failures into typed errors, ``probes.py``
-checks an upstream's health.
+``client.py`` is the entry point; ``upstreams.py`` and ``model_lists.py`` route,
+``dispatch.py`` sends with safe retries, ``transport.py`` builds the shared HTTP client,
+``streaming.py``/``sse.py``/``wire.py`` read vLLM's answers, ``vllm_errors.py`` and
+``errors.py`` turn its failures into typed errors, ``probes.py`` checks an upstream's health.
 """
 
 from functions.core.llm.client import LLMClient

@@ -1,37 +1,28 @@
 """``LLMClient``: the one way Switchboard talks to vLLM.
 
 HTTP functions, Prefect flows, notebooks and the CLI share it. It routes each request to an
-upstream (``upstreams.py``), sends it over one shared ``httpx.AsyncClient``, parses the
-answer (``sse.py``, ``wire.py``) and turns every failure into a typed error (``errors.py``).
+upstream (``upstreams.py``, ``model_lists.py``), sends it over one shared
+``httpx.AsyncClient`` with safe retries (``dispatch.py``), reads the answer
+(``streaming.py``, ``wire.py``) and turns every failure into a typed error (``errors.py``).
 
 Timeouts, each from its setting: ``connect`` (TCP connect, retried), ``first_token`` (from
 the call to the first streamed choice), ``between_tokens`` (upstream silence while a stream
 is read; time the consumer spends between events does not count) and ``total`` (the whole
 call, retries included). A non-streaming call has no tokens to watch: connect and total.
-
-Retries, with jittered exponential backoff, only when the upstream cannot have started
-the work: the connection failed before the request was sent, or it answered 503 before any
-of the body was read. A retry prefers an upstream this call has not tried yet, and goes
-there without waiting. Nothing is retried once a response has been accepted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Self
 
 import httpx
 import msgspec
 import structlog
 
-from functions.core.llm.errors import (
-    LLMError,
-    LLMTimeoutError,
-    LLMUnavailableError,
-    ModelNotFoundError,
-    TimeoutPhase,
-)
+from functions.core.llm.dispatch import Dispatcher, request_details
+from functions.core.llm.errors import LLMError, LLMTimeoutError
+from functions.core.llm.model_lists import ModelLists
 from functions.core.llm.probes import probe_upstream
 from functions.core.llm.schemas import (
     ChatDelta,
@@ -45,9 +36,9 @@ from functions.core.llm.schemas import (
 )
 from functions.core.llm.streaming import ChatStreamReader, StreamTimeouts
 from functions.core.llm.transport import build_http_client
-from functions.core.llm.upstreams import Lease, Upstream, UpstreamPool
-from functions.core.llm.vllm_errors import error_for_event, error_for_status
-from functions.core.llm.wire import ModelCard, completion_decoder, model_list_decoder
+from functions.core.llm.upstreams import UpstreamPool
+from functions.core.llm.vllm_errors import error_for_event
+from functions.core.llm.wire import completion_decoder
 from functions.core.logging import get_logger
 
 if TYPE_CHECKING:
@@ -55,13 +46,6 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from functions.core.settings import Settings
-
-# Fields the client sets itself; ``ChatRequest.extra`` cannot override them.
-_OWNED_FIELDS = frozenset({"stream", "stream_options"})
-_INCLUDE_USAGE = {"include_usage": True}
-MAX_ERROR_BODY_BYTES = 64 * 1024
-# A new model name triggers at most one blocking model-list refresh per this interval.
-FORCED_REFRESH_INTERVAL_S = 1.0
 
 log = get_logger(__name__)
 
@@ -87,13 +71,9 @@ class LLMClient:
     ) -> None:
         self._http = http
         self._owns_http = owns_http
-        self._connect_s = settings.llm_connect_timeout_s
         self._first_token_s = settings.llm_first_token_timeout_s
         self._token_s = settings.llm_token_timeout_s
         self._total_s = settings.llm_total_timeout_s
-        self._max_retries = settings.llm_max_retries
-        self._backoff_s = retry_backoff_s
-        self._backoff_max_s = retry_backoff_max_s
         self._probe_timeout_s = probe_timeout_s
         self._pool = UpstreamPool(
             settings.llm_urls,
@@ -102,19 +82,23 @@ class LLMClient:
             cooldown_s=settings.llm_eject_cooldown_s,
             models_ttl_s=models_ttl_s,
         )
-        # Per request, so a caller's own httpx client needs no special configuration.
-        self._timeout = httpx.Timeout(
-            connect=self._connect_s, pool=self._connect_s, read=None, write=None
+        auth = {"Authorization": f"Bearer {settings.llm_api_key}"} if settings.llm_api_key else {}
+        self._dispatcher = Dispatcher(
+            http,
+            self._pool,
+            connect_timeout_s=settings.llm_connect_timeout_s,
+            max_retries=settings.llm_max_retries,
+            backoff_s=retry_backoff_s,
+            backoff_max_s=retry_backoff_max_s,
+            auth_headers=auth,
         )
-        self._auth: dict[str, str] = (
-            {"Authorization": f"Bearer {settings.llm_api_key}"} if settings.llm_api_key else {}
+        self._models = ModelLists(
+            http,
+            self._pool,
+            auth_headers=auth,
+            timeout=self._dispatcher.timeout,
+            fetch_timeout_s=probe_timeout_s,
         )
-        # Parsed once: httpx's URL parsing is a visible share of a request's CPU cost.
-        self._chat_urls = {
-            u: httpx.URL(f"{u.base_url}/chat/completions") for u in self._pool.upstreams
-        }
-        self._refresh_task: asyncio.Task[None] | None = None
-        self._last_forced_refresh = float("-inf")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LLMClient:
@@ -123,8 +107,7 @@ class LLMClient:
 
     async def aclose(self) -> None:
         """Stop background refreshes and close the HTTP client if this client built it."""
-        if self._refresh_task is not None and not self._refresh_task.done():
-            self._refresh_task.cancel()
+        self._models.close()
         if self._owns_http:
             await self._http.aclose()
 
@@ -175,7 +158,7 @@ class LLMClient:
         could be read.
         """
         upstreams = [u for u in self._pool.upstreams if not u.manual_down]
-        results = await asyncio.gather(*(self._fetch_models(u) for u in upstreams))
+        results = await asyncio.gather(*(self._models.fetch(u) for u in upstreams))
         merged: dict[str, ModelInfo] = {}
         for upstream, result in zip(upstreams, results, strict=True):
             if isinstance(result, LLMError):
@@ -211,7 +194,7 @@ class LLMClient:
                     self._http,
                     u,
                     timeout_s=self._probe_timeout_s,
-                    model_list=self._fetch_models(u),
+                    model_list=self._models.fetch(u),
                 )
                 for u in self._pool.upstreams
             )
@@ -221,65 +204,6 @@ class LLMClient:
             upstream.running = result.num_requests_running
         return results
 
-    async def _fetch_models(self, upstream: Upstream) -> list[ModelCard] | LLMError:
-        details = {"upstream": upstream.id, "upstream_url": upstream.url}
-        try:
-            async with asyncio.timeout(self._probe_timeout_s):
-                response = await self._http.get(
-                    f"{upstream.base_url}/models", headers=self._auth, timeout=self._timeout
-                )
-        except (httpx.HTTPError, TimeoutError) as exc:
-            self._pool.models_failed(upstream)
-            return LLMUnavailableError(
-                f"cannot read the model list of {upstream.id}: {type(exc).__name__}",
-                details=details,
-            )
-        if response.status_code != 200:
-            self._pool.models_failed(upstream)
-            return error_for_status(
-                response.status_code, response.content, details=details, model=None
-            )
-        try:
-            cards = model_list_decoder.decode(response.content).data
-        except msgspec.DecodeError:
-            self._pool.models_failed(upstream)
-            return LLMError(f"unreadable model list from {upstream.id}", details=details)
-        self._pool.set_models(upstream, (card.id for card in cards))
-        return cards
-
-    async def _refresh_models(self, upstreams: list[Upstream]) -> None:
-        await asyncio.gather(*(self._fetch_models(u) for u in upstreams))
-
-    def _start_refresh(self, upstreams: list[Upstream]) -> asyncio.Task[None]:
-        # One refresh at a time: a burst of requests shares it instead of stampeding.
-        if self._refresh_task is None or self._refresh_task.done():
-            self._refresh_task = asyncio.create_task(self._refresh_models(upstreams))
-        return self._refresh_task
-
-    async def _prepare_routing(self, model: str | None) -> None:
-        """Make sure the model lists can route ``model``, fetching only when they must.
-
-        A known model never waits: stale lists refresh in the background. An unknown one
-        waits for a refresh of the lists that are due, or, at most once per
-        :data:`FORCED_REFRESH_INTERVAL_S`, of all of them (a model may have been added).
-        """
-        if model is None:
-            return
-        due = self._pool.models_due()
-        if self._pool.is_known(model):
-            if due:
-                self._start_refresh(due)
-            return
-        running = self._refresh_task is not None and not self._refresh_task.done()
-        if not running and not due:
-            now = asyncio.get_running_loop().time()
-            if now - self._last_forced_refresh < FORCED_REFRESH_INTERVAL_S:
-                return
-            self._last_forced_refresh = now
-            due = [u for u in self._pool.upstreams if not u.manual_down]
-        # Shielded: a caller that goes away must not cancel a refresh others wait on.
-        await asyncio.shield(self._start_refresh(due))
-
     # -- chat ---------------------------------------------------------------------------
 
     async def chat(self, request: ChatRequest, *, request_id: str | None = None) -> ChatResult:
@@ -288,12 +212,12 @@ class LLMClient:
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + self._total_s
-        await self._prepare_routing(request.model)
-        lease, response = await self._open(
+        await self._models.prepare(request.model)
+        lease, response = await self._dispatcher.open(
             request, request_id=request_id, stream=False, deadline=deadline, phase="total"
         )
         upstream = lease.upstream
-        details = _details(upstream, request_id, request.model)
+        details = request_details(upstream, request_id, request.model)
         try:
             async with asyncio.timeout_at(deadline):
                 body = await response.aread()
@@ -328,6 +252,7 @@ class LLMClient:
             upstream_url=upstream.url,
             latency_ms=round((loop.time() - started) * 1000, 3),
             request_id=request_id,
+            response_id=completion.id,
         )
 
     async def stream_chat(
@@ -349,9 +274,9 @@ class LLMClient:
             token_s=self._token_s,
             total_s=self._total_s,
         )
-        await self._prepare_routing(request.model)
+        await self._models.prepare(request.model)
         first_token_deadline = timeouts.started + min(self._first_token_s, self._total_s)
-        lease, response = await self._open(
+        lease, response = await self._dispatcher.open(
             request,
             request_id=request_id,
             stream=True,
@@ -363,7 +288,7 @@ class LLMClient:
             response,
             timeouts=timeouts,
             upstream_id=upstream.id,
-            details=_details(upstream, request_id, request.model),
+            details=request_details(upstream, request_id, request.model),
             model=request.model or "",
         )
         released = False
@@ -383,6 +308,7 @@ class LLMClient:
                 ttft_ms=reader.ttft_ms,
                 latency_ms=round((loop.time() - timeouts.started) * 1000, 3),
                 request_id=request_id,
+                response_id=reader.response_id,
             )
             await reader.drain()
         finally:
@@ -391,191 +317,9 @@ class LLMClient:
             if not released:
                 self._pool.release(lease)
 
-    # -- sending --------------------------------------------------------------------------
-
-    def _body(self, request: ChatRequest, *, stream: bool) -> bytes:
-        payload: dict[str, Any] = msgspec.to_builtins(request)
-        extra: dict[str, Any] = payload.pop("extra", {})
-        for key, value in extra.items():
-            if key not in payload and key not in _OWNED_FIELDS:
-                payload[key] = value
-        payload["stream"] = stream
-        if stream:
-            payload["stream_options"] = _INCLUDE_USAGE
-        return msgspec.json.encode(payload)
-
-    def _headers(self, request_id: str | None, *, stream: bool) -> dict[str, str]:
-        headers = {
-            "Content-Type": "application/json",
-            # Compressed SSE would be buffered by the decompressor; vLLM does not compress.
-            "Accept-Encoding": "identity",
-            "Accept": "text/event-stream" if stream else "application/json",
-            **self._auth,
-        }
-        if request_id:
-            headers["X-Request-Id"] = request_id
-        return headers
-
-    async def _open(
-        self,
-        request: ChatRequest,
-        *,
-        request_id: str | None,
-        stream: bool,
-        deadline: float,
-        phase: TimeoutPhase,
-    ) -> tuple[Lease, httpx.Response]:
-        """Send the request, retrying where safe; return a 200 response with its lease.
-
-        The caller must close the response and release the lease.
-        """
-        body = self._body(request, stream=stream)
-        headers = self._headers(request_id, stream=stream)
-        tried: list[Upstream] = []
-        attempt = 0
-        while True:
-            lease = self._pool.acquire(request.model, avoid=tried)
-            upstream = lease.upstream
-            details = _details(upstream, request_id, request.model)
-            try:
-                if upstream in tried:
-                    await asyncio.sleep(self._backoff(attempt, deadline))
-                response = await self._send(
-                    upstream=upstream,
-                    body=body,
-                    headers=headers,
-                    deadline=deadline,
-                    phase=phase,
-                    details=details,
-                )
-            except _RetryableError as exc:
-                self._pool.release(lease)
-                if attempt >= self._max_retries or asyncio.get_running_loop().time() >= deadline:
-                    raise exc.error from exc.__cause__
-                attempt += 1
-                self._pool.retries_total += 1
-                tried.append(upstream)
-                log.info(
-                    "llm_retry",
-                    upstream=upstream.id,
-                    attempt=attempt,
-                    reason=exc.error.code,
-                    request_id=request_id,
-                )
-                continue
-            except BaseException:
-                self._pool.release(lease)
-                raise
-            return lease, response
-
-    async def _send(
-        self,
-        *,
-        upstream: Upstream,
-        body: bytes,
-        headers: dict[str, str],
-        deadline: float,
-        phase: TimeoutPhase,
-        details: dict[str, Any],
-    ) -> httpx.Response:
-        """One attempt on one upstream; raises :class:`_RetryableError` when safe to retry."""
-        http_request = self._http.build_request(
-            "POST",
-            self._chat_urls[upstream],
-            content=body,
-            headers=headers,
-            timeout=self._timeout,
-        )
-        try:
-            async with asyncio.timeout_at(deadline):
-                response = await self._http.send(http_request, stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            if self._pool.record_connect_failure(upstream):
-                log.warning(
-                    "llm_upstream_ejected",
-                    upstream=upstream.id,
-                    failures=upstream.consecutive_failures,
-                )
-            error: LLMError
-            if isinstance(exc, httpx.ConnectTimeout):
-                error = LLMTimeoutError(
-                    f"connecting to {upstream.id} timed out after {self._connect_s}s",
-                    phase="connect",
-                    details=details,
-                )
-            else:
-                error = LLMUnavailableError(f"cannot connect to {upstream.id}", details=details)
-            raise _RetryableError(error) from exc
-        except TimeoutError:
-            what = "first token" if phase == "first_token" else "answer"
-            raise LLMTimeoutError(
-                f"no {what} from {upstream.id} in time", phase=phase, details=details
-            ) from None
-        except httpx.HTTPError as exc:
-            # The request may have reached vLLM, so this must not be retried.
-            raise LLMError(
-                f"the connection to {upstream.id} broke before an answer: {type(exc).__name__}",
-                details=details,
-            ) from exc
-        self._pool.record_response(upstream)
-        if 200 <= response.status_code < 300:
-            return response
-        if response.status_code == 503:
-            # Nothing of the body has been read yet: vLLM did no work, a retry is safe.
-            error_body = await _read_error_body(response, deadline)
-            raise _RetryableError(
-                error_for_status(503, error_body, details=details, model=details["model"])
-            )
-        error_body = await _read_error_body(response, deadline)
-        error = error_for_status(
-            response.status_code, error_body, details=details, model=details["model"]
-        )
-        if isinstance(error, ModelNotFoundError):
-            self._pool.forget_model(upstream, details["model"])
-        raise error
-
-    def _backoff(self, attempt: int, deadline: float) -> float:
-        ceiling = min(self._backoff_max_s, self._backoff_s * 2 ** (attempt - 1))
-        # Jitter spreads out clients that failed together; this is not a security use.
-        delay: float = ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311
-        return max(0.0, min(delay, deadline - asyncio.get_running_loop().time()))
-
-
-class _RetryableError(Exception):
-    """Internal: an attempt failed in a way a retry may fix; ``error`` is what to raise."""
-
-    def __init__(self, error: LLMError) -> None:
-        super().__init__(error.message)
-        self.error = error
-
-
-async def _read_error_body(response: httpx.Response, deadline: float) -> bytes:
-    """Up to :data:`MAX_ERROR_BODY_BYTES` of an error body; what was read if it breaks."""
-    data = bytearray()
-    try:
-        async with asyncio.timeout_at(deadline):
-            async for chunk in response.aiter_raw():
-                data += chunk
-                if len(data) >= MAX_ERROR_BODY_BYTES:
-                    break
-    except (TimeoutError, httpx.HTTPError):
-        pass
-    finally:
-        await response.aclose()
-    return bytes(data[:MAX_ERROR_BODY_BYTES])
-
 
 def _request_id(explicit: str | None) -> str | None:
     if explicit is not None:
         return explicit
     bound = structlog.contextvars.get_contextvars().get("request_id")
     return str(bound) if bound is not None else None
-
-
-def _details(upstream: Upstream, request_id: str | None, model: str | None) -> dict[str, Any]:
-    return {
-        "upstream": upstream.id,
-        "upstream_url": upstream.url,
-        "request_id": request_id,
-        "model": model,
-    }

@@ -54,6 +54,8 @@ class Usage(msgspec.Struct, kw_only=True):
 class ChatResult(msgspec.Struct, kw_only=True):
     """A finished non-streaming completion and where it came from.
 
+    ``upstream_id``/``upstream_url`` name the vLLM server that answered; ``response_id`` is
+    that server's id for the completion (``chatcmpl-`` + the ``X-Request-Id`` sent, if any).
     ``usage`` is None when the upstream did not report it; it is never estimated.
     """
 
@@ -65,6 +67,7 @@ class ChatResult(msgspec.Struct, kw_only=True):
     upstream_url: str
     latency_ms: float
     request_id: str | None = None
+    response_id: str | None = None
 
 
 class ChatDelta(msgspec.Struct, kw_only=True, tag="delta"):
@@ -78,6 +81,7 @@ class ChatDone(msgspec.Struct, kw_only=True, tag="done"):
 
     ``ttft_ms`` is the time to the first chunk with a choice (vLLM's role chunk, sent after
     prefill), as ``vllm bench serve`` measures it. ``usage`` is None when not reported.
+    ``upstream_id``/``upstream_url``/``response_id`` are as in :class:`ChatResult`.
     """
 
     finish_reason: str | None
@@ -88,6 +92,7 @@ class ChatDone(msgspec.Struct, kw_only=True, tag="done"):
     ttft_ms: float | None
     latency_ms: float
     request_id: str | None = None
+    response_id: str | None = None
 
 
 StreamEvent = ChatDelta | ChatDone

@@ -42,8 +42,8 @@ class ChatStreamReader:
     """Turns one streaming response into text pieces and the final stream facts.
 
     After :meth:`read` has returned with :attr:`finished` set, ``finish_reason``, ``usage``,
-    ``model`` and ``ttft_ms`` are final. Errors are raised as :class:`LLMError` subclasses
-    carrying the text received so far.
+    ``model``, ``response_id`` and ``ttft_ms`` are final. Errors are raised as
+    :class:`LLMError` subclasses carrying the text received so far.
     """
 
     def __init__(
@@ -64,6 +64,7 @@ class ChatStreamReader:
         self._details = details
         self._parts: list[str] = []
         self.model = model
+        self.response_id: str | None = None
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self.ttft_ms: float | None = None
@@ -133,6 +134,8 @@ class ChatStreamReader:
                 return self._fail(pieces, error)
             if event.model:
                 self.model = event.model
+            if self.response_id is None:
+                self.response_id = event.id
             if event.usage is not None:
                 self.usage = event.usage
             for choice in event.choices:

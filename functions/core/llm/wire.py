@@ -26,6 +26,7 @@ class StreamChoice(msgspec.Struct):
 class StreamChunk(msgspec.Struct):
     """One ``data:`` event of a chat stream (a content chunk, the usage chunk or an error)."""
 
+    id: str | None = None
     model: str | None = None
     choices: list[StreamChoice] = msgspec.field(default_factory=list)
     usage: Usage | None = None
@@ -44,6 +45,7 @@ class Choice(msgspec.Struct):
 class Completion(msgspec.Struct):
     """A non-streaming ``chat.completion`` body."""
 
+    id: str | None = None
     model: str = ""
     choices: list[Choice] = msgspec.field(default_factory=list)
     usage: Usage | None = None
@@ -62,12 +64,6 @@ class ModelList(msgspec.Struct):
     data: list[ModelCard] = msgspec.field(default_factory=list)
 
 
-class Version(msgspec.Struct):
-    version: str | None = None
-    simulator: Any = None
-
-
 stream_chunk_decoder = msgspec.json.Decoder(StreamChunk)
 completion_decoder = msgspec.json.Decoder(Completion)
 model_list_decoder = msgspec.json.Decoder(ModelList)
-version_decoder = msgspec.json.Decoder(Version)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from functions.core.llm.client import LLMClient
@@ -25,28 +27,32 @@ TOKENS = 8
 MAX_MODEL_LEN = 256
 
 
+@dataclass
+class _Plan:
+    headers: dict[str, str]
+    times: int | None
+
+
 class Faults:
-    """An httpx request hook adding headers to the next ``times`` requests (to ``port``)."""
+    """An httpx request hook adding headers to the next ``times`` chat requests."""
 
     def __init__(self) -> None:
-        self._plans: list[list[Any]] = []
+        self._plans: list[_Plan] = []
 
-    def add(
-        self, headers: dict[str, str], *, times: int | None = None, port: int | None = None
-    ) -> None:
-        """Apply ``headers`` to matching requests; ``times=None`` means every one."""
-        self._plans.append([headers, times, port])
+    def add(self, headers: dict[str, str], *, times: int | None = None) -> None:
+        """Apply ``headers`` to coming chat requests; ``times=None`` means every one."""
+        self._plans.append(_Plan(headers, times))
 
     async def __call__(self, request: httpx.Request) -> None:
         if not request.url.path.endswith("/chat/completions"):
             return
         for plan in self._plans:
-            headers, times, port = plan
-            if (port is None or request.url.port == port) and (times is None or times > 0):
-                request.headers.update(headers)
-                if times is not None:
-                    plan[1] = times - 1
-                return
+            if plan.times == 0:
+                continue
+            request.headers.update(plan.headers)
+            if plan.times is not None:
+                plan.times -= 1
+            return
 
 
 def llm_settings(*urls: str, **overrides: Any) -> Settings:
@@ -78,6 +84,15 @@ async def wait_for_stats(
     sim: SimulatorProcess, predicate: Callable[[dict[str, Any]], bool], within: float = 2.0
 ) -> dict[str, Any]:
     return await asyncio.to_thread(sim.wait_for, predicate, within)
+
+
+def connections_to(port: int) -> int:
+    """How many established TCP connections this process has open to ``port``."""
+    return sum(
+        1
+        for conn in psutil.Process().net_connections(kind="tcp")
+        if conn.raddr and conn.raddr.port == port and conn.status == "ESTABLISHED"
+    )
 
 
 async def read_stream(events: AsyncIterator[StreamEvent], texts: list[str]) -> ChatDone:

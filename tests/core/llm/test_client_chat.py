@@ -16,6 +16,7 @@ from tests.core.llm.conftest import (
     Faults,
     MakeClient,
     chat_request,
+    connections_to,
     llm_settings,
     sim_stats,
 )
@@ -91,7 +92,8 @@ async def test_request_on_the_wire(make_client: MakeClient, fresh: SimulatorProc
         temperature=0.5,
         extra={"top_k": 5, "repetition_penalty": 1.1, "stream": False, "model": "x"},
     )
-    await client.chat(request, request_id="req-123")
+    result = await client.chat(request, request_id="req-123")
+    assert (result.request_id, result.response_id) == ("req-123", "chatcmpl-req-123")
     sent = (await sim_stats(fresh))["last_chat_request"]
     body = sent["body"]
     assert body["model"] == MODEL  # extra cannot override a field the request sets
@@ -119,7 +121,7 @@ async def test_request_id_defaults_to_the_bound_context(
     assert (await sim_stats(fresh))["last_chat_request"]["headers"]["x-request-id"] == "ctx-42"
     done = events[-1]
     assert isinstance(done, ChatDone)
-    assert done.request_id == "ctx-42"
+    assert (done.request_id, done.response_id) == ("ctx-42", "chatcmpl-ctx-42")
 
     await client.chat(chat_request())
     assert "x-request-id" not in (await sim_stats(fresh))["last_chat_request"]["headers"]
@@ -178,3 +180,15 @@ async def test_from_settings_owns_and_closes_its_http_client(fresh: SimulatorPro
         assert (await client.chat(chat_request())).content
     assert client._http.is_closed
     assert isinstance(client._http._transport, AiohttpTransport)
+
+
+async def test_streams_leave_their_connection_reusable(
+    make_client: MakeClient, fresh: SimulatorProcess
+) -> None:
+    client = make_client(fresh.base_url)
+    await client.chat(chat_request())
+    for _ in range(4):
+        await collect(client)
+        await client.chat(chat_request())
+    # The end of each stream is read after [DONE], so the same connection serves them all.
+    assert connections_to(fresh.port) == 1

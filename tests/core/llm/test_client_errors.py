@@ -58,12 +58,11 @@ async def test_model_no_upstream_serves(make_client: MakeClient, fresh: Simulato
 
 
 async def test_vllm_404_for_a_model_it_no_longer_serves(make_client: MakeClient) -> None:
-    async with async_running_simulator("--model", "old-model") as sim:
-        client = make_client(sim.base_url)
+    async with async_running_simulator("--model", "old-model") as old:
+        client = make_client(old.base_url)
         await client.chat(chat_request(model="old-model"))  # learns the model list
-        await asyncio.to_thread(sim.stop)
-        sim.args = ("--model", "new-model")
-        await asyncio.to_thread(sim.start)
+    # The server is replaced on the same port by one that serves another model.
+    async with async_running_simulator("--model", "new-model", port=old.port):
         with pytest.raises(ModelNotFoundError) as info:
             await client.chat(chat_request(model="old-model"))
         assert_error(info.value, "model_not_found", 404)

@@ -7,11 +7,10 @@ import time
 from collections.abc import AsyncIterator
 
 import httpx
-import psutil
 import pytest
 
 from functions.core.llm.transport import AiohttpTransport
-from tests.core.llm.conftest import MODEL, sim_stats, wait_for_stats
+from tests.core.llm.conftest import MODEL, connections_to, sim_stats, wait_for_stats
 from tests.core.llm.scripted_server import BlackHole, ScriptedServer, closed_port_url
 from tests.support.simulator import SimulatorProcess
 
@@ -93,17 +92,10 @@ async def test_closing_a_stream_early_aborts_upstream(
 
 
 async def test_keep_alive_reuses_connections(fresh: SimulatorProcess) -> None:
-    def open_to_simulator() -> int:
-        return sum(
-            1
-            for conn in psutil.Process().net_connections(kind="tcp")
-            if conn.raddr and conn.raddr.port == fresh.port and conn.status == "ESTABLISHED"
-        )
-
-    before = open_to_simulator()
+    before = connections_to(fresh.port)
     async with httpx.AsyncClient(transport=AiohttpTransport()) as http:
         for _ in range(5):
             response = await http.post(f"{fresh.base_url}/chat/completions", json=BODY)
             assert response.status_code == 200
         # One pooled connection served all five requests, one after the other.
-        assert open_to_simulator() == before + 1
+        assert connections_to(fresh.port) == before + 1

@@ -1,0 +1,247 @@
+"""Getting one chat request answered with a 2xx by some upstream, retrying only where safe.
+
+Retries, with jittered exponential backoff, happen only when the upstream cannot have
+started the work: the connection failed before the request was sent (refused, connect
+timeout), or it answered 503 before any of the body was used. A retry prefers an upstream
+this request has not tried yet, and goes there without waiting. Nothing is retried once a
+response has been accepted, nor after a connection broke with the request already sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import msgspec
+
+from functions.core.llm.errors import (
+    LLMError,
+    LLMTimeoutError,
+    LLMUnavailableError,
+    ModelNotFoundError,
+    TimeoutPhase,
+)
+from functions.core.llm.vllm_errors import error_for_status
+from functions.core.logging import get_logger
+
+if TYPE_CHECKING:
+    from functions.core.llm.schemas import ChatRequest
+    from functions.core.llm.upstreams import Lease, Upstream, UpstreamPool
+
+# Fields the client sets itself; ``ChatRequest.extra`` cannot override them.
+_OWNED_FIELDS = frozenset({"stream", "stream_options"})
+_INCLUDE_USAGE = {"include_usage": True}
+MAX_ERROR_BODY_BYTES = 64 * 1024
+
+log = get_logger(__name__)
+
+
+def request_details(
+    upstream: Upstream, request_id: str | None, model: str | None
+) -> dict[str, Any]:
+    """What every error about one request on one upstream carries in ``details``."""
+    return {
+        "upstream": upstream.id,
+        "upstream_url": upstream.url,
+        "request_id": request_id,
+        "model": model,
+    }
+
+
+def encode_body(request: ChatRequest, *, stream: bool) -> bytes:
+    """The JSON body for vLLM; streams always ask for the usage chunk."""
+    payload: dict[str, Any] = msgspec.to_builtins(request)
+    extra: dict[str, Any] = payload.pop("extra", {})
+    for key, value in extra.items():
+        if key not in payload and key not in _OWNED_FIELDS:
+            payload[key] = value
+    payload["stream"] = stream
+    if stream:
+        payload["stream_options"] = _INCLUDE_USAGE
+    return msgspec.json.encode(payload)
+
+
+class _RetryableError(Exception):
+    """An attempt failed in a way a retry may fix; ``error`` is what to raise otherwise."""
+
+    def __init__(self, error: LLMError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class Dispatcher:
+    """Sends chat requests through one ``httpx.AsyncClient`` to the pool's upstreams."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        pool: UpstreamPool,
+        *,
+        connect_timeout_s: float,
+        max_retries: int,
+        backoff_s: float,
+        backoff_max_s: float,
+        auth_headers: dict[str, str],
+    ) -> None:
+        self._http = http
+        self._pool = pool
+        self._connect_s = connect_timeout_s
+        self._max_retries = max_retries
+        self._backoff_s = backoff_s
+        self._backoff_max_s = backoff_max_s
+        self._auth = auth_headers
+        # Per request, so a caller's own httpx client needs no special configuration.
+        self.timeout = httpx.Timeout(
+            connect=connect_timeout_s, pool=connect_timeout_s, read=None, write=None
+        )
+        # Parsed once: httpx's URL parsing is a visible share of a request's CPU cost.
+        self._chat_urls = {u: httpx.URL(f"{u.base_url}/chat/completions") for u in pool.upstreams}
+
+    def _headers(self, request_id: str | None, *, stream: bool) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/json",
+            # Compressed SSE would be buffered by the decompressor; vLLM does not compress.
+            "Accept-Encoding": "identity",
+            "Accept": "text/event-stream" if stream else "application/json",
+            **self._auth,
+        }
+        if request_id:
+            headers["X-Request-Id"] = request_id
+        return headers
+
+    async def open(
+        self,
+        request: ChatRequest,
+        *,
+        request_id: str | None,
+        stream: bool,
+        deadline: float,
+        phase: TimeoutPhase,
+    ) -> tuple[Lease, httpx.Response]:
+        """Send the request until an upstream answers 2xx; return that response and its lease.
+
+        ``deadline`` (event-loop time) bounds everything up to the response headers, and
+        ``phase`` names it if it fires. The caller must close the response and release the
+        lease.
+        """
+        body = encode_body(request, stream=stream)
+        headers = self._headers(request_id, stream=stream)
+        tried: list[Upstream] = []
+        attempt = 0
+        while True:
+            lease = self._pool.acquire(request.model, avoid=tried)
+            upstream = lease.upstream
+            details = request_details(upstream, request_id, request.model)
+            try:
+                if upstream in tried:
+                    await asyncio.sleep(self._backoff(attempt, deadline))
+                response = await self._send(
+                    upstream=upstream,
+                    body=body,
+                    headers=headers,
+                    deadline=deadline,
+                    phase=phase,
+                    details=details,
+                )
+            except _RetryableError as exc:
+                self._pool.release(lease)
+                if attempt >= self._max_retries or asyncio.get_running_loop().time() >= deadline:
+                    raise exc.error from exc.__cause__
+                attempt += 1
+                self._pool.retries_total += 1
+                tried.append(upstream)
+                log.info(
+                    "llm_retry",
+                    upstream=upstream.id,
+                    attempt=attempt,
+                    reason=exc.error.code,
+                    request_id=request_id,
+                )
+                continue
+            except BaseException:
+                self._pool.release(lease)
+                raise
+            return lease, response
+
+    async def _send(
+        self,
+        *,
+        upstream: Upstream,
+        body: bytes,
+        headers: dict[str, str],
+        deadline: float,
+        phase: TimeoutPhase,
+        details: dict[str, Any],
+    ) -> httpx.Response:
+        """One attempt on one upstream; raises :class:`_RetryableError` when safe to retry."""
+        http_request = self._http.build_request(
+            "POST", self._chat_urls[upstream], content=body, headers=headers, timeout=self.timeout
+        )
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await self._http.send(http_request, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise _RetryableError(self._connect_failed(upstream, exc, details)) from exc
+        except TimeoutError:
+            what = "first token" if phase == "first_token" else "answer"
+            raise LLMTimeoutError(
+                f"no {what} from {upstream.id} in time", phase=phase, details=details
+            ) from None
+        except httpx.HTTPError as exc:
+            # The request may have reached vLLM, so this must not be retried.
+            raise LLMError(
+                f"the connection to {upstream.id} broke before an answer: {type(exc).__name__}",
+                details=details,
+            ) from exc
+        self._pool.record_response(upstream)
+        if 200 <= response.status_code < 300:
+            return response
+        error_body = await _read_error_body(response, deadline)
+        error = error_for_status(
+            response.status_code, error_body, details=details, model=details["model"]
+        )
+        if response.status_code == 503:
+            # vLLM answers 503 before doing any work, so trying again is safe.
+            raise _RetryableError(error)
+        if isinstance(error, ModelNotFoundError):
+            self._pool.forget_model(upstream, details["model"])
+        raise error
+
+    def _connect_failed(
+        self, upstream: Upstream, exc: httpx.HTTPError, details: dict[str, Any]
+    ) -> LLMError:
+        if self._pool.record_connect_failure(upstream):
+            log.warning(
+                "llm_upstream_ejected", upstream=upstream.id, failures=upstream.consecutive_failures
+            )
+        if isinstance(exc, httpx.ConnectTimeout):
+            return LLMTimeoutError(
+                f"connecting to {upstream.id} timed out after {self._connect_s}s",
+                phase="connect",
+                details=details,
+            )
+        return LLMUnavailableError(f"cannot connect to {upstream.id}", details=details)
+
+    def _backoff(self, attempt: int, deadline: float) -> float:
+        ceiling = min(self._backoff_max_s, self._backoff_s * 2 ** (attempt - 1))
+        # Jitter spreads out clients that failed together; this is not a security use.
+        delay: float = ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311
+        return max(0.0, min(delay, deadline - asyncio.get_running_loop().time()))
+
+
+async def _read_error_body(response: httpx.Response, deadline: float) -> bytes:
+    """Up to :data:`MAX_ERROR_BODY_BYTES` of an error body; what was read if it breaks."""
+    data = bytearray()
+    try:
+        async with asyncio.timeout_at(deadline):
+            async for chunk in response.aiter_raw():
+                data += chunk
+                if len(data) >= MAX_ERROR_BODY_BYTES:
+                    break
+    except (TimeoutError, httpx.HTTPError):
+        pass
+    finally:
+        await response.aclose()
+    return bytes(data[:MAX_ERROR_BODY_BYTES])
