@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from functions.core.llm.transport import AiohttpTransport
+from functions.core.llm.transport import AiohttpTransport, build_http_client
+from functions.core.settings import load_settings
 from tests.core.llm.conftest import MODEL, connections_to, sim_stats, wait_for_stats
 from tests.core.llm.scripted_server import BlackHole, ScriptedServer, closed_port_url
 from tests.support.simulator import SimulatorProcess
@@ -99,3 +100,17 @@ async def test_keep_alive_reuses_connections(fresh: SimulatorProcess) -> None:
             assert response.status_code == 200
         # One pooled connection served all five requests, one after the other.
         assert connections_to(fresh.port) == before + 1
+
+
+async def test_the_shared_client_keeps_no_cookies_between_callers() -> None:
+    """An upstream's Set-Cookie must not ride along on the next caller's request."""
+    settings = load_settings({}, dotenv=None)
+    response = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nSet-Cookie: session=abc\r\n"
+        b"Content-Length: 2\r\nConnection: close\r\n\r\n{}"
+    )
+    async with ScriptedServer(response) as server, build_http_client(settings) as client:
+        await client.post(f"{server.base_url}/chat/completions", json=BODY)
+        await client.post(f"{server.base_url}/chat/completions", json=BODY)
+        assert len(client.cookies) == 0
+        assert all(b"cookie:" not in request.lower() for request in server.requests)
