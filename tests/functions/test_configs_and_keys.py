@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+import uuid
+
+from functions.core.keys import service as keys_service
 from tests.functions.conftest import Api
 
 
@@ -93,3 +98,19 @@ async def test_keys_need_admin(api: Api) -> None:
     assert bad_id.json()["error"]["code"] == "validation_error"
     unknown = await api.admin.delete("/v1/keys/00000000-0000-4000-8000-000000000000")
     assert unknown.status_code == 404
+
+
+async def test_a_key_revoked_by_another_process_stops_working_within_the_cache_ttl(
+    api: Api,
+) -> None:
+    """The CLI (another process) revokes; the gateway notices within its 1 s cache."""
+    created = (await api.admin.post("/v1/keys", json={"name": "leaked"})).json()
+    headers = {"Authorization": f"Bearer {created['secret']}"}
+    assert (await api.anonymous.get("/v1/conversations", headers=headers)).status_code == 200
+    await keys_service.revoke_key(uuid.UUID(created["id"]))  # straight to the database
+    deadline = time.monotonic() + 3
+    status = 200
+    while status == 200 and time.monotonic() < deadline:
+        status = (await api.anonymous.get("/v1/conversations", headers=headers)).status_code
+        await asyncio.sleep(0.1)
+    assert status == 401

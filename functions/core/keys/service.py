@@ -18,6 +18,7 @@ import msgspec
 from functions.core.db.sql import fetch
 from functions.core.db.tables import ApiKey
 from functions.core.errors import AuthenticationError, NotFoundError
+from functions.core.keys.cache import principals
 from functions.core.keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, Principal
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ async def list_keys(*, include_revoked: bool = True) -> list[ApiKeyOut]:
 
 async def revoke_key(key_id: uuid.UUID) -> ApiKeyOut:
     """Revoke a key; effective for the next request. Revoking twice keeps the first time."""
+    principals.forget(key_id)
     await ApiKey.update({ApiKey.revoked_at: datetime.now(UTC)}).where(
         (ApiKey.id == key_id) & ApiKey.revoked_at.is_null()
     )
@@ -91,6 +93,9 @@ async def authenticate(secret: str) -> Principal:
             "malformed API key: expected 'Authorization: Bearer sb-...'",
         )
     presented = hash_secret(secret)
+    cached = principals.get(presented)
+    if cached is not None:
+        return cached
     candidates = await fetch(
         "SELECT id, name, key_hash, scopes, revoked_at, last_used_at FROM api_key "
         "WHERE prefix = {}",
@@ -109,4 +114,6 @@ async def authenticate(secret: str) -> Principal:
     last_used = match["last_used_at"]
     if last_used is None or now - last_used > LAST_USED_RESOLUTION:
         await fetch("UPDATE api_key SET last_used_at = {} WHERE id = {}", now, match["id"])
-    return Principal(key_id=match["id"], name=match["name"], scopes=frozenset(match["scopes"]))
+    principal = Principal(key_id=match["id"], name=match["name"], scopes=frozenset(match["scopes"]))
+    principals.put(presented, principal)
+    return principal

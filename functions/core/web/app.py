@@ -27,6 +27,7 @@ from functions.core.db.engine import (
     use_engine,
 )
 from functions.core.db.errors import as_database_error
+from functions.core.keys.cache import principals
 from functions.core.llm.client import LLMClient
 from functions.core.logging import configure_logging, get_logger
 from functions.core.metrics import CallbackCollector, upstream_metrics
@@ -81,6 +82,7 @@ def build_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         engine = engine_from_url(settings.database_url)
         use_engine(engine)
+        principals.ttl_s = settings.auth_cache_ttl_s
         try:
             await open_pool(
                 engine, min_size=settings.database_pool_min, max_size=settings.database_pool_max

@@ -1,0 +1,49 @@
+"""A short-lived, in-process memory of keys that just authenticated.
+
+Authentication is one query on every request; a busy application key repeats it thousands
+of times a second. Entries live ``ttl_s`` seconds (default one, off when zero), are keyed
+by the secret's hash (never the secret), and a revocation in this process drops them at
+once; in other processes a revoked key stops working within ``ttl_s``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import uuid
+
+    from functions.core.keys.schemas import Principal
+
+
+class PrincipalCache:
+    def __init__(self, ttl_s: float = 0.0) -> None:
+        self.ttl_s = ttl_s
+        self._entries: dict[str, tuple[Principal, float]] = {}
+
+    def get(self, key_hash: str) -> Principal | None:
+        entry = self._entries.get(key_hash)
+        if entry is None:
+            return None
+        principal, expires = entry
+        if time.monotonic() >= expires:
+            del self._entries[key_hash]
+            return None
+        return principal
+
+    def put(self, key_hash: str, principal: Principal) -> None:
+        if self.ttl_s <= 0:
+            return
+        if len(self._entries) > 10_000:  # bounded: a flood of keys only costs queries
+            self._entries.clear()
+        self._entries[key_hash] = (principal, time.monotonic() + self.ttl_s)
+
+    def forget(self, key_id: uuid.UUID) -> None:
+        for key_hash, (principal, _) in list(self._entries.items()):
+            if principal.key_id == key_id:
+                del self._entries[key_hash]
+
+
+# One per process: the web lifespan sets ``ttl_s`` from the settings; the CLI leaves it off.
+principals = PrincipalCache()

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from functions.core.errors import AuthenticationError
+from functions.core.keys import service
+from functions.core.keys.cache import PrincipalCache, principals
+from functions.core.keys.schemas import ApiKeyCreate
+
+
+@pytest.fixture
+def cache_on() -> object:
+    principals.ttl_s = 5.0
+    yield principals
+    principals.ttl_s = 0.0
+    principals._entries.clear()
+
+
+async def test_a_cached_key_skips_the_database_until_revoked(db: object, cache_on: object) -> None:
+    created = await service.create_key(ApiKeyCreate(name="busy-app"))
+    first = await service.authenticate(created.secret)
+    assert principals.get(service.hash_secret(created.secret)) == first
+    assert created.secret not in repr(principals._entries)  # keyed by hash, never the secret
+
+    await service.revoke_key(created.id)
+    with pytest.raises(AuthenticationError, match="revoked"):
+        await service.authenticate(created.secret)
+
+
+def test_entries_expire_and_a_zero_ttl_stores_nothing() -> None:
+    import uuid
+
+    from functions.core.keys.schemas import Principal
+
+    principal = Principal(key_id=uuid.uuid4(), name="x", scopes=frozenset({"chat"}))
+    off = PrincipalCache(ttl_s=0)
+    off.put("h", principal)
+    assert off.get("h") is None
+
+    short = PrincipalCache(ttl_s=0.05)
+    short.put("h", principal)
+    assert short.get("h") == principal
+    time.sleep(0.06)
+    assert short.get("h") is None
