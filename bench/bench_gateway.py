@@ -24,13 +24,13 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import psutil
 
-from bench.loadgen import LoadResult, run_load
+from bench.loadgen import run_load, run_wrk, wrk_available
 from functions.core.configs import service as configs
 from functions.core.configs.schemas import LLMConfigCreate
 from functions.core.conversations import service as conversations
@@ -48,6 +48,11 @@ PROMPT = "Say hello to the benchmark, 안녕하세요 🚀"
 TOKENS = 16
 
 
+def _ascii_json(value: Any) -> bytes:
+    # json's ASCII escapes keep bodies safe inside a wrk Lua script.
+    return json.dumps(value).encode()
+
+
 def direct_body(stream: bool) -> bytes:
     body: dict[str, Any] = {
         "model": "sim-model",
@@ -56,14 +61,14 @@ def direct_body(stream: bool) -> bytes:
     }
     if stream:
         body |= {"stream": True, "stream_options": {"include_usage": True}}
-    return msgspec.json.encode(body)
+    return _ascii_json(body)
 
 
 def gateway_body(stream: bool) -> bytes:
-    return msgspec.json.encode({"content": PROMPT, "stream": stream})
+    return _ascii_json({"content": PROMPT, "stream": stream})
 
 
-async def prepare(database_url: str, connections: int) -> tuple[str, list[str]]:
+async def prepare(database_url: str, conversations_count: int) -> tuple[str, list[str]]:
     engine = engine_from_url(database_url)
     use_engine(engine)
     await migrate(engine)
@@ -76,7 +81,7 @@ async def prepare(database_url: str, connections: int) -> tuple[str, list[str]]:
     principal = await keys.authenticate(secret)
     ids = [
         str((await conversations.create_conversation(principal.key_id, ConversationCreate())).id)
-        for _ in range(connections)
+        for _ in range(conversations_count)
     ]
     return secret, ids
 
@@ -95,22 +100,28 @@ class CpuMeter:
         return float(self.process.memory_info().rss) / 2**20
 
 
-def measured(meter: CpuMeter, load: Any) -> tuple[LoadResult, float]:
+def measured(meter: CpuMeter, load: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``load`` and add the gateway's CPU milliseconds per request to its summary."""
     before = meter.cpu_s()
-    result: LoadResult = load()
-    return result, meter.cpu_s() - before
-
-
-def ratio(a: float | None, b: float | None) -> str:
-    return f"{a / b:.2f}x" if a and b else "-"
+    result = load()
+    used_ms = (meter.cpu_s() - before) * 1000
+    return result | {"cpu_ms_per_request": round(used_ms / max(result["requests"], 1), 3)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--single", type=int, default=400, help="requests in the 1-conn phases")
+    parser.add_argument(
+        "--conversations",
+        type=int,
+        default=256,
+        help="conversations the sends rotate over (more than connections)",
+    )
+    parser.add_argument("--single", type=int, default=400, help="requests in the stream phase")
+    parser.add_argument("--generator", choices=["auto", "wrk", "aiohttp"], default="auto")
     args = parser.parse_args()
+    use_wrk = args.generator == "wrk" or (args.generator == "auto" and wrk_available())
 
     cores = sorted(os.sched_getaffinity(0))
     gateway_core, other_core = cores[0], cores[-1]
@@ -118,7 +129,7 @@ def main() -> None:
     sim = SimulatorProcess("--tokens", str(TOKENS), "--log-level", "WARNING").start()
     gateway = GatewayProcess(database_url, [sim.base_url], env={"SWITCHBOARD_LOG_LEVEL": "INFO"})
     try:
-        secret, conversation_ids = asyncio.run(prepare(database_url, args.connections))
+        secret, conversation_ids = asyncio.run(prepare(database_url, args.conversations))
         gateway.start()
         assert sim.pid
         assert gateway.pid
@@ -131,70 +142,75 @@ def main() -> None:
             f"{gateway.root_url}/v1/conversations/{cid}/messages" for cid in conversation_ids
         ]
 
-        def direct(connections: int, stream: bool = False, **kw: Any) -> LoadResult:
+        def load(
+            urls: list[str], body: bytes, connections: int, headers: dict[str, str] | None = None
+        ) -> dict[str, Any]:
+            if use_wrk:
+                return run_wrk(
+                    urls,
+                    body,
+                    connections=connections,
+                    headers=headers,
+                    duration_s=args.duration,
+                    cores=[other_core],
+                )
+            # The aiohttp generator keeps one URL per connection.
+            per_connection = [urls[i % len(urls)] for i in range(connections)]
             return run_load(
-                [direct_url] * connections,
-                direct_body(stream),
-                core=other_core,
-                stream_marker=b'"content":"' if stream else None,
-                **kw,
-            )
+                per_connection, body, headers=headers, duration_s=args.duration, core=other_core
+            ).summary()
 
-        def through(urls: list[str], stream: bool = False, **kw: Any) -> LoadResult:
+        def stream(urls: list[str], body: bytes, marker: bytes, **kw: Any) -> dict[str, Any]:
             return run_load(
                 urls,
-                gateway_body(stream),
-                headers=auth,
+                body,
+                duration_s=120,
+                max_requests=args.single,
+                stream_marker=marker,
                 core=other_core,
-                stream_marker=b"event: delta" if stream else None,
                 **kw,
-            )
+            ).summary()
 
-        # Warm up both paths (connection pools, prepared statements, JIT-free but cached).
-        direct(4, duration_s=1.0)
-        through(send_urls[:4], duration_s=2.0)
+        # Warm up both paths (pools, prepared statements, the auth cache).
+        run_load([direct_url] * 4, direct_body(False), duration_s=1.0, core=other_core)
+        run_load(send_urls[:4], gateway_body(False), headers=auth, duration_s=2.0, core=other_core)
 
         rss_before = meter.rss_mb()
-        a = direct(args.connections, duration_s=args.duration)
-        b, b_cpu = measured(meter, lambda: through(send_urls, duration_s=args.duration))
-        c_direct = direct(1, duration_s=60, max_requests=args.single)
-        c_gateway, c_cpu = measured(
-            meter, lambda: through(send_urls[:1], duration_s=60, max_requests=args.single)
-        )
-        d_direct = direct(1, stream=True, duration_s=60, max_requests=args.single)
-        d_gateway = through(send_urls[1:2], stream=True, duration_s=60, max_requests=args.single)
+        a = load([direct_url], direct_body(False), args.connections)
+        b = measured(meter, lambda: load(send_urls, gateway_body(False), args.connections, auth))
+        c_direct = load([direct_url], direct_body(False), 1)
+        c_gateway = measured(meter, lambda: load(send_urls, gateway_body(False), 1, auth))
+        d_direct = stream([direct_url], direct_body(True), b'"content":"')
+        d_gateway = stream(send_urls[:1], gateway_body(True), b"event: delta", headers=auth)
         rss_after = meter.rss_mb()
     finally:
         gateway.close()
         sim.close()
         asyncio.run(drop_postgres_database(database_url))
 
+    added_p50 = c_gateway["p50_ms"] - c_direct["p50_ms"]
+    added_ttft = d_gateway["first_token_p50_ms"] - d_direct["first_token_p50_ms"]
     report = {
         "machine": {"cpus": len(cores), "python": sys.version.split()[0]},
         "settings": {
             "connections": args.connections,
             "duration_s": args.duration,
             "tokens": TOKENS,
-            "single_requests": args.single,
+            "conversations": args.conversations,
+            "generator": "wrk" if use_wrk else "aiohttp",
         },
-        "A_direct": a.summary(),
-        "B_gateway": b.summary()
-        | {"cpu_ms_per_request": round(b_cpu * 1000 / max(b.requests, 1), 3)},
-        "C_direct_1conn": c_direct.summary(),
-        "C_gateway_1conn": c_gateway.summary()
-        | {"cpu_ms_per_request": round(c_cpu * 1000 / max(c_gateway.requests, 1), 3)},
-        "D_direct_stream": d_direct.summary(),
-        "D_gateway_stream": d_gateway.summary(),
+        "A_direct": a,
+        "B_gateway": b,
+        "C_direct_1conn": c_direct,
+        "C_gateway_1conn": c_gateway,
+        "D_direct_stream": d_direct,
+        "D_gateway_stream": d_gateway,
         "gateway_rss_mb": {"before": round(rss_before, 1), "after": round(rss_after, 1)},
-    }
-    added_p50 = (c_gateway.summary()["p50_ms"] or 0) - (c_direct.summary()["p50_ms"] or 0)
-    added_ttft = (d_gateway.summary()["first_token_p50_ms"] or 0) - (
-        d_direct.summary()["first_token_p50_ms"] or 0
-    )
-    report["derived"] = {
-        "throughput_ratio_gateway_vs_direct": round(b.rps / a.rps, 3) if a.rps else None,
-        "added_p50_ms_1conn": round(added_p50, 3),
-        "added_first_token_p50_ms_1conn": round(added_ttft, 3),
+        "derived": {
+            "throughput_ratio_gateway_vs_direct": round(b["rps"] / a["rps"], 3),
+            "added_p50_ms_1conn": round(added_p50, 3),
+            "added_first_token_p50_ms_1conn": round(added_ttft, 3),
+        },
     }
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -202,34 +218,31 @@ def main() -> None:
 
     print(
         f"\nGateway benchmark ({args.connections} connections, {args.duration:.0f}s phases, "
-        f"{TOKENS}-token replies, gateway on 1 core, PostgreSQL persistence)\n"
+        f"{TOKENS}-token replies, gateway on 1 core, PostgreSQL persistence, "
+        f"{report['settings']['generator']})\n"
     )
-    print(f"{'phase':34} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9}")
+    print(f"{'phase':34} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'CPU ms/req':>11}")
     for name, result in (
         ("A simulator direct", a),
         ("B gateway send (stored)", b),
-        ("C direct, 1 conn", c_direct),
-        ("C gateway, 1 conn", c_gateway),
+        ("C simulator direct, 1 conn", c_direct),
+        ("C gateway send, 1 conn", c_gateway),
     ):
-        s = result.summary()
+        cpu = result.get("cpu_ms_per_request", "")
+        errors = f"   errors={result['errors']}" if result["errors"] else ""
         print(
-            f"{name:34} {s['rps']:>9} {s['p50_ms']!s:>9} {s['p99_ms']!s:>9}"
-            + (f"   errors={s['errors']}" if s["errors"] else "")
+            f"{name:34} {result['rps']:>9} {result['p50_ms']!s:>9} {result['p99_ms']!s:>9} "
+            f"{cpu!s:>11}{errors}"
         )
-    print(f"\nthroughput gateway/direct: {ratio(b.rps, a.rps)}")
-    print(
-        f"gateway CPU per request (B): {report['B_gateway']['cpu_ms_per_request']} ms "
-        f"(1 conn: {report['C_gateway_1conn']['cpu_ms_per_request']} ms)"
-    )
+    print(f"\nthroughput gateway/direct: {b['rps'] / a['rps']:.3f}")
     print(f"added p50 latency, 1 conn: {added_p50:.3f} ms")
-    dd, dg = d_direct.summary(), d_gateway.summary()
     print(
-        f"stream first byte p50: direct {dd['first_byte_p50_ms']} ms, "
-        f"gateway {dg['first_byte_p50_ms']} ms"
+        f"stream first byte p50: direct {d_direct['first_byte_p50_ms']} ms, "
+        f"gateway {d_gateway['first_byte_p50_ms']} ms"
     )
     print(
-        f"stream first token p50: direct {dd['first_token_p50_ms']} ms, gateway "
-        f"{dg['first_token_p50_ms']} ms (added {added_ttft:.3f} ms)"
+        f"stream first token p50: direct {d_direct['first_token_p50_ms']} ms, gateway "
+        f"{d_gateway['first_token_p50_ms']} ms (added {added_ttft:.3f} ms)"
     )
     print(f"gateway RSS: {rss_before:.1f} MB before, {rss_after:.1f} MB after")
 

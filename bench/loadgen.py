@@ -1,8 +1,10 @@
-"""A small closed-loop HTTP load generator (aiohttp), run in its own process.
+"""Closed-loop HTTP load generators for the benchmarks; only 127.0.0.1 is ever targeted.
 
-Each of N connections sends its next request as soon as the previous one is answered, for
-a fixed time or a fixed count, and records every latency. For streams it also records the
-time to the first byte and to the first content event. Only 127.0.0.1 is ever targeted.
+``run_load`` (aiohttp, in its own process): each of N connections sends its next request
+as soon as the previous one is answered, for a fixed time or count, recording every
+latency, and for streams the time to the first byte and to the first content event.
+``run_wrk``: the same closed loop with wrk, for throughput runs where the generator must
+cost little CPU of its own.
 """
 
 from __future__ import annotations
@@ -10,10 +12,15 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import re
+import shutil
 import statistics
+import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 
 @dataclass
@@ -141,3 +148,68 @@ def run_load(
     result: LoadResult = parent.recv()
     process.join()
     return result
+
+
+_WRK_LATENCY = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk_available() -> bool:
+    return shutil.which("wrk") is not None
+
+
+def run_wrk(
+    urls: list[str],
+    body: bytes,
+    *,
+    connections: int,
+    headers: dict[str, str] | None = None,
+    duration_s: float = 10.0,
+    cores: list[int] | None = None,
+) -> dict[str, Any]:
+    """Non-streaming load with wrk (C, so the generator costs little of the machine).
+
+    With several URLs, requests go to them in turn. Returns the same keys as
+    :meth:`LoadResult.summary` for the non-streaming fields.
+    """
+    assert all(url.startswith("http://127.0.0.1:") for url in urls), "load stays on loopback"
+    split = [urlsplit(url) for url in urls]
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    lua = ['wrk.method = "POST"']
+    lua += [f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items()]
+    # Body and paths are ASCII JSON / URL paths inside Lua long strings: nothing to escape.
+    lua.append(f"wrk.body = [[{body.decode()}]]")
+    lua.append("paths = {" + ", ".join(f'"{part.path}"' for part in split) + "}")
+    lua.append("counter = 0")
+    lua.append(
+        "request = function() counter = counter + 1; "
+        "return wrk.format(nil, paths[(counter % #paths) + 1]) end"
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write("\n".join(lua) + "\n")
+    threads = max(1, len(cores or []))
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration_s))}s"]
+    cmd += ["--latency", "-s", script.name, f"http://{split[0].netloc}"]
+    if cores and shutil.which("taskset"):
+        cmd = ["taskset", "-c", ",".join(map(str, cores)), *cmd]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(script.name)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    latency = {pct: float(v) * _UNIT_MS[unit] for pct, v, unit in _WRK_LATENCY.findall(out)}
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    errors = int(bad.group(1)) if bad else 0
+    if socket_errors:
+        errors += sum(int(n) for n in socket_errors.groups())
+    return {
+        "requests": requests,
+        "errors": errors,
+        "rps": round(rps, 1),
+        "p50_ms": round(latency["50"], 3),
+        "p99_ms": round(latency["99"], 3),
+    }
