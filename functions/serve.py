@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import ctypes
+import ctypes.util
 import os
 import signal
 import socket
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 
 FUNCTIONS = ("chat", "configs", "keys")
 DEV_KEY_FILE = Path(".switchboard/dev-admin-key")
+PR_SET_PDEATHSIG = 1
 SIMULATOR_MODEL = "sim-model"
 
 
@@ -88,6 +91,19 @@ def _free_port(host: str) -> int:
         return port
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM us when the parent exits.
+
+    uvicorn re-raises the signal that stopped it, so the parent may never reach atexit;
+    this way the simulator cannot outlive ``switchboard dev`` however it ends.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: atexit still covers a clean exit
+        pass
+
+
 def start_simulator(host: str = "127.0.0.1") -> tuple[subprocess.Popen[bytes], str]:
     """Start the bundled simulator with human-like pacing; return it and its base URL."""
     port = 8000 if _port_is_free(host, 8000) else _free_port(host)
@@ -109,6 +125,7 @@ def start_simulator(host: str = "127.0.0.1") -> tuple[subprocess.Popen[bytes], s
             "--tokens",
             "48",
         ],
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 - only a prctl call, no locks or threads
     )
     atexit.register(_stop, process)
     url = f"http://{host}:{port}"
