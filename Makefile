@@ -33,7 +33,7 @@ format: install
 	$(BIN)/ruff format .
 
 bench: install  ## gateway overhead vs the upstream, in one run (see bench/README.md)
-	scripts/with-postgres.sh $(BIN)/python -m bench.run_all
+	scripts/with-postgres.sh $(BIN)/python -m bench.bench_gateway
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .switchboard
