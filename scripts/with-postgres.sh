@@ -5,13 +5,14 @@
 #   2. the local server on 127.0.0.1:5432, if it lets user postgres in without a password;
 #   3. a throwaway trust-auth cluster made with initdb on a free port, stopped afterwards.
 # The tests create (and drop) a fresh database of their own on that server.
+# SWITCHBOARD_TEST_FORCE_INITDB=1 skips 1 and 2 (to exercise the fallback).
 set -euo pipefail
 
-if [[ -n "${SWITCHBOARD_TEST_DATABASE_URL:-}" ]]; then
+if [[ -n "${SWITCHBOARD_TEST_DATABASE_URL:-}" && -z "${SWITCHBOARD_TEST_FORCE_INITDB:-}" ]]; then
   exec "$@"
 fi
 
-if command -v psql >/dev/null 2>&1 &&
+if [[ -z "${SWITCHBOARD_TEST_FORCE_INITDB:-}" ]] && command -v psql >/dev/null 2>&1 &&
    PGCONNECT_TIMEOUT=3 psql -w -h 127.0.0.1 -p 5432 -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1; then
   export SWITCHBOARD_TEST_DATABASE_URL="postgresql://postgres@127.0.0.1:5432/postgres"
   exec "$@"
