@@ -169,3 +169,15 @@ def test_a_bad_setting_stops_with_its_name(tmp_path: Path) -> None:
     assert result.stderr.strip() == (
         "error: unknown setting SWITCHBOARD_LOG_LEVL (did you mean SWITCHBOARD_LOG_LEVEL?)"
     )
+
+
+def test_rollback_then_migrate_again(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'rollback.sqlite'}"
+    assert run(url, "db", "migrate").returncode == 0
+    undone = run(url, "db", "rollback", "--yes")
+    assert undone.returncode == 0, undone.stderr
+    assert f"rolled back {MIGRATIONS} migration(s)" in undone.stdout
+    assert run(url, "db", "status").stdout.count("pending") == MIGRATIONS
+    assert run(url, "keys", "list").returncode == 3  # no tables: says to migrate
+    assert run(url, "db", "migrate").returncode == 0
+    assert run(url, "keys", "list").returncode == 0
