@@ -6,7 +6,14 @@ from typing import Annotated, Any
 
 from msgspec import Meta
 
-from functions.core.configs.schemas import MaxTokens, Seed, StopList, Temperature, TopP
+from functions.core.configs.schemas import (
+    SAMPLING_FIELDS,
+    MaxTokens,
+    Seed,
+    StopList,
+    Temperature,
+    TopP,
+)
 from functions.core.messages.schemas import MessageOut
 from functions.core.schemas import Input, Output
 
@@ -28,9 +35,7 @@ class MessageSend(Input, kw_only=True):
 
     def overrides(self) -> dict[str, Any]:
         return {
-            name: value
-            for name in ("temperature", "top_p", "max_tokens", "stop", "seed")
-            if (value := getattr(self, name)) is not None
+            name: value for name in SAMPLING_FIELDS if (value := getattr(self, name)) is not None
         }
 
 

@@ -53,7 +53,7 @@ class ChatService:
 
     async def _begin(
         self, owner: uuid.UUID, conversation_id: uuid.UUID, data: MessageSend
-    ) -> tuple[Exchange, LLMConfigOut, ChatRequest]:
+    ) -> tuple[Exchange, ChatRequest]:
         deadline = time.monotonic() + self._busy_timeout_s
         while True:
             try:
@@ -65,17 +65,15 @@ class ChatService:
                     raise
                 await asyncio.sleep(BUSY_RETRY_S)
         config = exchange.config
-        params = {**config.sampling_params(), **data.overrides()}
-        extra = {k: v for k, v in params.items() if k not in _REQUEST_FIELDS}
         request = ChatRequest(
             messages=[
                 ChatMessage(role=turn.role, content=turn.content) for turn in exchange.history
             ],
             model=config.model,
-            extra=extra,
-            **{k: v for k, v in params.items() if k in _REQUEST_FIELDS},
+            extra=dict(config.extra),
+            **config.sampling(data.overrides()),
         )
-        return exchange, config, request
+        return exchange, request
 
     async def send(
         self,
@@ -87,8 +85,8 @@ class ChatService:
     ) -> MessageOut:
         """Send and wait for the whole reply. Raises the LLM's error after recording it."""
         async with self._locks.hold(conversation_id):
-            exchange, config, request = await self._begin(owner, conversation_id, data)
-            reply_id = exchange.assistant_message.id
+            exchange, request = await self._begin(owner, conversation_id, data)
+            config, reply_id = exchange.config, exchange.assistant_message.id
             try:
                 result = await self._llm.chat(request, request_id=request_id)
             except LLMError as exc:
@@ -96,8 +94,11 @@ class ChatService:
                 exc.details.setdefault("user_message_id", str(exchange.user_message.id))
                 exc.details.setdefault("assistant_message_id", str(reply_id))
                 raise
-            except BaseException:
+            except asyncio.CancelledError:
                 await _finish(reply_id, _cancelled("", config), config)
+                raise
+            except Exception as exc:
+                await _finish(reply_id, _broken(exc, config), config)
                 raise
             # Non-streaming: the first token arrives with the whole answer.
             outcome = _completed(result.content, result, ttft_ms=result.latency_ms)
@@ -117,8 +118,8 @@ class ChatService:
         stores what arrived so far as a ``cancelled`` reply.
         """
         async with self._locks.hold(conversation_id):
-            exchange, config, request = await self._begin(owner, conversation_id, data)
-            reply_id = exchange.assistant_message.id
+            exchange, request = await self._begin(owner, conversation_id, data)
+            config, reply_id = exchange.config, exchange.assistant_message.id
             parts: list[str] = []
             finished = False
             try:
@@ -150,12 +151,13 @@ class ChatService:
                     error={"code": exc.code, "message": exc.message, "details": exc.details},
                     message=stored,
                 )
+            except Exception as exc:
+                finished = True
+                await _finish(reply_id, _broken(exc, config, partial="".join(parts)), config)
+                raise
             finally:
                 if not finished:
                     await _finish(reply_id, _cancelled("".join(parts), config), config)
-
-
-_REQUEST_FIELDS = frozenset({"temperature", "top_p", "max_tokens", "stop", "seed"})
 
 
 async def _finish(reply_id: uuid.UUID, outcome: ReplyOutcome, config: LLMConfigOut) -> MessageOut:
@@ -206,6 +208,17 @@ def _failed(exc: LLMError, config: LLMConfigOut, *, partial: str = "") -> ReplyO
         content=partial or exc.partial_text,
         error_code=exc.code,
         error_message=exc.message,
+    )
+
+
+def _broken(exc: Exception, config: LLMConfigOut, *, partial: str = "") -> ReplyOutcome:
+    """Not the model's fault (a bug, the database): the reply must still not stay pending."""
+    log.error("chat.reply_broken", error=repr(exc), model=config.model)
+    return ReplyOutcome(
+        status="failed",
+        content=partial,
+        error_code="internal_error",
+        error_message="the gateway failed while handling the reply",
     )
 
 

@@ -26,6 +26,9 @@ HistoryWindow = Annotated[int, Meta(ge=1, le=10_000)]
 Seed = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
 StopList = Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(max_length=16)]
 
+# What a configuration may set and a single send may override.
+SAMPLING_FIELDS = ("temperature", "top_p", "max_tokens", "stop", "seed")
+
 # Request fields Switchboard sets itself; letting ``extra`` override them would break the
 # history and streaming guarantees.
 RESERVED_EXTRA_KEYS = frozenset(
@@ -84,11 +87,7 @@ class LLMConfigOut(Output, kw_only=True):
     created_at: datetime
     archived_at: datetime | None = None
 
-    def sampling_params(self) -> dict[str, Any]:
-        """The vLLM request fields this configuration sets (``None`` ones left out)."""
-        params: dict[str, Any] = dict(self.extra)
-        for field in ("temperature", "top_p", "max_tokens", "stop", "seed"):
-            value = getattr(self, field)
-            if value is not None:
-                params[field] = value
-        return params
+    def sampling(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The sampling fields to send, ``overrides`` winning; unset ones left out."""
+        chosen = {name: getattr(self, name) for name in SAMPLING_FIELDS} | (overrides or {})
+        return {name: value for name, value in chosen.items() if value is not None}

@@ -90,7 +90,9 @@ async def test_unknown_names_and_versions_are_not_found(db: object) -> None:
 
 async def test_extra_parameters_pass_through_but_cannot_override_core_fields(db: object) -> None:
     config = await service.create_config(create("x", extra={"top_k": 40}, temperature=0.5))
-    assert config.sampling_params() == {"top_k": 40, "temperature": 0.5}
+    assert config.extra == {"top_k": 40}
+    assert config.sampling() == {"temperature": 0.5}
+    assert config.sampling({"temperature": 0.1, "seed": 7}) == {"temperature": 0.1, "seed": 7}
     with pytest.raises(InvalidInputError, match="messages"):
         await service.create_config(create("y", extra={"messages": []}))
 
