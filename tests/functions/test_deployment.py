@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 
+import asyncpg
 import httpx
 import pytest
 
@@ -12,7 +15,13 @@ from functions.core.db.engine import engine_from_url, use_engine
 from functions.core.db.migrate import migrate
 from functions.core.keys import service as keys
 from functions.core.keys.schemas import ApiKeyCreate
-from tests.support.databases import create_postgres_database, drop_postgres_database
+from functions.core.web.app import POOL_RETRY_S
+from tests.support.databases import (
+    create_postgres_database,
+    drop_postgres_database,
+    server_url,
+    with_database,
+)
 from tests.support.gateway import GatewayProcess
 from tests.support.process import free_port
 from tests.support.simulator import SimulatorProcess
@@ -93,3 +102,32 @@ async def test_with_no_database_it_starts_and_answers_503() -> None:
             assert error["code"] == "database_unavailable"
             assert "SELECT" not in error["message"]
             assert "Traceback" not in response.text
+
+
+async def test_it_recovers_when_the_database_comes_back() -> None:
+    """Started against a database that does not exist yet; it serves once it does."""
+    name = f"switchboard_late_{uuid.uuid4().hex[:8]}"
+    url = with_database(server_url(), name)
+    with GatewayProcess(url, ["http://127.0.0.1:9/v1"]) as app:
+        async with httpx.AsyncClient(base_url=app.root_url, timeout=10) as client:
+            assert (await client.get("/readyz")).status_code == 503
+            admin = await asyncpg.connect(server_url())
+            try:
+                await admin.execute(f'CREATE DATABASE "{name}"')
+            finally:
+                await admin.close()
+            engine = engine_from_url(url)
+            use_engine(engine)
+            await migrate(engine)
+            secret = (await keys.create_key(ApiKeyCreate(name="late"))).secret
+            deadline = time.monotonic() + 20
+            while (await client.get("/readyz")).status_code != 200:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.2)
+            listed = await client.get(
+                "/v1/conversations", headers={"Authorization": f"Bearer {secret}"}
+            )
+            assert listed.status_code == 200
+            await asyncio.sleep(POOL_RETRY_S + 1)  # the pool is opened again in the background
+            assert "database.pool_opened" in app.log_text()
+    await drop_postgres_database(url)

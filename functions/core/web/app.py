@@ -7,6 +7,7 @@ the lifespan that owns the database pool and the LLM client.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,6 +18,7 @@ from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ControllerRouterHandler
+from piccolo.engine.base import Engine
 from prometheus_client.registry import REGISTRY
 
 from functions.core.db.engine import (
@@ -83,19 +85,11 @@ def build_app(
         engine = engine_from_url(settings.database_url)
         use_engine(engine)
         principals.ttl_s = settings.auth_cache_ttl_s
-        try:
-            await open_pool(
-                engine, min_size=settings.database_pool_min, max_size=settings.database_pool_max
-            )
-        except Exception as exc:
-            # Start anyway: probes report the outage and requests get 503 until it is back.
-            if as_database_error(exc) is None:
-                raise
-            log.error(
-                "database.unavailable_at_start",
-                url=describe_url(settings.database_url),
-                error=str(exc),
-            )
+        pool_retry = None
+        if not await _open_pool_or_report(engine, settings):
+            # Start anyway: probes report the outage, requests get 503 (each query tries a
+            # connection of its own) and the pool is opened once the database is back.
+            pool_retry = asyncio.create_task(_keep_opening_pool(engine, settings))
         owned_llm = None
         if uses_llm and llm is None:
             owned_llm = LLMClient.from_settings(settings)
@@ -114,6 +108,8 @@ def build_app(
         try:
             yield
         finally:
+            if pool_retry is not None:
+                pool_retry.cancel()
             if collector is not None:
                 REGISTRY.unregister(collector)
             if owned_llm is not None:
@@ -133,6 +129,30 @@ def build_app(
     # Wrap the whole handler (not a Litestar middleware, which skips unmatched routes).
     app.asgi_handler = RequestContext(app.asgi_handler, function)  # type: ignore[assignment]
     return app
+
+
+POOL_RETRY_S = 5.0
+
+
+async def _open_pool_or_report(engine: Engine[Any], settings: Settings) -> bool:
+    try:
+        await open_pool(
+            engine, min_size=settings.database_pool_min, max_size=settings.database_pool_max
+        )
+    except Exception as exc:
+        if as_database_error(exc) is None:
+            raise
+        log.error("database.unavailable", url=describe_url(settings.database_url), error=str(exc))
+        return False
+    return True
+
+
+async def _keep_opening_pool(engine: Engine[Any], settings: Settings) -> None:
+    while True:
+        await asyncio.sleep(POOL_RETRY_S)
+        if await _open_pool_or_report(engine, settings):
+            log.info("database.pool_opened", url=describe_url(settings.database_url))
+            return
 
 
 def settings_of(state: State) -> Settings:
