@@ -19,9 +19,9 @@ ConfigName = Annotated[
         examples=["support-bot"],
     ),
 ]
-Temperature = Annotated[float, Meta(ge=0, le=2)]
-TopP = Annotated[float, Meta(gt=0, le=1)]
-MaxTokens = Annotated[int, Meta(ge=1, le=1_000_000)]
+Temperature = Annotated[float, Meta(ge=0, le=2, examples=[0.7])]
+TopP = Annotated[float, Meta(gt=0, le=1, examples=[0.95])]
+MaxTokens = Annotated[int, Meta(ge=1, le=1_000_000, examples=[512])]
 HistoryWindow = Annotated[int, Meta(ge=1, le=10_000)]
 Seed = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
 StopList = Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(max_length=16)]
@@ -52,13 +52,18 @@ RESERVED_EXTRA_KEYS = frozenset(
 class LLMConfigSpec(Input, kw_only=True):
     """Everything that defines one version of a configuration (the body of ``PUT``)."""
 
-    model: Annotated[str, Meta(min_length=1, max_length=200)]
+    model: Annotated[
+        str, Meta(min_length=1, max_length=200, examples=["meta-llama/Llama-3.1-8B-Instruct"])
+    ]
     temperature: Temperature | None = None
     top_p: TopP | None = None
     max_tokens: MaxTokens | None = None
     stop: StopList | None = None
     seed: Seed | None = None
-    system_prompt: Annotated[str, Meta(max_length=100_000)] | None = None
+    system_prompt: (
+        Annotated[str, Meta(max_length=100_000, examples=["You are a concise support agent."])]
+        | None
+    ) = None
     history_window: HistoryWindow | None = msgspec.field(default=None)
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
     is_default: bool = False

@@ -14,7 +14,11 @@ from functions.core.schemas import Input, Output
 
 Title = Annotated[str, Meta(max_length=500, examples=["Quarterly report draft"])]
 Metadata = Annotated[
-    dict[str, Any], Meta(description="Free-form JSON object, at most 16 KiB encoded.")
+    dict[str, Any],
+    Meta(
+        description="Free-form JSON object, at most 16 KiB encoded.",
+        examples=[{"team": "support", "ticket": "SUP-1042"}],
+    ),
 ]
 
 

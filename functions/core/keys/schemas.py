@@ -12,7 +12,9 @@ from msgspec import Meta
 from functions.core.schemas import Input, Output
 
 Scope = Literal["admin", "chat"]
-KeyName = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"\S")]
+KeyName = Annotated[
+    str, Meta(min_length=1, max_length=100, pattern=r"\S", examples=["billing-service"])
+]
 
 
 class ApiKeyCreate(Input, kw_only=True):
