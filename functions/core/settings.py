@@ -61,8 +61,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_body_bytes: PositiveInt = 1024 * 1024
     send_lock_timeout_s: PositiveFloat = 30.0
     # How long a process remembers a key that authenticated; 0 checks the database on
-    # every request. Revoking in another process takes effect within this time.
-    auth_cache_ttl_s: Annotated[float, Meta(ge=0, le=60)] = 1.0
+    # every request. Revocations reach every process at once on PostgreSQL (NOTIFY); on
+    # SQLite another process may accept a revoked key for up to this long.
+    auth_cache_ttl_s: Annotated[float, Meta(ge=0, le=300)] = 5.0
 
     @property
     def is_sqlite(self) -> bool:

@@ -71,8 +71,12 @@ async def backend_url(
 
 @pytest.fixture(scope="session")
 def gateway(backend_url: str, simulators: dict[str, SimulatorProcess]) -> Iterator[GatewayProcess]:
+    # PostgreSQL: a long cache, so only NOTIFY can make revocations take effect in time.
+    cache_ttl = "300" if backend_url.startswith("postgresql") else "1"
     process = GatewayProcess(
-        backend_url, [sim.base_url for sim in simulators.values()], env=GATEWAY_ENV
+        backend_url,
+        [sim.base_url for sim in simulators.values()],
+        env={**GATEWAY_ENV, "SWITCHBOARD_AUTH_CACHE_TTL_S": cache_ttl},
     )
     with process:
         yield process

@@ -100,10 +100,11 @@ async def test_keys_need_admin(api: Api) -> None:
     assert unknown.status_code == 404
 
 
-async def test_a_key_revoked_by_another_process_stops_working_within_the_cache_ttl(
+async def test_a_key_revoked_by_another_process_stops_working_at_once(
     api: Api,
 ) -> None:
-    """The CLI (another process) revokes; the gateway notices within its 1 s cache."""
+    """Another process revokes. On PostgreSQL the gateway caches keys for 300 s here, so
+    only its NOTIFY listener can make this pass; on SQLite the 1 s cache runs out."""
     created = (await api.admin.post("/v1/keys", json={"name": "leaked"})).json()
     headers = {"Authorization": f"Bearer {created['secret']}"}
     assert (await api.anonymous.get("/v1/conversations", headers=headers)).status_code == 200

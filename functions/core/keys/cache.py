@@ -1,9 +1,9 @@
 """A short-lived, in-process memory of keys that just authenticated.
 
 Authentication is one query on every request; a busy application key repeats it thousands
-of times a second. Entries live ``ttl_s`` seconds (default one, off when zero), are keyed
-by the secret's hash (never the secret), and a revocation in this process drops them at
-once; in other processes a revoked key stops working within ``ttl_s``.
+of times a second. Entries live ``ttl_s`` seconds (off when zero) and are keyed by the
+secret's hash, never the secret. A revocation drops them at once: in this process
+directly, in others through :mod:`functions.core.keys.revocations`.
 """
 
 from __future__ import annotations
@@ -39,11 +39,18 @@ class PrincipalCache:
             self._entries.clear()
         self._entries[key_hash] = (principal, time.monotonic() + self.ttl_s)
 
+    def enable(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+
+    def disable(self) -> None:
+        self.ttl_s = 0.0
+        self._entries.clear()
+
     def forget(self, key_id: uuid.UUID) -> None:
         for key_hash, (principal, _) in list(self._entries.items()):
             if principal.key_id == key_id:
                 del self._entries[key_hash]
 
 
-# One per process: the web lifespan sets ``ttl_s`` from the settings; the CLI leaves it off.
+# One per process: the web lifespan turns it on; the CLI leaves it off.
 principals = PrincipalCache()

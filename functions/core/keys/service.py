@@ -18,6 +18,7 @@ import msgspec
 from functions.core.db.sql import fetch
 from functions.core.db.tables import ApiKey
 from functions.core.errors import AuthenticationError, NotFoundError
+from functions.core.keys import revocations
 from functions.core.keys.cache import principals
 from functions.core.keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, Principal
 
@@ -76,7 +77,9 @@ async def revoke_key(key_id: uuid.UUID) -> ApiKeyOut:
     await ApiKey.update({ApiKey.revoked_at: datetime.now(UTC)}).where(
         (ApiKey.id == key_id) & ApiKey.revoked_at.is_null()
     )
-    return await _get(key_id)
+    revoked = await _get(key_id)
+    await revocations.announce(key_id)
+    return revoked
 
 
 async def _get(key_id: uuid.UUID) -> ApiKeyOut:

@@ -19,6 +19,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ControllerRouterHandler
 from piccolo.engine.base import Engine
+from piccolo.engine.postgres import PostgresEngine
 from prometheus_client.registry import REGISTRY
 
 from functions.core.db.engine import (
@@ -30,6 +31,7 @@ from functions.core.db.engine import (
 )
 from functions.core.db.errors import as_database_error
 from functions.core.keys.cache import principals
+from functions.core.keys.revocations import RevocationListener
 from functions.core.llm.client import LLMClient
 from functions.core.logging import configure_logging, get_logger
 from functions.core.metrics import CallbackCollector, upstream_metrics
@@ -84,7 +86,7 @@ def build_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         engine = engine_from_url(settings.database_url)
         use_engine(engine)
-        principals.ttl_s = settings.auth_cache_ttl_s
+        listener = _start_auth_cache(engine, settings)
         pool_retry = None
         if not await _open_pool_or_report(engine, settings):
             # Start anyway: probes report the outage, requests get 503 (each query tries a
@@ -108,6 +110,8 @@ def build_app(
         try:
             yield
         finally:
+            if listener is not None:
+                await listener.stop()
             if pool_retry is not None:
                 pool_retry.cancel()
             if collector is not None:
@@ -132,6 +136,19 @@ def build_app(
 
 
 POOL_RETRY_S = 5.0
+
+
+def _start_auth_cache(engine: Engine[Any], settings: Settings) -> RevocationListener | None:
+    """Cache authenticated keys; on PostgreSQL only while revocations can be heard."""
+    if settings.auth_cache_ttl_s <= 0:
+        principals.disable()
+        return None
+    if not isinstance(engine, PostgresEngine):
+        principals.enable(settings.auth_cache_ttl_s)
+        return None
+    listener = RevocationListener(settings.database_url, principals, settings.auth_cache_ttl_s)
+    listener.start()
+    return listener
 
 
 async def _open_pool_or_report(engine: Engine[Any], settings: Settings) -> bool:
