@@ -137,10 +137,30 @@ def upstream_metrics(stats: LLMStats) -> Iterable[Metric]:
     return [in_flight, state, waiting, requests, failures, ejections, overloaded, retries]
 
 
+_live_collectors: list[CallbackCollector] = []
+
+
+def add_live_collector(collector: CallbackCollector) -> None:
+    """Register metrics computed at scrape time (they cannot go through multiprocess files)."""
+    REGISTRY.register(collector)
+    _live_collectors.append(collector)
+
+
+def remove_live_collector(collector: CallbackCollector) -> None:
+    REGISTRY.unregister(collector)
+    _live_collectors.remove(collector)
+
+
 def render_metrics() -> tuple[bytes, str]:
-    """The exposition text for this process, or for all workers in multiprocess mode."""
+    """The exposition text for this process, or for all workers in multiprocess mode.
+
+    With several workers, counters and histograms are summed over all of them; the live
+    gauges (upstream state, in flight) are those of the worker that answers the scrape.
+    """
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        for collector in _live_collectors:
+            registry.register(collector)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -131,3 +131,21 @@ async def test_it_recovers_when_the_database_comes_back() -> None:
             await asyncio.sleep(POOL_RETRY_S + 1)  # the pool is opened again in the background
             assert "database.pool_opened" in app.log_text()
     await drop_postgres_database(url)
+
+
+async def test_several_workers_share_one_metrics_page(
+    fresh_db: str, simulators: dict[str, SimulatorProcess]
+) -> None:
+    with GatewayProcess(fresh_db, [simulators["sim-model"].base_url], workers=2) as app:
+        async with httpx.AsyncClient(base_url=app.root_url, timeout=10) as client:
+            for _ in range(20):  # new connections, so both workers get some
+                async with httpx.AsyncClient(base_url=app.root_url) as fresh:
+                    assert (await fresh.get("/healthz")).status_code == 200
+            text = (await client.get("/metrics")).text
+    healthz = [
+        line
+        for line in text.splitlines()
+        if line.startswith("switchboard_http_requests_total{") and 'route="/healthz"' in line
+    ]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in healthz) >= 20
+    assert "switchboard_llm_upstream_state{" in text

@@ -14,9 +14,11 @@ class GatewayProcess(ServiceProcess):
         llm_urls: list[str],
         *,
         function: str | None = None,
+        workers: int = 1,
         env: dict[str, str] | None = None,
     ) -> None:
-        args = ["serve"] + (["--function", function] if function else [])
+        args = ["serve", "--workers", str(workers)]
+        args += ["--function", function] if function else []
         super().__init__("functions.core.cli", tuple(args), env=env)
         self.env = {
             "SWITCHBOARD_DATABASE_URL": database_url,

@@ -20,7 +20,6 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ControllerRouterHandler
 from piccolo.engine.base import Engine
 from piccolo.engine.postgres import PostgresEngine
-from prometheus_client.registry import REGISTRY
 
 from functions.core.db.engine import (
     close_pool,
@@ -34,7 +33,12 @@ from functions.core.keys.cache import principals
 from functions.core.keys.revocations import RevocationListener
 from functions.core.llm.client import LLMClient
 from functions.core.logging import configure_logging, get_logger
-from functions.core.metrics import CallbackCollector, upstream_metrics
+from functions.core.metrics import (
+    CallbackCollector,
+    add_live_collector,
+    remove_live_collector,
+    upstream_metrics,
+)
 from functions.core.settings import Settings, load_settings
 from functions.core.web.context import RequestContext
 from functions.core.web.errors import EXCEPTION_HANDLERS
@@ -100,7 +104,7 @@ def build_app(
         if app.state.llm is not None:
             client = app.state.llm
             collector = CallbackCollector(lambda: upstream_metrics(client.stats()))
-            REGISTRY.register(collector)
+            add_live_collector(collector)
         log.info(
             "function.started",
             function=function,
@@ -115,7 +119,7 @@ def build_app(
             if pool_retry is not None:
                 pool_retry.cancel()
             if collector is not None:
-                REGISTRY.unregister(collector)
+                remove_live_collector(collector)
             if owned_llm is not None:
                 await owned_llm.aclose()
             await close_pool(engine)
