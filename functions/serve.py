@@ -195,14 +195,14 @@ def dev() -> None:
     """Quick start: migrate, create a local admin key and default config, start a simulator
     when SWITCHBOARD_LLM_URLS is unset, and serve every function."""
     from functions.core.cli import settings_or_exit
+    from functions.core.settings import is_configured
 
     settings = settings_or_exit()
-    env_overrides: dict[str, str] = {}
-    simulated = "SWITCHBOARD_LLM_URLS" not in os.environ
+    simulated = not is_configured("llm_urls")
     if simulated:
         _, llm_url = start_simulator()
-        env_overrides = {"SWITCHBOARD_LLM_URLS": llm_url, "SWITCHBOARD_LLM_SIMULATED": "true"}
-        os.environ.update(env_overrides)
+        # The served app reads its settings again, from this environment.
+        os.environ["SWITCHBOARD_LLM_URLS"] = llm_url
         model = SIMULATOR_MODEL
     else:
         model = _first_model(settings.llm_urls[0], settings.llm_api_key) or "default-model"

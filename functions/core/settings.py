@@ -51,7 +51,6 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     llm_max_inflight_per_upstream: PositiveInt = 256
     llm_eject_after_failures: PositiveInt = 3
     llm_eject_cooldown_s: PositiveFloat = 10.0
-    llm_simulated: bool = False
 
     log_format: Literal["json", "console"] | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -134,6 +133,15 @@ def load_settings(
         raise SettingsError(_describe(exc, raw)) from None
     _check(settings)
     return settings
+
+
+def is_configured(
+    field: str, environ: Mapping[str, str] | None = None, *, dotenv: Path | None = Path(".env")
+) -> bool:
+    """Whether ``field`` is set explicitly (environment or ``.env``), not left at its default."""
+    name = env_name(field)
+    source = os.environ if environ is None else environ
+    return name in source or (dotenv is not None and name in _read_dotenv(dotenv))
 
 
 def _describe(exc: msgspec.ValidationError, raw: Mapping[str, object]) -> str:

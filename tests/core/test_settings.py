@@ -4,7 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from functions.core.settings import DEFAULT_DATABASE_URL, SettingsError, load_settings
+from functions.core.settings import (
+    DEFAULT_DATABASE_URL,
+    SettingsError,
+    is_configured,
+    load_settings,
+)
 
 
 def load(env: dict[str, str], dotenv: Path | None = None) -> object:
@@ -65,3 +70,11 @@ def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path) -> None:
     dotenv.write_text("SWITCHBOARD_PORT=9001\nSWITCHBOARD_LOG_LEVEL=WARNING\n")
     settings = load_settings({"SWITCHBOARD_PORT": "9002"}, dotenv=dotenv)
     assert (settings.port, settings.log_level) == (9002, "WARNING")
+
+
+def test_is_configured_sees_the_environment_and_the_dotenv_file(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    assert not is_configured("llm_urls", {}, dotenv=dotenv)
+    assert is_configured("llm_urls", {"SWITCHBOARD_LLM_URLS": "http://a/v1"}, dotenv=dotenv)
+    dotenv.write_text("SWITCHBOARD_LLM_URLS=http://b:8000/v1\n")
+    assert is_configured("llm_urls", {}, dotenv=dotenv)
