@@ -27,6 +27,22 @@ from functions.core.errors import ConflictError, InvalidInputError, NotFoundErro
 _COLUMNS = tuple(getattr(LLMConfig, name) for name in LLMConfigOut.__struct_fields__)
 
 
+# Constant column names; every value goes in as a parameter.
+_SELECT = "SELECT " + ", ".join(LLMConfigOut.__struct_fields__) + " FROM llm_config"  # noqa: S608
+
+
+def _from_raw(row: dict[str, Any]) -> LLMConfigOut:
+    # Hand-written SQL returns JSON columns as text on both engines.
+    if isinstance(row["extra"], str):
+        row = {**row, "extra": msgspec.json.decode(row["extra"])}
+    return msgspec.convert(row, LLMConfigOut)
+
+
+async def _latest_version(name: str) -> LLMConfigOut | None:
+    rows = await fetch(_SELECT + " WHERE name = {} ORDER BY version DESC LIMIT 1", name)
+    return _from_raw(rows[0]) if rows else None
+
+
 def _check_extra(extra: dict[str, Any]) -> None:
     reserved = sorted(RESERVED_EXTRA_KEYS.intersection(extra))
     if reserved:
@@ -48,17 +64,6 @@ def _values(spec: LLMConfigSpec) -> dict[Any, Any]:
         LLMConfig.history_window: spec.history_window,
         LLMConfig.extra: spec.extra,
     }
-
-
-async def _latest_row(name: str) -> dict[str, Any] | None:
-    row: dict[str, Any] | None = (
-        await LLMConfig.select(*_COLUMNS)
-        .where(LLMConfig.name == name)
-        .order_by(LLMConfig.version, ascending=False)
-        .first()
-        .output(load_json=True)
-    )
-    return row
 
 
 async def _insert_version(name: str, version: int, spec: LLMConfigSpec) -> uuid.UUID:
@@ -89,34 +94,30 @@ async def update_config(name: str, spec: LLMConfigSpec) -> LLMConfigOut:
     """Store ``spec`` as the next version of ``name``; the default flag follows the name."""
     _check_extra(spec.extra)
     async with write_transaction():
-        latest = await _latest_row(name)
-        if latest is None or latest["archived_at"] is not None:
+        latest = await _latest_version(name)
+        if latest is None or latest.archived_at is not None:
             raise NotFoundError(f"no configuration named {name!r}", details={"name": name})
-        if latest["is_default"] and not spec.is_default:
+        if latest.is_default and not spec.is_default:
             # A new version of the default stays the default; making another name the
             # default is how the default moves.
             spec = msgspec.structs.replace(spec, is_default=True)
-        config_id = await _insert_version(name, latest["version"] + 1, spec)
+        config_id = await _insert_version(name, latest.version + 1, spec)
     return await get_config_by_id(config_id)
 
 
 async def get_config(name: str, version: int | None = None) -> LLMConfigOut:
     """The latest version of ``name`` (archived included), or the given ``version``."""
     if version is None:
-        row = await _latest_row(name)
+        config = await _latest_version(name)
     else:
-        row = (
-            await LLMConfig.select(*_COLUMNS)
-            .where((LLMConfig.name == name) & (LLMConfig.version == version))
-            .first()
-            .output(load_json=True)
-        )
-    if row is None:
+        rows = await fetch(_SELECT + " WHERE name = {} AND version = {}", name, version)
+        config = _from_raw(rows[0]) if rows else None
+    if config is None:
         what = (
             f"version {version} of configuration {name!r}" if version else f"configuration {name!r}"
         )
         raise NotFoundError(f"no {what}", details={"name": name, "version": version})
-    return msgspec.convert(row, LLMConfigOut)
+    return config
 
 
 async def get_config_by_id(config_id: uuid.UUID) -> LLMConfigOut:
@@ -161,34 +162,18 @@ async def list_versions(name: str) -> list[LLMConfigOut]:
 async def archive_config(name: str) -> LLMConfigOut:
     """Archive every version of ``name``; it stops being the default. Idempotent."""
     async with write_transaction():
-        latest = await _latest_row(name)
+        latest = await _latest_version(name)
         if latest is None:
             raise NotFoundError(f"no configuration named {name!r}", details={"name": name})
-        if latest["archived_at"] is None:
+        if latest.archived_at is None:
             await LLMConfig.update(
                 {LLMConfig.archived_at: datetime.now(UTC), LLMConfig.is_default: False}
             ).where(LLMConfig.name == name)
     return await get_config(name)
 
 
-# Constant column names; every value goes in as a parameter.
-_SELECT = "SELECT " + ", ".join(LLMConfigOut.__struct_fields__) + " FROM llm_config"  # noqa: S608
-
-
-def _from_raw(row: dict[str, Any]) -> LLMConfigOut:
-    # Hand-written SQL returns JSON columns as text on both engines.
-    if isinstance(row["extra"], str):
-        row = {**row, "extra": msgspec.json.decode(row["extra"])}
-    return msgspec.convert(row, LLMConfigOut)
-
-
 async def get_default_config() -> LLMConfigOut | None:
     rows = await fetch(_SELECT + " WHERE is_default = {} LIMIT 1", True)
-    return _from_raw(rows[0]) if rows else None
-
-
-async def _latest_version(name: str) -> LLMConfigOut | None:
-    rows = await fetch(_SELECT + " WHERE name = {} ORDER BY version DESC LIMIT 1", name)
     return _from_raw(rows[0]) if rows else None
 
 
