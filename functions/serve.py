@@ -64,7 +64,7 @@ def run_server(
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
 def serve(function: str | None, host: str | None, port: int | None, workers: int) -> None:
     """Serve every function in one process (or one with --function)."""
-    from functions.core.cli import settings_or_exit
+    from functions.cli import settings_or_exit
 
     settings = settings_or_exit()
     run_server(
@@ -156,27 +156,32 @@ async def prepare_local_state(
     """Migrate; create an admin key if asked and a default config if none; return both."""
     from functions.core.configs import service as configs
     from functions.core.configs.schemas import LLMConfigCreate
-    from functions.core.db.engine import current_engine, engine_from_url, use_engine
+    from functions.core.db.engine import create_sqlite_file, engine_from_url
     from functions.core.db.migrate import migrate
     from functions.core.keys import service as keys
     from functions.core.keys.schemas import ApiKeyCreate
+    from functions.core.runtime import open_runtime
 
-    use_engine(engine_from_url(settings.database_url))
-    await migrate(current_engine())
-    secret = None
-    if create_admin_key:
-        created = await keys.create_key(ApiKeyCreate(name="local-admin", scopes=["admin", "chat"]))
-        secret = created.secret
-    default = await configs.get_default_config()
-    if default is None:
-        default = await configs.create_config(
-            LLMConfigCreate(
-                name="default",
-                model=model,
-                is_default=True,
-                system_prompt="You are a helpful assistant.",
+    # The quick start means to create its database: private, before anything opens it.
+    create_sqlite_file(engine_from_url(settings.database_url))
+    async with open_runtime(settings, use_llm=False) as runtime:
+        await migrate(runtime.engine)
+        secret = None
+        if create_admin_key:
+            created = await keys.create_key(
+                ApiKeyCreate(name="local-admin", scopes=["admin", "chat"])
             )
-        )
+            secret = created.secret
+        default = await configs.get_default_config()
+        if default is None:
+            default = await configs.create_config(
+                LLMConfigCreate(
+                    name="default",
+                    model=model,
+                    is_default=True,
+                    system_prompt="You are a helpful assistant.",
+                )
+            )
     return secret, default.name
 
 
@@ -194,7 +199,7 @@ def _first_model(llm_url: str, api_key: str | None) -> str | None:
 def dev() -> None:
     """Quick start: migrate, create a local admin key and default config, start a simulator
     when SWITCHBOARD_LLM_URLS is unset, and serve every function."""
-    from functions.core.cli import settings_or_exit
+    from functions.cli import settings_or_exit
     from functions.core.settings import is_configured
 
     settings = settings_or_exit()

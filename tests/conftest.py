@@ -19,7 +19,7 @@ from piccolo.engine.postgres import PostgresEngine
 
 from functions.core.db.engine import engine_from_url, use_engine
 from functions.core.db.migrate import migrate
-from functions.core.db.tables import ALL_TABLES
+from functions.core.db.tables import ALL_TABLES, ConfigEpoch
 from tests.support.databases import (
     create_postgres_database,
     drop_postgres_database,
@@ -64,9 +64,19 @@ async def sqlite_engine(sqlite_dir: Path) -> Engine[Any]:
 
 
 async def truncate_all(engine: Engine[Any]) -> None:
-    """Empty every Switchboard table (children first, for SQLite's foreign keys)."""
+    """Empty every Switchboard table (children first, for SQLite's foreign keys).
+
+    The configuration epoch only ever grows, as in production: a running gateway's cached
+    view of configurations must see that everything changed.
+    """
     for table in reversed(ALL_TABLES):
-        await engine.run_ddl(f"DELETE FROM {table._meta.tablename}")
+        if table is ConfigEpoch:
+            await engine.run_ddl(
+                "INSERT INTO config_epoch (id, epoch) VALUES (1, 1) "
+                "ON CONFLICT (id) DO UPDATE SET epoch = config_epoch.epoch + 1"
+            )
+        else:
+            await engine.run_ddl(f"DELETE FROM {table._meta.tablename}")
 
 
 @pytest.fixture(params=["postgres", "sqlite"])

@@ -14,7 +14,7 @@ from litestar.openapi.spec import Example
 from litestar.params import Body, Parameter
 from litestar.response import Stream
 
-from functions.core.chat.schemas import ChatEvent, MessageSend, event_name
+from functions.core.chat.schemas import ChatEvent, MessageSend, SendRequest, event_name
 from functions.core.chat.service import ChatService
 from functions.core.conversations import service as conversations
 from functions.core.conversations.schemas import (
@@ -23,14 +23,16 @@ from functions.core.conversations.schemas import (
     ConversationUpdate,
 )
 from functions.core.keys.schemas import Principal
+from functions.core.llm.client import LLMClient
 from functions.core.messages import service as messages
-from functions.core.messages.schemas import MessageOut
+from functions.core.messages.schemas import MessageOut, Turn
 from functions.core.schemas import Page
 from functions.core.settings import Settings
-from functions.core.web.app import build_app, llm_of, settings_of
+from functions.core.web.app import build_app
 from functions.core.web.auth import provide_principal
 from functions.core.web.docs import errors, parse_id
 from functions.core.web.errors import request_id_of
+from functions.core.web.state import runtime_of
 
 REPLY_EXAMPLE = {
     "id": "0b8e7c52-61f4-4d4b-9a57-7f0f3c1e2d44",
@@ -62,12 +64,7 @@ _encoder = msgspec.json.Encoder()
 
 
 def provide_chat(state: State) -> ChatService:
-    service: ChatService | None = state.get("chat")
-    if service is None:
-        busy_timeout = settings_of(state).send_lock_timeout_s
-        service = ChatService(llm_of(state), busy_timeout_s=busy_timeout)
-        state.chat = service
-    return service
+    return runtime_of(state).chat
 
 
 @post("/", summary="Start a conversation", responses=errors(400, 404))
@@ -169,12 +166,16 @@ async def send_message(
     ``llm_unavailable`` (503), ``llm_timeout`` (504), ``context_length_exceeded`` (400),
     ``llm_error`` (502).
     """
-    conversation = parse_id(conversation_id, "conversation")
-    request_id = request_id_of(request)
+    send = SendRequest(
+        owner=principal.key_id,
+        conversation_id=parse_id(conversation_id, "conversation"),
+        turns=[Turn(role="user", content=data.content)],
+        sampling=data.overrides(),
+        request_id=request_id_of(request),
+    )
     if not data.stream:
-        reply = await chat.send(principal.key_id, conversation, data, request_id=request_id)
-        return Response(reply, status_code=201)
-    events = chat.stream(principal.key_id, conversation, data, request_id=request_id)
+        return Response(await chat.send(send), status_code=201)
+    events = chat.stream(send)
     # Run up to the first event here, so "not found" or "busy" is an HTTP error, not an
     # SSE event after a 200.
     first = await anext(events)
@@ -206,5 +207,5 @@ router = Router(
 )
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
-    return build_app("chat", [router], settings=settings, uses_llm=True)
+def create_app(settings: Settings | None = None, *, llm: LLMClient | None = None) -> Litestar:
+    return build_app("chat", [router], settings=settings, uses_llm=True, llm=llm)

@@ -15,7 +15,7 @@ from functions.core.db.engine import engine_from_url, use_engine
 from functions.core.db.migrate import migrate
 from functions.core.keys import service as keys
 from functions.core.keys.schemas import ApiKeyCreate
-from functions.core.web.app import POOL_RETRY_S
+from functions.core.runtime import POOL_RETRY_S
 from tests.support.databases import (
     create_postgres_database,
     drop_postgres_database,

@@ -28,7 +28,7 @@ def test_dev_migrates_creates_a_key_starts_a_simulator_and_serves(tmp_path: Path
     log = tmp_path / "dev.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "functions.core.cli", "dev"],
+            [sys.executable, "-m", "functions.cli", "dev"],
             cwd=tmp_path,
             env=env,
             stdout=out,

@@ -19,7 +19,7 @@ class GatewayProcess(ServiceProcess):
     ) -> None:
         args = ["serve", "--workers", str(workers)]
         args += ["--function", function] if function else []
-        super().__init__("functions.core.cli", tuple(args), env=env)
+        super().__init__("functions.cli", tuple(args), env=env)
         self.env = {
             "SWITCHBOARD_DATABASE_URL": database_url,
             "SWITCHBOARD_LLM_URLS": ",".join(llm_urls),

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 
+import msgspec
 from msgspec import Meta
 
+from functions.core.chat.prompt import PromptMode
+from functions.core.chat.targets import Target
 from functions.core.configs.schemas import (
     SAMPLING_FIELDS,
     MaxTokens,
@@ -14,7 +18,7 @@ from functions.core.configs.schemas import (
     Temperature,
     TopP,
 )
-from functions.core.messages.schemas import MessageOut
+from functions.core.messages.schemas import MessageOut, Turn
 from functions.core.schemas import Input, Output
 
 MAX_CONTENT_CHARS = 400_000
@@ -37,6 +41,32 @@ class MessageSend(Input, kw_only=True):
         return {
             name: value for name in SAMPLING_FIELDS if (value := getattr(self, name)) is not None
         }
+
+
+class SendRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One send, from any door: what to store, what to ask, and who answers.
+
+    - ``conversation_id``: where the turns are stored; None starts a new conversation of
+      ``owner`` (titled ``title``).
+    - ``turns``: the new turns, stored in order before the model is called (one user turn
+      for chat; any OpenAI turns for the door).
+    - ``prompt``: ``history`` sends the configuration's system prompt, the stored history
+      and the new turns (chat); ``exact`` sends exactly the new turns (the door).
+    - ``target``: a configuration (optionally a pinned version), a served model with no
+      configuration, or by default the conversation's configuration.
+    - ``sampling``: overrides of the configuration's sampling fields for this reply.
+    - ``extra``: vLLM request fields passed through as they are (over the configuration's).
+    """
+
+    owner: uuid.UUID
+    turns: list[Turn]
+    conversation_id: uuid.UUID | None = None
+    title: str = ""
+    prompt: PromptMode = "history"
+    target: Target = Target()
+    sampling: dict[str, Any] = msgspec.field(default_factory=dict)
+    extra: dict[str, Any] = msgspec.field(default_factory=dict)
+    request_id: str | None = None
 
 
 class MessageStarted(Output, kw_only=True, tag="message"):

@@ -38,7 +38,8 @@ def _from_raw(row: dict[str, Any]) -> LLMConfigOut:
     return msgspec.convert(row, LLMConfigOut)
 
 
-async def _latest_version(name: str) -> LLMConfigOut | None:
+async def latest_version(name: str) -> LLMConfigOut | None:
+    """The newest version of ``name`` (archived or not), or None."""
     rows = await fetch(_SELECT + " WHERE name = {} ORDER BY version DESC LIMIT 1", name)
     return _from_raw(rows[0]) if rows else None
 
@@ -66,6 +67,14 @@ def _values(spec: LLMConfigSpec) -> dict[Any, Any]:
     }
 
 
+async def _bump_epoch() -> None:
+    """Count a configuration change, in the writer's transaction (see ``ConfigEpoch``)."""
+    await fetch(
+        "INSERT INTO config_epoch (id, epoch) VALUES (1, 1) "
+        "ON CONFLICT (id) DO UPDATE SET epoch = config_epoch.epoch + 1"
+    )
+
+
 async def _insert_version(name: str, version: int, spec: LLMConfigSpec) -> uuid.UUID:
     if spec.is_default:
         await LLMConfig.update({LLMConfig.is_default: False}).where(LLMConfig.is_default.eq(True))
@@ -73,6 +82,7 @@ async def _insert_version(name: str, version: int, spec: LLMConfigSpec) -> uuid.
     for column, value in _values(spec).items():
         setattr(row, column._meta.name, value)
     await row.save()
+    await _bump_epoch()
     return uuid.UUID(str(row.id))
 
 
@@ -94,7 +104,7 @@ async def update_config(name: str, spec: LLMConfigSpec) -> LLMConfigOut:
     """Store ``spec`` as the next version of ``name``; the default flag follows the name."""
     _check_extra(spec.extra)
     async with write_transaction():
-        latest = await _latest_version(name)
+        latest = await latest_version(name)
         if latest is None or latest.archived_at is not None:
             raise NotFoundError(f"no configuration named {name!r}", details={"name": name})
         if latest.is_default and not spec.is_default:
@@ -108,7 +118,7 @@ async def update_config(name: str, spec: LLMConfigSpec) -> LLMConfigOut:
 async def get_config(name: str, version: int | None = None) -> LLMConfigOut:
     """The latest version of ``name`` (archived included), or the given ``version``."""
     if version is None:
-        config = await _latest_version(name)
+        config = await latest_version(name)
     else:
         rows = await fetch(_SELECT + " WHERE name = {} AND version = {}", name, version)
         config = _from_raw(rows[0]) if rows else None
@@ -162,13 +172,14 @@ async def list_versions(name: str) -> list[LLMConfigOut]:
 async def archive_config(name: str) -> LLMConfigOut:
     """Archive every version of ``name``; it stops being the default. Idempotent."""
     async with write_transaction():
-        latest = await _latest_version(name)
+        latest = await latest_version(name)
         if latest is None:
             raise NotFoundError(f"no configuration named {name!r}", details={"name": name})
         if latest.archived_at is None:
             await LLMConfig.update(
                 {LLMConfig.archived_at: datetime.now(UTC), LLMConfig.is_default: False}
             ).where(LLMConfig.name == name)
+            await _bump_epoch()
     return await get_config(name)
 
 
@@ -202,7 +213,7 @@ async def resolve_config(name: str | None) -> LLMConfigOut:
         if default is None:
             raise no_default_error()
         return default
-    config = await _latest_version(name)
+    config = await latest_version(name)
     if config is None:
         raise missing_error(name)
     if config.archived_at is not None:

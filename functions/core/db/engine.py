@@ -38,14 +38,27 @@ def sqlite_path(url: str) -> Path:
 
 
 def engine_from_url(url: str) -> Engine[Any]:
-    """Build (but do not connect) the Piccolo engine a database URL names."""
+    """Build (but do not connect, nor create anything for) the engine a database URL names."""
     if url.startswith("sqlite:///"):
-        path = sqlite_path(url)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return SQLiteEngine(path=str(path), timeout=SQLITE_BUSY_TIMEOUT_S)
+        return SQLiteEngine(path=str(sqlite_path(url)), timeout=SQLITE_BUSY_TIMEOUT_S)
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresEngine(config={"dsn": url})
     raise ValueError(f"unsupported database URL scheme: {urlsplit(url).scheme or url!r}")
+
+
+def create_sqlite_file(engine: Engine[Any]) -> None:
+    """Create a SQLite database file (and its folder) readable by this user only.
+
+    Only commands that mean to create a database call this (migrating, the quick start):
+    SQLite would otherwise create a world-readable file on the first query of any command.
+    """
+    if not isinstance(engine, SQLiteEngine):
+        return
+    path = Path(engine.path)
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700)
+    if not path.exists():
+        path.touch(mode=0o600)
 
 
 def describe_url(url: str) -> str:
@@ -72,6 +85,8 @@ def use_engine(engine: Engine[Any]) -> None:
 def current_engine() -> Engine[Any]:
     from functions.core.db import conf
 
+    if conf.DB is None:
+        raise RuntimeError("no database is open: use functions.core.runtime.open_runtime")
     return conf.DB
 
 

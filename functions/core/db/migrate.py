@@ -17,7 +17,7 @@ from piccolo.apps.migrations.commands.check import CheckMigrationManager
 from piccolo.apps.migrations.commands.forwards import ForwardsMigrationManager
 from piccolo.apps.migrations.commands.new import AutoMigrationManager
 
-from functions.core.db.engine import use_engine
+from functions.core.db.engine import create_sqlite_file, use_engine
 from functions.core.errors import SwitchboardError
 
 if TYPE_CHECKING:
@@ -44,7 +44,11 @@ async def migration_status(engine: Engine[Any]) -> dict[str, bool]:
 
 
 async def migrate(engine: Engine[Any]) -> MigrationReport:
-    """Apply every migration not yet applied, each in its own transaction."""
+    """Apply every migration not yet applied, each in its own transaction.
+
+    A SQLite file that does not exist yet is created, private to this user.
+    """
+    create_sqlite_file(engine)
     before = await migration_status(engine)
     captured = io.StringIO()
     with contextlib.redirect_stdout(captured):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+import msgspec
 from piccolo.engine.postgres import PostgresEngine
 from piccolo.querystring import QueryString
 
@@ -51,3 +52,8 @@ async def fetch(sql: str, *args: Any, savepoint: bool = False) -> list[dict[str,
         return [dict(record) for record in records]
     rows: list[dict[str, Any]] | None = await engine.run_querystring(QueryString(sql, *args))
     return rows or []
+
+
+def json_column(value: Any) -> Any:
+    """A JSON column's value: SQLite (and Piccolo's query builder) hand it back as text."""
+    return msgspec.json.decode(value) if isinstance(value, str) else value

@@ -81,6 +81,18 @@ class Conversation(Table, tablename="conversation"):
     updated_at = Timestamptz(default=TimestamptzNow())
 
 
+class ConfigEpoch(Table, tablename="config_epoch"):
+    """One row counting configuration changes, so a cached view of them can be checked.
+
+    Every configuration write bumps it in the same transaction; a send passes the epoch it
+    resolved its configuration under and the claim refuses if it moved (then the sender
+    reads again). Configuration rules stay in Python; the database only compares numbers.
+    """
+
+    id = Integer(primary_key=True)
+    epoch = BigInt(default=0)
+
+
 class Message(Table, tablename="message"):
     """One turn of a conversation, with everything needed to audit how it was produced."""
 
@@ -88,7 +100,14 @@ class Message(Table, tablename="message"):
     conversation = ForeignKey(references=Conversation, on_delete=OnDelete.cascade)
     seq = Integer()
     role = Varchar(length=16)
+    # The text of the turn; for a turn sent as content parts, their text parts joined, and
+    # the parts themselves (images, audio, ...) exactly as sent in ``content_parts``.
     content = Text(default="")
+    content_parts = JSONB(null=True, default=None)
+    # OpenAI tool calling: an assistant turn's calls, a tool turn's answer to one of them.
+    tool_calls = JSONB(null=True, default=None)
+    tool_call_id = Varchar(length=200, null=True, default=None)
+    name = Varchar(length=200, null=True, default=None)
     status = Varchar(length=16, default="complete")
     llm_config = ForeignKey(
         references=LLMConfig, on_delete=OnDelete.restrict, null=True, default=None
@@ -107,4 +126,30 @@ class Message(Table, tablename="message"):
     completed_at = Timestamptz(null=True, default=None)
 
 
-ALL_TABLES: tuple[type[Table], ...] = (ApiKey, LLMConfig, Conversation, Message)
+class HealthCheck(Table, tablename="health_check"):
+    """One upstream's verdict from one health check, as the checker recorded it.
+
+    Indexed by upstream and newest first (``health_check_upstream_recency_idx``, in its
+    migration) so the latest verdict per upstream is an index lookup.
+    """
+
+    id = UUID(primary_key=True)
+    checked_at = Timestamptz(default=TimestamptzNow())
+    # The base URL without credentials (``UpstreamHealth.url``).
+    upstream = Varchar(length=500)
+    status = Varchar(length=16)
+    latency_ms = DoublePrecision(null=True, default=None)
+    models = JSONB(default=[])
+    gauges = JSONB(default={})
+    is_simulator = Boolean(default=False)
+    error = Text(null=True, default=None)
+
+
+ALL_TABLES: tuple[type[Table], ...] = (
+    ApiKey,
+    LLMConfig,
+    ConfigEpoch,
+    Conversation,
+    Message,
+    HealthCheck,
+)

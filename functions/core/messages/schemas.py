@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
 from functions.core.configs.schemas import LLMConfigOut
 from functions.core.schemas import Output
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "developer", "user", "assistant", "tool"]
 Status = Literal["pending", "complete", "failed", "cancelled"]
 
 
@@ -38,6 +38,11 @@ class MessageOut(Output, kw_only=True):
     seq: int
     role: Role
     content: str
+    # Set only for turns that carry more than text (OpenAI content parts and tool calling).
+    content_parts: list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
     status: Status
     config: ConfigRef | None = None
     model: str | None = None
@@ -51,20 +56,43 @@ class MessageOut(Output, kw_only=True):
     completed_at: datetime | None = None
 
 
-class ChatTurn(msgspec.Struct, frozen=True):
-    """One entry of the prompt sent to the model (OpenAI message shape)."""
+class Turn(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One turn of a conversation as the model sees it (OpenAI's message shape).
+
+    ``content`` is the text; a turn sent as content parts keeps them in ``parts`` (and
+    their text, joined, in ``content``). Tool calling uses ``tool_calls`` on an assistant
+    turn and ``tool_call_id`` on the ``tool`` turn that answers it.
+    """
 
     role: Role
-    content: str
+    content: str = ""
+    parts: list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+class StoredTurn(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored message as the prompt rule reads it: the turn, its place and its status."""
+
+    seq: int
+    status: Status
+    turn: Turn
 
 
 class Exchange(Output, kw_only=True):
-    """What :func:`begin_exchange` stored, and the history the model should see."""
+    """What a claim stored (the new turns and a pending reply) and the prompt to send."""
 
-    user_message: MessageOut
+    turns: list[MessageOut]
     assistant_message: MessageOut
-    history: list[ChatTurn]
-    config: LLMConfigOut
+    prompt: list[Turn]
+    config: LLMConfigOut | None
+    model: str | None
+
+    @property
+    def user_message(self) -> MessageOut:
+        """The last turn stored by this exchange (the user's message, for chat)."""
+        return self.turns[-1]
 
 
 class ReplyOutcome(msgspec.Struct, kw_only=True):

@@ -18,6 +18,7 @@ from functions.core.web.schemas import (
     Readiness,
     UpstreamReadiness,
 )
+from functions.core.web.state import llm_of
 
 DATABASE_PROBE_TIMEOUT_S = 2.0
 LLM_PROBE_TIMEOUT_S = 2.0
@@ -81,7 +82,7 @@ async def llm_readiness(llm: LLMClient | None) -> LLMReadiness:
 async def readyz(request: Request[Any, Any, State]) -> Response[Readiness]:
     function = request.app.state.get("function", "switchboard")
     database, llm = await asyncio.gather(
-        database_readiness(), llm_readiness(request.app.state.get("llm"))
+        database_readiness(), llm_readiness(llm_of(request.app.state))
     )
     status: Literal["ok", "degraded", "unavailable"]
     if database.status == "down":

@@ -12,7 +12,8 @@ from piccolo.engine.base import Engine
 from functions.core.db.engine import use_engine
 from functions.core.keys import service
 from functions.core.keys.cache import PrincipalCache
-from functions.core.keys.revocations import RevocationListener
+from functions.core.db.notifications import NotificationListener
+from functions.core.keys.revocations import revocations_for
 from functions.core.keys.schemas import ApiKeyCreate
 from tests.conftest import truncate_all
 
@@ -34,7 +35,8 @@ async def test_revocations_reach_a_listening_cache_and_losing_the_line_disables_
     key_hash = service.hash_secret(created.secret)
 
     cache = PrincipalCache()  # stands for another process's cache
-    listener = RevocationListener(pg_url, cache, ttl_s=300)
+    listener = NotificationListener(pg_url)
+    listener.subscribe(revocations_for(cache, ttl_s=300))
     listener.start()
     try:
         await asyncio.wait_for(listener.listening.wait(), 5)

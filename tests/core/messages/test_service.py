@@ -17,9 +17,20 @@ from functions.core.db.tables import Message
 from functions.core.errors import ConflictError, NotFoundError
 from functions.core.keys import service as keys
 from functions.core.keys.schemas import ApiKeyCreate
+from functions.core.chat import exchanges
+from functions.core.chat.exchanges import Exchanges
+from functions.core.chat.schemas import SendRequest
 from functions.core.messages import service
-from functions.core.messages.schemas import ChatTurn, ReplyOutcome
-from functions.core.messages.service import ConversationBusyError
+from functions.core.messages.claim import ConversationBusyError
+from functions.core.messages.schemas import Exchange, ReplyOutcome, Turn
+
+
+async def begin(owner: uuid.UUID, conv_id: uuid.UUID, text: str) -> Exchange:
+    """Claim one user turn, as the chat function does (no wait when busy)."""
+    request = SendRequest(
+        owner=owner, conversation_id=conv_id, turns=[Turn(role="user", content=text)]
+    )
+    return await Exchanges(busy_timeout_s=0).begin(request)
 
 
 async def setup(**config: Any) -> tuple[uuid.UUID, uuid.UUID, LLMConfigOut]:
@@ -49,15 +60,15 @@ def done(text: str) -> ReplyOutcome:
 
 async def test_an_exchange_stores_both_messages_before_the_model_runs(db: object) -> None:
     owner, conv_id, _cfg = await setup(system_prompt="You are terse.")
-    exchange = await service.begin_exchange(owner, conv_id, "Hi 👋")
+    exchange = await begin(owner, conv_id, "Hi 👋")
     assert (exchange.user_message.seq, exchange.assistant_message.seq) == (1, 2)
     assert exchange.user_message.status == "complete"
     assert exchange.assistant_message.status == "pending"
     assert exchange.assistant_message.config is not None
     assert exchange.assistant_message.config.version == 1
-    assert exchange.history == [
-        ChatTurn(role="system", content="You are terse."),
-        ChatTurn(role="user", content="Hi 👋"),
+    assert exchange.prompt == [
+        Turn(role="system", content="You are terse."),
+        Turn(role="user", content="Hi 👋"),
     ]
     stored = await service.list_messages(owner, conv_id)
     assert [(m.role, m.status) for m in stored.data] == [
@@ -68,7 +79,7 @@ async def test_an_exchange_stores_both_messages_before_the_model_runs(db: object
 
 async def test_finishing_records_content_usage_and_timings(db: object) -> None:
     owner, conv_id, _cfg = await setup()
-    exchange = await service.begin_exchange(owner, conv_id, "Hi")
+    exchange = await begin(owner, conv_id, "Hi")
     reply = await service.finish_exchange(exchange.assistant_message.id, done("Hello!"))
     assert reply.status == "complete"
     assert reply.content == "Hello!"
@@ -81,45 +92,47 @@ async def test_finishing_records_content_usage_and_timings(db: object) -> None:
         await service.finish_exchange(exchange.assistant_message.id, done("again"))
 
 
-async def test_history_leaves_out_failed_and_cancelled_replies(db: object) -> None:
+async def test_history_leaves_out_failed_exchanges(db: object) -> None:
+    """A failed reply is left out with the question that asked for it, so one bad
+    exchange (a message too long for the context, say) cannot poison later sends."""
     owner, conv_id, _cfg = await setup()
-    first = await service.begin_exchange(owner, conv_id, "one")
+    first = await begin(owner, conv_id, "one")
     await service.finish_exchange(first.assistant_message.id, done("uno"))
-    second = await service.begin_exchange(owner, conv_id, "two")
+    second = await begin(owner, conv_id, "two")
     failed = await service.finish_exchange(
         second.assistant_message.id,
         ReplyOutcome(status="failed", error_code="llm_unavailable", error_message="down"),
     )
     assert failed.error is not None
     assert failed.error.code == "llm_unavailable"
-    third = await service.begin_exchange(owner, conv_id, "three")
-    assert [t.content for t in third.history] == ["one", "uno", "two", "three"]
+    third = await begin(owner, conv_id, "three")
+    assert [t.content for t in third.prompt] == ["one", "uno", "three"]
 
 
 async def test_history_window_keeps_the_last_n_messages(db: object) -> None:
     owner, conv_id, _cfg = await setup(history_window=3, system_prompt="sys")
     for text in ["a", "b"]:
-        exchange = await service.begin_exchange(owner, conv_id, text)
+        exchange = await begin(owner, conv_id, text)
         await service.finish_exchange(exchange.assistant_message.id, done(text.upper()))
-    exchange = await service.begin_exchange(owner, conv_id, "c")
-    assert [t.content for t in exchange.history] == ["sys", "b", "B", "c"]
+    exchange = await begin(owner, conv_id, "c")
+    assert [t.content for t in exchange.prompt] == ["sys", "b", "B", "c"]
 
 
 async def test_a_second_send_waits_for_the_pending_reply(db: object) -> None:
     owner, conv_id, _cfg = await setup()
-    await service.begin_exchange(owner, conv_id, "first")
+    await begin(owner, conv_id, "first")
     with pytest.raises(ConversationBusyError):
-        await service.begin_exchange(owner, conv_id, "second")
+        await begin(owner, conv_id, "second")
 
 
 async def test_a_stale_pending_reply_is_retired(db: object) -> None:
     owner, conv_id, _cfg = await setup()
-    stuck = await service.begin_exchange(owner, conv_id, "first")
-    long_ago = datetime.now(UTC) - service.STALE_PENDING_AFTER - timedelta(minutes=1)
+    stuck = await begin(owner, conv_id, "first")
+    long_ago = datetime.now(UTC) - exchanges.STALE_PENDING_AFTER - timedelta(minutes=1)
     await Message.update({Message.created_at: long_ago}).where(
         Message.id == stuck.assistant_message.id
     )
-    await service.begin_exchange(owner, conv_id, "second")
+    await begin(owner, conv_id, "second")
     retired = await service.get_message(stuck.assistant_message.id)
     assert (retired.status, retired.error.code if retired.error else None) == (
         "failed",
@@ -131,7 +144,7 @@ async def test_messages_of_another_key_are_not_found(db: object) -> None:
     _owner, conv_id, _cfg = await setup()
     stranger = (await keys.create_key(ApiKeyCreate(name="s"))).id
     with pytest.raises(NotFoundError):
-        await service.begin_exchange(stranger, conv_id, "hi")
+        await begin(stranger, conv_id, "hi")
     with pytest.raises(NotFoundError):
         await service.list_messages(stranger, conv_id)
 
@@ -139,7 +152,7 @@ async def test_messages_of_another_key_are_not_found(db: object) -> None:
 async def test_messages_page_in_sequence_order(db: object) -> None:
     owner, conv_id, _cfg = await setup()
     for i in range(3):
-        exchange = await service.begin_exchange(owner, conv_id, f"q{i}")
+        exchange = await begin(owner, conv_id, f"q{i}")
         await service.finish_exchange(exchange.assistant_message.id, done(f"a{i}"))
     first = await service.list_messages(owner, conv_id, limit=4)
     assert [m.seq for m in first.data] == [1, 2, 3, 4]
@@ -152,7 +165,7 @@ async def test_messages_page_in_sequence_order(db: object) -> None:
 async def test_iter_messages_pages_through_time(db: object) -> None:
     owner, conv_id, _cfg = await setup()
     for i in range(3):
-        exchange = await service.begin_exchange(owner, conv_id, f"q{i}")
+        exchange = await begin(owner, conv_id, f"q{i}")
         await service.finish_exchange(exchange.assistant_message.id, done(f"a{i}"))
     batches = [batch async for batch in service.iter_messages(batch_size=4)]
     assert [len(b) for b in batches] == [4, 2]
@@ -164,7 +177,7 @@ async def _send_until_accepted(
 ) -> tuple[int, int]:
     while True:
         try:
-            exchange = await service.begin_exchange(owner, conv_id, text)
+            exchange = await begin(owner, conv_id, text)
         except ConversationBusyError:
             await asyncio.sleep(0.001)
             continue

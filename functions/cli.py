@@ -1,5 +1,9 @@
 """The ``switchboard`` command: database, keys and configs administration, and servers.
 
+The composition root of the command line: it sits above ``functions.core`` (which never
+imports it), opens what each command needs through ``functions.core.runtime``, and loads
+the server, quick-start and simulator commands only when one of them runs.
+
 Every command reads the settings once, reports a bad setting or an unreachable database
 in one line on stderr, and exits non-zero: 1 for a refused operation (unknown id, ...),
 2 for bad usage or settings, 3 when the database cannot be reached.
@@ -41,13 +45,15 @@ def settings_or_exit() -> Settings:
 
 
 def with_database(settings: Settings, work: Callable[[], Awaitable[T]]) -> T:
-    """Run ``work`` against the configured database, turning failures into exit codes."""
-    from functions.core.db.engine import describe_url, engine_from_url, use_engine
+    """Run ``work`` in a runtime on the configured database (no LLM client), turning
+    failures into exit codes."""
+    from functions.core.db.engine import describe_url
     from functions.core.db.errors import as_database_error
+    from functions.core.runtime import open_runtime
 
     async def run() -> T:
-        use_engine(engine_from_url(settings.database_url))
-        return await work()
+        async with open_runtime(settings, use_llm=False):
+            return await work()
 
     try:
         return asyncio.run(run())
@@ -225,17 +231,45 @@ def configs_list(as_json: bool, include_archived: bool) -> None:
         click.echo(f"{config.name:24}  {config.version:<7}  {default:7}  {config.model}{archived}")
 
 
-def _register_optional_commands() -> None:
-    """Commands that live beside their own code (the simulator, the servers)."""
-    from functions.serve import dev, serve
-    from functions.simulator.cli import sim_vllm
+class _LazyCommand(click.Command):
+    """A command whose module is imported only when it runs (or its help is shown), so
+    ``switchboard keys list`` never loads the web server or the simulator."""
 
-    main.add_command(sim_vllm, name="sim-vllm")
-    main.add_command(serve)
-    main.add_command(dev)
+    def __init__(self, name: str, target: str, help_text: str) -> None:
+        super().__init__(name, help=help_text, context_settings={"ignore_unknown_options": True})
+        self._target = target
+        self._loaded: click.Command | None = None
+
+    def _load(self) -> click.Command:
+        if self._loaded is None:
+            import importlib
+
+            module, attribute = self._target.split(":")
+            self._loaded = getattr(importlib.import_module(module), attribute)
+        return self._loaded
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        return self._load().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        return self._load().invoke(ctx)
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        return self.help or ""
 
 
-_register_optional_commands()
+for _name, _target, _help in (
+    ("serve", "functions.serve:serve", "Serve every function in one process (or one)."),
+    ("dev", "functions.serve:dev", "Quick start: migrate, key, default config, serve."),
+    ("sim-vllm", "functions.simulator.cli:sim_vllm", "Run the vLLM simulator (a test double)."),
+):
+    main.add_command(_LazyCommand(_name, _target, _help))
 
 if __name__ == "__main__":
     main()

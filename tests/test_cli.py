@@ -15,9 +15,9 @@ import pytest
 
 from tests.support.databases import create_postgres_database, drop_postgres_database
 
-SWITCHBOARD = [sys.executable, "-m", "functions.core.cli"]
+SWITCHBOARD = [sys.executable, "-m", "functions.cli"]
 MIGRATIONS = len(
-    list((Path(__file__).parents[2] / "functions/core/db/piccolo_migrations").glob("core_*.py"))
+    list((Path(__file__).parents[1] / "functions/core/db/piccolo_migrations").glob("core_*.py"))
 )
 
 

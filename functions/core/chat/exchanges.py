@@ -1,0 +1,222 @@
+"""Claiming an exchange: ownership, the configuration, the claim and the prompt.
+
+:class:`Exchanges` is the first half of every send, whatever calls the model afterwards:
+it checks ownership (before any wait), resolves the configuration (``targets``), claims
+(the new turns and a pending reply are committed before vLLM is called;
+``messages.claim``), and builds the prompt (``prompt``). :class:`ChatService` calls the
+model with what it returns; a door that reads the model its own way (passing vLLM's
+stream through, say) uses :meth:`Exchanges.begin` and :meth:`Exchanges.llm_request` and
+ends the reply through a ``ReplyRecorder``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from functions.core.chat.directory import ConversationDirectory
+from functions.core.chat.prompt import build_prompt, history_limit
+from functions.core.chat.targets import ConfigView
+from functions.core.conversations import service as conversations
+from functions.core.conversations.schemas import ConversationCreate
+from functions.core.errors import InvalidInputError, NotFoundError
+from functions.core.llm.schemas import ChatMessage, ChatRequest
+from functions.core.messages.claim import (
+    ClaimRequest,
+    ConversationBusyError,
+    StaleViewError,
+    claim,
+)
+from functions.core.messages.schemas import ConfigRef, Exchange, MessageOut, Turn
+
+if TYPE_CHECKING:
+    from functions.core.chat.schemas import SendRequest
+    from functions.core.chat.targets import Resolved
+    from functions.core.messages.claim import Claim
+
+BUSY_RETRY_S = 0.05
+# A pending reply older than this is from a process that died mid-send; it no longer
+# blocks the conversation and is retired as interrupted.
+STALE_PENDING_AFTER = timedelta(minutes=15)
+# A stale view (a configuration or the conversation changed since it was read) is read
+# again; more than a few in a row means configurations change faster than sends start.
+STALE_VIEW_RETRIES = 5
+
+
+class Exchanges:
+    """Starts exchanges for one process; shared by every send (it holds the caches)."""
+
+    def __init__(self, *, busy_timeout_s: float = 30.0) -> None:
+        self._busy_timeout_s = busy_timeout_s
+        self._configs = ConfigView()
+        self._directory = ConversationDirectory()
+
+    async def begin(self, request: SendRequest) -> Exchange:
+        """Store the new turns and a pending reply; return them and the prompt to send.
+
+        Waits (up to the busy timeout) while another process's reply in the conversation
+        is pending; raises :class:`ConversationBusyError` after that. The caller holds the
+        conversation's lock (see ``ChatService.send``) or accepts the busy wait.
+        """
+        _check_turns(request)
+        conversation_id = request.conversation_id
+        if conversation_id is None:
+            conversation_id = await self._start_conversation(request)
+        deadline = time.monotonic() + self._busy_timeout_s
+        stale_views = 0
+        while True:
+            config_name = await self._directory.config_name(request.owner, conversation_id)
+            resolved = await self._configs.resolve(request.target, config_name)
+            turn_ids = [uuid.uuid4() for _ in request.turns]
+            reply_id, now = uuid.uuid4(), datetime.now(UTC)
+            window = resolved.config.history_window if resolved.config else None
+            try:
+                claimed = await claim(
+                    ClaimRequest(
+                        owner=request.owner,
+                        conversation_id=conversation_id,
+                        config_name=config_name,
+                        config_epoch=resolved.epoch,
+                        turns=request.turns,
+                        turn_ids=turn_ids,
+                        reply_id=reply_id,
+                        reply_config_id=resolved.config.id if resolved.config else None,
+                        reply_model=resolved.model,
+                        now=now,
+                        stale_before=now - STALE_PENDING_AFTER,
+                        history_limit=history_limit(request.prompt, window),
+                    )
+                )
+            except StaleViewError:
+                self._directory.forget(conversation_id)
+                self._configs.invalidate()
+                stale_views += 1
+                if stale_views > STALE_VIEW_RETRIES:
+                    raise
+                continue
+            except NotFoundError:
+                self._directory.forget(conversation_id)
+                raise
+            except ConversationBusyError:
+                # Another process is replying in this conversation; wait our turn.
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(BUSY_RETRY_S)
+                continue
+            return _exchange(
+                request=request,
+                conversation_id=conversation_id,
+                resolved=resolved,
+                claimed=claimed,
+                turn_ids=turn_ids,
+                reply_id=reply_id,
+                now=now,
+            )
+
+    def llm_request(self, exchange: Exchange, request: SendRequest) -> ChatRequest:
+        """The upstream request for a claimed exchange: its prompt, model and sampling."""
+        config = exchange.config
+        sampling = config.sampling(request.sampling) if config else dict(request.sampling)
+        extra = {**config.extra, **request.extra} if config else dict(request.extra)
+        return ChatRequest(
+            messages=[_chat_message(turn) for turn in exchange.prompt],
+            model=exchange.model,
+            extra=extra,
+            **sampling,
+        )
+
+    async def prepare(self, request: SendRequest) -> tuple[SendRequest, uuid.UUID]:
+        """Check ownership (or start the conversation) before any lock or wait, so a
+        stranger learns nothing from timing: another key's conversation is a 404 at once."""
+        if request.conversation_id is None:
+            conversation_id = await self._start_conversation(request)
+            return msgspec.structs.replace(request, conversation_id=conversation_id), (
+                conversation_id
+            )
+        await self._directory.config_name(request.owner, request.conversation_id)
+        return request, request.conversation_id
+
+    async def _start_conversation(self, request: SendRequest) -> uuid.UUID:
+        created = await conversations.create_conversation(
+            request.owner, ConversationCreate(title=request.title, config=request.target.config)
+        )
+        self._directory.remember(created.id, request.owner, created.config)
+        return created.id
+
+
+def _check_turns(request: SendRequest) -> None:
+    if not request.turns:
+        raise InvalidInputError("a send needs at least one turn", details={"field": "turns"})
+    for turn in request.turns:
+        if turn.role == "user" and not turn.parts and not turn.content.strip():
+            raise InvalidInputError("content is empty", details={"field": "content"})
+
+
+def _chat_message(turn: Turn) -> ChatMessage:
+    return ChatMessage(
+        role=turn.role,
+        content=turn.parts if turn.parts is not None else turn.content,
+        name=turn.name,
+        tool_call_id=turn.tool_call_id,
+        tool_calls=turn.tool_calls,
+    )
+
+
+def _exchange(
+    *,
+    request: SendRequest,
+    conversation_id: uuid.UUID,
+    resolved: Resolved,
+    claimed: Claim,
+    turn_ids: list[uuid.UUID],
+    reply_id: uuid.UUID,
+    now: datetime,
+) -> Exchange:
+    count = len(request.turns)
+    first_seq = claimed.last_seq - count
+    turns = [
+        MessageOut(
+            id=turn_id,
+            conversation_id=conversation_id,
+            seq=first_seq + index,
+            role=turn.role,
+            content=turn.content,
+            content_parts=turn.parts,
+            tool_calls=turn.tool_calls,
+            tool_call_id=turn.tool_call_id,
+            name=turn.name,
+            status="complete",
+            created_at=now,
+            completed_at=now,
+        )
+        for index, (turn, turn_id) in enumerate(zip(request.turns, turn_ids, strict=True))
+    ]
+    config = resolved.config
+    reply = MessageOut(
+        id=reply_id,
+        conversation_id=conversation_id,
+        seq=claimed.last_seq,
+        role="assistant",
+        content="",
+        status="pending",
+        created_at=now,
+        config=ConfigRef(id=config.id, name=config.name, version=config.version)
+        if config
+        else None,
+        model=resolved.model,
+    )
+    prompt = build_prompt(
+        mode=request.prompt,
+        new_turns=request.turns,
+        stored=claimed.history,
+        system_prompt=config.system_prompt if config else None,
+        window=config.history_window if config else None,
+    )
+    return Exchange(
+        turns=turns, assistant_message=reply, prompt=prompt, config=config, model=resolved.model
+    )

@@ -1,0 +1,118 @@
+"""Recording how a reply ended: the never-lose bookkeeping, in one public place.
+
+Every door that sends (the chat function, the OpenAI door, evaluation, replay) claims an
+exchange and then ends its pending reply through a :class:`ReplyRecorder`: ``completed``,
+``failed`` (the model's error), ``cancelled`` (the caller went away) or ``broken`` (a bug
+or the database: not the model's fault). Each writes the outcome once, inside a shield
+that a cancellation cannot interrupt, and counts it in the metrics.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+
+from functions.core.logging import get_logger
+from functions.core.messages import service as messages
+from functions.core.messages.schemas import ConfigRef, ReplyOutcome
+from functions.core.metrics import CHAT_MESSAGES, LLM_DURATION, LLM_REQUESTS, LLM_TOKENS, LLM_TTFT
+
+if TYPE_CHECKING:
+    from functions.core.llm.errors import LLMError
+    from functions.core.llm.schemas import ChatDone, ChatResult
+    from functions.core.messages.schemas import Exchange, MessageOut
+
+log = get_logger(__name__)
+
+
+class ReplyRecorder:
+    """Ends one exchange's pending reply, exactly once."""
+
+    def __init__(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+        self.finished = False
+        config = exchange.config
+        self._config_ref = (
+            ConfigRef(id=config.id, name=config.name, version=config.version)
+            if config is not None
+            else None
+        )
+        self._model = exchange.model or ""
+
+    async def completed(
+        self, content: str, end: ChatResult | ChatDone, *, ttft_ms: float | None
+    ) -> MessageOut:
+        usage = end.usage
+        return await self.record(
+            ReplyOutcome(
+                status="complete",
+                content=content,
+                model=end.model or None,
+                prompt_tokens=usage.prompt_tokens if usage else None,
+                completion_tokens=usage.completion_tokens if usage else None,
+                latency_ms=end.latency_ms,
+                ttft_ms=ttft_ms,
+                finish_reason=end.finish_reason,
+                upstream_request_id=end.response_id,
+            )
+        )
+
+    async def failed(self, exc: LLMError, *, partial: str = "") -> MessageOut:
+        log.warning("chat.reply_failed", code=exc.code, error=exc.message, model=self._model)
+        return await self.record(
+            ReplyOutcome(
+                status="failed",
+                content=partial or exc.partial_text,
+                error_code=exc.code,
+                error_message=exc.message,
+            )
+        )
+
+    async def broken(self, exc: BaseException, *, partial: str = "") -> MessageOut:
+        """Not the model's fault (a bug, the database): the reply must still not stay pending."""
+        log.error("chat.reply_broken", error=repr(exc), model=self._model)
+        return await self.record(
+            ReplyOutcome(
+                status="failed",
+                content=partial,
+                error_code="internal_error",
+                error_message="the gateway failed while handling the reply",
+            )
+        )
+
+    async def cancelled(self, partial: str = "") -> MessageOut:
+        log.info("chat.reply_cancelled", model=self._model, partial_chars=len(partial))
+        return await self.record(
+            ReplyOutcome(
+                status="cancelled",
+                content=partial,
+                error_code="cancelled",
+                error_message="the client disconnected before the reply was complete",
+            )
+        )
+
+    async def record(self, outcome: ReplyOutcome) -> MessageOut:
+        """Write ``outcome`` even while the surrounding task is being cancelled."""
+        if self.finished:
+            raise RuntimeError("this reply has already been recorded")
+        self.finished = True
+        self._observe(outcome)
+        with anyio.CancelScope(shield=True):
+            stored = await messages.finish_exchange(
+                self.exchange.assistant_message.id, outcome, config=self._config_ref
+            )
+        return stored  # noqa: RET504 - returning inside the shield confuses type checkers
+
+    def _observe(self, outcome: ReplyOutcome) -> None:
+        model = outcome.model or self._model
+        CHAT_MESSAGES.labels(outcome.status).inc()
+        LLM_REQUESTS.labels(model, outcome.error_code or outcome.status).inc()
+        if outcome.ttft_ms is not None:
+            LLM_TTFT.labels(model).observe(outcome.ttft_ms / 1000)
+        if outcome.latency_ms is not None and outcome.status == "complete":
+            LLM_DURATION.labels(model).observe(outcome.latency_ms / 1000)
+        if outcome.prompt_tokens is not None:
+            LLM_TOKENS.labels(model, "prompt").inc(outcome.prompt_tokens)
+        if outcome.completion_tokens is not None:
+            LLM_TOKENS.labels(model, "completion").inc(outcome.completion_tokens)

@@ -1,0 +1,270 @@
+"""The claim: the atomic first half of a send, on PostgreSQL and SQLite alike.
+
+Under the conversation's row lock: take sequence numbers, check the caller's view of the
+conversation's configuration, refuse while the previous reply is pending (or retire it
+when the caller says it is stale), read the newest stored messages, insert the new turns
+and a pending reply. Nothing else: the caller (``functions.core.chat``) has already chosen
+the configuration and decides what the history means.
+
+PostgreSQL runs it as one function call (one round trip; see
+``functions/core/db/plpgsql/switchboard_claim_v1.sql``), SQLite as the same statements in
+one write transaction. Failures are typed errors on both: the function raises its own
+SQLSTATE codes, mapped here by code.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+from piccolo.engine.postgres import PostgresEngine
+
+from functions.core.conversations.service import not_found
+from functions.core.db.engine import current_engine, write_transaction
+from functions.core.db.sql import fetch, json_column
+from functions.core.errors import ConflictError, NotFoundError
+from functions.core.messages.schemas import StoredTurn, Turn
+
+
+class ConversationBusyError(ConflictError):
+    code = "conversation_busy"
+
+
+class StaleViewError(ConflictError):
+    """The caller resolved the configuration from a view that changed meanwhile."""
+
+    code = "stale_configuration_view"
+
+
+class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the claim needs; every value is decided before it runs."""
+
+    owner: uuid.UUID
+    conversation_id: uuid.UUID
+    # The caller's view, checked under the lock: the conversation's config name and the
+    # configuration epoch it resolved the reply's configuration under.
+    config_name: str | None
+    config_epoch: int
+    turns: list[Turn]
+    turn_ids: list[uuid.UUID]
+    reply_id: uuid.UUID
+    reply_config_id: uuid.UUID | None
+    reply_model: str | None
+    now: datetime
+    # A pending previous reply created before this is retired instead of refused.
+    stale_before: datetime
+    # How many of the newest stored messages to return (None: all).
+    history_limit: int | None
+
+
+class Claim(msgspec.Struct, frozen=True, kw_only=True):
+    last_seq: int
+    history: list[StoredTurn]
+
+
+class _Row(msgspec.Struct, frozen=True):
+    seq: int
+    role: str
+    content: str
+    status: str
+    content_parts: list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+class _Returned(msgspec.Struct, frozen=True):
+    last_seq: int
+    history: list[_Row]
+
+
+_returned = msgspec.json.Decoder(_Returned)
+_SQLSTATES: dict[str, type[Exception]] = {
+    "SB404": NotFoundError,
+    "SB409": ConversationBusyError,
+    "SB412": StaleViewError,
+}
+RETIRED_MESSAGE = "the process generating this reply stopped"
+
+
+def busy_error(conversation_id: uuid.UUID) -> ConversationBusyError:
+    return ConversationBusyError(
+        "another reply in this conversation is still being generated; retry when it is done",
+        details={"conversation_id": str(conversation_id)},
+    )
+
+
+def _error(code: str, conversation_id: uuid.UUID) -> Exception:
+    kind = _SQLSTATES[code]
+    if kind is NotFoundError:
+        return not_found(conversation_id)
+    if kind is ConversationBusyError:
+        return busy_error(conversation_id)
+    return StaleViewError("the configuration changed while the send was prepared")
+
+
+def _stored(row: _Row) -> StoredTurn:
+    turn = Turn(
+        role=row.role,  # type: ignore[arg-type]  # stored roles are Roles
+        content=row.content,
+        parts=row.content_parts,
+        tool_calls=row.tool_calls,
+        tool_call_id=row.tool_call_id,
+        name=row.name,
+    )
+    return StoredTurn(seq=row.seq, status=row.status, turn=turn)  # type: ignore[arg-type]
+
+
+def _turns_json(request: ClaimRequest) -> bytes:
+    return msgspec.json.encode(
+        [
+            {
+                "i": index,
+                "id": str(turn_id),
+                "role": turn.role,
+                "content": turn.content,
+                "content_parts": turn.parts,
+                "tool_calls": turn.tool_calls,
+                "tool_call_id": turn.tool_call_id,
+                "name": turn.name,
+            }
+            for index, (turn, turn_id) in enumerate(
+                zip(request.turns, request.turn_ids, strict=True), start=1
+            )
+        ]
+    )
+
+
+async def claim(request: ClaimRequest) -> Claim:
+    """Store the new turns and a pending reply; return the sequence and the history.
+
+    Raises :class:`NotFoundError` (no such conversation for this owner),
+    :class:`ConversationBusyError` (the previous reply is pending) or
+    :class:`StaleViewError` (the caller must resolve the configuration again).
+    """
+    if not request.turns:
+        raise ValueError("a claim stores at least one turn")
+    if isinstance(current_engine(), PostgresEngine):
+        return await _claim_in_one_call(request)
+    return await _claim_stepwise(request)
+
+
+async def _claim_in_one_call(request: ClaimRequest) -> Claim:
+    try:
+        rows = await fetch(
+            "SELECT switchboard_claim_v1({}, {}, {}, {}, {}::jsonb, {}, {}, {}, {}, {}, {}) "
+            "AS claim",
+            request.conversation_id,
+            request.owner,
+            request.config_name,
+            request.config_epoch,
+            _turns_json(request).decode(),
+            request.reply_id,
+            request.reply_config_id,
+            request.reply_model,
+            request.now,
+            request.stale_before,
+            request.history_limit,
+            savepoint=True,
+        )
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate in _SQLSTATES:
+            raise _error(exc.sqlstate, request.conversation_id) from None
+        raise
+    returned = _returned.decode(rows[0]["claim"])
+    return Claim(last_seq=returned.last_seq, history=[_stored(row) for row in returned.history])
+
+
+async def _claim_stepwise(request: ClaimRequest) -> Claim:
+    """The function's steps one statement at a time, in one write transaction (SQLite)."""
+    count = len(request.turns)
+    conversation_id, now = request.conversation_id, request.now
+    async with write_transaction():
+        # The UPDATE takes the write lock, so concurrent sends queue here.
+        bumped = await fetch(
+            "UPDATE conversation SET last_seq = last_seq + {}, updated_at = {} "
+            "WHERE id = {} AND owner_key = {} RETURNING last_seq, config_name",
+            count + 1,
+            now,
+            conversation_id,
+            request.owner,
+        )
+        if not bumped:
+            raise not_found(conversation_id)
+        last = bumped[0]["last_seq"] - count - 1
+        epoch = await fetch("SELECT coalesce(max(epoch), 0) AS epoch FROM config_epoch")
+        if (
+            bumped[0]["config_name"] != request.config_name
+            or epoch[0]["epoch"] != request.config_epoch
+        ):
+            raise _error("SB412", conversation_id)
+        previous = await fetch(
+            "SELECT id, created_at FROM message "
+            "WHERE conversation = {} AND seq = {} AND status = 'pending'",
+            conversation_id,
+            last,
+        )
+        if previous:
+            if previous[0]["created_at"] > request.stale_before:
+                raise busy_error(conversation_id)
+            await fetch(
+                "UPDATE message SET status = 'failed', error_code = 'interrupted', "
+                "error_message = {}, completed_at = {} WHERE id = {}",
+                RETIRED_MESSAGE,
+                now,
+                previous[0]["id"],
+            )
+        rows = await fetch(
+            "SELECT seq, role, content, content_parts, tool_calls, tool_call_id, name, status "
+            "FROM message WHERE conversation = {} AND seq <= {} ORDER BY seq DESC LIMIT {}",
+            conversation_id,
+            last,
+            -1 if request.history_limit is None else request.history_limit,
+        )
+        history = [
+            _stored(
+                _Row(
+                    **{
+                        **row,
+                        "content_parts": json_column(row["content_parts"]),
+                        "tool_calls": json_column(row["tool_calls"]),
+                    }
+                )
+            )
+            for row in reversed(rows)
+        ]
+        values: list[Any] = []
+        for index, (turn, turn_id) in enumerate(
+            zip(request.turns, request.turn_ids, strict=True), start=1
+        ):
+            values += [
+                turn_id,
+                conversation_id,
+                last + index,
+                turn.role,
+                turn.content,
+                None if turn.parts is None else msgspec.json.encode(turn.parts).decode(),
+                None if turn.tool_calls is None else msgspec.json.encode(turn.tool_calls).decode(),
+                turn.tool_call_id,
+                turn.name,
+                "complete",
+                now,
+                now,
+                None,
+                None,
+            ]
+        values += [request.reply_id, conversation_id, last + count + 1, "assistant", ""]
+        values += [None, None, None, None, "pending", now, None]
+        values += [request.reply_config_id, request.reply_model]
+        # Only placeholders are joined in; every value goes in as a parameter.
+        placeholders = ", ".join(["(" + ", ".join(["{}"] * 14) + ")"] * (count + 1))
+        await fetch(
+            "INSERT INTO message (id, conversation, seq, role, content, content_parts, "  # noqa: S608
+            "tool_calls, tool_call_id, name, status, created_at, completed_at, llm_config, "
+            "model) VALUES " + placeholders,
+            *values,
+        )
+    return Claim(last_seq=last + count + 1, history=history)

@@ -1,0 +1,190 @@
+"""The one way any Switchboard process starts: settings, database, LLM client, services.
+
+The web apps' lifespan, the CLI, the quick start, flows and notebooks all open what they
+need with :func:`open_runtime` and get the same services (litestar-fullstack's
+``provide_services`` idea: jobs get what handlers get)::
+
+    async with open_runtime(load_settings()) as rt:
+        reply = await rt.chat.send(SendRequest(...))
+
+A serving process (``serving=True``) also keeps going while the database is down (the pool
+opens once it is back), caches authenticated keys while it can hear revocations, and
+listens for notifications; a one-shot command fails fast instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from piccolo.engine.postgres import PostgresEngine
+
+from functions.core.chat.exchanges import Exchanges
+from functions.core.chat.service import ChatService
+from functions.core.db.engine import (
+    close_pool,
+    describe_url,
+    engine_from_url,
+    open_pool,
+    use_engine,
+)
+from functions.core.db.errors import as_database_error
+from functions.core.db.notifications import NotificationListener
+from functions.core.health.watcher import HealthWatcher
+from functions.core.keys.cache import principals
+from functions.core.keys.revocations import revocations_for
+from functions.core.llm.client import LLMClient
+from functions.core.logging import configure_logging, get_logger
+from functions.core.metrics import (
+    CallbackCollector,
+    add_live_collector,
+    remove_live_collector,
+    upstream_metrics,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from piccolo.engine.base import Engine
+
+    from functions.core.settings import Settings
+
+log = get_logger(__name__)
+POOL_RETRY_S = 5.0
+
+
+class Runtime:
+    """What an open runtime holds. Services take these; nothing here is global state."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine[Any],
+        llm: LLMClient | None,
+        notifications: NotificationListener | None,
+        health: HealthWatcher | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.llm = llm
+        self.notifications = notifications
+        # Serving processes with an LLM client: recorded health verdicts steer it.
+        self.health = health
+        # The first half of every send (ownership, configuration, claim, prompt).
+        self.exchanges = Exchanges(busy_timeout_s=settings.send_lock_timeout_s)
+        self._chat = ChatService(llm, self.exchanges) if llm is not None else None
+
+    @property
+    def chat(self) -> ChatService:
+        """The send path (store, call the model, record); needs the LLM client."""
+        if self._chat is None:
+            raise RuntimeError("this runtime was opened without an LLM client")
+        return self._chat
+
+    def require_llm(self) -> LLMClient:
+        if self.llm is None:
+            raise RuntimeError("this runtime was opened without an LLM client")
+        return self.llm
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings,
+    *,
+    llm: LLMClient | None = None,
+    use_llm: bool = True,
+    serving: bool = False,
+    configure_logs: bool = True,
+) -> AsyncIterator[Runtime]:
+    """Open the database (and its pool), the LLM client and the services; close them after.
+
+    ``llm`` shares a client the caller owns (tests, several apps in one process); otherwise
+    one is built from the settings when ``use_llm``. ``serving`` is for long-running
+    processes (see the module docstring).
+    """
+    if configure_logs:
+        configure_logging(settings.resolved_log_format, settings.log_level)
+    engine = engine_from_url(settings.database_url)
+    use_engine(engine)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(close_pool, engine)
+        if serving:
+            await _open_pool_or_retry(engine, settings, stack)
+        else:
+            await open_pool(
+                engine, min_size=settings.database_pool_min, max_size=settings.database_pool_max
+            )
+        notifications = _listen(engine, settings) if serving else None
+        client = llm
+        if client is None and use_llm:
+            client = LLMClient.from_settings(settings)
+            stack.push_async_callback(client.aclose)
+        health = HealthWatcher(client) if serving and client is not None else None
+        if notifications is not None:
+            if health is not None:
+                notifications.subscribe(health.subscription())
+            notifications.start()
+            stack.push_async_callback(notifications.stop)
+        if client is not None:
+            live = client
+            collector = CallbackCollector(lambda: upstream_metrics(live.stats()))
+            add_live_collector(collector)
+            stack.callback(remove_live_collector, collector)
+        if health is not None:
+            health.start()
+            stack.push_async_callback(health.stop)
+            health_collector = CallbackCollector(health.collect)
+            add_live_collector(health_collector)
+            stack.callback(remove_live_collector, health_collector)
+        yield Runtime(settings, engine, client, notifications, health)
+
+
+def _listen(engine: Engine[Any], settings: Settings) -> NotificationListener | None:
+    """Cache authenticated keys; on PostgreSQL only while revocations can be heard."""
+    if settings.auth_cache_ttl_s <= 0:
+        principals.disable()
+    elif not isinstance(engine, PostgresEngine):
+        principals.enable(settings.auth_cache_ttl_s)
+    if not isinstance(engine, PostgresEngine):
+        return None
+    listener = NotificationListener(settings.database_url)
+    if settings.auth_cache_ttl_s > 0:
+        listener.subscribe(revocations_for(principals, settings.auth_cache_ttl_s))
+    return listener
+
+
+async def _open_pool_or_retry(
+    engine: Engine[Any], settings: Settings, stack: contextlib.AsyncExitStack
+) -> None:
+    """Open the pool; if the database is down, start anyway and keep trying.
+
+    Probes report the outage and requests get 503 meanwhile (each query tries a connection
+    of its own); the pool opens once the database is back.
+    """
+    if await _try_open_pool(engine, settings):
+        return
+    retry = asyncio.create_task(_keep_opening_pool(engine, settings), name="switchboard-pool")
+    stack.callback(retry.cancel)
+
+
+async def _try_open_pool(engine: Engine[Any], settings: Settings) -> bool:
+    try:
+        await open_pool(
+            engine, min_size=settings.database_pool_min, max_size=settings.database_pool_max
+        )
+    except Exception as exc:
+        if as_database_error(exc) is None:
+            raise
+        log.error("database.unavailable", url=describe_url(settings.database_url), error=str(exc))
+        return False
+    return True
+
+
+async def _keep_opening_pool(engine: Engine[Any], settings: Settings) -> None:
+    while True:
+        await asyncio.sleep(POOL_RETRY_S)
+        if await _try_open_pool(engine, settings):
+            log.info("database.pool_opened", url=describe_url(settings.database_url))
+            return
