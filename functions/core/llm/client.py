@@ -9,6 +9,10 @@ Timeouts, each from its setting: ``connect`` (TCP connect, retried), ``first_tok
 the call to the first streamed choice), ``between_tokens`` (upstream silence while a stream
 is read; time the consumer spends between events does not count) and ``total`` (the whole
 call, retries included). A non-streaming call has no tokens to watch: connect and total.
+
+Each kind of call has two faces over one path: ``stream_chat`` and ``stream_raw`` share one
+stream reader (the raw face adds each event's bytes), ``chat`` is ``chat_raw`` without the
+body bytes.
 """
 
 from __future__ import annotations
@@ -31,10 +35,12 @@ from functions.core.llm.schemas import (
     ChatResult,
     LLMStats,
     ModelInfo,
+    RawCompletion,
+    RawStreamEvent,
     StreamEvent,
     UpstreamHealth,
 )
-from functions.core.llm.streaming import ChatStreamReader, StreamTimeouts
+from functions.core.llm.streaming import ChatStreamReader, StreamTimeouts, upstream_event
 from functions.core.llm.transport import build_http_client
 from functions.core.llm.upstreams import UpstreamPool
 from functions.core.llm.vllm_errors import error_for_event
@@ -45,6 +51,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
     from types import TracebackType
 
+    from functions.core.llm.upstreams import Lease
     from functions.core.settings import Settings
 
 log = get_logger(__name__)
@@ -208,6 +215,16 @@ class LLMClient:
 
     async def chat(self, request: ChatRequest, *, request_id: str | None = None) -> ChatResult:
         """One non-streaming completion. Raises a subclass of :class:`LLMError`."""
+        return (await self.chat_raw(request, request_id=request_id)).result
+
+    async def chat_raw(
+        self, request: ChatRequest, *, request_id: str | None = None
+    ) -> RawCompletion:
+        """One non-streaming completion: the upstream's body byte for byte, and its reading.
+
+        For a caller that forwards vLLM's answer as is; the timeouts, retries, routing and
+        errors are those of :meth:`chat` (an error body is never returned, it is raised).
+        """
         request_id = _request_id(request_id)
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -243,7 +260,7 @@ class LLMClient:
         if not completion.choices:
             raise LLMError(f"answer from {upstream.id} has no choices", details=details)
         choice = completion.choices[0]
-        return ChatResult(
+        result = ChatResult(
             content=choice.message.content or "",
             finish_reason=choice.finish_reason,
             usage=completion.usage,
@@ -253,7 +270,9 @@ class LLMClient:
             latency_ms=round((loop.time() - started) * 1000, 3),
             request_id=request_id,
             response_id=completion.id,
+            tool_calls=choice.message.tool_calls or None,
         )
+        return RawCompletion(body=body, result=result)
 
     async def stream_chat(
         self, request: ChatRequest, *, request_id: str | None = None
@@ -266,6 +285,49 @@ class LLMClient:
         vLLM abort the generation; wrap the call in ``contextlib.aclosing`` to make that
         immediate rather than left to garbage collection.
         """
+        call = await self._open_stream(request, request_id)
+        reader = call.reader
+        try:
+            while not reader.finished:
+                for event in await reader.read():
+                    for choice in event.choices:
+                        if text := choice.delta.content:
+                            yield ChatDelta(text=text)
+            yield call.finish()
+            await reader.drain()
+        finally:
+            await call.aclose()
+
+    async def stream_raw(
+        self, request: ChatRequest, *, request_id: str | None = None
+    ) -> AsyncGenerator[RawStreamEvent, None]:
+        """Stream a completion as the upstream sent it, for a caller that passes it on.
+
+        Yields one :class:`UpstreamEvent` per SSE event (``raw`` is its ``data:`` payload,
+        byte for byte; the other fields are what was read from it), then exactly one
+        :class:`ChatDone` in place of vLLM's ``[DONE]`` marker, with the same summary
+        :meth:`stream_chat` gives. The request always asks for the usage chunk, so it
+        arrives as an event with ``usage_only`` set; a caller whose own client did not ask
+        for usage drops it.
+
+        Timeouts, retries (only before any output), errors and cancellation are those of
+        :meth:`stream_chat`: an ``error`` event is raised, not yielded, as the typed
+        :class:`LLMError` with the text so far in ``partial_text``.
+        """
+        call = await self._open_stream(request, request_id)
+        reader = call.reader
+        try:
+            while not reader.finished:
+                events = await reader.read()
+                for raw, event in zip(reader.payloads, events, strict=True):
+                    yield upstream_event(raw, event)
+            yield call.finish()
+            await reader.drain()
+        finally:
+            await call.aclose()
+
+    async def _open_stream(self, request: ChatRequest, request_id: str | None) -> _StreamCall:
+        """Send a streaming request and return it once an upstream has accepted it."""
         request_id = _request_id(request_id)
         loop = asyncio.get_running_loop()
         timeouts = StreamTimeouts(
@@ -291,31 +353,65 @@ class LLMClient:
             details=request_details(upstream, request_id, request.model),
             model=request.model or "",
         )
-        released = False
+        return _StreamCall(self._pool, lease, response, reader, request_id=request_id)
+
+
+class _StreamCall:
+    """One accepted streaming request: its upstream slot, response and reader.
+
+    Whoever opened it must :meth:`aclose` it, however the stream ends.
+    """
+
+    __slots__ = ("_lease", "_pool", "_released", "_response", "reader", "request_id")
+
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        lease: Lease,
+        response: httpx.Response,
+        reader: ChatStreamReader,
+        *,
+        request_id: str | None,
+    ) -> None:
+        self._pool = pool
+        self._lease = lease
+        self._response = response
+        self._released = False
+        self.reader = reader
+        self.request_id = request_id
+
+    def finish(self) -> ChatDone:
+        """The summary of a finished stream; frees the upstream slot first.
+
+        Called before the end of the body is drained, so the consumer sees the end at once.
+        """
+        self._release()
+        reader = self.reader
+        upstream = self._lease.upstream
+        return ChatDone(
+            finish_reason=reader.finish_reason,
+            usage=reader.usage,
+            model=reader.model,
+            upstream_id=upstream.id,
+            upstream_url=upstream.url,
+            ttft_ms=reader.ttft_ms,
+            latency_ms=reader.elapsed_ms(),
+            request_id=self.request_id,
+            response_id=reader.response_id,
+        )
+
+    async def aclose(self) -> None:
+        """Close the connection (vLLM aborts an unfinished generation) and free the slot."""
         try:
-            while not reader.finished:
-                for text in await reader.read():
-                    yield ChatDelta(text=text)
-            # The upstream is done: free its slot before the consumer sees the end.
-            released = True
-            self._pool.release(lease)
-            yield ChatDone(
-                finish_reason=reader.finish_reason,
-                usage=reader.usage,
-                model=reader.model,
-                upstream_id=upstream.id,
-                upstream_url=upstream.url,
-                ttft_ms=reader.ttft_ms,
-                latency_ms=round((loop.time() - timeouts.started) * 1000, 3),
-                request_id=request_id,
-                response_id=reader.response_id,
-            )
-            await reader.drain()
+            await self.reader.aclose()
+            await self._response.aclose()
         finally:
-            await reader.aclose()
-            await response.aclose()
-            if not released:
-                self._pool.release(lease)
+            self._release()
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._pool.release(self._lease)
 
 
 def _request_id(explicit: str | None) -> str | None:

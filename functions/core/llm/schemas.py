@@ -57,6 +57,8 @@ class ChatResult(msgspec.Struct, kw_only=True):
     ``upstream_id``/``upstream_url`` name the vLLM server that answered; ``response_id`` is
     that server's id for the completion (``chatcmpl-`` + the ``X-Request-Id`` sent, if any).
     ``usage`` is None when the upstream did not report it; it is never estimated.
+    ``tool_calls`` holds the message's tool calls as the upstream sent them, or None when it
+    made none (vLLM's empty list included).
     """
 
     content: str
@@ -68,6 +70,17 @@ class ChatResult(msgspec.Struct, kw_only=True):
     latency_ms: float
     request_id: str | None = None
     response_id: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class RawCompletion(msgspec.Struct, kw_only=True):
+    """A non-streaming completion exactly as the upstream sent it, and what was read from it.
+
+    ``body`` is the upstream's JSON body byte for byte, for a caller that forwards it.
+    """
+
+    body: bytes
+    result: ChatResult
 
 
 class ChatDelta(msgspec.Struct, kw_only=True, tag="delta"):
@@ -96,6 +109,31 @@ class ChatDone(msgspec.Struct, kw_only=True, tag="done"):
 
 
 StreamEvent = ChatDelta | ChatDone
+
+
+class UpstreamEvent(msgspec.Struct, kw_only=True, tag="upstream"):
+    """One SSE event of an upstream stream: its bytes as sent, and what was read from them.
+
+    ``raw`` is the event's ``data:`` payload byte for byte (without the ``data: `` prefix and
+    the blank line that ends it), so ``b"data: " + raw + b"\\n\\n"`` forwards it verbatim.
+    The other fields come from the event's choices (vLLM sends one per chunk): ``text`` is
+    the content delta ("" if none), ``tool_calls`` the tool-call deltas as sent,
+    ``reasoning`` the reasoning delta (``reasoning`` or older vLLM's ``reasoning_content``),
+    ``finish_reason`` set on the choice's last chunk. ``usage`` is set on the usage chunk
+    (and on every chunk with ``continuous_usage_stats``); ``usage_only`` marks a chunk with
+    no choices, only usage, which the client always asks for.
+    """
+
+    raw: bytes
+    text: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    usage_only: bool = False
+    reasoning: str | None = None
+
+
+RawStreamEvent = UpstreamEvent | ChatDone
 
 
 class ModelInfo(msgspec.Struct, kw_only=True):

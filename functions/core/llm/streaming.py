@@ -1,4 +1,8 @@
-"""Reading one vLLM chat stream: SSE bytes in, text pieces out, timeouts enforced.
+"""Reading one vLLM chat stream: SSE bytes in, parsed events out, timeouts enforced.
+
+One reader serves every streaming call: ``stream_chat`` takes the text from the parsed
+events, ``stream_raw`` pairs each with its payload bytes (:func:`upstream_event`); each event
+is decoded once, and nothing is built per event that a caller did not ask for.
 
 Each read waits under one deadline: until the first choice arrives it is the first-token
 deadline (fixed from the start of the call), afterwards "now + between-token timeout",
@@ -17,9 +21,10 @@ import httpx
 import msgspec
 
 from functions.core.llm.errors import LLMError, LLMTimeoutError, TimeoutPhase
+from functions.core.llm.schemas import UpstreamEvent
 from functions.core.llm.sse import SSEDecoder, SSEProtocolError
 from functions.core.llm.vllm_errors import error_for_event
-from functions.core.llm.wire import stream_chunk_decoder
+from functions.core.llm.wire import StreamChunk, stream_chunk_decoder
 
 if TYPE_CHECKING:
     from functions.core.llm.schemas import Usage
@@ -39,11 +44,12 @@ class StreamTimeouts(msgspec.Struct, frozen=True):
 
 
 class ChatStreamReader:
-    """Turns one streaming response into text pieces and the final stream facts.
+    """Turns one streaming response into parsed events and the final stream facts.
 
     After :meth:`read` has returned with :attr:`finished` set, ``finish_reason``, ``usage``,
-    ``model``, ``response_id`` and ``ttft_ms`` are final. Errors are raised as
-    :class:`LLMError` subclasses carrying the text received so far.
+    ``model``, ``response_id`` and ``ttft_ms`` are final, and :attr:`text` is the whole
+    answer. Errors are raised as :class:`LLMError` subclasses carrying the text received
+    so far.
     """
 
     def __init__(
@@ -63,6 +69,7 @@ class ChatStreamReader:
         self._upstream_id = upstream_id
         self._details = details
         self._parts: list[str] = []
+        self.payloads: list[bytes] = []
         self.model = model
         self.response_id: str | None = None
         self.finish_reason: str | None = None
@@ -78,8 +85,16 @@ class ChatStreamReader:
         """Everything generated so far."""
         return "".join(self._parts)
 
-    async def read(self) -> list[str]:
-        """Wait for more of the stream; return the new text pieces (possibly none)."""
+    def elapsed_ms(self) -> float:
+        """Milliseconds since the call started."""
+        return round((self._loop.time() - self._timeouts.started) * 1000, 3)
+
+    async def read(self) -> list[StreamChunk]:
+        """Wait for more of the stream; return the events it completed (possibly none).
+
+        :attr:`payloads` then holds those events' ``data`` bytes, in the same order. The
+        ``[DONE]`` marker is not returned: it sets :attr:`finished`.
+        """
         if self._pending is not None:
             raise self._pending
         phase, deadline = self._deadline()
@@ -87,10 +102,10 @@ class ChatStreamReader:
             async with asyncio.timeout_at(deadline):
                 chunk = await anext(self._chunks)
         except StopAsyncIteration:
-            pieces = self._handle(self._decoder.flush())
+            events = self._handle(self._decoder.flush())
             if not self.finished and self._pending is None:
                 self._end_without_done()
-            return pieces
+            return events
         except TimeoutError:
             raise LLMTimeoutError(
                 self._timeout_message(phase),
@@ -101,10 +116,10 @@ class ChatStreamReader:
         except httpx.HTTPError as exc:
             raise self._error(f"the connection to {self._upstream_id} broke mid-stream") from exc
         try:
-            events = self._decoder.feed(chunk)
+            payloads = self._decoder.feed(chunk)
         except SSEProtocolError as exc:
             raise self._error(str(exc)) from exc
-        return self._handle(events)
+        return self._handle(payloads)
 
     def _deadline(self) -> tuple[TimeoutPhase, float]:
         phase: TimeoutPhase
@@ -117,21 +132,22 @@ class ChatStreamReader:
             return "total", self._total_deadline
         return phase, deadline
 
-    def _handle(self, events: list[bytes]) -> list[str]:
-        pieces: list[str] = []
-        for data in events:
+    def _handle(self, payloads: list[bytes]) -> list[StreamChunk]:
+        self.payloads = payloads
+        events: list[StreamChunk] = []
+        for data in payloads:
             if data == _DONE:
                 self.finished = True
-                break
+                return self._cut(events)
             try:
                 event = stream_chunk_decoder.decode(data)
             except msgspec.DecodeError as exc:
                 error = self._error(f"unreadable stream event from {self._upstream_id}")
                 error.__cause__ = exc
-                return self._fail(pieces, error)
+                return self._fail(events, error)
             if event.error is not None:
                 error = error_for_event(event.error, details=self._details, partial_text=self.text)
-                return self._fail(pieces, error)
+                return self._fail(events, error)
             if event.model:
                 self.model = event.model
             if self.response_id is None:
@@ -140,19 +156,26 @@ class ChatStreamReader:
                 self.usage = event.usage
             for choice in event.choices:
                 if self.ttft_ms is None:
-                    self.ttft_ms = round((self._loop.time() - self._timeouts.started) * 1000, 3)
+                    self.ttft_ms = self.elapsed_ms()
                 if choice.finish_reason is not None:
                     self.finish_reason = choice.finish_reason
                 if text := choice.delta.content:
                     self._parts.append(text)
-                    pieces.append(text)
-        return pieces
+            events.append(event)
+        return events
 
-    def _fail(self, pieces: list[str], error: LLMError) -> list[str]:
-        if not pieces:
+    def _cut(self, events: list[StreamChunk]) -> list[StreamChunk]:
+        # Keep payloads paired with the events returned; what follows [DONE] or an error
+        # event is not part of the answer.
+        if len(self.payloads) != len(events):
+            self.payloads = self.payloads[: len(events)]
+        return events
+
+    def _fail(self, events: list[StreamChunk], error: LLMError) -> list[StreamChunk]:
+        if not events:
             raise error
         self._pending = error
-        return pieces
+        return self._cut(events)
 
     def _end_without_done(self) -> None:
         # A stream cut after the finish chunk still holds the whole answer (maybe no usage).
@@ -183,3 +206,23 @@ class ChatStreamReader:
         """Stop iterating the body (the caller closes the response itself)."""
         if isinstance(self._chunks, AsyncGenerator):
             await self._chunks.aclose()
+
+
+def upstream_event(raw: bytes, chunk: StreamChunk) -> UpstreamEvent:
+    """The :class:`UpstreamEvent` for one event :meth:`ChatStreamReader.read` returned.
+
+    Only the first choice is read: vLLM sends one choice per chunk, and the client asks
+    for one choice only.
+    """
+    if not chunk.choices:
+        return UpstreamEvent(raw=raw, usage=chunk.usage, usage_only=chunk.usage is not None)
+    choice = chunk.choices[0]
+    delta = choice.delta
+    return UpstreamEvent(
+        raw=raw,
+        text=delta.content or "",
+        tool_calls=delta.tool_calls,
+        finish_reason=choice.finish_reason,
+        usage=chunk.usage,
+        reasoning=delta.reasoning if delta.reasoning is not None else delta.reasoning_content,
+    )

@@ -16,6 +16,11 @@ from functions.core.llm.schemas import Usage
 
 class Delta(msgspec.Struct):
     content: str | None = None
+    # Tool-call pieces are kept as sent: a caller passing the stream on needs all of them.
+    tool_calls: list[dict[str, Any]] | None = None
+    # vLLM up to v0.11 says ``reasoning_content``, v0.16 on ``reasoning``, v0.12-v0.15 both.
+    reasoning: str | None = None
+    reasoning_content: str | None = None
 
 
 class StreamChoice(msgspec.Struct):
@@ -35,6 +40,7 @@ class StreamChunk(msgspec.Struct):
 
 class Message(msgspec.Struct):
     content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class Choice(msgspec.Struct):

@@ -86,6 +86,17 @@ async def wait_for_stats(
     return await asyncio.to_thread(sim.wait_for, predicate, within)
 
 
+# A stream that would run for 20 s: long enough that only an abort ends it within a test.
+LONG_STREAM = {"X-Sim-ITL-Ms": "50", "X-Sim-Tokens": "400"}
+
+
+async def assert_aborted(sim: SimulatorProcess, client: LLMClient) -> None:
+    """The upstream stopped generating at once (polled within 0.5 s) and the slot is free."""
+    stats = await wait_for_stats(sim, lambda s: s["chat_in_flight"] == 0, within=0.5)
+    assert stats["aborted"] == 1
+    assert client.stats().in_flight == 0
+
+
 def connections_to(port: int) -> int:
     """How many established TCP connections this process has open to ``port``."""
     return sum(

@@ -7,25 +7,23 @@ import contextlib
 
 import pytest
 
-from functions.core.llm.client import LLMClient
 from functions.core.llm.schemas import ChatDelta
-from tests.core.llm.conftest import Faults, MakeClient, chat_request, sim_stats, wait_for_stats
+from tests.core.llm.conftest import (
+    LONG_STREAM,
+    Faults,
+    MakeClient,
+    assert_aborted,
+    chat_request,
+    sim_stats,
+    wait_for_stats,
+)
 from tests.support.simulator import SimulatorProcess
-
-LONG = {"X-Sim-ITL-Ms": "50", "X-Sim-Tokens": "400"}
-
-
-async def assert_aborted(sim: SimulatorProcess, client: LLMClient) -> None:
-    # Polled within 0.5 s, while the stream would have run for 20 s more.
-    stats = await wait_for_stats(sim, lambda s: s["chat_in_flight"] == 0, within=0.5)
-    assert stats["aborted"] == 1
-    assert client.stats().in_flight == 0
 
 
 async def test_aclose_on_the_stream(
     make_client: MakeClient, fresh: SimulatorProcess, faults: Faults
 ) -> None:
-    faults.add(LONG)
+    faults.add(LONG_STREAM)
     client = make_client(fresh.base_url)
     events = client.stream_chat(chat_request())
     assert isinstance(await anext(events), ChatDelta)
@@ -39,7 +37,7 @@ async def test_aclose_on_the_stream(
 async def test_breaking_out_of_aclosing(
     make_client: MakeClient, fresh: SimulatorProcess, faults: Faults
 ) -> None:
-    faults.add(LONG)
+    faults.add(LONG_STREAM)
     client = make_client(fresh.base_url)
     async with contextlib.aclosing(client.stream_chat(chat_request())) as events:
         async for _ in events:
@@ -50,7 +48,7 @@ async def test_breaking_out_of_aclosing(
 async def test_cancelling_the_consuming_task(
     make_client: MakeClient, fresh: SimulatorProcess, faults: Faults
 ) -> None:
-    faults.add(LONG)
+    faults.add(LONG_STREAM)
     client = make_client(fresh.base_url)
     started = asyncio.Event()
 
@@ -82,7 +80,7 @@ async def test_cancelling_while_waiting_for_the_first_token(
 async def test_cancelling_a_non_streaming_chat(
     make_client: MakeClient, fresh: SimulatorProcess, faults: Faults
 ) -> None:
-    faults.add(LONG)
+    faults.add(LONG_STREAM)
     client = make_client(fresh.base_url)
     task = asyncio.create_task(client.chat(chat_request()))
     await wait_for_stats(fresh, lambda s: s["chat_in_flight"] == 1)
