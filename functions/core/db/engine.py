@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -19,6 +20,8 @@ from piccolo.engine.postgres import PostgresEngine
 from piccolo.engine.sqlite import SQLiteEngine, TransactionType
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from piccolo.engine.base import Engine
     from piccolo.table import Table
 
@@ -122,3 +125,25 @@ def write_transaction(engine: Engine[Any] | None = None) -> Any:
     if isinstance(engine, SQLiteEngine):
         return engine.transaction(transaction_type=TransactionType.immediate)
     return engine.transaction()
+
+
+@asynccontextmanager
+async def atomic(engine: Engine[Any] | None = None) -> AsyncIterator[None]:
+    """All or nothing: a write transaction, or a savepoint inside the caller's transaction.
+
+    A plain nested ``transaction()`` joins the outer one, so a failure inside it would
+    leave its earlier statements in place until the outer transaction ends.
+    """
+    engine = engine or current_engine()
+    outer = engine.current_transaction.get()
+    if outer is None:
+        async with write_transaction(engine):
+            yield
+        return
+    savepoint = await outer.savepoint()
+    try:
+        yield
+    except BaseException:
+        await savepoint.rollback_to()
+        raise
+    await savepoint.release()

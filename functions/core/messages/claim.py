@@ -23,7 +23,7 @@ import msgspec
 from piccolo.engine.postgres import PostgresEngine
 
 from functions.core.conversations.service import not_found
-from functions.core.db.engine import current_engine, write_transaction
+from functions.core.db.engine import atomic, current_engine
 from functions.core.db.sql import fetch, json_column
 from functions.core.errors import ConflictError, NotFoundError
 from functions.core.messages.schemas import StoredTurn, Turn
@@ -182,7 +182,7 @@ async def _claim_stepwise(request: ClaimRequest) -> Claim:
     """The function's steps one statement at a time, in one write transaction (SQLite)."""
     count = len(request.turns)
     conversation_id, now = request.conversation_id, request.now
-    async with write_transaction():
+    async with atomic():
         # The UPDATE takes the write lock, so concurrent sends queue here.
         bumped = await fetch(
             "UPDATE conversation SET last_seq = last_seq + {}, updated_at = {} "

@@ -1,0 +1,339 @@
+"""The claim is one rule on two engines: PostgreSQL's function and SQLite's statements.
+
+Every scenario runs on both engines from the same starting state, with the same ids and
+times, and the whole stored state afterwards (conversations and messages, every column)
+plus what the call returned or raised must be identical. Ids and times are normalised to
+their order of appearance, so the comparison is exact without depending on random ids.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+from piccolo.engine.base import Engine
+
+from functions.core.chat.exchanges import Exchanges
+from functions.core.chat.schemas import SendRequest
+from functions.core.chat.targets import Target, read_epoch
+from functions.core.configs import service as configs
+from functions.core.configs.schemas import LLMConfigCreate
+from functions.core.conversations import service as conversations
+from functions.core.conversations.schemas import ConversationCreate
+from functions.core.db.engine import use_engine
+from functions.core.db.sql import fetch
+from functions.core.keys import service as keys
+from functions.core.keys.schemas import ApiKeyCreate
+from functions.core.messages import service as messages
+from functions.core.messages.claim import ClaimRequest, claim
+from functions.core.messages.schemas import ReplyOutcome, Turn
+
+UUID_IN_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class World:
+    owner: uuid.UUID
+    stranger: uuid.UUID
+    conversation: uuid.UUID
+    config_id: uuid.UUID
+    config_name: str | None
+    ids: Callable[[], uuid.UUID]
+
+
+def deterministic_ids() -> Callable[[], uuid.UUID]:
+    counter = iter(range(1, 10_000))
+    return lambda: uuid.UUID(int=next(counter))
+
+
+async def world(*, config: dict[str, Any] | None = None, default: bool = True) -> World:
+    owner = (await keys.create_key(ApiKeyCreate(name="owner"))).id
+    stranger = (await keys.create_key(ApiKeyCreate(name="stranger"))).id
+    created = await configs.create_config(
+        msgspec.convert(
+            {"name": "cfg", "model": "m", "is_default": default, **(config or {})},
+            LLMConfigCreate,
+        )
+    )
+    conv = await conversations.create_conversation(owner, ConversationCreate(config="cfg"))
+    return World(owner, stranger, conv.id, created.id, conv.config, deterministic_ids())
+
+
+async def claim_turns(
+    w: World,
+    turns: list[Turn],
+    *,
+    at: datetime = T0,
+    stale_before: datetime | None = None,
+    history_limit: int | None = None,
+    owner: uuid.UUID | None = None,
+    config_name: str | None = "",
+    epoch: int | None = None,
+) -> Any:
+    claimed = await claim(
+        ClaimRequest(
+            owner=owner or w.owner,
+            conversation_id=w.conversation,
+            config_name=w.config_name if config_name == "" else config_name,
+            config_epoch=await read_epoch() if epoch is None else epoch,
+            turns=turns,
+            turn_ids=[w.ids() for _ in turns],
+            reply_id=w.ids(),
+            reply_config_id=w.config_id,
+            reply_model="m",
+            now=at,
+            stale_before=stale_before or at - timedelta(minutes=15),
+            history_limit=history_limit,
+        )
+    )
+    return msgspec.to_builtins(claimed)
+
+
+def user(text: str) -> Turn:
+    return Turn(role="user", content=text)
+
+
+async def complete_last(w: World, text: str) -> None:
+    rows = await fetch(
+        "SELECT id FROM message WHERE conversation = {} AND status = 'pending'", w.conversation
+    )
+    for row in rows:
+        await messages.finish_exchange(
+            row["id"], ReplyOutcome(status="complete", content=text, model="m")
+        )
+
+
+async def new_conversation(w: World) -> Any:
+    return await claim_turns(w, [user("hello 안녕 👋")])
+
+
+async def second_send_sees_history(w: World) -> Any:
+    await claim_turns(w, [user("one")])
+    await complete_last(w, "uno")
+    return await claim_turns(w, [user("two")], at=T0 + timedelta(seconds=1))
+
+
+async def busy_while_pending(w: World) -> Any:
+    await claim_turns(w, [user("first")])
+    return await claim_turns(w, [user("second")], at=T0 + timedelta(seconds=1))
+
+
+async def stale_pending_is_retired(w: World) -> Any:
+    await claim_turns(w, [user("first")])
+    later = T0 + timedelta(hours=1)
+    return await claim_turns(w, [user("second")], at=later, stale_before=T0 + timedelta(seconds=1))
+
+
+async def many_structured_turns(w: World) -> Any:
+    turns = [
+        Turn(role="system", content="Be brief."),
+        Turn(role="developer", content="Answer in JSON."),
+        Turn(
+            role="user",
+            content="What is in this picture? 그림",
+            parts=[
+                {"type": "text", "text": "What is in this picture? 그림"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+            ],
+            name="alice",
+        ),
+        Turn(
+            role="assistant",
+            tool_calls=[
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "lookup", "arguments": '{"q": "🐱"}'},
+                }
+            ],
+        ),
+        Turn(role="tool", content='{"answer": "a cat 🐱"}', tool_call_id="call_1"),
+    ]
+    await claim_turns(w, turns)
+    await complete_last(w, "A cat.")
+    return await claim_turns(w, [user("thanks")], at=T0 + timedelta(seconds=1))
+
+
+async def history_limit_reads_the_newest(w: World) -> Any:
+    for i in range(4):
+        await claim_turns(w, [user(f"q{i}")], at=T0 + timedelta(seconds=i))
+        await complete_last(w, f"a{i}")
+    return await claim_turns(w, [user("last")], at=T0 + timedelta(seconds=9), history_limit=3)
+
+
+async def exact_mode_reads_nothing(w: World) -> Any:
+    await claim_turns(w, [user("one")])
+    await complete_last(w, "uno")
+    return await claim_turns(w, [user("two")], at=T0 + timedelta(seconds=1), history_limit=0)
+
+
+async def another_owner_is_not_found(w: World) -> Any:
+    return await claim_turns(w, [user("mine?")], owner=w.stranger)
+
+
+async def changed_config_name_is_a_stale_view(w: World) -> Any:
+    return await claim_turns(w, [user("hi")], config_name="other")
+
+
+async def moved_epoch_is_a_stale_view(w: World) -> Any:
+    return await claim_turns(w, [user("hi")], epoch=(await read_epoch()) - 1)
+
+
+async def begin_with(w: World, target: Target | None = None) -> Any:
+    request = SendRequest(
+        owner=w.owner,
+        conversation_id=w.conversation,
+        turns=[user("hi")],
+        target=target or Target(),
+    )
+    exchange = await Exchanges(busy_timeout_s=0).begin(request)
+    return {"prompt": msgspec.to_builtins(exchange.prompt), "model": exchange.model}
+
+
+async def archived_config_is_refused(w: World) -> Any:
+    await configs.archive_config("cfg")
+    return await begin_with(w)
+
+
+async def missing_config_is_refused(w: World) -> Any:
+    return await begin_with(w, Target(config="nope"))
+
+
+async def no_default_is_refused(w: World) -> Any:
+    bare = await conversations.create_conversation(w.owner, ConversationCreate())
+    await configs.archive_config("cfg")  # the default goes with it
+    w.conversation, w.config_name = bare.id, None
+    return await begin_with(w)
+
+
+async def window_and_system_prompt(w: World) -> Any:
+    for text in ["a", "b", "c"]:
+        await begin_with(w)
+        await complete_last(w, text.upper())
+    return await begin_with(w)
+
+
+async def pinned_version_and_bare_model(w: World) -> Any:
+    await configs.update_config(
+        "cfg", msgspec.convert({"model": "m2", "is_default": True}, configs.LLMConfigSpec)
+    )
+    pinned = await begin_with(w, Target(config="cfg", version=1))
+    await complete_last(w, "v1")
+    bare = await begin_with(w, Target(model="served-model"))
+    return {"pinned": pinned, "bare": bare}
+
+
+Scenario = Callable[[World], Awaitable[Any]]
+SCENARIOS: dict[str, tuple[Scenario, dict[str, Any]]] = {
+    "new": (new_conversation, {}),
+    "history": (second_send_sees_history, {}),
+    "busy": (busy_while_pending, {}),
+    "stale pending": (stale_pending_is_retired, {}),
+    "N structured turns": (many_structured_turns, {}),
+    "history limit": (history_limit_reads_the_newest, {}),
+    "exact": (exact_mode_reads_nothing, {}),
+    "other owner": (another_owner_is_not_found, {}),
+    "stale config name": (changed_config_name_is_a_stale_view, {}),
+    "stale epoch": (moved_epoch_is_a_stale_view, {}),
+    "archived config": (archived_config_is_refused, {}),
+    "missing config": (missing_config_is_refused, {}),
+    "no default": (no_default_is_refused, {}),
+    "window": (window_and_system_prompt, {"config": {"history_window": 3, "system_prompt": "S"}}),
+    "pinned and bare": (pinned_version_and_bare_model, {}),
+}
+
+
+class Normaliser:
+    """Replaces ids and times by their order of first appearance; decodes JSON text."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}
+
+    def _token(self, kind: str, value: str) -> str:
+        return self.seen.setdefault(value, f"{kind}{len(self.seen)}")
+
+    def __call__(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: self(item) for key, item in sorted(value.items())}
+        if isinstance(value, list | tuple):
+            return [self(item) for item in value]
+        if isinstance(value, datetime):
+            return self._token("time", value.astimezone(UTC).isoformat())
+        if isinstance(value, uuid.UUID):
+            return self._token("id", str(value))
+        if isinstance(value, str):
+            try:
+                return self._token("id", str(uuid.UUID(value)))
+            except ValueError:
+                pass
+            if value[:1] in "[{":
+                try:
+                    return self(msgspec.json.decode(value))
+                except msgspec.DecodeError:
+                    pass
+            return UUID_IN_TEXT.sub(lambda found: self._token("id", found[0]), value)
+        return value
+
+
+async def stored_state() -> Any:
+    conversations_rows = await fetch(
+        "SELECT id, owner_key, config_name, title, metadata, last_seq, updated_at "
+        "FROM conversation ORDER BY last_seq, title"
+    )
+    message_rows = await fetch("SELECT * FROM message ORDER BY conversation, seq")
+    # Conversation creation times come from the services' clocks, not the scenario's.
+    return {"conversations": conversations_rows, "messages": message_rows}
+
+
+async def run_on(engine: Engine[Any], name: str) -> Any:
+    scenario, setup = SCENARIOS[name]
+    use_engine(engine)
+    async with engine.transaction() as transaction:
+        w = await world(**setup)
+        try:
+            returned: Any = {"returned": await scenario(w)}
+        except Exception as exc:
+            returned = {
+                "raised": type(exc).__name__,
+                "code": getattr(exc, "code", None),
+                "message": str(exc),
+            }
+        state = await stored_state()
+        await transaction.rollback()
+    normalise = Normaliser()
+    # Live-clock columns differ between runs by nature; scenario times are compared.
+    for row in state["conversations"]:
+        if row["updated_at"] is not None and row["updated_at"].year != 2026:
+            row["updated_at"] = "live"
+    return normalise({"outcome": returned, "state": state})
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+async def test_both_engines_store_the_same(
+    name: str, pg_engine: Engine[Any], sqlite_engine: Engine[Any]
+) -> None:
+    on_postgres = await run_on(pg_engine, name)
+    on_sqlite = await run_on(sqlite_engine, name)
+    assert on_postgres == on_sqlite
+    # And the scenario did what its name says (the parity would hold for two wrong ones).
+    outcome = on_postgres["outcome"]
+    expected_error = {
+        "busy": "conversation_busy",
+        "other owner": "not_found",
+        "stale config name": "stale_configuration_view",
+        "stale epoch": "stale_configuration_view",
+        "archived config": "validation_error",
+        "missing config": "not_found",
+        "no default": "validation_error",
+    }.get(name)
+    if expected_error:
+        assert outcome.get("code") == expected_error, outcome
+    else:
+        assert "returned" in outcome, outcome
