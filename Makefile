@@ -9,15 +9,26 @@ export DO_NOT_TRACK := 1
 
 .PHONY: install dev test lint format bench clean
 
-$(BIN)/.installed: pyproject.toml
+# Two stamps: `make dev` needs only the base package; tests, lint and CI need every extra.
+# Installing every extra also satisfies the base, so `make dev` after `make test` installs
+# nothing, while `make test` after `make dev` adds the extras.
+EXTRAS := dev,flows,notebooks,bench
+
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+
+$(BIN)/.installed-base: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
 	touch $@
 
-install: $(BIN)/.installed
+$(BIN)/.installed-all: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@ $(BIN)/.installed-base
 
-dev: install  ## migrate the embedded database, start a simulator if needed, serve everything
+install: $(BIN)/.installed-all  ## everything: the package and every extra (what CI uses)
+
+dev: $(BIN)/.installed-base  ## migrate the embedded database, start a simulator if needed, serve everything
 	$(BIN)/switchboard dev
 
 test: install  ## the whole suite against a real PostgreSQL (found or started) and SQLite

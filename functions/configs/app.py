@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Litestar, Router, delete, get, post, put
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from functions.core.configs import service
 from functions.core.configs.schemas import LLMConfigCreate, LLMConfigOut, LLMConfigSpec
@@ -18,43 +18,51 @@ from functions.core.web.docs import errors
 
 
 @post("/", summary="Create a configuration (version 1)", responses=errors(400, 403, 409))
-async def create_config(data: LLMConfigCreate, principal: Principal) -> LLMConfigOut:
+async def create_config(
+    data: JSONBody[LLMConfigCreate], principal: NamedDependency[Principal]
+) -> LLMConfigOut:
     require_admin(principal)
     return await service.create_config(data)
 
 
 @get("/", summary="List configurations (latest version of each)")
 async def list_configs(
-    principal: Principal,
-    include_archived: Annotated[bool, Parameter(query="include_archived")] = False,
+    principal: NamedDependency[Principal],
+    include_archived: FromQuery[bool] = False,
 ) -> list[LLMConfigOut]:
     return await service.list_configs(include_archived=include_archived)
 
 
 @get("/{name:str}", summary="Get a configuration", responses=errors(404))
 async def get_config(
-    name: str,
-    principal: Principal,
-    version: Annotated[int | None, Parameter(ge=1, description="An older version")] = None,
+    name: FromPath[str],
+    principal: NamedDependency[Principal],
+    version: Annotated[int | None, QueryParameter(ge=1, description="An older version")] = None,
 ) -> LLMConfigOut:
     """The latest version, or the one given by ``?version=``."""
     return await service.get_config(name, version)
 
 
 @get("/{name:str}/versions", summary="Every version of a configuration", responses=errors(404))
-async def list_versions(name: str, principal: Principal) -> list[LLMConfigOut]:
+async def list_versions(
+    name: FromPath[str], principal: NamedDependency[Principal]
+) -> list[LLMConfigOut]:
     return await service.list_versions(name)
 
 
 @put("/{name:str}", summary="Edit: store a new version", responses=errors(400, 403, 404))
-async def update_config(name: str, data: LLMConfigSpec, principal: Principal) -> LLMConfigOut:
+async def update_config(
+    name: FromPath[str], data: JSONBody[LLMConfigSpec], principal: NamedDependency[Principal]
+) -> LLMConfigOut:
     """Versions are immutable: this stores version N+1; messages keep pointing at theirs."""
     require_admin(principal)
     return await service.update_config(name, data)
 
 
 @delete("/{name:str}", status_code=200, summary="Archive", responses=errors(403, 404))
-async def archive_config(name: str, principal: Principal) -> LLMConfigOut:
+async def archive_config(
+    name: FromPath[str], principal: NamedDependency[Principal]
+) -> LLMConfigOut:
     """Hide from listings and new conversations; old versions stay for stored messages."""
     require_admin(principal)
     return await service.archive_config(name)

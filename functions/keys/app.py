@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from litestar import Litestar, Router, delete, get, post
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, JSONBody
 
 from functions.core.keys import service
 from functions.core.keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, Principal
@@ -14,14 +15,16 @@ from functions.core.web.docs import errors, parse_id
 
 
 @post("/", summary="Create an API key", responses=errors(400, 403))
-async def create_key(data: ApiKeyCreate, principal: Principal) -> ApiKeyCreated:
+async def create_key(
+    data: JSONBody[ApiKeyCreate], principal: NamedDependency[Principal]
+) -> ApiKeyCreated:
     """Returns the secret once; only its hash is stored. Scopes default to ``["chat"]``."""
     require_admin(principal)
     return await service.create_key(data)
 
 
 @get("/", summary="List API keys", responses=errors(403))
-async def list_keys(principal: Principal) -> list[ApiKeyOut]:
+async def list_keys(principal: NamedDependency[Principal]) -> list[ApiKeyOut]:
     require_admin(principal)
     return await service.list_keys()
 
@@ -29,7 +32,7 @@ async def list_keys(principal: Principal) -> list[ApiKeyOut]:
 @delete(
     "/{key_id:str}", status_code=200, summary="Revoke an API key", responses=errors(400, 403, 404)
 )
-async def revoke_key(key_id: str, principal: Principal) -> ApiKeyOut:
+async def revoke_key(key_id: FromPath[str], principal: NamedDependency[Principal]) -> ApiKeyOut:
     """Effective at once: the next request with this key gets 401."""
     require_admin(principal)
     return await service.revoke_key(parse_id(key_id, "API key"))

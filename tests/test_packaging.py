@@ -1,0 +1,88 @@
+"""A function process starts small and clean: no extras imported, no warnings raised.
+
+Each check runs in a fresh interpreter, since this test process has imported whatever other
+tests needed (and the servers the end-to-end tests start are outside pytest's warning filter).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FUNCTION_MODULES = [
+    "functions.gateway",
+    "functions.chat.app",
+    "functions.configs.app",
+    "functions.keys.app",
+]
+# Prefect belongs to flows/, Jupyter and plotting to notebooks/: never to a function process.
+FORBIDDEN_PREFIXES = ("prefect", "papermill", "nbclient", "matplotlib", "pandas", "jupyter")
+
+# functions/chat/app.py still declares path parameters, bodies and dependencies implicitly
+# (deprecated in Litestar 2.25, gone in 3.0); drop these marks once it uses explicit markers.
+IMPLICIT_MARKERS = pytest.mark.xfail(
+    reason="functions/chat/app.py: implicit Litestar parameter markers", strict=False
+)
+APPS = [
+    pytest.param("functions.gateway", marks=IMPLICIT_MARKERS),
+    pytest.param("functions.chat.app", marks=IMPLICIT_MARKERS),
+    "functions.configs.app",
+    "functions.keys.app",
+]
+
+
+def _python(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _base_dependency_names() -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = set()
+    for requirement in project["dependencies"]:
+        # "piccolo[postgres,sqlite]>=1.38,<2" -> "piccolo"
+        name = requirement.split(";")[0]
+        for separator in "[<>=!~ ":
+            name = name.split(separator)[0]
+        names.add(name.strip().lower().replace("_", "-"))
+    return names
+
+
+def test_function_apps_import_no_flow_or_notebook_libraries() -> None:
+    code = f"import {', '.join(FUNCTION_MODULES)}, sys; print('\\n'.join(sorted(sys.modules)))"
+    result = _python("-c", code)
+    assert result.returncode == 0, result.stderr
+    loaded = result.stdout.split()
+    assert set(FUNCTION_MODULES) <= set(loaded)
+    heavy = sorted(
+        name for name in loaded if name.split(".")[0].lower().startswith(FORBIDDEN_PREFIXES)
+    )
+    assert heavy == []
+
+
+@pytest.mark.parametrize("module", APPS)
+def test_function_apps_build_without_warnings(module: str) -> None:
+    code = (
+        "from functions.core.settings import Settings\n"
+        f"from {module} import create_app\n"
+        "create_app(Settings())"
+    )
+    result = _python("-W", "error", "-c", code)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("extra_only", ["prefect", "papermill", "matplotlib", "pandas"])
+def test_base_dependencies_leave_out_extras(extra_only: str) -> None:
+    assert extra_only not in _base_dependency_names()
