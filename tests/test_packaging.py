@@ -22,19 +22,18 @@ FUNCTION_MODULES = [
     "functions.keys.app",
 ]
 # Prefect belongs to flows/, Jupyter and plotting to notebooks/: never to a function process.
-FORBIDDEN_PREFIXES = ("prefect", "papermill", "nbclient", "matplotlib", "pandas", "jupyter")
-
-# functions/chat/app.py still declares path parameters, bodies and dependencies implicitly
-# (deprecated in Litestar 2.25, gone in 3.0); drop these marks once it uses explicit markers.
-IMPLICIT_MARKERS = pytest.mark.xfail(
-    reason="functions/chat/app.py: implicit Litestar parameter markers", strict=False
+# Heavy packages of the extras, and the simulator (a test double, never on a serving path).
+FORBIDDEN_PREFIXES = (
+    "prefect",
+    "papermill",
+    "nbclient",
+    "matplotlib",
+    "pandas",
+    "jupyter",
+    "functions.simulator",
 )
-APPS = [
-    pytest.param("functions.gateway", marks=IMPLICIT_MARKERS),
-    pytest.param("functions.chat.app", marks=IMPLICIT_MARKERS),
-    "functions.configs.app",
-    "functions.keys.app",
-]
+
+APPS = ["functions.gateway", "functions.chat.app", "functions.configs.app", "functions.keys.app"]
 
 
 def _python(*args: str) -> subprocess.CompletedProcess[str]:

@@ -8,10 +8,10 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Litestar, Request, Response, Router, delete, get, patch, post
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
-from litestar.params import Body, Parameter
+from litestar.params import Body, FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from functions.core.chat.schemas import ChatEvent, MessageSend, SendRequest, event_name
@@ -68,22 +68,28 @@ def provide_chat(state: State) -> ChatService:
 
 
 @post("/", summary="Start a conversation", responses=errors(400, 404))
-async def create_conversation(data: ConversationCreate, principal: Principal) -> ConversationOut:
+async def create_conversation(
+    data: JSONBody[ConversationCreate], principal: NamedDependency[Principal]
+) -> ConversationOut:
     """``config`` names an LLM configuration; left out, the default configuration is used."""
     return await conversations.create_conversation(principal.key_id, data)
 
 
 @get("/", summary="Your conversations, most recent first", responses=errors(400))
 async def list_conversations(
-    principal: Principal,
-    limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Parameter(description="next_cursor of the previous page")] = None,
+    principal: NamedDependency[Principal],
+    limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+    cursor: Annotated[
+        str | None, QueryParameter(description="next_cursor of the previous page")
+    ] = None,
 ) -> Page[ConversationOut]:
     return await conversations.list_conversations(principal.key_id, limit=limit, cursor=cursor)
 
 
 @get("/{conversation_id:str}", summary="Get a conversation", responses=errors(400, 404))
-async def get_conversation(conversation_id: str, principal: Principal) -> ConversationOut:
+async def get_conversation(
+    conversation_id: FromPath[str], principal: NamedDependency[Principal]
+) -> ConversationOut:
     return await conversations.get_conversation(
         principal.key_id, parse_id(conversation_id, "conversation")
     )
@@ -93,7 +99,9 @@ async def get_conversation(conversation_id: str, principal: Principal) -> Conver
     "/{conversation_id:str}", summary="Change title, metadata or config", responses=errors(400, 404)
 )
 async def update_conversation(
-    conversation_id: str, data: ConversationUpdate, principal: Principal
+    conversation_id: FromPath[str],
+    data: JSONBody[ConversationUpdate],
+    principal: NamedDependency[Principal],
 ) -> ConversationOut:
     return await conversations.update_conversation(
         principal.key_id, parse_id(conversation_id, "conversation"), data
@@ -105,7 +113,9 @@ async def update_conversation(
     summary="Delete a conversation and its messages",
     responses=errors(400, 404),
 )
-async def delete_conversation(conversation_id: str, principal: Principal) -> None:
+async def delete_conversation(
+    conversation_id: FromPath[str], principal: NamedDependency[Principal]
+) -> None:
     await conversations.delete_conversation(
         principal.key_id, parse_id(conversation_id, "conversation")
     )
@@ -113,11 +123,11 @@ async def delete_conversation(conversation_id: str, principal: Principal) -> Non
 
 @get("/{conversation_id:str}/messages", summary="Messages in order", responses=errors(400, 404))
 async def list_messages(
-    conversation_id: str,
-    principal: Principal,
-    limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
+    conversation_id: FromPath[str],
+    principal: NamedDependency[Principal],
+    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
     after: Annotated[
-        int, Parameter(ge=0, description="Only messages with seq > after (next_cursor)")
+        int, QueryParameter(ge=0, description="Only messages with seq > after (next_cursor)")
     ] = 0,
 ) -> Page[MessageOut]:
     return await messages.list_messages(
@@ -154,10 +164,10 @@ async def _event_stream(first: ChatEvent, rest: AsyncIterator[ChatEvent]) -> Asy
     },
 )
 async def send_message(
-    conversation_id: str,
+    conversation_id: FromPath[str],
     data: Annotated[MessageSend, Body(examples=SEND_EXAMPLES)],
-    principal: Principal,
-    chat: ChatService,
+    principal: NamedDependency[Principal],
+    chat: NamedDependency[ChatService],
     request: Request[Any, Any, Any],
 ) -> Response[Any]:
     """Stores your message and a pending reply first, so nothing is lost if vLLM fails.

@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 # Piccolo warns on stderr, in colour, when its first query cannot connect; Switchboard
 # reports that itself (one CLI line, a 503, a readiness probe), so the warning is noise.
 warnings.filterwarnings(
-    "ignore", message=".*Unable to connect to (the )?database", module="piccolo"
+    "ignore",
+    message=".*(Unable to connect to (the )?database|Unable to fetch server version)",
+    module="piccolo",
 )
 
 # SQLite: wait for a writer instead of failing at once with "database is locked".
