@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import click
 import httpx
+import uvicorn
 
 if TYPE_CHECKING:
     from functions.core.settings import Settings
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 FUNCTIONS = ("chat", "configs", "keys")
 DEV_KEY_FILE = Path(".switchboard/dev-admin-key")
 PR_SET_PDEATHSIG = 1
+SHUTDOWN_MARGIN_S = 5
 SIMULATOR_MODEL = "sim-model"
 
 
@@ -37,8 +39,6 @@ def app_factory(function: str | None) -> str:
 def run_server(
     settings: Settings, *, function: str | None, host: str, port: int, workers: int
 ) -> None:
-    import uvicorn
-
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker writes its metrics here; /metrics aggregates them.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="switchboard-metrics-")
@@ -53,7 +53,11 @@ def run_server(
         lifespan="on",
         access_log=False,  # one structured line per request comes from the app itself
         log_config=None,
-        timeout_graceful_shutdown=10,
+        # On SIGTERM sends drain within shutdown_grace_s, then record themselves (retrying
+        # the database for up to outcome_retry_s); uvicorn cancels only what is left after.
+        timeout_graceful_shutdown=int(
+            settings.shutdown_grace_s + settings.outcome_retry_s + SHUTDOWN_MARGIN_S
+        ),
     )
 
 

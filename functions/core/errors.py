@@ -17,10 +17,18 @@ class SwitchboardError(Exception):
     status_code: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
 
-    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.details: dict[str, Any] = details or {}
+        # When retrying makes sense, how soon (sent as Retry-After).
+        self.retry_after_s = retry_after_s
 
 
 class InvalidInputError(SwitchboardError):

@@ -35,6 +35,13 @@ from functions.core.db.notifications import NotificationListener
 from functions.core.health.watcher import HealthWatcher
 from functions.core.keys.cache import principals
 from functions.core.keys.revocations import revocations_for
+from functions.core.liveness.drain import Drain, chain_signal_handlers
+from functions.core.liveness.service import (
+    Lease,
+    Sweeper,
+    expire_dead_neighbours,
+    pending_bound,
+)
 from functions.core.llm.client import LLMClient
 from functions.core.logging import configure_logging, get_logger
 from functions.core.metrics import (
@@ -65,6 +72,9 @@ class Runtime:
         llm: LLMClient | None,
         notifications: NotificationListener | None,
         health: HealthWatcher | None = None,
+        *,
+        lease: Lease | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -73,8 +83,19 @@ class Runtime:
         # Serving processes with an LLM client: recorded health verdicts steer it.
         self.health = health
         # The first half of every send (ownership, configuration, claim, prompt).
-        self.exchanges = Exchanges(busy_timeout_s=settings.send_lock_timeout_s)
-        self._chat = ChatService(llm, self.exchanges) if llm is not None else None
+        self.exchanges = Exchanges(
+            busy_timeout_s=settings.send_lock_timeout_s,
+            lease=lease,
+            pending_bound=pending_bound(settings),
+        )
+        self.drain = drain or Drain(grace_s=settings.shutdown_grace_s)
+        self._chat = (
+            ChatService(
+                llm, self.exchanges, drain=self.drain, outcome_retry_s=settings.outcome_retry_s
+            )
+            if llm is not None
+            else None
+        )
 
     @property
     def chat(self) -> ChatService:
@@ -138,7 +159,38 @@ async def open_runtime(
             health_collector = CallbackCollector(health.collect)
             add_live_collector(health_collector)
             stack.callback(remove_live_collector, health_collector)
-        yield Runtime(settings, engine, client, notifications, health)
+        lease = await _hold_lease(settings, stack, serving=serving) if client else None
+        if serving:
+            sweeper = Sweeper(settings)
+            sweeper.start()
+            stack.push_async_callback(sweeper.stop)
+        drain = Drain(grace_s=settings.shutdown_grace_s)
+        if serving:
+            drain.register()
+            stack.callback(drain.unregister)
+            stack.callback(chain_signal_handlers())
+            # Closed first: in-flight sends record their replies before anything goes.
+            stack.push_async_callback(
+                drain.wait_idle, settings.shutdown_grace_s + settings.outcome_retry_s
+            )
+        yield Runtime(settings, engine, client, notifications, health, lease=lease, drain=drain)
+
+
+async def _hold_lease(
+    settings: Settings, stack: contextlib.AsyncExitStack, *, serving: bool
+) -> Lease:
+    """This process's lease, renewed in the background; released on a clean close."""
+    lease = Lease(ttl_s=settings.lease_ttl_s)
+    if serving:
+        try:
+            # A restart after a crash: the dead process's replies are retired at once.
+            await expire_dead_neighbours(lease)
+        except Exception as exc:
+            if as_database_error(exc) is None:
+                raise
+    lease.start()
+    stack.push_async_callback(lease.stop, release=True)
+    return lease
 
 
 def _listen(engine: Engine[Any], settings: Settings) -> NotificationListener | None:

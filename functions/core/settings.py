@@ -64,6 +64,16 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # SQLite another process may accept a revoked key for up to this long.
     auth_cache_ttl_s: Annotated[float, Meta(ge=0, le=300)] = 5.0
 
+    # A serving process renews its lease this often (a third of it); a pending reply whose
+    # process let its lease lapse is retired as interrupted.
+    lease_ttl_s: Annotated[float, Meta(ge=1, le=600)] = 10.0
+    # How long writing a reply's outcome is retried while the database is unreachable.
+    outcome_retry_s: PositiveFloat = 30.0
+    # On SIGTERM: how long in-flight sends may finish before they are ended as `shutdown`.
+    shutdown_grace_s: Annotated[float, Meta(ge=0, le=3600)] = 120.0
+    # How long an Idempotency-Key is remembered.
+    idempotency_window_s: Annotated[float, Meta(ge=60)] = 86_400.0
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite:")

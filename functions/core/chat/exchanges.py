@@ -25,6 +25,7 @@ from functions.core.chat.targets import ConfigView
 from functions.core.conversations import service as conversations
 from functions.core.conversations.schemas import ConversationCreate
 from functions.core.errors import InvalidInputError, NotFoundError
+from functions.core.liveness.service import Lease, pending_bound
 from functions.core.llm.schemas import ChatMessage, ChatRequest
 from functions.core.messages.claim import (
     ClaimRequest,
@@ -33,6 +34,7 @@ from functions.core.messages.claim import (
     claim,
 )
 from functions.core.messages.schemas import ConfigRef, Exchange, MessageOut, Turn
+from functions.core.settings import Settings
 
 if TYPE_CHECKING:
     from functions.core.chat.schemas import SendRequest
@@ -40,9 +42,8 @@ if TYPE_CHECKING:
     from functions.core.messages.claim import Claim
 
 BUSY_RETRY_S = 0.05
-# A pending reply older than this is from a process that died mid-send; it no longer
-# blocks the conversation and is retired as interrupted.
-STALE_PENDING_AFTER = timedelta(minutes=15)
+DEFAULT_LEASE_TTL_S = Settings().lease_ttl_s
+DEFAULT_PENDING_BOUND = pending_bound(Settings())
 # A stale view (a configuration or the conversation changed since it was read) is read
 # again; more than a few in a row means configurations change faster than sends start.
 STALE_VIEW_RETRIES = 5
@@ -51,8 +52,18 @@ STALE_VIEW_RETRIES = 5
 class Exchanges:
     """Starts exchanges for one process; shared by every send (it holds the caches)."""
 
-    def __init__(self, *, busy_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        busy_timeout_s: float = 30.0,
+        lease: Lease | None = None,
+        pending_bound: timedelta = DEFAULT_PENDING_BOUND,
+    ) -> None:
         self._busy_timeout_s = busy_timeout_s
+        # The runtime's lease, renewed in the background; a bare Exchanges (a test, a
+        # script) renews its own whenever it claims.
+        self.lease = lease or Lease(ttl_s=DEFAULT_LEASE_TTL_S)
+        self._pending_bound = pending_bound
         self._configs = ConfigView()
         self._directory = ConversationDirectory()
 
@@ -70,6 +81,7 @@ class Exchanges:
         deadline = time.monotonic() + self._busy_timeout_s
         stale_views = 0
         while True:
+            await self.lease.ensure()
             config_name = await self._directory.config_name(request.owner, conversation_id)
             resolved = await self._configs.resolve(request.target, config_name)
             turn_ids = [uuid.uuid4() for _ in request.turns]
@@ -87,8 +99,9 @@ class Exchanges:
                         reply_id=reply_id,
                         reply_config_id=resolved.config.id if resolved.config else None,
                         reply_model=resolved.model,
+                        instance_id=self.lease.instance_id,
                         now=now,
-                        stale_before=now - STALE_PENDING_AFTER,
+                        stale_before=now - self._pending_bound,
                         history_limit=history_limit(request.prompt, window),
                     )
                 )

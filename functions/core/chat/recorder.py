@@ -9,10 +9,14 @@ that a cancellation cannot interrupt, and counts it in the metrics.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import TYPE_CHECKING
 
 import anyio
 
+from functions.core.db.errors import as_database_error
+from functions.core.errors import ConflictError, SwitchboardError
 from functions.core.logging import get_logger
 from functions.core.messages import service as messages
 from functions.core.messages.schemas import ConfigRef, ReplyOutcome
@@ -26,12 +30,26 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 
-class ReplyRecorder:
-    """Ends one exchange's pending reply, exactly once."""
+class ReplyNotRecordedError(SwitchboardError):
+    """The outcome could not be written: the message is stored, the reply's row is not."""
 
-    def __init__(self, exchange: Exchange) -> None:
+    status_code = 503
+    code = "reply_not_recorded"
+
+
+class ReplyRecorder:
+    """Ends one exchange's pending reply, exactly once.
+
+    The write is retried with backoff for up to ``retry_s`` while the database is
+    unreachable (it only ever finishes a pending row, so retrying is safe), holding the
+    reply until it lands. If it never does, :class:`ReplyNotRecordedError` says exactly
+    that, with the ids and the reply's text.
+    """
+
+    def __init__(self, exchange: Exchange, *, retry_s: float = 30.0) -> None:
         self.exchange = exchange
         self.finished = False
+        self._retry_s = retry_s
         config = exchange.config
         self._config_ref = (
             ConfigRef(id=config.id, name=config.name, version=config.version)
@@ -92,6 +110,18 @@ class ReplyRecorder:
             )
         )
 
+    async def shutdown(self, partial: str = "") -> MessageOut:
+        log.warning("chat.reply_shutdown", model=self._model, partial_chars=len(partial))
+        return await self.record(
+            ReplyOutcome(
+                status="failed",
+                content=partial,
+                error_code="shutdown",
+                error_message="the gateway shut down (a deploy or a restart) before the reply "
+                "was complete",
+            )
+        )
+
     async def record(self, outcome: ReplyOutcome) -> MessageOut:
         """Write ``outcome`` even while the surrounding task is being cancelled."""
         if self.finished:
@@ -99,10 +129,45 @@ class ReplyRecorder:
         self.finished = True
         self._observe(outcome)
         with anyio.CancelScope(shield=True):
-            stored = await messages.finish_exchange(
-                self.exchange.assistant_message.id, outcome, config=self._config_ref
-            )
+            stored = await self._write(outcome)
         return stored  # noqa: RET504 - returning inside the shield confuses type checkers
+
+    async def _write(self, outcome: ReplyOutcome) -> MessageOut:
+        reply_id = self.exchange.assistant_message.id
+        deadline = time.monotonic() + self._retry_s
+        delay, attempt = 0.05, 1
+        while True:
+            try:
+                return await messages.finish_exchange(reply_id, outcome, config=self._config_ref)
+            except ConflictError:
+                if attempt == 1:
+                    raise
+                # An earlier attempt landed but its answer was lost with the connection.
+                return await messages.get_message(reply_id)
+            except Exception as exc:
+                if as_database_error(exc) is None:
+                    raise
+                if time.monotonic() + delay > deadline:
+                    log.error("chat.reply_not_recorded", error=str(exc), attempts=attempt)
+                    raise self._not_recorded(outcome) from exc
+                log.warning("chat.reply_write_retry", error=str(exc), attempt=attempt)
+            await asyncio.sleep(delay)
+            delay, attempt = min(delay * 2, 2.0), attempt + 1
+
+    def _not_recorded(self, outcome: ReplyOutcome) -> ReplyNotRecordedError:
+        return ReplyNotRecordedError(
+            "your message is stored, but the database did not take the reply's outcome, so "
+            "the stored reply's state is unknown; the reply is in details.content",
+            details={
+                "user_message_id": str(self.exchange.user_message.id),
+                "assistant_message_id": str(self.exchange.assistant_message.id),
+                "conversation_id": str(self.exchange.assistant_message.conversation_id),
+                "status": outcome.status,
+                "content": outcome.content,
+                "error_code": outcome.error_code,
+            },
+            retry_after_s=5,
+        )
 
     def _observe(self, outcome: ReplyOutcome) -> None:
         model = outcome.model or self._model

@@ -87,10 +87,11 @@ class ReplyDone(Output, kw_only=True, tag="done"):
 
 
 class ReplyFailed(Output, kw_only=True, tag="error"):
-    """The reply failed; ``message`` is the stored assistant message (status ``failed``)."""
+    """The reply failed; ``message`` is the stored assistant message (status ``failed``),
+    or null when the database did not take the outcome (``reply_not_recorded``)."""
 
     error: dict[str, Any]
-    message: MessageOut
+    message: MessageOut | None
 
 
 ChatEvent = MessageStarted | ReplyDelta | ReplyDone | ReplyFailed

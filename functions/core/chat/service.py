@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import aclosing
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from functions.core.chat.exchanges import Exchanges
 from functions.core.chat.locks import ConversationLocks
-from functions.core.chat.recorder import ReplyRecorder
+from functions.core.chat.recorder import ReplyNotRecordedError, ReplyRecorder
 from functions.core.chat.schemas import (
     ChatEvent,
     MessageStarted,
@@ -25,85 +25,111 @@ from functions.core.chat.schemas import (
     ReplyFailed,
     SendRequest,
 )
+from functions.core.liveness.drain import Drain, shutting_down
 from functions.core.llm.errors import LLMError
 from functions.core.llm.schemas import ChatDelta, ChatDone
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncGenerator, AsyncIterator
 
+    from functions.core.errors import SwitchboardError
     from functions.core.llm.client import LLMClient
-    from functions.core.messages.schemas import MessageOut
+    from functions.core.messages.schemas import Exchange, MessageOut
 
 
 class ChatService:
     """The send path for one process; shared by every request (it holds the locks)."""
 
-    def __init__(self, llm: LLMClient, exchanges: Exchanges | None = None) -> None:
+    def __init__(
+        self,
+        llm: LLMClient,
+        exchanges: Exchanges | None = None,
+        *,
+        drain: Drain | None = None,
+        outcome_retry_s: float = 30.0,
+    ) -> None:
         self._llm = llm
         self._locks = ConversationLocks()
         self.exchanges = exchanges or Exchanges()
+        self._drain = drain or Drain(grace_s=0)
+        self._outcome_retry_s = outcome_retry_s
 
     async def send(self, request: SendRequest) -> MessageOut:
-        """Send and wait for the whole reply. Raises the LLM's error after recording it."""
+        """Send and wait for the whole reply. Raises the LLM's error after recording it.
+
+        The model is read as a stream even here, so a hung model fails at the first-token
+        timeout instead of holding the conversation for the whole total timeout, and the
+        stored time to first token is real.
+        """
         request, conversation_id = await self.exchanges.prepare(request)
+        self._drain.check_accepting()
         async with self._locks.hold(conversation_id):
             exchange = await self.exchanges.begin(request)
-            recorder = ReplyRecorder(exchange)
-            try:
-                result = await self._llm.chat(
-                    self.exchanges.llm_request(exchange, request), request_id=request.request_id
-                )
-            except LLMError as exc:
-                await recorder.failed(exc)
-                exc.details.setdefault("user_message_id", str(exchange.user_message.id))
-                exc.details.setdefault("assistant_message_id", str(exchange.assistant_message.id))
-                raise
-            except asyncio.CancelledError:
-                await recorder.cancelled()
-                raise
-            except Exception as exc:
-                await recorder.broken(exc)
-                raise
-            # Non-streaming: the first token arrives with the whole answer.
-            return await recorder.completed(result.content, result, ttft_ms=result.latency_ms)
+            recorder = ReplyRecorder(exchange, retry_s=self._outcome_retry_s)
+            parts: list[str] = []
+            with self._drain.guard() as guard:
+                try:
+                    async with aclosing(self._upstream(exchange, request)) as events:
+                        async for event in events:
+                            if isinstance(event, ChatDelta):
+                                parts.append(event.text)
+                            else:
+                                done = event
+                except LLMError as exc:
+                    await recorder.failed(exc, partial="".join(parts))
+                    exc.details.update(_ids(exchange))
+                    raise
+                except asyncio.CancelledError:
+                    if not guard.claim_cancellation():
+                        await recorder.cancelled("".join(parts))
+                        raise
+                    await recorder.shutdown("".join(parts))
+                    raise shutting_down(_ids(exchange)) from None
+                except Exception as exc:
+                    await recorder.broken(exc, partial="".join(parts))
+                    raise
+            return await recorder.completed("".join(parts), done, ttft_ms=done.ttft_ms)
 
     async def stream(self, request: SendRequest) -> AsyncIterator[ChatEvent]:
         """Send and yield the reply as it arrives: ``message``, ``delta``..., ``done``/``error``.
 
         Closing the iterator early (the client went away) aborts the upstream request and
-        stores what arrived so far as a ``cancelled`` reply.
+        stores what arrived so far as a ``cancelled`` reply. Every other ending is an event:
+        the model's errors, a shutdown, a reply the database did not take.
         """
         request, conversation_id = await self.exchanges.prepare(request)
+        self._drain.check_accepting()
         async with self._locks.hold(conversation_id):
             exchange = await self.exchanges.begin(request)
-            recorder = ReplyRecorder(exchange)
+            recorder = ReplyRecorder(exchange, retry_s=self._outcome_retry_s)
             parts: list[str] = []
             try:
                 yield MessageStarted(
                     user_message=exchange.user_message,
                     assistant_message=exchange.assistant_message,
                 )
-                upstream = self._llm.stream_chat(
-                    self.exchanges.llm_request(exchange, request), request_id=request.request_id
-                )
-                done: ChatDone | None = None
-                async with aclosing(upstream) as events:
-                    async for event in events:
-                        if isinstance(event, ChatDelta):
-                            parts.append(event.text)
-                            yield ReplyDelta(text=event.text)
-                        else:
-                            done = event
-                if done is None:
-                    raise LLMError("the upstream stream ended without finishing the reply")
+                with self._drain.guard() as guard:
+                    try:
+                        async with aclosing(self._upstream(exchange, request)) as events:
+                            async for event in events:
+                                if isinstance(event, ChatDelta):
+                                    parts.append(event.text)
+                                    yield ReplyDelta(text=event.text)
+                                else:
+                                    done = event
+                    except asyncio.CancelledError:
+                        if not guard.claim_cancellation():
+                            raise
+                        stored = await recorder.shutdown("".join(parts))
+                        yield _error_event(shutting_down(_ids(exchange)), stored)
+                        return
                 stored = await recorder.completed("".join(parts), done, ttft_ms=done.ttft_ms)
                 yield ReplyDone(message=stored)
             except LLMError as exc:
                 stored = await recorder.failed(exc, partial="".join(parts))
-                yield ReplyFailed(
-                    error={"code": exc.code, "message": exc.message, "details": exc.details},
-                    message=stored,
-                )
+                yield _error_event(exc, stored)
+            except ReplyNotRecordedError as exc:
+                yield _error_event(exc, None)
             except Exception as exc:
                 if not recorder.finished:
                     await recorder.broken(exc, partial="".join(parts))
@@ -111,3 +137,33 @@ class ChatService:
             finally:
                 if not recorder.finished:
                     await recorder.cancelled("".join(parts))
+
+    async def _upstream(
+        self, exchange: Exchange, request: SendRequest
+    ) -> AsyncGenerator[ChatDelta | ChatDone, None]:
+        """The model's reply as deltas, then its ``ChatDone`` (an error if it never came)."""
+        upstream = self._llm.stream_chat(
+            self.exchanges.llm_request(exchange, request), request_id=request.request_id
+        )
+        finished = False
+        async with aclosing(upstream) as events:
+            async for event in events:
+                finished = isinstance(event, ChatDone)
+                yield event
+        if not finished:
+            raise LLMError("the upstream stream ended without finishing the reply")
+
+
+def _ids(exchange: Exchange) -> dict[str, Any]:
+    return {
+        "conversation_id": str(exchange.assistant_message.conversation_id),
+        "user_message_id": str(exchange.user_message.id),
+        "assistant_message_id": str(exchange.assistant_message.id),
+    }
+
+
+def _error_event(exc: SwitchboardError, stored: MessageOut | None) -> ReplyFailed:
+    return ReplyFailed(
+        error={"code": exc.code, "message": exc.message, "details": exc.details},
+        message=stored,
+    )

@@ -121,6 +121,9 @@ class Message(Table, tablename="message"):
     error_code = Varchar(length=64, null=True, default=None)
     error_message = Text(null=True, default=None)
     upstream_request_id = Varchar(length=200, null=True, default=None)
+    # The process (``process_lease.id``) generating a pending reply: while its lease is
+    # alive the reply is really being generated; once it lapses the reply is retired.
+    owner_instance = UUID(null=True, default=None)
     # Indexed with id by message_created_id_idx, for exports.
     created_at = Timestamptz(default=TimestamptzNow())
     completed_at = Timestamptz(null=True, default=None)
@@ -145,6 +148,35 @@ class HealthCheck(Table, tablename="health_check"):
     error = Text(null=True, default=None)
 
 
+class ProcessLease(Table, tablename="process_lease"):
+    """A serving process, alive while it keeps renewing ``expires_at`` (its heartbeat)."""
+
+    id = UUID(primary_key=True)
+    host = Varchar(length=255)
+    pid = Integer()
+    started_at = Timestamptz(default=TimestamptzNow())
+    heartbeat_at = Timestamptz(default=TimestamptzNow())
+    expires_at = Timestamptz(default=TimestamptzNow())
+
+
+class IdempotencyKey(Table, tablename="idempotency_key"):
+    """A send made with an ``Idempotency-Key``: the same key and body again returns it.
+
+    Unique per owner and key (``idempotency_key_owner_key_idx``, in its migration), so two
+    concurrent sends with one key store one exchange, whichever process takes them.
+    """
+
+    id = UUID(primary_key=True)
+    owner_key = ForeignKey(references=ApiKey, on_delete=OnDelete.cascade)
+    key = Varchar(length=255)
+    # SHA-256 of the request as the door received it: the same key with another body is
+    # a client bug, answered 409.
+    request_hash = Varchar(length=64)
+    conversation = ForeignKey(references=Conversation, on_delete=OnDelete.cascade)
+    reply = UUID()
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
 ALL_TABLES: tuple[type[Table], ...] = (
     ApiKey,
     LLMConfig,
@@ -152,4 +184,6 @@ ALL_TABLES: tuple[type[Table], ...] = (
     Conversation,
     Message,
     HealthCheck,
+    ProcessLease,
+    IdempotencyKey,
 )

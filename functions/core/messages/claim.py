@@ -26,7 +26,11 @@ from functions.core.conversations.service import not_found
 from functions.core.db.engine import atomic, current_engine
 from functions.core.db.sql import fetch, json_column
 from functions.core.errors import ConflictError, NotFoundError
+from functions.core.liveness.service import INTERRUPTED_MESSAGE
 from functions.core.messages.schemas import StoredTurn, Turn
+
+# What a refused sender is told to wait: replies take seconds; polling faster only costs.
+BUSY_RETRY_AFTER_S = 2.0
 
 
 class ConversationBusyError(ConflictError):
@@ -53,8 +57,11 @@ class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
     reply_id: uuid.UUID
     reply_config_id: uuid.UUID | None
     reply_model: str | None
+    # The process generating the reply (its lease says whether it is alive).
+    instance_id: uuid.UUID
     now: datetime
-    # A pending previous reply created before this is retired instead of refused.
+    # A pending previous reply created before this, or whose process's lease lapsed, is
+    # retired instead of waited for.
     stale_before: datetime
     # How many of the newest stored messages to return (None: all).
     history_limit: int | None
@@ -87,13 +94,13 @@ _SQLSTATES: dict[str, type[Exception]] = {
     "SB409": ConversationBusyError,
     "SB412": StaleViewError,
 }
-RETIRED_MESSAGE = "the process generating this reply stopped"
 
 
 def busy_error(conversation_id: uuid.UUID) -> ConversationBusyError:
     return ConversationBusyError(
         "another reply in this conversation is still being generated; retry when it is done",
         details={"conversation_id": str(conversation_id)},
+        retry_after_s=BUSY_RETRY_AFTER_S,
     )
 
 
@@ -155,8 +162,8 @@ async def claim(request: ClaimRequest) -> Claim:
 async def _claim_in_one_call(request: ClaimRequest) -> Claim:
     try:
         rows = await fetch(
-            "SELECT switchboard_claim_v1({}, {}, {}, {}, {}::jsonb, {}, {}, {}, {}, {}, {}) "
-            "AS claim",
+            "SELECT switchboard_claim_v1({}, {}, {}, {}, {}::jsonb, {}, {}, {}, {}, {}, {}, {}, "
+            "{}) AS claim",
             request.conversation_id,
             request.owner,
             request.config_name,
@@ -165,8 +172,10 @@ async def _claim_in_one_call(request: ClaimRequest) -> Claim:
             request.reply_id,
             request.reply_config_id,
             request.reply_model,
+            request.instance_id,
             request.now,
             request.stale_before,
+            INTERRUPTED_MESSAGE,
             request.history_limit,
             savepoint=True,
         )
@@ -202,20 +211,25 @@ async def _claim_stepwise(request: ClaimRequest) -> Claim:
         ):
             raise _error("SB412", conversation_id)
         previous = await fetch(
-            "SELECT id, created_at FROM message "
-            "WHERE conversation = {} AND seq = {} AND status = 'pending'",
+            "SELECT id, created_at, owner_instance, EXISTS (SELECT 1 FROM process_lease "
+            "WHERE id = message.owner_instance AND expires_at > {}) AS owner_alive "
+            "FROM message WHERE conversation = {} AND seq = {} AND status = 'pending'",
+            now,
             conversation_id,
             last,
         )
         if previous:
-            if previous[0]["created_at"] > request.stale_before:
+            pending = previous[0]
+            if pending["created_at"] > request.stale_before and (
+                pending["owner_instance"] is None or pending["owner_alive"]
+            ):
                 raise busy_error(conversation_id)
             await fetch(
                 "UPDATE message SET status = 'failed', error_code = 'interrupted', "
                 "error_message = {}, completed_at = {} WHERE id = {}",
-                RETIRED_MESSAGE,
+                INTERRUPTED_MESSAGE,
                 now,
-                previous[0]["id"],
+                pending["id"],
             )
         rows = await fetch(
             "SELECT seq, role, content, content_parts, tool_calls, tool_call_id, name, status "
@@ -255,16 +269,17 @@ async def _claim_stepwise(request: ClaimRequest) -> Claim:
                 now,
                 None,
                 None,
+                None,
             ]
         values += [request.reply_id, conversation_id, last + count + 1, "assistant", ""]
         values += [None, None, None, None, "pending", now, None]
-        values += [request.reply_config_id, request.reply_model]
+        values += [request.reply_config_id, request.reply_model, request.instance_id]
         # Only placeholders are joined in; every value goes in as a parameter.
-        placeholders = ", ".join(["(" + ", ".join(["{}"] * 14) + ")"] * (count + 1))
+        placeholders = ", ".join(["(" + ", ".join(["{}"] * 15) + ")"] * (count + 1))
         await fetch(
             "INSERT INTO message (id, conversation, seq, role, content, content_parts, "  # noqa: S608
             "tool_calls, tool_call_id, name, status, created_at, completed_at, llm_config, "
-            "model) VALUES " + placeholders,
+            "model, owner_instance) VALUES " + placeholders,
             *values,
         )
     return Claim(last_seq=last + count + 1, history=history)

@@ -67,7 +67,11 @@ def error_response(
 def handle_switchboard_error(
     request: Request[Any, Any, Any], exc: SwitchboardError
 ) -> Response[dict[str, Any]]:
-    headers = {"Retry-After": "1"} if exc.status_code == 503 else None
+    headers = None
+    if exc.retry_after_s is not None:
+        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+    elif exc.status_code == 503:
+        headers = {"Retry-After": "1"}
     if exc.status_code == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="switchboard"'}
     return error_response(

@@ -30,6 +30,7 @@ from functions.core.db.engine import use_engine
 from functions.core.db.sql import fetch
 from functions.core.keys import service as keys
 from functions.core.keys.schemas import ApiKeyCreate
+from functions.core.liveness.service import Lease
 from functions.core.messages import service as messages
 from functions.core.messages.claim import ClaimRequest, claim
 from functions.core.messages.schemas import ReplyOutcome, Turn
@@ -46,6 +47,7 @@ class World:
     config_id: uuid.UUID
     config_name: str | None
     ids: Callable[[], uuid.UUID]
+    lease: Lease
 
 
 def deterministic_ids() -> Callable[[], uuid.UUID]:
@@ -63,7 +65,9 @@ async def world(*, config: dict[str, Any] | None = None, default: bool = True) -
         )
     )
     conv = await conversations.create_conversation(owner, ConversationCreate(config="cfg"))
-    return World(owner, stranger, conv.id, created.id, conv.config, deterministic_ids())
+    lease = Lease(ttl_s=60)
+    await lease.renew()
+    return World(owner, stranger, conv.id, created.id, conv.config, deterministic_ids(), lease)
 
 
 async def claim_turns(
@@ -88,6 +92,7 @@ async def claim_turns(
             reply_id=w.ids(),
             reply_config_id=w.config_id,
             reply_model="m",
+            instance_id=w.lease.instance_id,
             now=at,
             stale_before=stale_before or at - timedelta(minutes=15),
             history_limit=history_limit,

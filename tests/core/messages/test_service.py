@@ -8,18 +8,18 @@ from typing import Any
 import msgspec
 import pytest
 
+from functions.core.chat import exchanges
+from functions.core.chat.exchanges import Exchanges
+from functions.core.chat.schemas import SendRequest
 from functions.core.configs import service as configs
 from functions.core.configs.schemas import LLMConfigCreate, LLMConfigOut
 from functions.core.conversations import service as conversations
 from functions.core.conversations.schemas import ConversationCreate
 from functions.core.db.engine import engine_from_url, use_engine
-from functions.core.db.tables import Message
+from functions.core.db.tables import Message, ProcessLease
 from functions.core.errors import ConflictError, NotFoundError
 from functions.core.keys import service as keys
 from functions.core.keys.schemas import ApiKeyCreate
-from functions.core.chat import exchanges
-from functions.core.chat.exchanges import Exchanges
-from functions.core.chat.schemas import SendRequest
 from functions.core.messages import service
 from functions.core.messages.claim import ConversationBusyError
 from functions.core.messages.schemas import Exchange, ReplyOutcome, Turn
@@ -125,10 +125,10 @@ async def test_a_second_send_waits_for_the_pending_reply(db: object) -> None:
         await begin(owner, conv_id, "second")
 
 
-async def test_a_stale_pending_reply_is_retired(db: object) -> None:
+async def test_a_pending_reply_past_its_bound_is_retired(db: object) -> None:
     owner, conv_id, _cfg = await setup()
     stuck = await begin(owner, conv_id, "first")
-    long_ago = datetime.now(UTC) - exchanges.STALE_PENDING_AFTER - timedelta(minutes=1)
+    long_ago = datetime.now(UTC) - exchanges.DEFAULT_PENDING_BOUND - timedelta(minutes=1)
     await Message.update({Message.created_at: long_ago}).where(
         Message.id == stuck.assistant_message.id
     )
@@ -138,6 +138,26 @@ async def test_a_stale_pending_reply_is_retired(db: object) -> None:
         "failed",
         "interrupted",
     )
+
+
+async def test_a_pending_reply_whose_process_died_is_retired_at_once(db: object) -> None:
+    """The reply's process let its lease lapse (kill -9): the next send retires it."""
+    owner, conv_id, _cfg = await setup()
+    dead = Exchanges(busy_timeout_s=0)
+    request = SendRequest(
+        owner=owner, conversation_id=conv_id, turns=[Turn(role="user", content="first")]
+    )
+    stuck = await dead.begin(request)
+    await ProcessLease.update({ProcessLease.expires_at: datetime.now(UTC)}).where(
+        ProcessLease.id == dead.lease.instance_id
+    )
+    second = await begin(owner, conv_id, "second")
+    retired = await service.get_message(stuck.assistant_message.id)
+    assert retired.status == "failed"
+    assert retired.error is not None
+    assert retired.error.code == "interrupted"
+    # The retired reply and its question stay out of the prompt.
+    assert [t.content for t in second.prompt] == ["second"]
 
 
 async def test_messages_of_another_key_are_not_found(db: object) -> None:

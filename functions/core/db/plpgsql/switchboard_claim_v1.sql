@@ -9,8 +9,8 @@
 --
 -- Steps: lock the conversation and take sequence numbers for the new turns and the reply;
 -- check the caller's view (the conversation's config name, the configuration epoch);
--- refuse while the previous reply is pending, or retire it when the caller says it is
--- stale; read the newest p_history_limit stored messages (all of them when NULL); insert
+-- refuse while the previous reply is being generated (pending, its process's lease alive,
+-- younger than p_stale_before), else retire it as interrupted; read the newest p_history_limit stored messages (all of them when NULL); insert
 -- the turns and a pending reply.
 --
 -- Errors carry their own SQLSTATE, mapped by code in Python:
@@ -19,7 +19,8 @@
 CREATE OR REPLACE FUNCTION switchboard_claim_v1(
     p_conversation uuid, p_owner uuid, p_config_name varchar, p_config_epoch bigint,
     p_turns jsonb, p_reply_id uuid, p_reply_config uuid, p_reply_model varchar,
-    p_now timestamptz, p_stale_before timestamptz, p_history_limit integer
+    p_instance uuid, p_now timestamptz, p_stale_before timestamptz, p_retired_message text,
+    p_history_limit integer
 ) RETURNS jsonb LANGUAGE plpgsql AS $fn$
 DECLARE
     v_count integer := jsonb_array_length(p_turns);
@@ -41,14 +42,16 @@ BEGIN
     END IF;
 
     -- Sends are serialised, so only the newest message can be a pending reply.
-    SELECT id, created_at INTO v_prev FROM message
+    SELECT id, created_at, owner_instance INTO v_prev FROM message
      WHERE conversation = p_conversation AND seq = v_last AND status = 'pending';
     IF FOUND THEN
-        IF v_prev.created_at > p_stale_before THEN
+        IF v_prev.created_at > p_stale_before AND (v_prev.owner_instance IS NULL OR EXISTS (
+               SELECT 1 FROM process_lease
+                WHERE id = v_prev.owner_instance AND expires_at > p_now)) THEN
             RAISE EXCEPTION 'a reply is pending' USING ERRCODE = 'SB409';
         END IF;
         UPDATE message SET status = 'failed', error_code = 'interrupted',
-               error_message = 'the process generating this reply stopped', completed_at = p_now
+               error_message = p_retired_message, completed_at = p_now
          WHERE id = v_prev.id;
     END IF;
 
@@ -65,9 +68,9 @@ BEGIN
            content_parts jsonb, tool_calls jsonb, tool_call_id varchar, name varchar);
 
     INSERT INTO message (id, conversation, seq, role, content, status, llm_config, model,
-                         created_at)
+                         owner_instance, created_at)
     VALUES (p_reply_id, p_conversation, v_last + v_count + 1, 'assistant', '', 'pending',
-            p_reply_config, p_reply_model, p_now);
+            p_reply_config, p_reply_model, p_instance, p_now);
 
     RETURN jsonb_build_object('last_seq', v_last + v_count + 1, 'history', v_history);
 END

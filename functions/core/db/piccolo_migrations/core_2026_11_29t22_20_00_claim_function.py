@@ -11,14 +11,14 @@ from pathlib import Path
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
 from piccolo.engine import engine_finder
 
-ID = "2026-11-29T21:10:00:000000"
+ID = "2026-11-29T22:20:00:000000"
 VERSION = "1.38.0"
 DESCRIPTION = "PostgreSQL function switchboard_claim_v1 (the atomic half of a send)"
 
 SQL_FILE = Path(__file__).parent.parent / "plpgsql" / "switchboard_claim_v1.sql"
 DROP = (
     "DROP FUNCTION IF EXISTS switchboard_claim_v1(uuid, uuid, varchar, bigint, jsonb, uuid, "
-    "uuid, varchar, timestamptz, timestamptz, integer)"
+    "uuid, varchar, uuid, timestamptz, timestamptz, text, integer)"
 )
 PREVIOUS = import_module(
     "functions.core.db.piccolo_migrations.core_2026_11_26t05_30_00_begin_exchange_function"
