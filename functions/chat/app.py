@@ -11,9 +11,10 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
-from litestar.params import Body, FromPath, JSONBody, QueryParameter
+from litestar.params import Body, FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Stream
 
+from functions.core.chat.idempotency import Idempotency, request_hash
 from functions.core.chat.schemas import ChatEvent, MessageSend, SendRequest, event_name
 from functions.core.chat.service import ChatService
 from functions.core.conversations import service as conversations
@@ -164,11 +165,26 @@ async def _event_stream(first: ChatEvent, rest: AsyncIterator[ChatEvent]) -> Asy
     },
 )
 async def send_message(
+    *,
     conversation_id: FromPath[str],
     data: Annotated[MessageSend, Body(examples=SEND_EXAMPLES)],
     principal: NamedDependency[Principal],
     chat: NamedDependency[ChatService],
     request: Request[Any, Any, Any],
+    idempotency_key: Annotated[
+        str | None,
+        HeaderParameter(
+            name="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description=(
+                "Retry safely: the same key and body again return the first send's result "
+                "(or its current state) instead of storing the message twice. Visible ASCII, "
+                "at most 255 characters; remembered for SWITCHBOARD_IDEMPOTENCY_WINDOW_S."
+            ),
+        ),
+    ] = None,
 ) -> Response[Any]:
     """Stores your message and a pending reply first, so nothing is lost if vLLM fails.
 
@@ -176,12 +192,19 @@ async def send_message(
     ``llm_unavailable`` (503), ``llm_timeout`` (504), ``context_length_exceeded`` (400),
     ``llm_error`` (502).
     """
+    conversation = parse_id(conversation_id, "conversation")
     send = SendRequest(
         owner=principal.key_id,
-        conversation_id=parse_id(conversation_id, "conversation"),
+        conversation_id=conversation,
         turns=[Turn(role="user", content=data.content)],
         sampling=data.overrides(),
         request_id=request_id_of(request),
+        idempotency=None
+        if idempotency_key is None
+        else Idempotency(
+            key=idempotency_key,
+            request_hash=request_hash("chat.send", str(conversation), data),
+        ),
     )
     if not data.stream:
         return Response(await chat.send(send), status_code=201)

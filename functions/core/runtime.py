@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from piccolo.engine.postgres import PostgresEngine
@@ -87,6 +88,7 @@ class Runtime:
             busy_timeout_s=settings.send_lock_timeout_s,
             lease=lease,
             pending_bound=pending_bound(settings),
+            idempotency_window=timedelta(seconds=settings.idempotency_window_s),
         )
         self.drain = drain or Drain(grace_s=settings.shutdown_grace_s)
         self._chat = (

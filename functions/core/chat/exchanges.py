@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from functions.core.chat.directory import ConversationDirectory
+from functions.core.chat.idempotency import Replay, find_previous
 from functions.core.chat.prompt import build_prompt, history_limit
 from functions.core.chat.targets import ConfigView
 from functions.core.conversations import service as conversations
@@ -30,6 +31,7 @@ from functions.core.llm.schemas import ChatMessage, ChatRequest
 from functions.core.messages.claim import (
     ClaimRequest,
     ConversationBusyError,
+    IdempotencyRaceError,
     StaleViewError,
     claim,
 )
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
 BUSY_RETRY_S = 0.05
 DEFAULT_LEASE_TTL_S = Settings().lease_ttl_s
 DEFAULT_PENDING_BOUND = pending_bound(Settings())
+DEFAULT_IDEMPOTENCY_WINDOW = timedelta(seconds=Settings().idempotency_window_s)
 # A stale view (a configuration or the conversation changed since it was read) is read
 # again; more than a few in a row means configurations change faster than sends start.
 STALE_VIEW_RETRIES = 5
@@ -58,7 +61,9 @@ class Exchanges:
         busy_timeout_s: float = 30.0,
         lease: Lease | None = None,
         pending_bound: timedelta = DEFAULT_PENDING_BOUND,
+        idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
     ) -> None:
+        self._idempotency_window = idempotency_window
         self._busy_timeout_s = busy_timeout_s
         # The runtime's lease, renewed in the background; a bare Exchanges (a test, a
         # script) renews its own whenever it claims.
@@ -66,6 +71,11 @@ class Exchanges:
         self._pending_bound = pending_bound
         self._configs = ConfigView()
         self._directory = ConversationDirectory()
+
+    @property
+    def busy_timeout_s(self) -> float:
+        """How long a send waits for another reply in its conversation."""
+        return self._busy_timeout_s
 
     async def begin(self, request: SendRequest) -> Exchange:
         """Store the new turns and a pending reply; return them and the prompt to send.
@@ -81,12 +91,14 @@ class Exchanges:
         deadline = time.monotonic() + self._busy_timeout_s
         stale_views = 0
         while True:
+            await self._check_replay(request)
             await self.lease.ensure()
             config_name = await self._directory.config_name(request.owner, conversation_id)
             resolved = await self._configs.resolve(request.target, config_name)
             turn_ids = [uuid.uuid4() for _ in request.turns]
             reply_id, now = uuid.uuid4(), datetime.now(UTC)
             window = resolved.config.history_window if resolved.config else None
+            key = request.idempotency
             try:
                 claimed = await claim(
                     ClaimRequest(
@@ -103,8 +115,12 @@ class Exchanges:
                         now=now,
                         stale_before=now - self._pending_bound,
                         history_limit=history_limit(request.prompt, window),
+                        idempotency_key=key.key if key else None,
+                        request_hash=key.request_hash if key else None,
                     )
                 )
+            except IdempotencyRaceError:
+                continue  # the first send with this key is stored now: replay it
             except StaleViewError:
                 self._directory.forget(conversation_id)
                 self._configs.invalidate()
@@ -145,7 +161,11 @@ class Exchanges:
 
     async def prepare(self, request: SendRequest) -> tuple[SendRequest, uuid.UUID]:
         """Check ownership (or start the conversation) before any lock or wait, so a
-        stranger learns nothing from timing: another key's conversation is a 404 at once."""
+        stranger learns nothing from timing: another key's conversation is a 404 at once.
+
+        Raises :class:`Replay` when the send was made before with its idempotency key.
+        """
+        await self._check_replay(request)
         if request.conversation_id is None:
             conversation_id = await self._start_conversation(request)
             return msgspec.structs.replace(request, conversation_id=conversation_id), (
@@ -153,6 +173,13 @@ class Exchanges:
             )
         await self._directory.config_name(request.owner, request.conversation_id)
         return request, request.conversation_id
+
+    async def _check_replay(self, request: SendRequest) -> None:
+        if request.idempotency is None:
+            return
+        previous = await find_previous(request.owner, request.idempotency, self._idempotency_window)
+        if previous is not None:
+            raise Replay(previous)
 
     async def _start_conversation(self, request: SendRequest) -> uuid.UUID:
         created = await conversations.create_conversation(

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from functions.core.chat.idempotency import Idempotency
 from functions.core.chat.prompt import PromptMode
 from functions.core.chat.targets import Target
 from functions.core.configs.schemas import (
@@ -56,6 +57,7 @@ class SendRequest(msgspec.Struct, frozen=True, kw_only=True):
       configuration, or by default the conversation's configuration.
     - ``sampling``: overrides of the configuration's sampling fields for this reply.
     - ``extra``: vLLM request fields passed through as they are (over the configuration's).
+    - ``idempotency``: the client's ``Idempotency-Key`` and the hash of its request.
     """
 
     owner: uuid.UUID
@@ -67,6 +69,8 @@ class SendRequest(msgspec.Struct, frozen=True, kw_only=True):
     sampling: dict[str, Any] = msgspec.field(default_factory=dict)
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
     request_id: str | None = None
+    # The same key and request again returns the first exchange (see ``idempotency``).
+    idempotency: Idempotency | None = None
 
 
 class MessageStarted(Output, kw_only=True, tag="message"):

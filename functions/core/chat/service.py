@@ -15,6 +15,7 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from functions.core.chat.exchanges import Exchanges
+from functions.core.chat.idempotency import Replay, outcome_error, wait_for_outcome
 from functions.core.chat.locks import ConversationLocks
 from functions.core.chat.recorder import ReplyNotRecordedError, ReplyRecorder
 from functions.core.chat.schemas import (
@@ -28,8 +29,10 @@ from functions.core.chat.schemas import (
 from functions.core.liveness.drain import Drain, shutting_down
 from functions.core.llm.errors import LLMError
 from functions.core.llm.schemas import ChatDelta, ChatDone
+from functions.core.messages import service as messages
 
 if TYPE_CHECKING:
+    import uuid
     from collections.abc import AsyncGenerator, AsyncIterator
 
     from functions.core.errors import SwitchboardError
@@ -61,34 +64,47 @@ class ChatService:
         timeout instead of holding the conversation for the whole total timeout, and the
         stored time to first token is real.
         """
-        request, conversation_id = await self.exchanges.prepare(request)
-        self._drain.check_accepting()
-        async with self._locks.hold(conversation_id):
-            exchange = await self.exchanges.begin(request)
-            recorder = ReplyRecorder(exchange, retry_s=self._outcome_retry_s)
-            parts: list[str] = []
-            with self._drain.guard() as guard:
-                try:
-                    async with aclosing(self._upstream(exchange, request)) as events:
-                        async for event in events:
-                            if isinstance(event, ChatDelta):
-                                parts.append(event.text)
-                            else:
-                                done = event
-                except LLMError as exc:
-                    await recorder.failed(exc, partial="".join(parts))
-                    exc.details.update(_ids(exchange))
+        try:
+            request, conversation_id = await self.exchanges.prepare(request)
+            self._drain.check_accepting()
+            async with self._locks.hold(conversation_id):
+                exchange = await self.exchanges.begin(request)
+                return await self._generate(exchange, request)
+        except Replay as replay:
+            reply = await wait_for_outcome(replay.reply_id, self.exchanges.busy_timeout_s)
+            error = outcome_error(reply)
+            if error is not None:
+                raise error from None
+            return reply
+
+    async def _generate(self, exchange: Exchange, request: SendRequest) -> MessageOut:
+        """The model's whole reply for a claimed exchange, recorded however it ends."""
+        recorder = ReplyRecorder(exchange, retry_s=self._outcome_retry_s)
+        parts: list[str] = []
+        done: ChatDone | None = None
+        with self._drain.guard() as guard:
+            try:
+                async with aclosing(self._upstream(exchange, request)) as events:
+                    async for event in events:
+                        if isinstance(event, ChatDelta):
+                            parts.append(event.text)
+                        else:
+                            done = event
+            except LLMError as exc:
+                await recorder.failed(exc, partial="".join(parts))
+                exc.details.update(_ids(exchange))
+                raise
+            except asyncio.CancelledError:
+                if not guard.claim_cancellation():
+                    await recorder.cancelled("".join(parts))
                     raise
-                except asyncio.CancelledError:
-                    if not guard.claim_cancellation():
-                        await recorder.cancelled("".join(parts))
-                        raise
-                    await recorder.shutdown("".join(parts))
-                    raise shutting_down(_ids(exchange)) from None
-                except Exception as exc:
-                    await recorder.broken(exc, partial="".join(parts))
-                    raise
-            return await recorder.completed("".join(parts), done, ttft_ms=done.ttft_ms)
+                await recorder.shutdown("".join(parts))
+                raise shutting_down(_ids(exchange)) from None
+            except Exception as exc:
+                await recorder.broken(exc, partial="".join(parts))
+                raise
+        assert done is not None  # _upstream raises when the reply never finished
+        return await recorder.completed("".join(parts), done, ttft_ms=done.ttft_ms)
 
     async def stream(self, request: SendRequest) -> AsyncIterator[ChatEvent]:
         """Send and yield the reply as it arrives: ``message``, ``delta``..., ``done``/``error``.
@@ -97,46 +113,66 @@ class ChatService:
         stores what arrived so far as a ``cancelled`` reply. Every other ending is an event:
         the model's errors, a shutdown, a reply the database did not take.
         """
-        request, conversation_id = await self.exchanges.prepare(request)
-        self._drain.check_accepting()
-        async with self._locks.hold(conversation_id):
-            exchange = await self.exchanges.begin(request)
-            recorder = ReplyRecorder(exchange, retry_s=self._outcome_retry_s)
-            parts: list[str] = []
-            try:
-                yield MessageStarted(
-                    user_message=exchange.user_message,
-                    assistant_message=exchange.assistant_message,
-                )
-                with self._drain.guard() as guard:
-                    try:
-                        async with aclosing(self._upstream(exchange, request)) as events:
-                            async for event in events:
-                                if isinstance(event, ChatDelta):
-                                    parts.append(event.text)
-                                    yield ReplyDelta(text=event.text)
-                                else:
-                                    done = event
-                    except asyncio.CancelledError:
-                        if not guard.claim_cancellation():
-                            raise
-                        stored = await recorder.shutdown("".join(parts))
-                        yield _error_event(shutting_down(_ids(exchange)), stored)
-                        return
-                stored = await recorder.completed("".join(parts), done, ttft_ms=done.ttft_ms)
-                yield ReplyDone(message=stored)
-            except LLMError as exc:
-                stored = await recorder.failed(exc, partial="".join(parts))
-                yield _error_event(exc, stored)
-            except ReplyNotRecordedError as exc:
-                yield _error_event(exc, None)
-            except Exception as exc:
-                if not recorder.finished:
-                    await recorder.broken(exc, partial="".join(parts))
-                raise
-            finally:
-                if not recorder.finished:
-                    await recorder.cancelled("".join(parts))
+        try:
+            request, conversation_id = await self.exchanges.prepare(request)
+            self._drain.check_accepting()
+            async with self._locks.hold(conversation_id):
+                exchange = await self.exchanges.begin(request)
+                async with aclosing(self._stream_exchange(exchange, request)) as events:
+                    async for event in events:
+                        yield event
+        except Replay as replay:
+            async for event in self._replayed_events(replay.reply_id):
+                yield event
+
+    async def _replayed_events(self, reply_id: uuid.UUID) -> AsyncGenerator[ChatEvent, None]:
+        """A replayed send's events: both stored messages, then how the reply ended."""
+        reply = await wait_for_outcome(reply_id, self.exchanges.busy_timeout_s)
+        asked = await messages.get_message_at(reply.conversation_id, reply.seq - 1)
+        yield MessageStarted(user_message=asked, assistant_message=reply)
+        error = outcome_error(reply)
+        yield ReplyDone(message=reply) if error is None else _error_event(error, reply)
+
+    async def _stream_exchange(
+        self, exchange: Exchange, request: SendRequest
+    ) -> AsyncGenerator[ChatEvent, None]:
+        """A claimed exchange's events, recorded however the stream ends."""
+        recorder = ReplyRecorder(exchange, retry_s=self._outcome_retry_s)
+        parts: list[str] = []
+        try:
+            yield MessageStarted(
+                user_message=exchange.user_message,
+                assistant_message=exchange.assistant_message,
+            )
+            with self._drain.guard() as guard:
+                try:
+                    async with aclosing(self._upstream(exchange, request)) as events:
+                        async for event in events:
+                            if isinstance(event, ChatDelta):
+                                parts.append(event.text)
+                                yield ReplyDelta(text=event.text)
+                            else:
+                                done = event
+                except asyncio.CancelledError:
+                    if not guard.claim_cancellation():
+                        raise
+                    stored = await recorder.shutdown("".join(parts))
+                    yield _error_event(shutting_down(_ids(exchange)), stored)
+                    return
+            stored = await recorder.completed("".join(parts), done, ttft_ms=done.ttft_ms)
+            yield ReplyDone(message=stored)
+        except LLMError as exc:
+            stored = await recorder.failed(exc, partial="".join(parts))
+            yield _error_event(exc, stored)
+        except ReplyNotRecordedError as exc:
+            yield _error_event(exc, None)
+        except Exception as exc:
+            if not recorder.finished:
+                await recorder.broken(exc, partial="".join(parts))
+            raise
+        finally:
+            if not recorder.finished:
+                await recorder.cancelled("".join(parts))
 
     async def _upstream(
         self, exchange: Exchange, request: SendRequest

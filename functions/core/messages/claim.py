@@ -14,6 +14,7 @@ SQLSTATE codes, mapped here by code.
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from datetime import datetime
 from typing import Any
@@ -35,6 +36,12 @@ BUSY_RETRY_AFTER_S = 2.0
 
 class ConversationBusyError(ConflictError):
     code = "conversation_busy"
+
+
+class IdempotencyRaceError(ConflictError):
+    """Another send with the same idempotency key claimed first; look it up and replay."""
+
+    code = "idempotency_race"
 
 
 class StaleViewError(ConflictError):
@@ -65,6 +72,9 @@ class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
     stale_before: datetime
     # How many of the newest stored messages to return (None: all).
     history_limit: int | None
+    # An Idempotency-Key stored with the exchange, and the hash of the request it came with.
+    idempotency_key: str | None = None
+    request_hash: str | None = None
 
 
 class Claim(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,6 +99,7 @@ class _Returned(msgspec.Struct, frozen=True):
 
 
 _returned = msgspec.json.Decoder(_Returned)
+UNIQUE_VIOLATION = "23505"
 _SQLSTATES: dict[str, type[Exception]] = {
     "SB404": NotFoundError,
     "SB409": ConversationBusyError,
@@ -163,7 +174,7 @@ async def _claim_in_one_call(request: ClaimRequest) -> Claim:
     try:
         rows = await fetch(
             "SELECT switchboard_claim_v1({}, {}, {}, {}, {}::jsonb, {}, {}, {}, {}, {}, {}, {}, "
-            "{}) AS claim",
+            "{}, {}, {}) AS claim",
             request.conversation_id,
             request.owner,
             request.config_name,
@@ -177,9 +188,13 @@ async def _claim_in_one_call(request: ClaimRequest) -> Claim:
             request.stale_before,
             INTERRUPTED_MESSAGE,
             request.history_limit,
+            request.idempotency_key,
+            request.request_hash,
             savepoint=True,
         )
     except asyncpg.PostgresError as exc:
+        if exc.sqlstate == UNIQUE_VIOLATION and request.idempotency_key is not None:
+            raise _race() from None
         if exc.sqlstate in _SQLSTATES:
             raise _error(exc.sqlstate, request.conversation_id) from None
         raise
@@ -282,4 +297,25 @@ async def _claim_stepwise(request: ClaimRequest) -> Claim:
             "model, owner_instance) VALUES " + placeholders,
             *values,
         )
+        if request.idempotency_key is not None:
+            try:
+                await fetch(
+                    "INSERT INTO idempotency_key (id, owner_key, key, request_hash, "
+                    "conversation, reply, created_at) VALUES ({}, {}, {}, {}, {}, {}, {})",
+                    request.reply_id,
+                    request.owner,
+                    request.idempotency_key,
+                    request.request_hash,
+                    conversation_id,
+                    request.reply_id,
+                    now,
+                )
+            except sqlite3.IntegrityError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_CONSTRAINT_UNIQUE:
+                    raise
+                raise _race() from None
     return Claim(last_seq=last + count + 1, history=history)
+
+
+def _race() -> IdempotencyRaceError:
+    return IdempotencyRaceError("another send with this Idempotency-Key was stored first")

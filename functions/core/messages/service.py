@@ -107,6 +107,17 @@ async def get_message(message_id: uuid.UUID) -> MessageOut:
     return _to_out(row)
 
 
+async def get_message_at(conversation_id: uuid.UUID, seq: int) -> MessageOut:
+    row = (
+        await Message.select(*_COLUMNS)
+        .where((Message.conversation == conversation_id) & (Message.seq == seq))
+        .first()
+    )
+    if row is None:
+        raise NotFoundError(f"no message {seq} in conversation {conversation_id}")
+    return _to_out(row)
+
+
 async def list_messages(
     owner: uuid.UUID, conversation_id: uuid.UUID, *, limit: int = 100, after: int = 0
 ) -> Page[MessageOut]:

@@ -18,7 +18,7 @@ DESCRIPTION = "PostgreSQL function switchboard_claim_v1 (the atomic half of a se
 SQL_FILE = Path(__file__).parent.parent / "plpgsql" / "switchboard_claim_v1.sql"
 DROP = (
     "DROP FUNCTION IF EXISTS switchboard_claim_v1(uuid, uuid, varchar, bigint, jsonb, uuid, "
-    "uuid, varchar, uuid, timestamptz, timestamptz, text, integer)"
+    "uuid, varchar, uuid, timestamptz, timestamptz, text, integer, varchar, varchar)"
 )
 PREVIOUS = import_module(
     "functions.core.db.piccolo_migrations.core_2026_11_26t05_30_00_begin_exchange_function"

@@ -10,17 +10,19 @@
 -- Steps: lock the conversation and take sequence numbers for the new turns and the reply;
 -- check the caller's view (the conversation's config name, the configuration epoch);
 -- refuse while the previous reply is being generated (pending, its process's lease alive,
--- younger than p_stale_before), else retire it as interrupted; read the newest p_history_limit stored messages (all of them when NULL); insert
--- the turns and a pending reply.
+-- younger than p_stale_before), else retire it as interrupted; read the newest
+-- p_history_limit stored messages (all of them when NULL); insert the turns, a pending
+-- reply and the send's idempotency key, if it has one.
 --
 -- Errors carry their own SQLSTATE, mapped by code in Python:
 --   SB404 no such conversation for this owner   SB409 the previous reply is pending
 --   SB412 the caller's view of the conversation's configuration is out of date
+--   23505 (unique_violation) on idempotency_key: the same key won by another send
 CREATE OR REPLACE FUNCTION switchboard_claim_v1(
     p_conversation uuid, p_owner uuid, p_config_name varchar, p_config_epoch bigint,
     p_turns jsonb, p_reply_id uuid, p_reply_config uuid, p_reply_model varchar,
     p_instance uuid, p_now timestamptz, p_stale_before timestamptz, p_retired_message text,
-    p_history_limit integer
+    p_history_limit integer, p_idempotency_key varchar, p_request_hash varchar
 ) RETURNS jsonb LANGUAGE plpgsql AS $fn$
 DECLARE
     v_count integer := jsonb_array_length(p_turns);
@@ -71,6 +73,14 @@ BEGIN
                          owner_instance, created_at)
     VALUES (p_reply_id, p_conversation, v_last + v_count + 1, 'assistant', '', 'pending',
             p_reply_config, p_reply_model, p_instance, p_now);
+
+    -- A unique violation here (23505) is another send with the same key winning the race.
+    IF p_idempotency_key IS NOT NULL THEN
+        INSERT INTO idempotency_key (id, owner_key, key, request_hash, conversation, reply,
+                                     created_at)
+        VALUES (p_reply_id, p_owner, p_idempotency_key, p_request_hash, p_conversation,
+                p_reply_id, p_now);
+    END IF;
 
     RETURN jsonb_build_object('last_seq', v_last + v_count + 1, 'history', v_history);
 END
