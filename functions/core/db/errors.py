@@ -21,6 +21,10 @@ _UNREACHABLE = (
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    # A connection the server's restart broke mid-use ("cannot perform operation:
+    # another operation is in progress", stale prepared statements, ...).
+    asyncpg.exceptions.InternalClientError,
 )
 
 
