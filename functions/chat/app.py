@@ -115,11 +115,12 @@ async def update_conversation(
     responses=errors(400, 404),
 )
 async def delete_conversation(
-    conversation_id: FromPath[str], principal: NamedDependency[Principal]
+    conversation_id: FromPath[str],
+    principal: NamedDependency[Principal],
+    chat: NamedDependency[ChatService],
 ) -> None:
-    await conversations.delete_conversation(
-        principal.key_id, parse_id(conversation_id, "conversation")
-    )
+    """A reply still being generated is aborted; its client gets a `not_found` error."""
+    await chat.delete_conversation(principal.key_id, parse_id(conversation_id, "conversation"))
 
 
 @get("/{conversation_id:str}/messages", summary="Messages in order", responses=errors(400, 404))

@@ -36,7 +36,7 @@ from functions.core.db.notifications import NotificationListener
 from functions.core.health.watcher import HealthWatcher
 from functions.core.keys.cache import principals
 from functions.core.keys.revocations import revocations_for
-from functions.core.liveness.drain import Drain, chain_signal_handlers
+from functions.core.liveness.inflight import InFlight, chain_signal_handlers
 from functions.core.liveness.service import (
     Lease,
     Sweeper,
@@ -75,7 +75,7 @@ class Runtime:
         health: HealthWatcher | None = None,
         *,
         lease: Lease | None = None,
-        drain: Drain | None = None,
+        in_flight: InFlight | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -89,11 +89,15 @@ class Runtime:
             lease=lease,
             pending_bound=pending_bound(settings),
             idempotency_window=timedelta(seconds=settings.idempotency_window_s),
+            history_cap=settings.history_max_messages,
         )
-        self.drain = drain or Drain(grace_s=settings.shutdown_grace_s)
+        self.in_flight = in_flight or InFlight(grace_s=settings.shutdown_grace_s)
         self._chat = (
             ChatService(
-                llm, self.exchanges, drain=self.drain, outcome_retry_s=settings.outcome_retry_s
+                llm,
+                self.exchanges,
+                in_flight=self.in_flight,
+                outcome_retry_s=settings.outcome_retry_s,
             )
             if llm is not None
             else None
@@ -145,9 +149,11 @@ async def open_runtime(
             client = LLMClient.from_settings(settings)
             stack.push_async_callback(client.aclose)
         health = HealthWatcher(client) if serving and client is not None else None
+        in_flight = InFlight(grace_s=settings.shutdown_grace_s)
         if notifications is not None:
             if health is not None:
                 notifications.subscribe(health.subscription())
+            notifications.subscribe(in_flight.deletions())
             notifications.start()
             stack.push_async_callback(notifications.stop)
         if client is not None:
@@ -166,16 +172,17 @@ async def open_runtime(
             sweeper = Sweeper(settings)
             sweeper.start()
             stack.push_async_callback(sweeper.stop)
-        drain = Drain(grace_s=settings.shutdown_grace_s)
         if serving:
-            drain.register()
-            stack.callback(drain.unregister)
+            in_flight.register()
+            stack.callback(in_flight.unregister)
             stack.callback(chain_signal_handlers())
             # Closed first: in-flight sends record their replies before anything goes.
             stack.push_async_callback(
-                drain.wait_idle, settings.shutdown_grace_s + settings.outcome_retry_s
+                in_flight.wait_idle, settings.shutdown_grace_s + settings.outcome_retry_s
             )
-        yield Runtime(settings, engine, client, notifications, health, lease=lease, drain=drain)
+        yield Runtime(
+            settings, engine, client, notifications, health, lease=lease, in_flight=in_flight
+        )
 
 
 async def _hold_lease(

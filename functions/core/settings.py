@@ -73,6 +73,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     shutdown_grace_s: Annotated[float, Meta(ge=0, le=3600)] = 120.0
     # How long an Idempotency-Key is remembered.
     idempotency_window_s: Annotated[float, Meta(ge=60)] = 86_400.0
+    # The most stored messages a prompt carries when its configuration sets no
+    # history_window: bounds a send's memory and the prompt whatever the history's length.
+    history_max_messages: Annotated[int, Meta(ge=1, le=100_000)] = 1000
 
     @property
     def is_sqlite(self) -> bool:

@@ -47,6 +47,7 @@ BUSY_RETRY_S = 0.05
 DEFAULT_LEASE_TTL_S = Settings().lease_ttl_s
 DEFAULT_PENDING_BOUND = pending_bound(Settings())
 DEFAULT_IDEMPOTENCY_WINDOW = timedelta(seconds=Settings().idempotency_window_s)
+DEFAULT_HISTORY_CAP = Settings().history_max_messages
 # A stale view (a configuration or the conversation changed since it was read) is read
 # again; more than a few in a row means configurations change faster than sends start.
 STALE_VIEW_RETRIES = 5
@@ -62,7 +63,9 @@ class Exchanges:
         lease: Lease | None = None,
         pending_bound: timedelta = DEFAULT_PENDING_BOUND,
         idempotency_window: timedelta = DEFAULT_IDEMPOTENCY_WINDOW,
+        history_cap: int = DEFAULT_HISTORY_CAP,
     ) -> None:
+        self._history_cap = history_cap
         self._idempotency_window = idempotency_window
         self._busy_timeout_s = busy_timeout_s
         # The runtime's lease, renewed in the background; a bare Exchanges (a test, a
@@ -114,7 +117,7 @@ class Exchanges:
                         instance_id=self.lease.instance_id,
                         now=now,
                         stale_before=now - self._pending_bound,
-                        history_limit=history_limit(request.prompt, window),
+                        history_limit=history_limit(request.prompt, window, self._history_cap),
                         idempotency_key=key.key if key else None,
                         request_hash=key.request_hash if key else None,
                     )
@@ -173,6 +176,10 @@ class Exchanges:
             )
         await self._directory.config_name(request.owner, request.conversation_id)
         return request, request.conversation_id
+
+    def forget(self, conversation_id: uuid.UUID) -> None:
+        """Drop what is remembered of a conversation (it was deleted)."""
+        self._directory.forget(conversation_id)
 
     async def _check_replay(self, request: SendRequest) -> None:
         if request.idempotency is None:

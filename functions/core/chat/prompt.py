@@ -8,7 +8,8 @@ exists once:
   cancelled reply is left out together with the turns that asked for it, so one bad
   exchange (say, a message too long for the model's context) cannot poison every later
   send. With a ``history_window`` of N, the prompt keeps the newest N messages, never
-  fewer than the new turns themselves.
+  fewer than the new turns themselves; without one, the newest
+  ``SWITCHBOARD_HISTORY_MAX_MESSAGES`` stored messages at most.
 - ``exact`` mode (the door): exactly the turns sent; nothing stored is added.
 """
 
@@ -26,15 +27,17 @@ if TYPE_CHECKING:
 PromptMode = Literal["history", "exact"]
 
 
-def history_limit(mode: PromptMode, window: int | None) -> int | None:
-    """How many stored messages the claim must read for :func:`build_prompt` (None: all).
+def history_limit(mode: PromptMode, window: int | None, cap: int) -> int:
+    """How many of the newest stored messages the claim reads for :func:`build_prompt`.
 
     With a window, twice it plus one exchange: enough for the window when exchanges
-    complete; when some failed, the window may hold fewer messages than it could.
+    complete (when some failed, the window may hold fewer messages than it could).
+    Without one, ``cap`` (``SWITCHBOARD_HISTORY_MAX_MESSAGES``): a long conversation sends
+    its newest messages, never an unbounded history.
     """
     if mode == "exact":
         return 0
-    return None if window is None else 2 * window + 2
+    return cap if window is None else min(2 * window + 2, cap)
 
 
 def counted_history(stored: Sequence[StoredTurn]) -> list[Turn]:

@@ -13,16 +13,16 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-import anyio
-
 from functions.core.db.errors import as_database_error
-from functions.core.errors import ConflictError, SwitchboardError
+from functions.core.errors import ConflictError, NotFoundError, SwitchboardError
 from functions.core.logging import get_logger
 from functions.core.messages import service as messages
 from functions.core.messages.schemas import ConfigRef, ReplyOutcome
 from functions.core.metrics import CHAT_MESSAGES, LLM_DURATION, LLM_REQUESTS, LLM_TOKENS, LLM_TTFT
 
 if TYPE_CHECKING:
+    import uuid
+
     from functions.core.llm.errors import LLMError
     from functions.core.llm.schemas import ChatDone, ChatResult
     from functions.core.messages.schemas import Exchange, MessageOut
@@ -35,6 +35,17 @@ class ReplyNotRecordedError(SwitchboardError):
 
     status_code = 503
     code = "reply_not_recorded"
+
+
+class ConversationGoneError(NotFoundError):
+    """The conversation was deleted while its reply was being generated."""
+
+
+def conversation_gone(conversation_id: uuid.UUID) -> ConversationGoneError:
+    return ConversationGoneError(
+        f"conversation {conversation_id} was deleted while its reply was being generated",
+        details={"conversation_id": str(conversation_id)},
+    )
 
 
 class ReplyRecorder:
@@ -122,15 +133,37 @@ class ReplyRecorder:
             )
         )
 
+    def gone(self) -> ConversationGoneError:
+        """The conversation was deleted: nothing left to record (its rows went with it)."""
+        self.finished = True
+        log.info("chat.reply_conversation_deleted", model=self._model)
+        return conversation_gone(self.exchange.assistant_message.conversation_id)
+
     async def record(self, outcome: ReplyOutcome) -> MessageOut:
-        """Write ``outcome`` even while the surrounding task is being cancelled."""
+        """Write ``outcome`` even while the surrounding task is being cancelled.
+
+        The write runs as a task of its own and is awaited through every cancellation
+        (``asyncio.shield`` alone gives up at the first one; an anyio shield does not stop
+        a plain ``task.cancel()``); a cancellation that arrived meanwhile is raised after.
+        """
         if self.finished:
             raise RuntimeError("this reply has already been recorded")
         self.finished = True
         self._observe(outcome)
-        with anyio.CancelScope(shield=True):
-            stored = await self._write(outcome)
-        return stored  # noqa: RET504 - returning inside the shield confuses type checkers
+        write = asyncio.ensure_future(self._write(outcome))
+        cancelled = False
+        while True:
+            try:
+                stored = await asyncio.shield(write)
+            except asyncio.CancelledError:
+                if write.done():
+                    raise
+                cancelled = True
+                continue
+            break
+        if cancelled:
+            raise asyncio.CancelledError
+        return stored
 
     async def _write(self, outcome: ReplyOutcome) -> MessageOut:
         reply_id = self.exchange.assistant_message.id
@@ -140,10 +173,16 @@ class ReplyRecorder:
             try:
                 return await messages.finish_exchange(reply_id, outcome, config=self._config_ref)
             except ConflictError:
+                try:
+                    current = await messages.get_message(reply_id)
+                except NotFoundError:
+                    raise conversation_gone(
+                        self.exchange.assistant_message.conversation_id
+                    ) from None
                 if attempt == 1:
                     raise
                 # An earlier attempt landed but its answer was lost with the connection.
-                return await messages.get_message(reply_id)
+                return current
             except Exception as exc:
                 if as_database_error(exc) is None:
                     raise

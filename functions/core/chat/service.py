@@ -17,7 +17,11 @@ from typing import TYPE_CHECKING, Any
 from functions.core.chat.exchanges import Exchanges
 from functions.core.chat.idempotency import Replay, outcome_error, wait_for_outcome
 from functions.core.chat.locks import ConversationLocks
-from functions.core.chat.recorder import ReplyNotRecordedError, ReplyRecorder
+from functions.core.chat.recorder import (
+    ConversationGoneError,
+    ReplyNotRecordedError,
+    ReplyRecorder,
+)
 from functions.core.chat.schemas import (
     ChatEvent,
     MessageStarted,
@@ -26,7 +30,14 @@ from functions.core.chat.schemas import (
     ReplyFailed,
     SendRequest,
 )
-from functions.core.liveness.drain import Drain, shutting_down
+from functions.core.conversations import service as conversations
+from functions.core.db.notifications import notify
+from functions.core.liveness.inflight import (
+    CONVERSATION_DELETED,
+    InFlight,
+    Interrupted,
+    shutting_down,
+)
 from functions.core.llm.errors import LLMError
 from functions.core.llm.schemas import ChatDelta, ChatDone
 from functions.core.messages import service as messages
@@ -48,13 +59,13 @@ class ChatService:
         llm: LLMClient,
         exchanges: Exchanges | None = None,
         *,
-        drain: Drain | None = None,
+        in_flight: InFlight | None = None,
         outcome_retry_s: float = 30.0,
     ) -> None:
         self._llm = llm
         self._locks = ConversationLocks()
         self.exchanges = exchanges or Exchanges()
-        self._drain = drain or Drain(grace_s=0)
+        self._in_flight = in_flight or InFlight(grace_s=0)
         self._outcome_retry_s = outcome_retry_s
 
     async def send(self, request: SendRequest) -> MessageOut:
@@ -66,7 +77,7 @@ class ChatService:
         """
         try:
             request, conversation_id = await self.exchanges.prepare(request)
-            self._drain.check_accepting()
+            self._in_flight.check_accepting()
             async with self._locks.hold(conversation_id):
                 exchange = await self.exchanges.begin(request)
                 return await self._generate(exchange, request)
@@ -82,10 +93,14 @@ class ChatService:
         recorder = ReplyRecorder(exchange, retry_s=self._outcome_retry_s)
         parts: list[str] = []
         done: ChatDone | None = None
-        with self._drain.guard() as guard:
+        with self._in_flight.guard(exchange.assistant_message.conversation_id) as guard:
             try:
                 async with aclosing(self._upstream(exchange, request)) as events:
-                    async for event in events:
+                    while True:
+                        with guard.waiting():
+                            event = await anext(events, None)
+                        if event is None:
+                            break
                         if isinstance(event, ChatDelta):
                             parts.append(event.text)
                         else:
@@ -94,12 +109,14 @@ class ChatService:
                 await recorder.failed(exc, partial="".join(parts))
                 exc.details.update(_ids(exchange))
                 raise
-            except asyncio.CancelledError:
-                if not guard.claim_cancellation():
-                    await recorder.cancelled("".join(parts))
-                    raise
+            except Interrupted as stop:
+                if stop.reason == "deleted":
+                    raise recorder.gone() from None
                 await recorder.shutdown("".join(parts))
                 raise shutting_down(_ids(exchange)) from None
+            except asyncio.CancelledError:
+                await recorder.cancelled("".join(parts))
+                raise
             except Exception as exc:
                 await recorder.broken(exc, partial="".join(parts))
                 raise
@@ -115,7 +132,7 @@ class ChatService:
         """
         try:
             request, conversation_id = await self.exchanges.prepare(request)
-            self._drain.check_accepting()
+            self._in_flight.check_accepting()
             async with self._locks.hold(conversation_id):
                 exchange = await self.exchanges.begin(request)
                 async with aclosing(self._stream_exchange(exchange, request)) as events:
@@ -144,27 +161,32 @@ class ChatService:
                 user_message=exchange.user_message,
                 assistant_message=exchange.assistant_message,
             )
-            with self._drain.guard() as guard:
+            with self._in_flight.guard(exchange.assistant_message.conversation_id) as guard:
                 try:
                     async with aclosing(self._upstream(exchange, request)) as events:
-                        async for event in events:
+                        while True:
+                            with guard.waiting():
+                                event = await anext(events, None)
+                            if event is None:
+                                break
                             if isinstance(event, ChatDelta):
                                 parts.append(event.text)
                                 yield ReplyDelta(text=event.text)
                             else:
                                 done = event
-                except asyncio.CancelledError:
-                    if not guard.claim_cancellation():
-                        raise
-                    stored = await recorder.shutdown("".join(parts))
-                    yield _error_event(shutting_down(_ids(exchange)), stored)
+                except Interrupted as stop:
+                    yield await _interrupted_event(stop, recorder, "".join(parts))
                     return
             stored = await recorder.completed("".join(parts), done, ttft_ms=done.ttft_ms)
             yield ReplyDone(message=stored)
         except LLMError as exc:
-            stored = await recorder.failed(exc, partial="".join(parts))
+            try:
+                stored = await recorder.failed(exc, partial="".join(parts))
+            except (ReplyNotRecordedError, ConversationGoneError) as lost:
+                yield _error_event(lost, None)
+                return
             yield _error_event(exc, stored)
-        except ReplyNotRecordedError as exc:
+        except (ReplyNotRecordedError, ConversationGoneError) as exc:
             yield _error_event(exc, None)
         except Exception as exc:
             if not recorder.finished:
@@ -173,6 +195,18 @@ class ChatService:
         finally:
             if not recorder.finished:
                 await recorder.cancelled("".join(parts))
+
+    async def delete_conversation(self, owner: uuid.UUID, conversation_id: uuid.UUID) -> None:
+        """Delete a conversation and end any reply being generated in it, here and (through
+        a notification on PostgreSQL) in every other process."""
+        await conversations.delete_conversation(owner, conversation_id)
+        self.conversation_deleted(conversation_id)
+        await notify(CONVERSATION_DELETED, str(conversation_id))
+
+    def conversation_deleted(self, conversation_id: uuid.UUID) -> None:
+        """Abort this process's sends in a deleted conversation (their clients are told)."""
+        self.exchanges.forget(conversation_id)
+        self._in_flight.cancel_conversation(conversation_id)
 
     async def _upstream(
         self, exchange: Exchange, request: SendRequest
@@ -184,10 +218,21 @@ class ChatService:
         finished = False
         async with aclosing(upstream) as events:
             async for event in events:
-                finished = isinstance(event, ChatDone)
+                # vLLM always ends a reply with its reason; [DONE] without one is a cut.
+                finished = isinstance(event, ChatDone) and event.finish_reason is not None
                 yield event
         if not finished:
             raise LLMError("the upstream stream ended without finishing the reply")
+
+
+async def _interrupted_event(
+    stop: Interrupted, recorder: ReplyRecorder, partial: str
+) -> ReplyFailed:
+    """The last event of a stream the shutdown or a deletion ended."""
+    if stop.reason == "deleted":
+        return _error_event(recorder.gone(), None)
+    stored = await recorder.shutdown(partial)
+    return _error_event(shutting_down(_ids(recorder.exchange)), stored)
 
 
 def _ids(exchange: Exchange) -> dict[str, Any]:
