@@ -51,6 +51,9 @@ if TYPE_CHECKING:
     from functions.core.messages.schemas import Exchange, MessageOut
 
 
+UNFINISHED = "the upstream stream ended without finishing the reply"
+
+
 class ChatService:
     """The send path for one process; shared by every request (it holds the locks)."""
 
@@ -91,37 +94,31 @@ class ChatService:
     async def _generate(self, exchange: Exchange, request: SendRequest) -> MessageOut:
         """The model's whole reply for a claimed exchange, recorded however it ends."""
         recorder = ReplyRecorder(exchange, retry_s=self._outcome_retry_s)
-        parts: list[str] = []
-        done: ChatDone | None = None
         with self._in_flight.guard(exchange.assistant_message.conversation_id) as guard:
             try:
-                async with aclosing(self._upstream(exchange, request)) as events:
-                    while True:
-                        with guard.waiting():
-                            event = await anext(events, None)
-                        if event is None:
-                            break
-                        if isinstance(event, ChatDelta):
-                            parts.append(event.text)
-                        else:
-                            done = event
+                with guard.waiting():
+                    result = await self._llm.collect_chat(
+                        self.exchanges.llm_request(exchange, request),
+                        request_id=request.request_id,
+                    )
+                if result.finish_reason is None:
+                    raise LLMError(UNFINISHED, partial_text=result.content, details=_ids(exchange))
             except LLMError as exc:
-                await recorder.failed(exc, partial="".join(parts))
+                await recorder.failed(exc)
                 exc.details.update(_ids(exchange))
                 raise
             except Interrupted as stop:
                 if stop.reason == "deleted":
                     raise recorder.gone() from None
-                await recorder.shutdown("".join(parts))
+                await recorder.shutdown()
                 raise shutting_down(_ids(exchange)) from None
             except asyncio.CancelledError:
-                await recorder.cancelled("".join(parts))
+                await recorder.cancelled()
                 raise
             except Exception as exc:
-                await recorder.broken(exc, partial="".join(parts))
+                await recorder.broken(exc)
                 raise
-        assert done is not None  # _upstream raises when the reply never finished
-        return await recorder.completed("".join(parts), done, ttft_ms=done.ttft_ms)
+        return await recorder.completed(result.content, result, ttft_ms=result.ttft_ms)
 
     async def stream(self, request: SendRequest) -> AsyncIterator[ChatEvent]:
         """Send and yield the reply as it arrives: ``message``, ``delta``..., ``done``/``error``.
@@ -222,7 +219,7 @@ class ChatService:
                 finished = isinstance(event, ChatDone) and event.finish_reason is not None
                 yield event
         if not finished:
-            raise LLMError("the upstream stream ended without finishing the reply")
+            raise LLMError(UNFINISHED)
 
 
 async def _interrupted_event(

@@ -274,6 +274,42 @@ class LLMClient:
         )
         return RawCompletion(body=body, result=result)
 
+    async def collect_chat(
+        self, request: ChatRequest, *, request_id: str | None = None
+    ) -> ChatResult:
+        """A whole completion, read from the upstream as a stream.
+
+        What :meth:`chat` returns, with the streaming timeouts: a hung model fails at the
+        first-token timeout (not the total one) and ``ttft_ms`` is real. The text is
+        gathered inside the reader's loop, with no event per token for the caller to
+        handle. Cancelling the caller closes the connection, as with :meth:`stream_chat`.
+        """
+        call = await self._open_stream(request, request_id)
+        reader = call.reader
+        parts: list[str] = []
+        try:
+            while not reader.finished:
+                for event in await reader.read():
+                    for choice in event.choices:
+                        if text := choice.delta.content:
+                            parts.append(text)
+            done = call.finish()
+            await reader.drain()
+        finally:
+            await call.aclose()
+        return ChatResult(
+            content="".join(parts),
+            finish_reason=done.finish_reason,
+            usage=done.usage,
+            model=done.model,
+            upstream_id=done.upstream_id,
+            upstream_url=done.upstream_url,
+            latency_ms=done.latency_ms,
+            ttft_ms=done.ttft_ms,
+            request_id=done.request_id,
+            response_id=done.response_id,
+        )
+
     async def stream_chat(
         self, request: ChatRequest, *, request_id: str | None = None
     ) -> AsyncGenerator[StreamEvent, None]:

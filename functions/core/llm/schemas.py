@@ -70,6 +70,8 @@ class ChatResult(msgspec.Struct, kw_only=True):
     latency_ms: float
     request_id: str | None = None
     response_id: str | None = None
+    # Set when the completion was read as a stream (``collect_chat``).
+    ttft_ms: float | None = None
     tool_calls: list[dict[str, Any]] | None = None
 
 
