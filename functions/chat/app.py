@@ -11,11 +11,20 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
-from litestar.params import Body, FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import Body, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from functions.core.chat.idempotency import Idempotency, request_hash
-from functions.core.chat.schemas import ChatEvent, MessageSend, SendRequest, event_name
+from functions.core.chat.schemas import (
+    ChatEvent,
+    MessageSend,
+    MessageStarted,
+    ReplyDelta,
+    ReplyDone,
+    ReplyFailed,
+    SendRequest,
+    event_name,
+)
 from functions.core.chat.service import ChatService
 from functions.core.conversations import service as conversations
 from functions.core.conversations.schemas import (
@@ -23,6 +32,7 @@ from functions.core.conversations.schemas import (
     ConversationOut,
     ConversationUpdate,
 )
+from functions.core.errors import PayloadTooLargeError
 from functions.core.keys.schemas import Principal
 from functions.core.llm.client import LLMClient
 from functions.core.messages import service as messages
@@ -31,9 +41,9 @@ from functions.core.schemas import Page
 from functions.core.settings import Settings
 from functions.core.web.app import build_app
 from functions.core.web.auth import provide_principal
-from functions.core.web.docs import errors, parse_id
+from functions.core.web.docs import Cursor, IdPath, errors, event_stream, parse_id
 from functions.core.web.errors import request_id_of
-from functions.core.web.state import runtime_of
+from functions.core.web.state import runtime_of, settings_of
 
 REPLY_EXAMPLE = {
     "id": "0b8e7c52-61f4-4d4b-9a57-7f0f3c1e2d44",
@@ -60,6 +70,10 @@ SEND_EXAMPLES = [
         value={"content": "Summarise our Q3 plan.", "stream": True, "temperature": 0.2},
     ),
 ]
+ChatEvents = event_stream(
+    "ChatEvents",
+    {"message": MessageStarted, "delta": ReplyDelta, "done": ReplyDone, "error": ReplyFailed},
+)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _encoder = msgspec.json.Encoder()
 
@@ -68,54 +82,51 @@ def provide_chat(state: State) -> ChatService:
     return runtime_of(state).chat
 
 
-@post("/", summary="Start a conversation", responses=errors(400, 404))
+@post("/", summary="Start a conversation", responses=errors(404, 413))
 async def create_conversation(
     data: JSONBody[ConversationCreate], principal: NamedDependency[Principal]
 ) -> ConversationOut:
-    """``config`` names an LLM configuration; left out, the default configuration is used."""
-    return await conversations.create_conversation(principal.key_id, data)
+    """``config`` names an LLM configuration; left out, the default configuration is used,
+    and with no default set that is a 400 naming ``config``."""
+    return await conversations.create_conversation(principal.key_id, data, require_config=True)
 
 
-@get("/", summary="Your conversations, most recent first", responses=errors(400))
+@get("/", summary="Your conversations, most recent first", responses=errors())
 async def list_conversations(
     principal: NamedDependency[Principal],
-    limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
-    cursor: Annotated[
-        str | None, QueryParameter(description="next_cursor of the previous page")
-    ] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=200, description="Page size")] = 50,
+    cursor: Cursor = None,
 ) -> Page[ConversationOut]:
     return await conversations.list_conversations(principal.key_id, limit=limit, cursor=cursor)
 
 
-@get("/{conversation_id:str}", summary="Get a conversation", responses=errors(400, 404))
+@get("/{conversation_id:str}", summary="Get a conversation", responses=errors(404))
 async def get_conversation(
-    conversation_id: FromPath[str], principal: NamedDependency[Principal]
+    conversation_id: IdPath, principal: NamedDependency[Principal]
 ) -> ConversationOut:
-    return await conversations.get_conversation(
-        principal.key_id, parse_id(conversation_id, "conversation")
-    )
+    return await conversations.get_conversation(principal.key_id, conversation_id)
 
 
 @patch(
-    "/{conversation_id:str}", summary="Change title, metadata or config", responses=errors(400, 404)
+    "/{conversation_id:str}",
+    summary="Change title, metadata or config",
+    responses=errors(404, 413),
 )
 async def update_conversation(
-    conversation_id: FromPath[str],
+    conversation_id: IdPath,
     data: JSONBody[ConversationUpdate],
     principal: NamedDependency[Principal],
 ) -> ConversationOut:
-    return await conversations.update_conversation(
-        principal.key_id, parse_id(conversation_id, "conversation"), data
-    )
+    return await conversations.update_conversation(principal.key_id, conversation_id, data)
 
 
 @delete(
     "/{conversation_id:str}",
     summary="Delete a conversation and its messages",
-    responses=errors(400, 404),
+    responses=errors(404),
 )
 async def delete_conversation(
-    conversation_id: FromPath[str],
+    conversation_id: IdPath,
     principal: NamedDependency[Principal],
     chat: NamedDependency[ChatService],
 ) -> None:
@@ -123,28 +134,38 @@ async def delete_conversation(
     await chat.delete_conversation(principal.key_id, parse_id(conversation_id, "conversation"))
 
 
-@get("/{conversation_id:str}/messages", summary="Messages in order", responses=errors(400, 404))
+@get("/{conversation_id:str}/messages", summary="Messages in order", responses=errors(404))
 async def list_messages(
-    conversation_id: FromPath[str],
+    conversation_id: IdPath,
     principal: NamedDependency[Principal],
-    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
-    after: Annotated[
-        int, QueryParameter(ge=0, description="Only messages with seq > after (next_cursor)")
-    ] = 0,
+    request: Request[Any, Any, Any],
+    limit: Annotated[int, QueryParameter(ge=1, le=500, description="Page size")] = 100,
+    cursor: Cursor = None,
 ) -> Page[MessageOut]:
+    """At most ``limit`` messages and about SWITCHBOARD_MAX_PAGE_BYTES of them (always at
+    least one): a page of long messages is shorter, and ``next_cursor`` says there is more."""
     return await messages.list_messages(
-        principal.key_id, parse_id(conversation_id, "conversation"), limit=limit, after=after
+        principal.key_id,
+        conversation_id,
+        limit=limit,
+        cursor=cursor,
+        max_bytes=settings_of(request.app.state).max_page_bytes,
     )
 
 
-def _sse(event: ChatEvent) -> bytes:
+def _sse(event: ChatEvent, request_id: str | None) -> bytes:
+    if isinstance(event, ReplyFailed):
+        # The same request id as every other error body, to quote when reporting it.
+        event = msgspec.structs.replace(event, error={**event.error, "request_id": request_id})
     return b"event: " + event_name(event).encode() + b"\ndata: " + _encoder.encode(event) + b"\n\n"
 
 
-async def _event_stream(first: ChatEvent, rest: AsyncIterator[ChatEvent]) -> AsyncIterator[bytes]:
-    yield _sse(first)
+async def _event_stream(
+    first: ChatEvent, rest: AsyncIterator[ChatEvent], request_id: str | None
+) -> AsyncIterator[bytes]:
+    yield _sse(first, request_id)
     async for event in rest:
-        yield _sse(event)
+        yield _sse(event, request_id)
 
 
 @post(
@@ -155,19 +176,24 @@ async def _event_stream(first: ChatEvent, rest: AsyncIterator[ChatEvent]) -> Asy
         201: ResponseSpec(
             data_container=MessageOut,
             examples=[Example(summary="the stored reply", value=REPLY_EXAMPLE)],
+            description="Non-streaming (`stream` false or left out): the stored reply.",
+        ),
+        200: ResponseSpec(
+            data_container=ChatEvents,
+            media_type="text/event-stream",
+            generate_examples=False,
             description=(
-                "Non-streaming: the stored assistant message. With `stream: true`: "
-                "`text/event-stream` with events `message` (both stored messages), "
+                "With `stream: true`: server-sent events `message` (both stored messages), "
                 "`delta` (`{text}`), then `done` (`{message}`, the stored reply with usage) "
-                "or `error` (`{error, message}`)."
+                "or `error` (`{error: {code, message, details, request_id}, message}`)."
             ),
         ),
-        **errors(400, 404, 409, 502, 503, 504),
+        **errors(404, 409, 413, 502, 504),
     },
 )
 async def send_message(
     *,
-    conversation_id: FromPath[str],
+    conversation_id: IdPath,
     data: Annotated[MessageSend, Body(examples=SEND_EXAMPLES)],
     principal: NamedDependency[Principal],
     chat: NamedDependency[ChatService],
@@ -194,6 +220,13 @@ async def send_message(
     ``llm_error`` (502).
     """
     conversation = parse_id(conversation_id, "conversation")
+    limit = settings_of(request.app.state).max_message_chars
+    if len(data.content) > limit:
+        raise PayloadTooLargeError(
+            f"content is {len(data.content)} characters; the limit is {limit} "
+            "(SWITCHBOARD_MAX_MESSAGE_CHARS)",
+            details={"field": "content", "limit_chars": limit},
+        )
     send = SendRequest(
         owner=principal.key_id,
         conversation_id=conversation,
@@ -214,7 +247,7 @@ async def send_message(
     # SSE event after a 200.
     first = await anext(events)
     return Stream(
-        _event_stream(first, events),
+        _event_stream(first, events, request_id_of(request)),
         media_type="text/event-stream",
         headers=SSE_HEADERS,
         status_code=200,

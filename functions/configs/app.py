@@ -4,68 +4,127 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Litestar, Router, delete, get, post, put
+from litestar import Litestar, Router, delete, get, patch, post, put
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from functions.core.configs import service
-from functions.core.configs.schemas import LLMConfigCreate, LLMConfigOut, LLMConfigSpec
+from functions.core.configs.schemas import (
+    CONFIG_NAME_PATTERN,
+    LLMConfigCreate,
+    LLMConfigOut,
+    LLMConfigPatch,
+    LLMConfigSpec,
+)
 from functions.core.keys.schemas import Principal
+from functions.core.schemas import Page
 from functions.core.settings import Settings
 from functions.core.web.app import build_app
 from functions.core.web.auth import provide_principal, require_admin
-from functions.core.web.docs import errors
+from functions.core.web.docs import Cursor, errors
+
+NamePath = Annotated[
+    str,
+    PathParameter(
+        pattern=CONFIG_NAME_PATTERN,
+        max_length=100,
+        description="A configuration's name",
+    ),
+]
+Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Page size")]
 
 
-@post("/", summary="Create a configuration (version 1)", responses=errors(400, 403, 409))
+@post("/", summary="Create a configuration (version 1)", responses=errors(403, 409, 413))
 async def create_config(
     data: JSONBody[LLMConfigCreate], principal: NamedDependency[Principal]
 ) -> LLMConfigOut:
+    """A name in use is a 409, archived or not (an archived one says how to unarchive it)."""
     require_admin(principal)
     return await service.create_config(data)
 
 
-@get("/", summary="List configurations (latest version of each)")
+@get("/", summary="List configurations (latest version of each)", responses=errors())
 async def list_configs(
     principal: NamedDependency[Principal],
-    include_archived: FromQuery[bool] = False,
-) -> list[LLMConfigOut]:
-    return await service.list_configs(include_archived=include_archived)
+    include_archived: Annotated[
+        bool, QueryParameter(description="Archived configurations too")
+    ] = False,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[LLMConfigOut]:
+    return await service.page_configs(include_archived=include_archived, limit=limit, cursor=cursor)
 
 
 @get("/{name:str}", summary="Get a configuration", responses=errors(404))
 async def get_config(
-    name: FromPath[str],
+    name: NamePath,
     principal: NamedDependency[Principal],
-    version: Annotated[int | None, QueryParameter(ge=1, description="An older version")] = None,
+    version: Annotated[
+        int | None, QueryParameter(ge=1, le=2**31 - 1, description="An older version")
+    ] = None,
 ) -> LLMConfigOut:
-    """The latest version, or the one given by ``?version=``."""
+    """The latest version (archived or not), or the one given by ``?version=``."""
     return await service.get_config(name, version)
 
 
 @get("/{name:str}/versions", summary="Every version of a configuration", responses=errors(404))
 async def list_versions(
-    name: FromPath[str], principal: NamedDependency[Principal]
-) -> list[LLMConfigOut]:
-    return await service.list_versions(name)
+    name: NamePath,
+    principal: NamedDependency[Principal],
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[LLMConfigOut]:
+    """Oldest first; an archived configuration's versions stay readable."""
+    return await service.page_versions(name, limit=limit, cursor=cursor)
 
 
-@put("/{name:str}", summary="Edit: store a new version", responses=errors(400, 403, 404))
+@put(
+    "/{name:str}",
+    summary="Replace: store a new version from a whole definition",
+    responses=errors(403, 404, 409, 413),
+)
 async def update_config(
-    name: FromPath[str], data: JSONBody[LLMConfigSpec], principal: NamedDependency[Principal]
+    name: NamePath, data: JSONBody[LLMConfigSpec], principal: NamedDependency[Principal]
 ) -> LLMConfigOut:
-    """Versions are immutable: this stores version N+1; messages keep pointing at theirs."""
+    """Stores version N+1 from the whole body: a field left out takes its default (to
+    change some fields and keep the rest, use PATCH). Messages keep pointing at theirs.
+    An archived name is a 409: unarchive it first."""
     require_admin(principal)
     return await service.update_config(name, data)
 
 
-@delete("/{name:str}", status_code=200, summary="Archive", responses=errors(403, 404))
-async def archive_config(
-    name: FromPath[str], principal: NamedDependency[Principal]
+@patch(
+    "/{name:str}",
+    summary="Edit: store a new version with some fields changed",
+    responses=errors(403, 404, 409, 413),
+)
+async def patch_config(
+    name: NamePath, data: JSONBody[LLMConfigPatch], principal: NamedDependency[Principal]
 ) -> LLMConfigOut:
-    """Hide from listings and new conversations; old versions stay for stored messages."""
+    """Stores version N+1: the latest version with the fields in the body changed (`null`
+    clears one that may be empty). An archived name is a 409: unarchive it first."""
+    require_admin(principal)
+    return await service.patch_config(name, data)
+
+
+@delete("/{name:str}", status_code=200, summary="Archive", responses=errors(403, 404))
+async def archive_config(name: NamePath, principal: NamedDependency[Principal]) -> LLMConfigOut:
+    """Hide from listings and new conversations; every version stays readable for the
+    messages that used it. Idempotent; ``POST /v1/configs/{name}/unarchive`` undoes it."""
     require_admin(principal)
     return await service.archive_config(name)
+
+
+@post(
+    "/{name:str}/unarchive",
+    status_code=200,
+    summary="Unarchive",
+    responses=errors(403, 404),
+)
+async def unarchive_config(name: NamePath, principal: NamedDependency[Principal]) -> LLMConfigOut:
+    """Bring an archived configuration back as it was (not as the default). Idempotent."""
+    require_admin(principal)
+    return await service.unarchive_config(name)
 
 
 router = Router(
@@ -76,7 +135,9 @@ router = Router(
         get_config,
         list_versions,
         update_config,
+        patch_config,
         archive_config,
+        unarchive_config,
     ],
     dependencies={"principal": Provide(provide_principal)},
     tags=["configs"],

@@ -36,6 +36,13 @@ class InvalidInputError(SwitchboardError):
     code = "validation_error"
 
 
+class InvalidJsonError(InvalidInputError):
+    """The body is not JSON Switchboard can read: truncated, not UTF-8, a number out of range,
+    a lone surrogate, nested too deeply, or missing where the route needs one."""
+
+    code = "invalid_json"
+
+
 class AuthenticationError(SwitchboardError):
     status_code = 401
     code = "unauthorized"

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 
     from functions.core.llm.schemas import LLMStats
 
+# The exposition format's media type without its charset: the web layer adds
+# ``charset=utf-8`` itself, and a second one makes some scrapers refuse the page.
+METRICS_MEDIA_TYPE = CONTENT_TYPE_LATEST.split(";charset=")[0].split("; charset=")[0]
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 LLM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
 
@@ -162,5 +166,5 @@ def render_metrics() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         for collector in _live_collectors:
             registry.register(collector)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        return generate_latest(registry), METRICS_MEDIA_TYPE
+    return generate_latest(REGISTRY), METRICS_MEDIA_TYPE

@@ -1,15 +1,18 @@
 """Base Structs for everything that crosses an edge (HTTP, CLI, flows).
 
 ``Input`` carries the policy for what callers send: unknown fields are an error, not
-silently dropped, so a typo in a field name is reported instead of ignored. ``Output`` is
-what services return; every field is always present so clients see a stable shape.
+silently dropped, so a typo in a field name is reported instead of ignored; and every value
+is one both databases store alike (see :func:`check_value`). ``Output`` is what services
+return; every field is always present so clients see a stable shape.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from typing import Generic, TypeVar
+import math
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
@@ -17,9 +20,73 @@ from functions.core.errors import InvalidInputError
 
 T = TypeVar("T")
 
+# Free-form JSON (metadata, extra) nests at most this deep; deeper is a 400, not a crash in
+# a database's JSON parser or a recursion limit.
+MAX_JSON_DEPTH = 32
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+class InputValueError(ValueError):
+    """A value no database may store; ``field`` is its path within the Struct."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def check_value(value: Any, field: str, depth: int = 0) -> None:
+    """Refuse what PostgreSQL and SQLite would not store alike, wherever it is nested.
+
+    NUL (U+0000) in a string or key (PostgreSQL refuses it, SQLite keeps it), an integer
+    beyond 64 bits, a float that is not finite, or JSON nested deeper than
+    :data:`MAX_JSON_DEPTH`. Nested Structs check themselves (``Input.__post_init__``).
+    """
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InputValueError(field, "contains a NUL character (\\u0000), which is not stored")
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise InputValueError(field, "is an integer beyond 64 bits")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InputValueError(field, "is not a finite number")
+    elif isinstance(value, dict | list | tuple):
+        if depth >= MAX_JSON_DEPTH:
+            raise InputValueError(field, f"nests JSON deeper than {MAX_JSON_DEPTH} levels")
+        _check_items(value, field, depth + 1)
+
+
+def _check_items(
+    value: dict[Any, Any] | list[Any] | tuple[Any, ...], field: str, depth: int
+) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                raise InputValueError(field, f"has a key with a NUL character (\\u0000): {key!r}")
+            check_value(item, f"{field}.{key}", depth)
+    else:
+        for index, item in enumerate(value):
+            check_value(item, f"{field}[{index}]", depth)
+
 
 class Input(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Base for request bodies and service inputs."""
+    """Base for request bodies and service inputs.
+
+    Checks every field on construction and on decoding (:func:`check_value`), so a value
+    the databases would treat differently never reaches a service, whichever door it came
+    through.
+    """
+
+    def __post_init__(self) -> None:
+        for name, encoded in zip(
+            self.__struct_fields__, self.__struct_encode_fields__, strict=True
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, msgspec.Struct):
+                check_value(value, encoded)
 
 
 class Output(msgspec.Struct, kw_only=True):
@@ -38,13 +105,36 @@ def encode_cursor(*values: object) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+# What a cursor's values may be: what the rows they came from can hold.
+_CURSOR_TIMES = (datetime(1970, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC))
+
+
+def _cursor_value_ok(value: object) -> bool:
+    if isinstance(value, datetime):
+        return value.tzinfo is not None and _CURSOR_TIMES[0] <= value <= _CURSOR_TIMES[1]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return 0 <= value <= 2**31 - 1
+    if isinstance(value, str):
+        return "\x00" not in value
+    return True
+
+
 def decode_cursor(cursor: str, types: type[T]) -> T:
-    """Decode a cursor made by :func:`encode_cursor`; a mangled one is a 400, not a 500."""
+    """Decode a cursor made by :func:`encode_cursor`; a mangled or tampered one is a 400.
+
+    Values no row could have produced (a date in year 1 or 9999, a number beyond a column)
+    are refused here rather than by a database driver.
+    """
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        return msgspec.json.decode(raw, type=types)
+        values = msgspec.json.decode(raw, type=types)
+        if not all(
+            _cursor_value_ok(v) for v in (values if isinstance(values, tuple) else (values,))
+        ):
+            raise ValueError("cursor value out of range")
+        return values
     except (binascii.Error, ValueError, msgspec.DecodeError) as exc:
         raise InvalidInputError(
             "invalid cursor: pass back the next_cursor value from the previous page unchanged",
-            details={"cursor": cursor},
+            details={"field": "cursor"},
         ) from exc

@@ -58,6 +58,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080
     max_body_bytes: PositiveInt = 1024 * 1024
+    # The most characters one chat message may have (at most 400000, the API's own limit).
+    max_message_chars: Annotated[int, Meta(ge=1, le=400_000)] = 400_000
+    # About how many bytes of messages one page of a history holds (always at least one
+    # message): what listing a conversation of long messages may cost.
+    max_page_bytes: Annotated[int, Meta(ge=1024)] = 1024 * 1024
     send_lock_timeout_s: PositiveFloat = 30.0
     # How long a process remembers a key that authenticated; 0 checks the database on
     # every request. Revocations reach every process at once on PostgreSQL (NOTIFY); on

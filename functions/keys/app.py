@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
+from typing import Annotated
+
 from litestar import Litestar, Router, delete, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody, QueryParameter
 
 from functions.core.keys import service
 from functions.core.keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, Principal
+from functions.core.schemas import Page, decode_cursor, encode_cursor
 from functions.core.settings import Settings
 from functions.core.web.app import build_app
 from functions.core.web.auth import provide_principal, require_admin
-from functions.core.web.docs import errors, parse_id
+from functions.core.web.docs import Cursor, IdPath, errors
 
 
-@post("/", summary="Create an API key", responses=errors(400, 403))
+@post("/", summary="Create an API key", responses=errors(403, 413))
 async def create_key(
     data: JSONBody[ApiKeyCreate], principal: NamedDependency[Principal]
 ) -> ApiKeyCreated:
@@ -23,19 +28,30 @@ async def create_key(
     return await service.create_key(data)
 
 
-@get("/", summary="List API keys", responses=errors(403))
-async def list_keys(principal: NamedDependency[Principal]) -> list[ApiKeyOut]:
+@get("/", summary="List API keys, oldest first", responses=errors(403))
+async def list_keys(
+    principal: NamedDependency[Principal],
+    limit: Annotated[int, QueryParameter(ge=1, le=200, description="Page size")] = 50,
+    cursor: Cursor = None,
+) -> Page[ApiKeyOut]:
     require_admin(principal)
-    return await service.list_keys()
+    # Keys are few (an operator makes each one): paged here over the service's listing.
+    keys = sorted(await service.list_keys(), key=lambda key: (key.created_at, key.id))
+    if cursor is not None:
+        after = decode_cursor(cursor, tuple[datetime, uuid.UUID])
+        keys = [key for key in keys if (key.created_at, key.id) > after]
+    page = keys[:limit]
+    more = len(keys) > limit
+    return Page(
+        data=page, next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if more else None
+    )
 
 
-@delete(
-    "/{key_id:str}", status_code=200, summary="Revoke an API key", responses=errors(400, 403, 404)
-)
-async def revoke_key(key_id: FromPath[str], principal: NamedDependency[Principal]) -> ApiKeyOut:
+@delete("/{key_id:str}", status_code=200, summary="Revoke an API key", responses=errors(403, 404))
+async def revoke_key(key_id: IdPath, principal: NamedDependency[Principal]) -> ApiKeyOut:
     """Effective at once: the next request with this key gets 401."""
     require_admin(principal)
-    return await service.revoke_key(parse_id(key_id, "API key"))
+    return await service.revoke_key(key_id)
 
 
 router = Router(

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from piccolo.engine.base import Engine
+from piccolo.engine.postgres import PostgresEngine
 
 from functions.core.db.engine import close_pool, engine_from_url, open_pool, use_engine
 from functions.core.db.migrate import migrate
@@ -24,7 +25,8 @@ from functions.core.keys.schemas import ApiKeyCreate
 from tests.conftest import truncate_all
 from tests.support.databases import create_postgres_database, drop_postgres_database, sqlite_url
 from tests.support.gateway import GatewayProcess
-from tests.support.simulator import SimulatorProcess
+from tests.support.inprocess import InProcessGateway, inprocess_gateway, inprocess_settings
+from tests.support.simulator import SimulatorProcess, running_simulator
 
 SIMULATORS = {
     "sim-model": ("--max-model-len", "1024", "--tokens", "12"),
@@ -145,3 +147,34 @@ async def api(gateway: GatewayProcess, backend_engine: Engine[Any]) -> AsyncIter
 @pytest.fixture
 def tmp_sqlite(tmp_path: Path) -> str:
     return sqlite_url(tmp_path)
+
+
+# In-process gateway (ASGI on the test's loop) for breadth: one simulator, both engines.
+INPROCESS_MODEL = "inprocess-model"
+
+
+@pytest.fixture(scope="session")
+def inprocess_upstream() -> Iterator[SimulatorProcess]:
+    with running_simulator("--model", INPROCESS_MODEL, "--tokens", "6") as process:
+        yield process
+
+
+@pytest.fixture
+def inprocess_overrides() -> dict[str, Any]:
+    """Settings a test module changes for its in-process gateway (override the fixture)."""
+    return {}
+
+
+@pytest.fixture
+async def inprocess(
+    shared_db: Engine[Any],
+    pg_url: str,
+    sqlite_dir: Path,
+    inprocess_upstream: SimulatorProcess,
+    inprocess_overrides: dict[str, Any],
+) -> AsyncIterator[InProcessGateway]:
+    """The gateway on the database under test, in this process (emptied by ``shared_db``)."""
+    url = pg_url if isinstance(shared_db, PostgresEngine) else sqlite_url(sqlite_dir)
+    settings = inprocess_settings(url, [inprocess_upstream.base_url], **inprocess_overrides)
+    async with inprocess_gateway(settings) as gateway:
+        yield gateway

@@ -230,13 +230,12 @@ async def test_another_keys_conversation_is_not_found_everywhere(api: Api) -> No
     assert await _message_rows(api, conv["id"]) == []
 
 
-async def test_send_without_any_config_is_a_clear_error(api: Api) -> None:
-    conv = await api.conversation()
-    response = await api.alice.post(
-        f"/v1/conversations/{conv['id']}/messages", json={"content": "hi"}
-    )
+async def test_without_any_config_a_conversation_is_a_clear_error(api: Api) -> None:
+    response = await api.alice.post("/v1/conversations", json={})
     assert response.status_code == 400
-    assert "no default configuration" in response.json()["error"]["message"]
+    error = response.json()["error"]
+    assert "no default configuration" in error["message"]
+    assert error["details"]["field"] == "config"
 
 
 async def test_message_validation_names_the_field(api: Api) -> None:

@@ -25,15 +25,17 @@ async def test_config_lifecycle(api: Api) -> None:
     assert (latest["version"], latest["temperature"]) == (2, 0.9)
     first = (await api.alice.get("/v1/configs/support", params={"version": 1})).json()
     assert (first["temperature"], first["system_prompt"]) == (0.2, "Be kind.")
-    versions = (await api.alice.get("/v1/configs/support/versions")).json()
+    versions = (await api.alice.get("/v1/configs/support/versions")).json()["data"]
     assert [v["version"] for v in versions] == [1, 2]
-    assert [c["name"] for c in (await api.alice.get("/v1/configs")).json()] == ["support"]
+    assert [c["name"] for c in (await api.alice.get("/v1/configs")).json()["data"]] == ["support"]
 
     archived = await api.admin.delete("/v1/configs/support")
     assert archived.status_code == 200
     assert archived.json()["archived_at"] is not None
-    assert (await api.alice.get("/v1/configs")).json() == []
-    listed = (await api.alice.get("/v1/configs", params={"include_archived": "true"})).json()
+    assert (await api.alice.get("/v1/configs")).json() == {"data": [], "next_cursor": None}
+    listed = (await api.alice.get("/v1/configs", params={"include_archived": "true"})).json()[
+        "data"
+    ]
     assert [c["name"] for c in listed] == ["support"]
 
 
@@ -78,7 +80,7 @@ async def test_keys_create_list_and_revoke_at_once(api: Api) -> None:
     headers = {"Authorization": f"Bearer {secret}"}
     assert (await api.anonymous.get("/v1/conversations", headers=headers)).status_code == 200
 
-    listed = (await api.admin.get("/v1/keys")).json()
+    listed = (await api.admin.get("/v1/keys")).json()["data"]
     assert body["id"] in {k["id"] for k in listed}
     assert all("secret" not in k for k in listed)
 

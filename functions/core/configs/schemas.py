@@ -7,14 +7,15 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
 from functions.core.schemas import Input, Output
 
+CONFIG_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,99}$"
 ConfigName = Annotated[
     str,
     Meta(
-        pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$",
+        pattern=CONFIG_NAME_PATTERN,
         description="Lower-case letters, digits, '.', '_' and '-'; at most 100 characters.",
         examples=["support-bot"],
     ),
@@ -49,24 +50,48 @@ RESERVED_EXTRA_KEYS = frozenset(
 )
 
 
-class LLMConfigSpec(Input, kw_only=True):
-    """Everything that defines one version of a configuration (the body of ``PUT``)."""
+Model = Annotated[
+    str, Meta(min_length=1, max_length=200, examples=["meta-llama/Llama-3.1-8B-Instruct"])
+]
+SystemPrompt = Annotated[
+    str, Meta(max_length=100_000, examples=["You are a concise support agent."])
+]
+Extra = Annotated[
+    dict[str, Any],
+    Meta(description="Further vLLM request fields, passed as they are (e.g. top_k)."),
+]
 
-    model: Annotated[
-        str, Meta(min_length=1, max_length=200, examples=["meta-llama/Llama-3.1-8B-Instruct"])
-    ]
+
+class LLMConfigSpec(Input, kw_only=True):
+    """Everything that defines one version of a configuration (the body of ``PUT``, which
+    replaces the whole definition: a field left out takes its default)."""
+
+    model: Model
     temperature: Temperature | None = None
     top_p: TopP | None = None
     max_tokens: MaxTokens | None = None
     stop: StopList | None = None
     seed: Seed | None = None
-    system_prompt: (
-        Annotated[str, Meta(max_length=100_000, examples=["You are a concise support agent."])]
-        | None
-    ) = None
+    system_prompt: SystemPrompt | None = None
     history_window: HistoryWindow | None = msgspec.field(default=None)
-    extra: dict[str, Any] = msgspec.field(default_factory=dict)
+    extra: Extra = msgspec.field(default_factory=dict)
     is_default: bool = False
+
+
+class LLMConfigPatch(Input, kw_only=True):
+    """A partial edit (the body of ``PATCH``): the fields present change, the others keep
+    the latest version's values; ``null`` clears a field that may be empty."""
+
+    model: Model | UnsetType = UNSET
+    temperature: Temperature | UnsetType | None = UNSET
+    top_p: TopP | UnsetType | None = UNSET
+    max_tokens: MaxTokens | UnsetType | None = UNSET
+    stop: StopList | UnsetType | None = UNSET
+    seed: Seed | UnsetType | None = UNSET
+    system_prompt: SystemPrompt | UnsetType | None = UNSET
+    history_window: HistoryWindow | UnsetType | None = UNSET
+    extra: Extra | UnsetType = UNSET
+    is_default: bool | UnsetType = UNSET
 
 
 class LLMConfigCreate(LLMConfigSpec, kw_only=True):

@@ -1,8 +1,11 @@
 """LLM configurations: immutable versions under a name, one of them the default.
 
 Editing inserts version N+1; earlier versions stay so every message can say exactly which
-version produced it. Archiving hides a name from listings and new conversations but keeps
-its versions for the messages that reference them.
+version produced it. ``PUT`` replaces the whole definition; ``PATCH`` changes the fields it
+names and keeps the rest. Archiving hides a name from listings and new conversations but
+keeps its versions readable for the messages that reference them; unarchiving brings the
+name back as it was. An archived name is neither free (``POST`` is a conflict) nor editable
+until it is unarchived: each refusal says so.
 """
 
 from __future__ import annotations
@@ -17,12 +20,16 @@ from functions.core.configs.schemas import (
     RESERVED_EXTRA_KEYS,
     LLMConfigCreate,
     LLMConfigOut,
+    LLMConfigPatch,
     LLMConfigSpec,
 )
 from functions.core.db.engine import write_transaction
 from functions.core.db.sql import fetch
 from functions.core.db.tables import LLMConfig
 from functions.core.errors import ConflictError, InvalidInputError, NotFoundError
+from functions.core.schemas import Page, decode_cursor, encode_cursor
+
+MAX_PAGE_SIZE = 200
 
 _COLUMNS = tuple(getattr(LLMConfig, name) for name in LLMConfigOut.__struct_fields__)
 
@@ -44,7 +51,16 @@ async def latest_version(name: str) -> LLMConfigOut | None:
     return _from_raw(rows[0]) if rows else None
 
 
+MAX_EXTRA_BYTES = 64 * 1024
+
+
 def _check_extra(extra: dict[str, Any]) -> None:
+    size = len(msgspec.json.encode(extra))
+    if size > MAX_EXTRA_BYTES:
+        raise InvalidInputError(
+            f"extra is {size} bytes encoded; the limit is {MAX_EXTRA_BYTES}",
+            details={"field": "extra"},
+        )
     reserved = sorted(RESERVED_EXTRA_KEYS.intersection(extra))
     if reserved:
         raise InvalidInputError(
@@ -86,32 +102,79 @@ async def _insert_version(name: str, version: int, spec: LLMConfigSpec) -> uuid.
     return uuid.UUID(str(row.id))
 
 
+def _archived(name: str, doing: str) -> ConflictError:
+    return ConflictError(
+        f"configuration {name!r} is archived, so it cannot {doing}: "
+        f"POST /v1/configs/{name}/unarchive restores it (admin)",
+        details={"name": name, "archived": True},
+    )
+
+
+def _missing(name: str) -> NotFoundError:
+    return NotFoundError(
+        f"no configuration named {name!r}; POST /v1/configs creates one",
+        details={"name": name},
+    )
+
+
 async def create_config(data: LLMConfigCreate) -> LLMConfigOut:
     """Create version 1 of a new name. A name in use (even archived) is a conflict."""
     _check_extra(data.extra)
     async with write_transaction():
-        if await LLMConfig.exists().where(LLMConfig.name == data.name):
+        latest = await latest_version(data.name)
+        if latest is not None and latest.archived_at is not None:
+            raise _archived(data.name, "be created again")
+        if latest is not None:
             raise ConflictError(
                 f"a configuration named {data.name!r} already exists; "
-                "PUT /v1/configs/{name} creates a new version of it",
+                f"PUT or PATCH /v1/configs/{data.name} stores a new version of it",
                 details={"name": data.name},
             )
         config_id = await _insert_version(data.name, 1, data)
     return await get_config_by_id(config_id)
 
 
+async def _latest_editable(name: str) -> LLMConfigOut:
+    latest = await latest_version(name)
+    if latest is None:
+        raise _missing(name)
+    if latest.archived_at is not None:
+        raise _archived(name, "be edited")
+    return latest
+
+
+async def _store_next(name: str, latest: LLMConfigOut, spec: LLMConfigSpec) -> uuid.UUID:
+    if latest.is_default and not spec.is_default:
+        # A new version of the default stays the default; making another name the
+        # default is how the default moves.
+        spec = msgspec.structs.replace(spec, is_default=True)
+    return await _insert_version(name, latest.version + 1, spec)
+
+
 async def update_config(name: str, spec: LLMConfigSpec) -> LLMConfigOut:
-    """Store ``spec`` as the next version of ``name``; the default flag follows the name."""
+    """Store ``spec`` as the next version of ``name``: the whole definition, so a field left
+    out takes its default (``PUT``); the default flag follows the name."""
     _check_extra(spec.extra)
     async with write_transaction():
-        latest = await latest_version(name)
-        if latest is None or latest.archived_at is not None:
-            raise NotFoundError(f"no configuration named {name!r}", details={"name": name})
-        if latest.is_default and not spec.is_default:
-            # A new version of the default stays the default; making another name the
-            # default is how the default moves.
-            spec = msgspec.structs.replace(spec, is_default=True)
-        config_id = await _insert_version(name, latest.version + 1, spec)
+        latest = await _latest_editable(name)
+        config_id = await _store_next(name, latest, spec)
+    return await get_config_by_id(config_id)
+
+
+async def patch_config(name: str, patch: LLMConfigPatch) -> LLMConfigOut:
+    """Store the next version of ``name``: the latest one with the fields ``patch`` sets
+    (``null`` clears a field that may be empty) (``PATCH``)."""
+    async with write_transaction():
+        latest = await _latest_editable(name)
+        current = {field: getattr(latest, field) for field in LLMConfigSpec.__struct_fields__}
+        changes = {
+            field: value
+            for field in LLMConfigPatch.__struct_fields__
+            if (value := getattr(patch, field)) is not msgspec.UNSET
+        }
+        spec = msgspec.convert(current | changes, LLMConfigSpec)
+        _check_extra(spec.extra)
+        config_id = await _store_next(name, latest, spec)
     return await get_config_by_id(config_id)
 
 
@@ -143,30 +206,73 @@ async def get_config_by_id(config_id: uuid.UUID) -> LLMConfigOut:
 
 
 async def list_configs(*, include_archived: bool = False) -> list[LLMConfigOut]:
-    """The latest version of every configuration, by name."""
-    rows = (
-        await LLMConfig.select(*_COLUMNS)
-        .order_by(LLMConfig.name)
-        .order_by(LLMConfig.version, ascending=False)
-        .output(load_json=True)
-    )
-    latest: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        latest.setdefault(row["name"], row)
-    configs = msgspec.convert(list(latest.values()), list[LLMConfigOut])
-    return [c for c in configs if include_archived or c.archived_at is None]
+    """The latest version of every configuration, by name (for the CLI; HTTP pages)."""
+    configs: list[LLMConfigOut] = []
+    cursor = None
+    while True:
+        page = await page_configs(
+            include_archived=include_archived, limit=MAX_PAGE_SIZE, cursor=cursor
+        )
+        configs.extend(page.data)
+        if page.next_cursor is None:
+            return configs
+        cursor = page.next_cursor
+
+
+# The latest version of each name, by name: the (name, version) index bounds the scan.
+_LATEST = (
+    _SELECT + " AS c WHERE version = "  # noqa: S608 - constant column names
+    "(SELECT max(version) FROM llm_config AS v WHERE v.name = c.name)"
+)
+
+
+async def page_configs(
+    *, include_archived: bool = False, limit: int = 50, cursor: str | None = None
+) -> Page[LLMConfigOut]:
+    """One page of the latest version of every configuration, by name."""
+    limit = max(1, min(limit, MAX_PAGE_SIZE))
+    sql, args = _LATEST, []
+    if cursor is not None:
+        (after,) = decode_cursor(cursor, tuple[str])
+        sql += " AND name > {}"
+        args.append(after)
+    if not include_archived:
+        sql += " AND archived_at IS NULL"
+    rows = await fetch(sql + " ORDER BY name LIMIT {}", *args, limit + 1)
+    items = [_from_raw(row) for row in rows[:limit]]
+    next_cursor = encode_cursor(items[-1].name) if len(rows) > limit else None
+    return Page(data=items, next_cursor=next_cursor)
 
 
 async def list_versions(name: str) -> list[LLMConfigOut]:
-    rows = (
-        await LLMConfig.select(*_COLUMNS)
-        .where(LLMConfig.name == name)
-        .order_by(LLMConfig.version)
-        .output(load_json=True)
+    """Every version of ``name``, oldest first."""
+    versions: list[LLMConfigOut] = []
+    cursor = None
+    while True:
+        page = await page_versions(name, limit=MAX_PAGE_SIZE, cursor=cursor)
+        versions.extend(page.data)
+        if page.next_cursor is None:
+            return versions
+        cursor = page.next_cursor
+
+
+async def page_versions(
+    name: str, *, limit: int = 50, cursor: str | None = None
+) -> Page[LLMConfigOut]:
+    """One page of the versions of ``name``, oldest first; 404 if the name never existed."""
+    limit = max(1, min(limit, MAX_PAGE_SIZE))
+    after = 0 if cursor is None else decode_cursor(cursor, tuple[int])[0]
+    rows = await fetch(
+        _SELECT + " WHERE name = {} AND version > {} ORDER BY version LIMIT {}",
+        name,
+        after,
+        limit + 1,
     )
-    if not rows:
-        raise NotFoundError(f"no configuration named {name!r}", details={"name": name})
-    return msgspec.convert(rows, list[LLMConfigOut])
+    if not rows and await latest_version(name) is None:
+        raise _missing(name)
+    items = [_from_raw(row) for row in rows[:limit]]
+    next_cursor = encode_cursor(items[-1].version) if len(rows) > limit else None
+    return Page(data=items, next_cursor=next_cursor)
 
 
 async def archive_config(name: str) -> LLMConfigOut:
@@ -174,11 +280,24 @@ async def archive_config(name: str) -> LLMConfigOut:
     async with write_transaction():
         latest = await latest_version(name)
         if latest is None:
-            raise NotFoundError(f"no configuration named {name!r}", details={"name": name})
+            raise _missing(name)
         if latest.archived_at is None:
             await LLMConfig.update(
                 {LLMConfig.archived_at: datetime.now(UTC), LLMConfig.is_default: False}
             ).where(LLMConfig.name == name)
+            await _bump_epoch()
+    return await get_config(name)
+
+
+async def unarchive_config(name: str) -> LLMConfigOut:
+    """Bring an archived name back, every version as it was (not as the default).
+    Idempotent."""
+    async with write_transaction():
+        latest = await latest_version(name)
+        if latest is None:
+            raise _missing(name)
+        if latest.archived_at is not None:
+            await LLMConfig.update({LLMConfig.archived_at: None}).where(LLMConfig.name == name)
             await _bump_epoch()
     return await get_config(name)
 
@@ -190,8 +309,9 @@ async def get_default_config() -> LLMConfigOut | None:
 
 def no_default_error() -> InvalidInputError:
     return InvalidInputError(
-        "no configuration given and no default configuration is set: "
-        'pass "config" or mark a configuration as the default',
+        "no configuration named and no default configuration is set: name one in "
+        '"config" (POST or PATCH /v1/conversations), or make one the default '
+        '(PATCH /v1/configs/{name} with {"is_default": true}, admin)',
         details={"field": "config"},
     )
 
@@ -202,7 +322,9 @@ def missing_error(name: str) -> NotFoundError:
 
 def archived_error(name: str) -> InvalidInputError:
     return InvalidInputError(
-        f"configuration {name!r} is archived", details={"field": "config", "name": name}
+        f"configuration {name!r} is archived: restore it (POST /v1/configs/{name}/unarchive, "
+        'admin) or use another one (PATCH /v1/conversations/{id} with {"config": ...})',
+        details={"field": "config", "name": name, "archived": True},
     )
 
 

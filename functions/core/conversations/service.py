@@ -52,20 +52,33 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
         )
 
 
-async def _config_name(name: str | None) -> str | None:
-    """Validate a named config, or pick the current default's name (None if unset)."""
+async def _config_name(name: str | None, *, required: bool) -> str | None:
+    """Validate a named config, or pick the current default's name.
+
+    With no default, ``required`` makes that a 400 naming ``config``; otherwise (a send
+    to a served model, which needs no configuration) the conversation has none.
+    """
     if name is not None:
         return (await configs.resolve_config(name)).name
     default = await configs.get_default_config()
+    if default is None and required:
+        raise configs.no_default_error()
     return None if default is None else default.name
 
 
-async def create_conversation(owner: uuid.UUID, data: ConversationCreate) -> ConversationOut:
+async def create_conversation(
+    owner: uuid.UUID, data: ConversationCreate, *, require_config: bool = False
+) -> ConversationOut:
+    """Start a conversation on ``data.config`` or the default configuration.
+
+    ``require_config`` (the HTTP door): with neither, refuse instead of starting a
+    conversation no send could use.
+    """
     _check_metadata(data.metadata)
     row = Conversation(
         owner_key=owner,
         title=data.title,
-        config_name=await _config_name(data.config),
+        config_name=await _config_name(data.config, required=require_config),
         metadata=data.metadata,
     )
     await row.save()
@@ -119,7 +132,7 @@ async def update_conversation(
         _check_metadata(data.metadata)
         values[Conversation.metadata] = data.metadata
     if data.config is not UNSET:
-        values[Conversation.config_name] = await _config_name(data.config)
+        values[Conversation.config_name] = await _config_name(data.config, required=True)
     updated = (
         await Conversation.update(values)
         .where((Conversation.id == conversation_id) & (Conversation.owner_key == owner))

@@ -11,7 +11,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from piccolo.engine.postgres import PostgresEngine
+
 from functions.core.conversations.service import not_found
+from functions.core.db.engine import current_engine
 from functions.core.db.sql import fetch, json_column
 from functions.core.db.tables import Conversation, Message
 from functions.core.errors import ConflictError, NotFoundError
@@ -22,13 +25,15 @@ from functions.core.messages.schemas import (
     ReplyOutcome,
     Usage,
 )
-from functions.core.schemas import Page
+from functions.core.schemas import Page, decode_cursor, encode_cursor
 
 if TYPE_CHECKING:
     import uuid
     from collections.abc import AsyncIterator
 
 MAX_PAGE_SIZE = 500
+# Used when no setting is passed (SWITCHBOARD_MAX_PAGE_BYTES is the deployment's).
+DEFAULT_PAGE_BYTES = 1024 * 1024
 
 _COLUMNS = (
     Message.id,
@@ -56,6 +61,10 @@ _COLUMNS = (
     Message.created_at,
     Message.completed_at,
 )
+
+
+def _float(value: float | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def _to_out(row: dict[str, Any]) -> MessageOut:
@@ -90,8 +99,9 @@ def _to_out(row: dict[str, Any]) -> MessageOut:
         config=config,
         model=row["model"],
         usage=usage,
-        latency_ms=row["latency_ms"],
-        ttft_ms=row["ttft_ms"],
+        # Floats on the wire whatever the engine handed back (SQLite may give an int).
+        latency_ms=_float(row["latency_ms"]),
+        ttft_ms=_float(row["ttft_ms"]),
         finish_reason=row["finish_reason"],
         error=error,
         upstream_request_id=row["upstream_request_id"],
@@ -118,25 +128,67 @@ async def get_message_at(conversation_id: uuid.UUID, seq: int) -> MessageOut:
     return _to_out(row)
 
 
+# A row's size as sent: its text and JSON columns, in bytes on either engine.
+_SIZE_COLUMNS = ("content", "content_parts", "tool_calls", "error_message")
+
+
+def _row_size_sql() -> str:
+    postgres = isinstance(current_engine(), PostgresEngine)
+    measure = "octet_length({})" if postgres else "length(CAST({} AS BLOB))"
+    return " + ".join(
+        f"coalesce({measure.format(f'CAST({column} AS TEXT)')}, 0)" for column in _SIZE_COLUMNS
+    )
+
+
 async def list_messages(
-    owner: uuid.UUID, conversation_id: uuid.UUID, *, limit: int = 100, after: int = 0
+    owner: uuid.UUID,
+    conversation_id: uuid.UUID,
+    *,
+    limit: int = 100,
+    cursor: str | None = None,
+    max_bytes: int = DEFAULT_PAGE_BYTES,
 ) -> Page[MessageOut]:
-    """A conversation's messages in sequence order, those with ``seq > after``."""
+    """A conversation's messages in sequence order, from ``cursor`` on.
+
+    A page holds at most ``limit`` messages and about ``max_bytes`` of message text, but
+    always at least one message: the sizes are read first, so a page of long messages
+    costs what it returns, not ``limit`` times the longest.
+    """
     owned = await Conversation.exists().where(
         (Conversation.id == conversation_id) & (Conversation.owner_key == owner)
     )
     if not owned:
         raise not_found(conversation_id)
     limit = max(1, min(limit, MAX_PAGE_SIZE))
+    after = 0 if cursor is None else decode_cursor(cursor, tuple[int])[0]
+    sizes = await fetch(
+        "SELECT seq, " + _row_size_sql() + " AS size FROM message "  # noqa: S608
+        "WHERE conversation = {} AND seq > {} ORDER BY seq LIMIT {}",
+        conversation_id,
+        after,
+        limit + 1,
+    )
+    taken, total = 0, 0
+    for row in sizes[:limit]:
+        total += int(row["size"])
+        if taken and total > max_bytes:
+            break
+        taken += 1
+    if not taken:
+        return Page(data=[])
+    last_seq = sizes[taken - 1]["seq"]
     rows = (
         await Message.select(*_COLUMNS)
-        .where((Message.conversation == conversation_id) & (Message.seq > after))
+        .where(
+            (Message.conversation == conversation_id)
+            & (Message.seq > after)
+            & (Message.seq <= last_seq)
+        )
         .order_by(Message.seq)
-        .limit(limit + 1)
     )
-    items = [_to_out(row) for row in rows[:limit]]
-    next_cursor = str(items[-1].seq) if len(rows) > limit else None
-    return Page(data=items, next_cursor=next_cursor)
+    items = [_to_out(row) for row in rows]
+    more = len(sizes) > taken
+    return Page(data=items, next_cursor=encode_cursor(last_seq) if more and items else None)
 
 
 _MESSAGE_COLUMNS = (
@@ -152,16 +204,24 @@ _FINISH_SQL = (
     "UPDATE message SET status = {}, content = {}, model = COALESCE({}, model), "  # noqa: S608
     "prompt_tokens = {}, completion_tokens = {}, latency_ms = {}, ttft_ms = {}, "
     "finish_reason = {}, error_code = {}, error_message = {}, upstream_request_id = {}, "
-    "completed_at = {} WHERE id = {} AND status = 'pending' RETURNING " + _MESSAGE_COLUMNS
+    "completed_at = {} WHERE id = {} AND (status = 'pending' OR (status = 'failed' AND "
+    "error_code = 'interrupted' AND owner_instance = {})) RETURNING " + _MESSAGE_COLUMNS
 )
 
 
 async def finish_exchange(
-    message_id: uuid.UUID, outcome: ReplyOutcome, *, config: ConfigRef | None = None
+    message_id: uuid.UUID,
+    outcome: ReplyOutcome,
+    *,
+    config: ConfigRef | None = None,
+    owner_instance: uuid.UUID | None = None,
 ) -> MessageOut:
     """Write how the model call ended onto the pending assistant message, once.
 
     ``config`` (the version that produced the reply) saves a lookup when the caller has it.
+    ``owner_instance``, the process generating the reply, may also finish it after a sweep
+    retired it as interrupted (its lease lapsed while the database was out of reach, but
+    the process lived and has the answer): the answer is kept, not thrown away.
     """
     if outcome.status == "pending":
         raise ValueError("an outcome must end the message")
@@ -182,6 +242,7 @@ async def finish_exchange(
         outcome.upstream_request_id,
         now,
         message_id,
+        owner_instance,
     )
     if not updated:
         raise ConflictError(f"message {message_id} is not pending")

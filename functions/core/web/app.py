@@ -22,7 +22,10 @@ from functions.core.llm.client import LLMClient
 from functions.core.logging import get_logger
 from functions.core.runtime import open_runtime
 from functions.core.settings import Settings, load_settings
+from functions.core.web.admission import admit
+from functions.core.web.body import SwitchboardRequest
 from functions.core.web.context import RequestContext
+from functions.core.web.docs import StructSchemas
 from functions.core.web.errors import EXCEPTION_HANDLERS
 from functions.core.web.probes import PROBE_ROUTES
 
@@ -37,7 +40,10 @@ def openapi_config(title: str) -> OpenAPIConfig:
         description=(
             "Switchboard: a self-hosted LLM chat gateway for vLLM. Authenticate with "
             "`Authorization: Bearer sb-...`. Errors are always "
-            '`{"error": {"code", "message", "request_id", "details"}}`.'
+            '`{"error": {"code", "message", "request_id", "details"}}`. Types are strict: '
+            'a number or boolean sent as a string (`"temperature": "0.5"`) is a 400, as is '
+            "an unknown field or query parameter. Lists are "
+            '`{"data": [...], "next_cursor": ...}`: pass `next_cursor` back as `cursor`.'
         ),
         path="/schema",
         render_plugins=[SwaggerRenderPlugin(path="/swagger"), ScalarRenderPlugin(path="/")],
@@ -83,6 +89,10 @@ def build_app(
     app = Litestar(
         route_handlers=[*route_handlers, *PROBE_ROUTES],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        # Authentication, parameter checks and a strict body, before any handler reads.
+        guards=[admit],
+        request_class=SwitchboardRequest,
+        plugins=[StructSchemas()],
         lifespan=[lifespan],
         openapi_config=openapi_config(f"Switchboard {function}"),
         request_max_body_size=settings.max_body_bytes,

@@ -44,6 +44,27 @@ def _route_template(scope: dict[str, Any]) -> str:
     return str(next(iter(paths))) if paths else "unmatched"
 
 
+def _with_allow(headers: Any, scope: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    """An OPTIONS answer's ``Allow``: every method of the path, not of one handler.
+
+    Litestar's automatic OPTIONS handler lists only the methods of the first handler
+    registered on a path; the methods of every route with the path's template are the truth
+    (plus HEAD wherever GET is, see above).
+    """
+    app = scope.get("litestar_app")
+    template = scope.get("path_template")
+    if app is None or not isinstance(template, str):
+        return list(headers)
+    methods: set[str] = set()
+    for route in app.routes:
+        if getattr(route, "path_format", None) == template:
+            methods.update(getattr(route, "methods", ()))
+    if "GET" in methods:
+        methods.add("HEAD")
+    allow = ", ".join(sorted(methods)).encode()
+    return [(k, v) for k, v in headers if k.lower() != b"allow"] + [(b"allow", allow)]
+
+
 class RequestContext:
     """Wraps an ASGI app: binds ``request_id``, echoes it, logs and counts each request."""
 
@@ -57,26 +78,38 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         request_id = _incoming_request_id(scope)
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
         header = (b"x-request-id", request_id.encode())
         status = 500
         started = time.perf_counter()
+        head = scope["method"] == "HEAD"
+        # HEAD is GET without the body (RFC 9110) on every GET route: the app sees a GET;
+        # the server keeps the original scope, so it also knows to send no body.
+        inner = {**scope, "method": "GET"} if head else scope
+        if head:
+            state["method"] = "HEAD"
 
         async def send_with_id(message: dict[str, Any]) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
+                headers = message.get("headers", ())
+                if scope["method"] == "OPTIONS" and status == 204:
+                    headers = _with_allow(headers, inner)
+                message["headers"] = [*headers, header]
+            elif head and message["type"] == "http.response.body":
+                message = {**message, "body": b""}
             await send(message)
 
         self.in_flight.inc()
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
-                await self.app(scope, receive, send_with_id)
+                await self.app(inner, receive, send_with_id)
             finally:
                 self.in_flight.dec()
                 elapsed = time.perf_counter() - started
-                route = _route_template(scope)
+                route = _route_template(inner)
                 method = scope["method"]
                 HTTP_REQUESTS.labels(self.function, method, route, str(status)).inc()
                 HTTP_DURATION.labels(self.function, method, route).observe(elapsed)

@@ -82,13 +82,28 @@ def handle_switchboard_error(
 def _validation_message(exc: ValidationException) -> tuple[str, dict[str, Any]]:
     problems = exc.extra if isinstance(exc.extra, list) else []
     parts = []
+    fields = []
     for problem in problems:
         if isinstance(problem, dict):
             key = problem.get("key")
             text = problem.get("message", "invalid value")
-            parts.append(f"{key}: {text}" if key and key != "data" else str(text))
+            parts.append(f"{key}: {text}" if key else str(text))
+            if key:
+                fields.append(str(key))
     message = "; ".join(parts) or exc.detail
-    return f"invalid request: {message}", {"errors": problems}
+    details: dict[str, Any] = {"errors": problems}
+    if fields:
+        details["field"] = fields[0]
+    return f"invalid request: {message}", details
+
+
+def allowed_methods(exc: MethodNotAllowedException) -> str:
+    """The ``Allow`` header: the route's methods, with HEAD wherever GET is (see context)."""
+    allow = (exc.headers or {}).get("allow", "")
+    methods = [method.strip() for method in allow.split(",") if method.strip()]
+    if "GET" in methods and "HEAD" not in methods:
+        methods.append("HEAD")
+    return ", ".join(sorted(methods))
 
 
 def handle_http_exception(
@@ -103,11 +118,15 @@ def handle_http_exception(
             request, 404, "not_found", f"no route for {request.method} {request.url.path}"
         )
     if isinstance(exc, MethodNotAllowedException):
+        allow = allowed_methods(exc)
+        method = request.scope.get("state", {}).get("method") or request.method
         return error_response(
             request,
             405,
             "method_not_allowed",
-            f"{request.method} is not allowed on {request.url.path}",
+            f"{method} is not allowed on {request.url.path}; this route allows {allow}",
+            details={"allowed": allow.split(", ")},
+            headers={"Allow": allow},
         )
     if isinstance(exc, RequestEntityTooLarge):
         limit = request.route_handler.resolve_request_max_body_size()

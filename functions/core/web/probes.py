@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from litestar import Request, Response, get
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 
 from functions.core.db.engine import current_engine
 from functions.core.db.errors import SchemaMissingError, as_database_error
@@ -22,7 +23,8 @@ from functions.core.health import service as health
 from functions.core.health.schemas import HealthCheckOut
 from functions.core.health.watcher import STALE_AFTER_S, HealthWatcher
 from functions.core.llm.client import LLMClient
-from functions.core.metrics import render_metrics
+from functions.core.metrics import METRICS_MEDIA_TYPE, render_metrics
+from functions.core.web.docs import errors
 from functions.core.web.schemas import (
     DatabaseReadiness,
     Liveness,
@@ -40,7 +42,12 @@ _TABLES = ", ".join(table._meta.tablename for table in ALL_TABLES)
 _TABLES_EXIST = f"SELECT 1 FROM {_TABLES} LIMIT 0"  # noqa: S608 - names from the code
 
 
-@get("/healthz", tags=["operations"], summary="Liveness: the process is serving")
+@get(
+    "/healthz",
+    tags=["operations"],
+    summary="Liveness: the process is serving",
+    responses=errors(public=True),
+)
 async def healthz() -> Liveness:
     return Liveness()
 
@@ -161,6 +168,10 @@ async def llm_readiness(
     "/readyz",
     tags=["operations"],
     summary="Readiness: database reachable and migrated; LLM status reported",
+    responses={
+        503: ResponseSpec(data_container=Readiness, description="Not ready: see `database`"),
+        **errors(public=True),
+    },
     description=(
         "200 while the database answers and has every Switchboard table (reads work even "
         "with no LLM: `llm.status` is then `down`); 503 when it does not answer "
@@ -191,7 +202,13 @@ async def readyz(request: Request[Any, Any, State]) -> Response[Readiness]:
     return Response(body, status_code=503 if status == "unavailable" else 200)
 
 
-@get("/metrics", tags=["operations"], summary="Prometheus metrics", include_in_schema=True)
+@get(
+    "/metrics",
+    tags=["operations"],
+    summary="Prometheus metrics",
+    media_type=METRICS_MEDIA_TYPE,
+    responses=errors(public=True),
+)
 async def metrics() -> Response[bytes]:
     payload, content_type = render_metrics()
     return Response(payload, media_type=content_type)

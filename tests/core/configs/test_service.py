@@ -69,7 +69,7 @@ async def test_archived_configs_leave_listings_and_cannot_be_resolved(db: object
     assert [c.name for c in await service.list_configs(include_archived=True)] == ["old"]
     with pytest.raises(InvalidInputError, match="archived"):
         await service.resolve_config("old")
-    with pytest.raises(NotFoundError):
+    with pytest.raises(ConflictError, match="unarchive"):
         await service.update_config("old", spec())
 
 

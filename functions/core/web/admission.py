@@ -1,0 +1,86 @@
+"""What every request passes before its handler reads anything: the one app-wide guard.
+
+In order, each cheaper than the next and none reading the body before the key is known:
+
+1. a route that declares bearer security (``security=[{"BearerAuth": []}]``, the same
+   declaration the OpenAPI document shows) needs a valid key: 401 otherwise;
+2. every query parameter must be one the route takes (a typo is a 400 naming it, never
+   silently ignored), and no parameter, in the path or the query, may hold a NUL;
+3. a route that takes a body needs one (``invalid_json`` saying so); the body is then
+   decoded strictly by ``functions.core.web.body``.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotFoundException
+from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
+
+from functions.core.errors import InvalidInputError, InvalidJsonError
+from functions.core.web.auth import authenticate_connection
+
+
+@cache
+def query_names(route_handler: BaseRouteHandler, path_params: frozenset[str]) -> frozenset[str]:
+    """The query parameters a handler (and its dependencies) read, by their wire names."""
+    model = route_handler.create_kwargs_model(
+        path_parameters=dict.fromkeys(path_params)  # type: ignore[arg-type]
+    )
+    return frozenset(param.field_alias for param in model.expected_query_params)
+
+
+def _takes_body(route_handler: BaseRouteHandler) -> bool:
+    return "data" in route_handler.parsed_fn_signature.parameters
+
+
+def _nul(where: str, name: str) -> InvalidInputError:
+    return InvalidInputError(
+        f"{where} parameter {name!r} contains a NUL character (\\u0000)",
+        details={"field": name, "source": where},
+    )
+
+
+def check_parameters(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+    """Unknown query parameters and NUL characters in any parameter are a 400."""
+    handler = connection.route_handler
+    path_params = connection.path_params
+    for name, value in path_params.items():
+        if isinstance(value, str) and "\x00" in value:
+            raise _nul("path", name)
+    query = connection.query_params
+    if not query:
+        return
+    known = query_names(handler, frozenset(path_params))
+    for name in query:
+        if name not in known:
+            takes = ", ".join(sorted(known)) if known else "no query parameters"
+            raise InvalidInputError(
+                f"unknown query parameter {name!r}: this route takes {takes}",
+                details={"field": name, "source": "query", "known": sorted(known)},
+            )
+        if any("\x00" in value for value in query.getall(name)):
+            raise _nul("query", name)
+
+
+async def admit(
+    connection: ASGIConnection[Any, Any, Any, Any], route_handler: BaseRouteHandler
+) -> None:
+    """The app-wide Litestar guard: see the module docstring."""
+    if getattr(route_handler.fn, "__name__", "") == "handle_schema_path_not_found":
+        # Litestar answers unknown /schema/* paths with an HTML page; ours are JSON errors.
+        raise NotFoundException
+    if isinstance(route_handler, HTTPRouteHandler) and route_handler.resolve_security():
+        await authenticate_connection(connection)
+    check_parameters(connection)
+    if (
+        _takes_body(route_handler)
+        and isinstance(connection, Request)
+        and not (await connection.body()).strip()
+    ):
+        raise InvalidJsonError(
+            "a JSON body is required: this request had none", details={"field": "body"}
+        )

@@ -1,0 +1,168 @@
+"""Request bodies: decoded once, strictly, straight into the handler's Struct.
+
+Litestar's default decodes JSON to plain objects and then converts them leniently (``"0.5"``
+becomes a float, ``"true"`` a bool). Switchboard decodes the raw bytes with msgspec in strict
+mode instead, so the server accepts exactly what the OpenAPI document says, and every
+failure is one of two errors: ``invalid_json`` (the bytes are not JSON Switchboard reads)
+or ``validation_error`` naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import Any
+
+import msgspec
+from litestar import Request
+from litestar.handlers import BaseRouteHandler
+
+from functions.core.errors import InvalidInputError, InvalidJsonError
+from functions.core.schemas import InputValueError
+
+_AT = re.compile(r"^(?P<problem>.*?) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
+_LONE_SURROGATE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<![0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+@cache
+def body_type(route_handler: BaseRouteHandler) -> Any:
+    """The type a handler's ``data`` parameter asks for (Any when it takes none)."""
+    data = route_handler.parsed_fn_signature.parameters.get("data")
+    return Any if data is None else data.annotation
+
+
+def _field(prefix: str, rest: str = "") -> str:
+    path = prefix.lstrip(".")
+    if rest:
+        path = f"{path}.{rest}" if path else rest
+    return path
+
+
+def _unreadable(body: bytes, reason: str) -> InvalidJsonError:
+    if reason.startswith("Input data was truncated") and _LONE_SURROGATE.search(body):
+        reason = "a \\u escape is a lone UTF-16 surrogate, which is not a character"
+    elif "invalid character" in reason and not _is_utf8(body):
+        reason = "the body is not UTF-8"
+    return InvalidJsonError(f"invalid JSON body: {reason}", details={"field": "body"})
+
+
+def _is_utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _invalid(exc: msgspec.ValidationError) -> InvalidInputError:
+    cause = exc.__cause__
+    match = _AT.match(str(exc))
+    problem, path = (match["problem"], match["path"]) if match else (str(exc), "")
+    if isinstance(cause, InputValueError):
+        field, problem = _field(path, cause.field), cause.problem
+        message = f"{field} {problem}"
+    elif problem.startswith("Object contains unknown field"):
+        name = problem.removeprefix("Object contains unknown field ").strip("`")
+        field = _field(path, name)
+        problem = "is not a field of this body"
+        message = f"unknown field {field!r}: check its spelling against the API reference"
+    elif problem.startswith("Object missing required field"):
+        name = problem.removeprefix("Object missing required field ").strip("`")
+        field, problem = _field(path, name), "is required"
+        message = f"{field} is required"
+    else:
+        field = _field(path) or "body"
+        message = f"{field}: {problem}"
+    if problem == "Number out of range":
+        return InvalidJsonError(
+            f"invalid JSON body: the number at {field} is out of range",
+            details={"field": field},
+        )
+    return InvalidInputError(
+        f"invalid request: {message}",
+        details={
+            "field": field,
+            "errors": [{"key": field, "message": problem, "source": "body"}],
+        },
+    )
+
+
+_PATH_PART = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
+_INTEGRAL_FLOAT = re.compile(r"^Expected `int[^`]*`, got `float`$")
+
+
+def _integral_float_at(value: Any, path: str) -> tuple[Any, str | int] | None:
+    """The container and key of the value at a msgspec path, if it is an integral float."""
+    steps: list[str | int] = []
+    position = 0
+    for match in _PATH_PART.finditer(path):
+        if match.start() != position:
+            return None
+        position = match.end()
+        steps.append(match[1] if match[1] is not None else int(match[2]))
+    if not steps or position != len(path):
+        return None
+    container: Any = value
+    try:
+        for step in steps[:-1]:
+            container = container[step]
+        found = container[steps[-1]]
+    except (KeyError, IndexError, TypeError):
+        return None
+    if isinstance(found, float) and found.is_integer():
+        return container, steps[-1]
+    return None
+
+
+def _with_integral_floats(body: bytes, type_: Any, exc: msgspec.ValidationError) -> Any:
+    """JSON has one number type: ``5.0`` is the integer 5 (as JSON Schema says), while
+    strict decoding refuses it for an ``int``. Convert exactly those values, nothing else
+    (strings stay refused for numbers), and decode again."""
+    value: Any = None
+    for _ in range(64):
+        match = _AT.match(str(exc))
+        if match is None or not _INTEGRAL_FLOAT.match(match["problem"]):
+            raise exc
+        if value is None:
+            value = msgspec.json.decode(body)
+        found = _integral_float_at(value, match["path"])
+        if found is None:
+            raise exc
+        container, key = found
+        container[key] = int(container[key])
+        try:
+            return msgspec.convert(value, type_, strict=True)
+        except msgspec.ValidationError as again:
+            exc = again
+    raise exc
+
+
+def decode_body(body: bytes, type_: Any) -> Any:
+    """``body`` as ``type_``, strictly; raises ``invalid_json`` or ``validation_error``."""
+    if not body.strip():
+        raise InvalidJsonError(
+            "a JSON body is required: this request had none", details={"field": "body"}
+        )
+    try:
+        try:
+            return msgspec.json.decode(body, type=type_, strict=True)
+        except msgspec.ValidationError as exc:
+            return _with_integral_floats(body, type_, exc)
+    except msgspec.ValidationError as exc:
+        raise _invalid(exc) from None
+    except msgspec.DecodeError as exc:
+        raise _unreadable(body, str(exc)) from None
+    except RecursionError:
+        raise InvalidJsonError(
+            "invalid JSON body: nested too deeply", details={"field": "body"}
+        ) from None
+
+
+class SwitchboardRequest(Request[Any, Any, Any]):
+    """A request whose JSON body is decoded by :func:`decode_body` into the handler's type."""
+
+    async def json(self) -> Any:
+        return decode_body(await self.body(), body_type(self.route_handler))

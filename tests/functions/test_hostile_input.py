@@ -1,0 +1,333 @@
+"""Hostile input is a 4xx naming what is wrong, never a 500, on PostgreSQL and SQLite alike.
+
+In process (ASGI) for breadth; the key-before-body rule is also checked over a real socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from functions.core.db.tables import ApiKey, Conversation, LLMConfig, Message
+from functions.core.schemas import MAX_JSON_DEPTH, encode_cursor
+from tests.functions.conftest import INPROCESS_MODEL, Api
+from tests.support.inprocess import InProcessGateway
+
+NUL = "\u0000"
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code, error
+    assert error["request_id"] == response.headers["x-request-id"]
+    assert "Traceback" not in response.text
+    return dict(error)
+
+
+async def world(gateway: InProcessGateway) -> dict[str, Any]:
+    """A default configuration and a conversation with one exchange."""
+    response = await gateway.admin.post(
+        "/v1/configs", json={"name": "base", "model": INPROCESS_MODEL, "is_default": True}
+    )
+    assert response.status_code == 201, response.text
+    conversation = (await gateway.admin.post("/v1/conversations", json={"title": "t"})).json()
+    sent = await gateway.admin.post(
+        f"/v1/conversations/{conversation['id']}/messages", json={"content": "hello"}
+    )
+    assert sent.status_code == 201, sent.text
+    return conversation
+
+
+async def row_counts() -> tuple[int, ...]:
+    return (
+        await ApiKey.count(),
+        await LLMConfig.count(),
+        await Conversation.count(),
+        await Message.count(),
+    )
+
+
+# (method, path, JSON body, the field the 400 names); {conv} is a conversation's id.
+NUL_BODIES = [
+    ("POST", "/v1/conversations", {"title": f"a{NUL}b"}, "title"),
+    ("POST", "/v1/conversations", {"metadata": {f"k{NUL}": 1}}, "metadata"),
+    ("POST", "/v1/conversations", {"metadata": {"a": {"b": [f"x{NUL}"]}}}, "metadata.a.b[0]"),
+    ("PATCH", "/v1/conversations/{conv}", {"title": NUL}, "title"),
+    ("PATCH", "/v1/conversations/{conv}", {"metadata": {"deep": {NUL: NUL}}}, "metadata.deep"),
+    ("POST", "/v1/conversations/{conv}/messages", {"content": f"hi{NUL}"}, "content"),
+    ("POST", "/v1/conversations/{conv}/messages", {"content": "hi", "stop": [NUL]}, "stop[0]"),
+    ("POST", "/v1/configs", {"name": "n", "model": f"m{NUL}"}, "model"),
+    ("POST", "/v1/configs", {"name": "n", "model": "m", "system_prompt": NUL}, "system_prompt"),
+    ("POST", "/v1/configs", {"name": "n", "model": "m", "extra": {"top_k": NUL}}, "extra.top_k"),
+    ("PUT", "/v1/configs/base", {"model": "m", "stop": ["a", NUL]}, "stop[1]"),
+    ("PATCH", "/v1/configs/base", {"extra": {NUL: 1}}, "extra"),
+    ("POST", "/v1/keys", {"name": f"svc{NUL}"}, "name"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "field"), NUL_BODIES)
+async def test_nul_in_any_body_field_is_a_400_naming_it(
+    inprocess: InProcessGateway, method: str, path: str, body: dict[str, Any], field: str
+) -> None:
+    conversation = await world(inprocess)
+    before = await row_counts()
+    response = await inprocess.admin.request(
+        method, path.format(conv=conversation["id"]), json=body
+    )
+    error = assert_error(response, 400, "validation_error")
+    assert error["details"]["field"] == field
+    if path != "/v1/keys":  # a key's name has a pattern of its own, which refuses it first
+        assert "NUL" in error["message"]
+    assert await row_counts() == before
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/v1/configs/base%00x", "name"),
+        ("/v1/configs/base%00x/versions", "name"),
+        ("/v1/conversations/%00", "conversation_id"),
+        ("/v1/configs?cursor=a%00b", "cursor"),
+        ("/v1/conversations?cursor=%00", "cursor"),
+        ("/v1/keys?cursor=%00", "cursor"),
+        ("/v1/conversations/{conv}/messages?cursor=x%00", "cursor"),
+        ("/v1/configs/base?version=1%00", "version"),
+    ],
+)
+async def test_nul_in_a_path_or_query_parameter_is_a_400_naming_it(
+    inprocess: InProcessGateway, path: str, field: str
+) -> None:
+    conversation = await world(inprocess)
+    response = await inprocess.admin.get(path.format(conv=conversation["id"]))
+    error = assert_error(response, 400, "validation_error")
+    assert error["details"]["field"] == field
+
+
+def tampered(*values: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/configs/base?version=2147483648",
+        "/v1/configs/base?version=1000000000000000000000000000000",
+        "/v1/configs?limit=2147483648",
+        "/v1/conversations?limit=1000000000000000000000000000000",
+        "/v1/conversations/{conv}/messages?limit=2147483648",
+        "/v1/conversations/{conv}/messages?cursor=" + encode_cursor(2**31),
+        "/v1/conversations/{conv}/messages?cursor=" + encode_cursor(10**30),
+        "/v1/conversations/{conv}/messages?cursor=" + encode_cursor(-1),
+        "/v1/configs/base/versions?cursor=" + encode_cursor(2**40),
+        "/v1/conversations?cursor=" + tampered("0001-01-01T00:00:00+14:00", str(NUL)),
+        "/v1/conversations?cursor="
+        + tampered("0001-01-01T00:00:00-14:00", "3f0c6a52-5b7e-4a3c-9d43-2b1f3f1e8a10"),
+        "/v1/conversations?cursor="
+        + tampered("9999-12-31T23:59:59-14:00", "3f0c6a52-5b7e-4a3c-9d43-2b1f3f1e8a10"),
+        "/v1/conversations?cursor=" + tampered("2026-01-01T00:00:00", "not-a-uuid"),
+        "/v1/keys?cursor="
+        + tampered("9999-12-31T23:59:59Z", "3f0c6a52-5b7e-4a3c-9d43-2b1f3f1e8a10"),
+        "/v1/conversations/{conv}/messages?after=0",
+    ],
+)
+async def test_integers_beyond_columns_and_tampered_cursors_are_400(
+    inprocess: InProcessGateway, path: str
+) -> None:
+    conversation = await world(inprocess)
+    response = await inprocess.admin.get(path.format(conv=conversation["id"]))
+    assert_error(response, 400, "validation_error")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"metadata": {"big": 2**64}}, "metadata.big"),
+        ({"metadata": {"list": [1, -(2**63) - 1]}}, "metadata.list[1]"),
+    ],
+)
+async def test_integers_beyond_64_bits_in_json_fields_are_400(
+    inprocess: InProcessGateway, body: dict[str, Any], field: str
+) -> None:
+    await world(inprocess)
+    response = await inprocess.admin.post("/v1/conversations", json=body)
+    error = assert_error(response, 400, "validation_error")
+    assert error["details"]["field"] == field
+    extra = await inprocess.admin.post(
+        "/v1/configs", json={"name": "x", "model": "m", "extra": {"n": 10**30}}
+    )
+    assert assert_error(extra, 400, "validation_error")["details"]["field"] == "extra.n"
+
+
+def nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = {"d": value}
+    return value
+
+
+async def test_json_depth_is_capped(inprocess: InProcessGateway) -> None:
+    await world(inprocess)
+    deepest = await inprocess.admin.post(
+        "/v1/conversations", json={"metadata": nested(MAX_JSON_DEPTH)}
+    )
+    assert deepest.status_code == 201, deepest.text
+    too_deep = await inprocess.admin.post(
+        "/v1/conversations", json={"metadata": nested(MAX_JSON_DEPTH + 1)}
+    )
+    error = assert_error(too_deep, 400, "validation_error")
+    assert str(MAX_JSON_DEPTH) in error["message"]
+    for depth in (255, 1000, 100_000):
+        body = b'{"metadata": {"a": ' + b"[" * depth + b"]" * depth + b"}}"
+        response = await inprocess.admin.post(
+            "/v1/configs", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 400, (depth, response.text)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b'{"title": "unfinished', "truncated"),
+        (b'{"title": "\xff\xfe"}', "UTF-8"),
+        (b'{"title": "a", "metadata": {"n": 1e400}}', "out of range"),
+        (b'{"title": "\\ud800"}', "surrogate"),
+        (b'{"title": "\\udc00x"}', "surrogate"),
+        (b"", "body is required"),
+        (b"   ", "body is required"),
+    ],
+)
+async def test_unparseable_bodies_are_invalid_json(
+    inprocess: InProcessGateway, body: bytes, fragment: str
+) -> None:
+    await world(inprocess)
+    response = await inprocess.admin.post(
+        "/v1/conversations", content=body, headers={"Content-Type": "application/json"}
+    )
+    error = assert_error(response, 400, "invalid_json")
+    assert fragment in error["message"]
+
+
+async def test_types_are_strict_and_unknown_fields_are_named(
+    inprocess: InProcessGateway,
+) -> None:
+    conversation = await world(inprocess)
+    url = f"/v1/conversations/{conversation['id']}/messages"
+    for body, field in [
+        ({"content": "x", "temperature": "0.5"}, "temperature"),
+        ({"content": "x", "stream": "true"}, "stream"),
+        ({"content": "x", "max_tokens": "5"}, "max_tokens"),
+        ({"content": "x", "max_tokens": 5.5}, "max_tokens"),
+        ({"content": "x", "temprature": 0.5}, "temprature"),
+    ]:
+        error = assert_error(await inprocess.admin.post(url, json=body), 400, "validation_error")
+        assert error["details"]["field"] == field, (body, error)
+        assert field in error["message"]
+    # JSON has one number type: 5.0 is the integer 5, as JSON Schema says.
+    accepted = await inprocess.admin.post(url, json={"content": "x", "max_tokens": 5.0})
+    assert accepted.status_code == 201, accepted.text
+    nested_unknown = await inprocess.admin.post(
+        "/v1/configs", json={"name": "z", "model": "m", "extra": {}, "colour": 1}
+    )
+    assert assert_error(nested_unknown, 400, "validation_error")["details"]["field"] == "colour"
+
+
+async def _never_ending_body() -> AsyncIterator[bytes]:
+    yield b'{"metadata": ' + b"[" * 1000
+    await asyncio.Event().wait()
+
+
+async def test_an_unauthenticated_request_never_reads_its_body(
+    inprocess: InProcessGateway,
+) -> None:
+    anonymous = inprocess.client(None)
+    for method, path in [
+        ("POST", "/v1/conversations"),
+        ("POST", "/v1/configs"),
+        ("PUT", "/v1/configs/base"),
+        ("POST", "/v1/keys"),
+        ("POST", "/v1/conversations/3f0c6a52-5b7e-4a3c-9d43-2b1f3f1e8a10/messages"),
+    ]:
+        # The body never ends: answering at all proves it was not read.
+        response = await asyncio.wait_for(
+            anonymous.request(
+                method,
+                path,
+                content=_never_ending_body(),
+                headers={"Content-Type": "application/json"},
+            ),
+            timeout=5,
+        )
+        assert_error(response, 401, "unauthorized")
+
+
+async def test_over_a_socket_a_keyless_body_is_refused_before_it_arrives(api: Api) -> None:
+    """1 MiB announced, a deep prefix sent, no key: 401 at once, without the rest."""
+    parts = urlsplit(api.base_url)
+    head = (
+        "POST /v1/conversations HTTP/1.1\r\n"
+        f"Host: {parts.hostname}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {1024 * 1024}\r\n\r\n"
+    ).encode()
+    started = time.perf_counter()
+
+    def exchange() -> bytes:
+        with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
+            sock.sendall(head + b"[" * 60_000)
+            return sock.recv(65536)
+
+    answer = await asyncio.to_thread(exchange)
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    assert time.perf_counter() - started < 2
+
+
+@pytest.fixture
+def inprocess_overrides() -> dict[str, Any]:
+    return {"max_message_chars": 1000, "max_page_bytes": 8 * 1024}
+
+
+async def test_a_message_is_bounded_by_the_setting(inprocess: InProcessGateway) -> None:
+    conversation = await world(inprocess)
+    url = f"/v1/conversations/{conversation['id']}/messages"
+    response = await inprocess.admin.post(url, json={"content": "x" * 1001})
+    error = assert_error(response, 413, "payload_too_large")
+    assert error["details"] == {"field": "content", "limit_chars": 1000}
+    assert "SWITCHBOARD_MAX_MESSAGE_CHARS" in error["message"]
+    ok = await inprocess.admin.post(url, json={"content": "x" * 1000})
+    assert ok.status_code == 201, ok.text
+
+
+async def test_a_page_of_messages_is_bounded_by_bytes(inprocess: InProcessGateway) -> None:
+    conversation = await world(inprocess)
+    url = f"/v1/conversations/{conversation['id']}/messages"
+    for _ in range(6):
+        sent = await inprocess.admin.post(url, json={"content": "é" * 1000})  # 2000 bytes
+        assert sent.status_code == 201, sent.text
+    seen: list[int] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"limit": 500}
+        if cursor:
+            params["cursor"] = cursor
+        page = (await inprocess.admin.get(url, params=params)).json()
+        size = sum(len(m["content"].encode()) for m in page["data"])
+        assert page["data"], page
+        assert size <= 8 * 1024 or len(page["data"]) == 1
+        seen += [m["seq"] for m in page["data"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(range(1, 15))
+    assert pages > 1
