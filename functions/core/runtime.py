@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from piccolo.engine.postgres import PostgresEngine
 
 from functions.core.chat.exchanges import Exchanges
+from functions.core.chat.recorder import flush_backlog
 from functions.core.chat.service import ChatService
 from functions.core.db.engine import (
     close_pool,
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 POOL_RETRY_S = 5.0
+BACKLOG_FLUSH_S = 5.0
 
 
 class Runtime:
@@ -169,7 +171,7 @@ async def open_runtime(
             stack.callback(remove_live_collector, health_collector)
         lease = await _hold_lease(settings, stack, serving=serving) if client else None
         if serving:
-            sweeper = Sweeper(settings)
+            sweeper = Sweeper(settings, lease)
             sweeper.start()
             stack.push_async_callback(sweeper.stop)
         if serving:
@@ -177,6 +179,7 @@ async def open_runtime(
             stack.callback(in_flight.unregister)
             stack.callback(chain_signal_handlers())
             # Closed first: in-flight sends record their replies before anything goes.
+            stack.push_async_callback(flush_backlog, BACKLOG_FLUSH_S)
             stack.push_async_callback(
                 in_flight.wait_idle, settings.shutdown_grace_s + settings.outcome_retry_s
             )

@@ -98,7 +98,9 @@ async def test_a_retry_after_kill_9_stores_nothing_and_says_what_happened(
         )
     error = retry.json()["error"]
     print(f"\nretry after kill -9: {retry.status_code} {error['code']}: {error['message']}")
-    assert error["code"] == "interrupted"
+    assert retry.status_code == 409
+    assert error["code"] == "idempotent_request_failed"
+    assert error["details"]["first_error"]["code"] == "interrupted"
     assert error["details"]["replayed"] is True
     assert error["details"]["assistant_message_id"] == str(reply["id"])
     assert fresh.status_code == 201, fresh.text

@@ -141,6 +141,7 @@ class Exchanges:
                 await asyncio.sleep(BUSY_RETRY_S)
                 continue
             return _exchange(
+                instance_id=self.lease.instance_id,
                 request=request,
                 conversation_id=conversation_id,
                 resolved=resolved,
@@ -216,6 +217,7 @@ def _chat_message(turn: Turn) -> ChatMessage:
 
 def _exchange(
     *,
+    instance_id: uuid.UUID,
     request: SendRequest,
     conversation_id: uuid.UUID,
     resolved: Resolved,
@@ -265,5 +267,10 @@ def _exchange(
         window=config.history_window if config else None,
     )
     return Exchange(
-        turns=turns, assistant_message=reply, prompt=prompt, config=config, model=resolved.model
+        turns=turns,
+        assistant_message=reply,
+        prompt=prompt,
+        config=config,
+        model=resolved.model,
+        instance_id=instance_id,
     )

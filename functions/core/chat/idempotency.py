@@ -20,7 +20,6 @@ import msgspec
 
 from functions.core.db.sql import fetch
 from functions.core.errors import ConflictError, SwitchboardError
-from functions.core.llm.errors import LLMError
 from functions.core.messages import service as messages
 
 if TYPE_CHECKING:
@@ -104,36 +103,20 @@ async def wait_for_outcome(reply_id: uuid.UUID, timeout_s: float) -> MessageOut:
         await asyncio.sleep(POLL_S)
 
 
-def _statuses() -> dict[str, int]:
-    found: dict[str, int] = {}
-    pending: list[type[LLMError]] = [LLMError]
-    while pending:
-        kind = pending.pop()
-        found[kind.code] = kind.status_code
-        pending.extend(kind.__subclasses__())
-    return found
+class ReplayedFailureError(ConflictError):
+    """The first send with this key ended in an error: the key is used up."""
 
-
-class ReplayedError(SwitchboardError):
-    """The first send with this key ended in an error; this is that error again."""
-
-    def __init__(self, status: int, code: str, message: str, details: dict[str, Any]) -> None:
-        super().__init__(message, details=details)
-        self.status_code = status  # type: ignore[misc]  # per instance, as first answered
-        self.code = code  # type: ignore[misc]
-
-
-_REPLAY_STATUSES = {
-    **_statuses(),
-    "interrupted": 503,
-    "shutdown": 503,
-    "internal_error": 500,
-}
+    code = "idempotent_request_failed"
 
 
 def outcome_error(reply: MessageOut) -> SwitchboardError | None:
-    """What to raise for a replayed reply that did not complete (None if it did)."""
-    ids = {
+    """What to raise for a replayed reply that did not complete (None if it did).
+
+    A failure is final for its key: retrying with the same key would only replay it, so
+    the answer is a 409 that says to send again with a new key, with the first failure's
+    code and message in ``details``.
+    """
+    ids: dict[str, Any] = {
         "conversation_id": str(reply.conversation_id),
         "assistant_message_id": str(reply.id),
         "replayed": True,
@@ -147,12 +130,10 @@ def outcome_error(reply: MessageOut) -> SwitchboardError | None:
             details=ids,
             retry_after_s=2,
         )
-    if reply.status == "cancelled":
-        return ConflictError(
-            "the first request with this Idempotency-Key was cancelled before its reply "
-            "was complete; send again with a new key",
-            details=ids,
-        )
-    code = reply.error.code if reply.error else "llm_error"
-    message = reply.error.message if reply.error else "the reply failed"
-    return ReplayedError(_REPLAY_STATUSES.get(code, 502), code, message, ids)
+    code = reply.error.code if reply.error else "cancelled"
+    message = reply.error.message if reply.error else "the reply did not complete"
+    return ReplayedFailureError(
+        f"the first request with this Idempotency-Key ended without a reply ({code}: "
+        f"{message}); send it again with a new key",
+        details={**ids, "first_error": {"code": code, "message": message}},
+    )

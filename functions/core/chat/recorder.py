@@ -30,6 +30,18 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 
+# Outcomes a database outage kept from being written, still being retried.
+_BACKLOG: set[asyncio.Task[None]] = set()
+
+
+async def flush_backlog(timeout_s: float) -> None:
+    """Give outcomes still waiting for the database a last chance (a process closing)."""
+    if _BACKLOG:
+        _, pending = await asyncio.wait(set(_BACKLOG), timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+
+
 class ReplyNotRecordedError(SwitchboardError):
     """The outcome could not be written: the message is stored, the reply's row is not."""
 
@@ -166,37 +178,71 @@ class ReplyRecorder:
         return stored
 
     async def _write(self, outcome: ReplyOutcome) -> MessageOut:
-        reply_id = self.exchange.assistant_message.id
         deadline = time.monotonic() + self._retry_s
         delay, attempt = 0.05, 1
         while True:
             try:
-                return await messages.finish_exchange(reply_id, outcome, config=self._config_ref)
-            except ConflictError:
-                try:
-                    current = await messages.get_message(reply_id)
-                except NotFoundError:
-                    raise conversation_gone(
-                        self.exchange.assistant_message.conversation_id
-                    ) from None
-                if attempt == 1:
-                    raise
-                # An earlier attempt landed but its answer was lost with the connection.
-                return current
+                return await self._finish(outcome, attempt)
             except Exception as exc:
                 if as_database_error(exc) is None:
                     raise
                 if time.monotonic() + delay > deadline:
                     log.error("chat.reply_not_recorded", error=str(exc), attempts=attempt)
+                    self._write_later(outcome)
                     raise self._not_recorded(outcome) from exc
                 log.warning("chat.reply_write_retry", error=str(exc), attempt=attempt)
             await asyncio.sleep(delay)
             delay, attempt = min(delay * 2, 2.0), attempt + 1
 
+    async def _finish(self, outcome: ReplyOutcome, attempt: int) -> MessageOut:
+        reply_id = self.exchange.assistant_message.id
+        try:
+            return await messages.finish_exchange(
+                reply_id,
+                outcome,
+                config=self._config_ref,
+                owner_instance=self.exchange.instance_id,
+            )
+        except ConflictError:
+            try:
+                current = await messages.get_message(reply_id)
+            except NotFoundError:
+                raise conversation_gone(self.exchange.assistant_message.conversation_id) from None
+            if attempt > 1 and (current.status, current.content) == (
+                outcome.status,
+                outcome.content,
+            ):
+                # An earlier attempt landed but its answer was lost with the connection.
+                return current
+            raise
+
+    def _write_later(self, outcome: ReplyOutcome) -> None:
+        """Keep the outcome and write it once the database is back, so the reply does not
+        stay pending (and its conversation busy) after its client was told."""
+        task = asyncio.get_running_loop().create_task(self._keep_writing(outcome))
+        _BACKLOG.add(task)
+        task.add_done_callback(_BACKLOG.discard)
+
+    async def _keep_writing(self, outcome: ReplyOutcome) -> None:
+        delay, attempt = 1.0, 2
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._finish(outcome, attempt)
+            except Exception as exc:
+                if as_database_error(exc) is None:
+                    log.warning("chat.reply_backlog_dropped", error=repr(exc))
+                    return
+                delay, attempt = min(delay * 2, 10.0), attempt + 1
+                continue
+            log.info("chat.reply_backlog_written", attempts=attempt)
+            return
+
     def _not_recorded(self, outcome: ReplyOutcome) -> ReplyNotRecordedError:
         return ReplyNotRecordedError(
-            "your message is stored, but the database did not take the reply's outcome, so "
-            "the stored reply's state is unknown; the reply is in details.content",
+            "your message is stored, but the database did not take the reply's outcome yet; "
+            "the reply is in details.content, and this gateway keeps writing it until the "
+            "database is back",
             details={
                 "user_message_id": str(self.exchange.user_message.id),
                 "assistant_message_id": str(self.exchange.assistant_message.id),

@@ -94,12 +94,14 @@ class ChatService:
     async def _generate(self, exchange: Exchange, request: SendRequest) -> MessageOut:
         """The model's whole reply for a claimed exchange, recorded however it ends."""
         recorder = ReplyRecorder(exchange, retry_s=self._outcome_retry_s)
+        parts: list[str] = []  # what arrived, kept if the send is cut short
         with self._in_flight.guard(exchange.assistant_message.conversation_id) as guard:
             try:
                 with guard.waiting():
                     result = await self._llm.collect_chat(
                         self.exchanges.llm_request(exchange, request),
                         request_id=request.request_id,
+                        into=parts,
                     )
                 if result.finish_reason is None:
                     raise LLMError(UNFINISHED, partial_text=result.content, details=_ids(exchange))
@@ -110,13 +112,13 @@ class ChatService:
             except Interrupted as stop:
                 if stop.reason == "deleted":
                     raise recorder.gone() from None
-                await recorder.shutdown()
+                await recorder.shutdown("".join(parts))
                 raise shutting_down(_ids(exchange)) from None
             except asyncio.CancelledError:
-                await recorder.cancelled()
+                await recorder.cancelled("".join(parts))
                 raise
             except Exception as exc:
-                await recorder.broken(exc)
+                await recorder.broken(exc, partial="".join(parts))
                 raise
         return await recorder.completed(result.content, result, ttft_ms=result.ttft_ms)
 

@@ -145,19 +145,26 @@ class Retired(msgspec.Struct, frozen=True, kw_only=True):
     conversation_id: uuid.UUID
 
 
-async def sweep_interrupted(*, bound: timedelta, now: datetime | None = None) -> list[Retired]:
-    """Retire every pending reply whose process is gone, or that outlived ``bound``."""
+async def sweep_interrupted(
+    *, bound: timedelta, now: datetime | None = None, spare: uuid.UUID | None = None
+) -> list[Retired]:
+    """Retire every pending reply whose process is gone, or that outlived ``bound``.
+
+    ``spare``: the sweeping process's own instance, alive by definition (its lease may
+    have lapsed while the database was out of reach; its replies are still its own).
+    """
     now = now or datetime.now(UTC)
     rows = await fetch(
         "UPDATE message SET status = 'failed', error_code = 'interrupted', "
         "error_message = {}, completed_at = {} "
         "WHERE status = 'pending' AND (created_at < {} OR (owner_instance IS NOT NULL AND "
-        "NOT EXISTS (SELECT 1 FROM process_lease l "
+        "owner_instance <> {} AND NOT EXISTS (SELECT 1 FROM process_lease l "
         "WHERE l.id = message.owner_instance AND l.expires_at > {}))) "
         "RETURNING id, conversation",
         INTERRUPTED_MESSAGE,
         now,
         now - bound,
+        spare or uuid.UUID(int=0),
         now,
     )
     retired = [Retired(message_id=row["id"], conversation_id=row["conversation"]) for row in rows]
@@ -176,7 +183,8 @@ async def prune(*, now: datetime | None = None, idempotency_window: timedelta) -
 class Sweeper:
     """A serving process's own sweep, at start and every lease period, until stopped."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, lease: Lease | None = None) -> None:
+        self._lease = lease
         self._bound = pending_bound(settings)
         self._period_s = settings.lease_ttl_s
         self._window = timedelta(seconds=settings.idempotency_window_s)
@@ -194,7 +202,13 @@ class Sweeper:
     async def _run(self) -> None:
         while True:
             try:
-                await sweep_interrupted(bound=self._bound)
+                spare = None
+                if self._lease is not None:
+                    # Renewed first: after an outage, this process's lease is live again
+                    # before it judges anyone else's.
+                    await self._lease.renew()
+                    spare = self._lease.instance_id
+                await sweep_interrupted(bound=self._bound, spare=spare)
                 await prune(idempotency_window=self._window)
             except Exception as exc:
                 if as_database_error(exc) is None:

@@ -275,18 +275,23 @@ class LLMClient:
         return RawCompletion(body=body, result=result)
 
     async def collect_chat(
-        self, request: ChatRequest, *, request_id: str | None = None
+        self,
+        request: ChatRequest,
+        *,
+        request_id: str | None = None,
+        into: list[str] | None = None,
     ) -> ChatResult:
         """A whole completion, read from the upstream as a stream.
 
         What :meth:`chat` returns, with the streaming timeouts: a hung model fails at the
         first-token timeout (not the total one) and ``ttft_ms`` is real. The text is
         gathered inside the reader's loop, with no event per token for the caller to
-        handle. Cancelling the caller closes the connection, as with :meth:`stream_chat`.
+        handle. Cancelling the caller closes the connection, as with :meth:`stream_chat`;
+        ``into`` (a list the caller holds) keeps the text that arrived before that.
         """
         call = await self._open_stream(request, request_id)
         reader = call.reader
-        parts: list[str] = []
+        parts: list[str] = [] if into is None else into
         try:
             while not reader.finished:
                 for event in await reader.read():

@@ -88,6 +88,8 @@ class Exchange(Output, kw_only=True):
     prompt: list[Turn]
     config: LLMConfigOut | None
     model: str | None
+    # The process generating the reply (its lease), which alone may finish it.
+    instance_id: uuid.UUID | None = None
 
     @property
     def user_message(self) -> MessageOut:
