@@ -8,7 +8,9 @@ which means re-pointing the conf module and every table that cached the old one.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import warnings
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -42,32 +44,88 @@ def sqlite_path(url: str) -> Path:
     return Path(url.removeprefix("sqlite:///"))
 
 
+class PrivateSQLiteEngine(SQLiteEngine):
+    """A SQLite engine whose connections never create the database file.
+
+    ``sqlite3.connect`` creates a missing file, readable by everyone under the usual umask,
+    on the first query of any process (a ``keys list``, a probe). Here every connection
+    opens the file read-write only (``mode=rw``): a missing database is an error, and
+    :func:`create_sqlite_file` is the one thing that creates one, private to its user.
+    ``path`` stays the file's path, resolved when the engine is built.
+    """
+
+    def __init__(self, path: str, **connection_kwargs: Any) -> None:
+        super().__init__(path=path, **connection_kwargs)
+        self._file = str(Path(path).resolve())
+        self.connection_kwargs["database"] = f"{Path(self._file).as_uri()}?mode=rw"
+        self.connection_kwargs["uri"] = True
+
+    @property
+    def path(self) -> str:
+        return self._file
+
+    @path.setter
+    def path(self, value: str) -> None:
+        raise AttributeError("a PrivateSQLiteEngine's file is fixed when it is built")
+
+
 def engine_from_url(url: str) -> Engine[Any]:
     """Build (but do not connect, nor create anything for) the engine a database URL names."""
     if url.startswith("sqlite:///"):
-        return SQLiteEngine(path=str(sqlite_path(url)), timeout=SQLITE_BUSY_TIMEOUT_S)
+        return PrivateSQLiteEngine(path=str(sqlite_path(url)), timeout=SQLITE_BUSY_TIMEOUT_S)
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresEngine(config={"dsn": url})
     raise ValueError(f"unsupported database URL scheme: {urlsplit(url).scheme or url!r}")
 
 
-def create_sqlite_file(engine: Engine[Any]) -> None:
-    """Create a SQLite database file (and its folder) readable by this user only.
+def create_sqlite_file(engine: Engine[Any]) -> list[Path]:
+    """Create a SQLite database file (and its folders) readable by this user only.
 
-    Only commands that mean to create a database call this (migrating, the quick start):
-    SQLite would otherwise create a world-readable file on the first query of any command.
+    Only commands that mean to create a database call this (migrating, the quick start);
+    every other connection refuses a missing file (:class:`PrivateSQLiteEngine`). Returns
+    what it created, folders first, so the caller can say where the database went.
     """
     if not isinstance(engine, SQLiteEngine):
-        return
-    path = Path(engine.path)
-    if not path.parent.exists():
-        path.parent.mkdir(parents=True, mode=0o700)
+        return []
+    path = Path(engine.path).absolute()
+    created = [folder for folder in reversed(path.parents) if not folder.exists()]
+    for folder in created:
+        # One level at a time: ``mkdir(parents=True)`` ignores the mode for the parents.
+        folder.mkdir(mode=0o700, exist_ok=True)
     if not path.exists():
-        path.touch(mode=0o600)
+        with contextlib.suppress(FileExistsError):  # another process won the race: theirs
+            path.touch(mode=0o600, exist_ok=False)
+            created.append(path)
+    return created
+
+
+def sqlite_file_missing(url: str) -> Path | None:
+    """The absolute path of the SQLite file ``url`` names when it does not exist, else None."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = sqlite_path(url).absolute()
+    return None if path.exists() else path
+
+
+def readable_by_others(url: str) -> Path | None:
+    """The SQLite file ``url`` names when other local users may read it (made by an older
+    release, or by hand), else None."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = sqlite_path(url).absolute()
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    return path if mode & (stat.S_IRWXG | stat.S_IRWXO) else None
 
 
 def describe_url(url: str) -> str:
-    """The URL without its password, for logs and CLI output."""
+    """The URL without its password, for logs and CLI output; a relative SQLite path also
+    says where it resolves (it depends on the working directory)."""
+    if url.startswith("sqlite:///"):
+        path = sqlite_path(url)
+        return url if path.is_absolute() else f"{url} (= {path.absolute()})"
     parts = urlsplit(url)
     if parts.password is None:
         return url

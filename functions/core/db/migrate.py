@@ -7,17 +7,20 @@ result instead, so ``switchboard db migrate`` can say exactly what it did.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from piccolo.apps.migrations.commands.backwards import BackwardsMigrationManager
-from piccolo.apps.migrations.commands.check import CheckMigrationManager
+from piccolo.apps.migrations.commands.base import BaseMigrationManager
 from piccolo.apps.migrations.commands.forwards import ForwardsMigrationManager
 from piccolo.apps.migrations.commands.new import AutoMigrationManager
 
 from functions.core.db.engine import create_sqlite_file, use_engine
+from functions.core.db.errors import SchemaMissingError, as_database_error
+from functions.core.db.sql import fetch
 from functions.core.errors import SwitchboardError
 
 if TYPE_CHECKING:
@@ -36,11 +39,44 @@ class MigrationReport(msgspec.Struct, frozen=True):
     output: str = ""
 
 
+@functools.cache
+def known_migrations() -> tuple[str, ...]:
+    """Every migration id this release ships, in order (read once per process)."""
+    from functions.core.db.piccolo_app import APP_CONFIG
+
+    manager = BaseMigrationManager()
+    modules = manager.get_migration_modules(APP_CONFIG.resolved_migrations_folder_path)
+    return tuple(manager.get_migration_ids(modules))
+
+
+async def applied_migrations() -> set[str]:
+    """The ids recorded as applied; none when Piccolo's ``migration`` table is missing.
+
+    A read only: Piccolo's own status check creates that table first, which would make
+    ``switchboard db status`` (and a readiness probe) write to the database.
+    """
+    try:
+        rows = await fetch(
+            "SELECT name FROM migration WHERE app_name = {}", APP_NAME, savepoint=True
+        )
+    except Exception as exc:
+        if isinstance(as_database_error(exc), SchemaMissingError):
+            return set()
+        raise
+    return {str(row["name"]) for row in rows}
+
+
+async def pending_migrations() -> list[str]:
+    """Migrations of this release not applied to the current database, in order."""
+    applied = await applied_migrations()
+    return [mid for mid in known_migrations() if mid not in applied]
+
+
 async def migration_status(engine: Engine[Any]) -> dict[str, bool]:
-    """Each migration id, in order, and whether it has been applied."""
+    """Each migration id, in order, and whether it has been applied. Writes nothing."""
     use_engine(engine)
-    statuses = await CheckMigrationManager(app_name=APP_NAME).get_migration_statuses()
-    return {status.migration_id: status.has_ran for status in statuses}
+    applied = await applied_migrations()
+    return {mid: mid in applied for mid in known_migrations()}
 
 
 async def migrate(engine: Engine[Any]) -> MigrationReport:

@@ -18,6 +18,7 @@ from litestar.openapi.datastructures import ResponseSpec
 
 from functions.core.db.engine import current_engine
 from functions.core.db.errors import SchemaMissingError, as_database_error
+from functions.core.db.migrate import pending_migrations
 from functions.core.db.tables import ALL_TABLES
 from functions.core.health import service as health
 from functions.core.health.schemas import HealthCheckOut
@@ -70,6 +71,25 @@ async def database_readiness() -> DatabaseReadiness:
             engine=engine.engine_type,
             error=str(exc) or type(exc).__name__,
             code="database_unavailable",
+        )
+    # Every table can exist while a later migration (a column, the claim function) is
+    # missing, and then every /v1 call fails: ready means every migration is applied.
+    try:
+        pending = await asyncio.wait_for(pending_migrations(), DATABASE_PROBE_TIMEOUT_S)
+    except Exception as exc:
+        return DatabaseReadiness(
+            status="down",
+            engine=engine.engine_type,
+            error=str(exc) or type(exc).__name__,
+            code="database_unavailable",
+        )
+    if pending:
+        return DatabaseReadiness(
+            status="not_migrated",
+            engine=engine.engine_type,
+            error=f"{len(pending)} migration(s) not applied ({pending[-1]} is the newest): "
+            "run `switchboard db migrate`",
+            code="database_not_migrated",
         )
     return DatabaseReadiness(status="ok", engine=engine.engine_type)
 
