@@ -3,7 +3,9 @@
 Authentication is one query on every request; a busy application key repeats it thousands
 of times a second. Entries live ``ttl_s`` seconds (off when zero) and are keyed by the
 secret's hash, never the secret. A revocation drops them at once: in this process
-directly, in others through :mod:`functions.core.keys.revocations`.
+directly, in others through :mod:`functions.core.keys.revocations` (a notification on
+PostgreSQL; on SQLite each entry carries the revocation mark read before its query and is
+used only while the mark is unchanged).
 """
 
 from __future__ import annotations
@@ -20,24 +22,31 @@ if TYPE_CHECKING:
 class PrincipalCache:
     def __init__(self, ttl_s: float = 0.0) -> None:
         self.ttl_s = ttl_s
-        self._entries: dict[str, tuple[Principal, float]] = {}
+        self._entries: dict[str, tuple[Principal, float, bytes | None]] = {}
 
-    def get(self, key_hash: str) -> Principal | None:
+    @property
+    def enabled(self) -> bool:
+        return self.ttl_s > 0
+
+    def get(self, key_hash: str, mark: bytes | None = None) -> Principal | None:
+        """The cached caller, if it is fresh and ``mark`` (the revocation mark now) is the
+        one it was stored with."""
         entry = self._entries.get(key_hash)
         if entry is None:
             return None
-        principal, expires = entry
-        if time.monotonic() >= expires:
+        principal, expires, stored_mark = entry
+        if time.monotonic() >= expires or stored_mark != mark:
             del self._entries[key_hash]
             return None
         return principal
 
-    def put(self, key_hash: str, principal: Principal) -> None:
+    def put(self, key_hash: str, principal: Principal, mark: bytes | None = None) -> None:
+        """Remember ``principal``; ``mark`` is the revocation mark read *before* the query."""
         if self.ttl_s <= 0:
             return
         if len(self._entries) > 10_000:  # bounded: a flood of keys only costs queries
             self._entries.clear()
-        self._entries[key_hash] = (principal, time.monotonic() + self.ttl_s)
+        self._entries[key_hash] = (principal, time.monotonic() + self.ttl_s, mark)
 
     def enable(self, ttl_s: float) -> None:
         self.ttl_s = ttl_s
@@ -47,7 +56,7 @@ class PrincipalCache:
         self._entries.clear()
 
     def forget(self, key_id: uuid.UUID) -> None:
-        for key_hash, (principal, _) in list(self._entries.items()):
+        for key_hash, (principal, _, _) in list(self._entries.items()):
             if principal.key_id == key_id:
                 del self._entries[key_hash]
 

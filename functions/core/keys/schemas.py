@@ -12,8 +12,42 @@ from msgspec import Meta
 from functions.core.schemas import Input, Output
 
 Scope = Literal["admin", "chat"]
+
+# What a key's name may not hold, as it is shown in `keys list`, logs and terminals:
+# control characters (line breaks, escape sequences, NUL), invisible formatting (bidi
+# overrides that reverse how a line reads, zero-width characters), separators other than
+# the plain space, surrogates and private use: what Python's ``str.isprintable`` refuses
+# (Unicode categories Cc, Cf, Zl, Zp, Zs but U+0020, Cs, Co). As a pattern for msgspec and
+# the OpenAPI document it covers the Basic Multilingual Plane (an ECMAScript pattern has no
+# escape beyond it); the service checks the whole name with :func:`is_printable_name`.
+NOT_PRINTABLE = (
+    r"\x00-\x1f\x7f-\xa0\xad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u1680"
+    r"\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u2066-\u206f\u3000\ud800-\uf8ff\ufeff"
+    r"\ufff9-\ufffb"
+)
+KEY_NAME_PATTERN = rf"^[^{NOT_PRINTABLE}]*[^\s{NOT_PRINTABLE}][^{NOT_PRINTABLE}]*$"
+KEY_NAME_MAX = 100
+KEY_NAME_RULE = (
+    f"a key's name is 1 to {KEY_NAME_MAX} printable characters, not all spaces: no control "
+    "characters, line breaks or invisible formatting characters"
+)
+
+
+def is_printable_name(name: str) -> bool:
+    """Whether ``name`` is a key name (see :data:`KEY_NAME_RULE`)."""
+    return 0 < len(name) <= KEY_NAME_MAX and name.isprintable() and not name.isspace()
+
+
 KeyName = Annotated[
-    str, Meta(min_length=1, max_length=100, pattern=r"\S", examples=["billing-service"])
+    str,
+    Meta(
+        min_length=1,
+        max_length=KEY_NAME_MAX,
+        pattern=KEY_NAME_PATTERN,
+        description="Printable characters only (no control, line-break or invisible "
+        "formatting characters), at least one that is not a space.",
+        examples=["billing-service"],
+    ),
 ]
 
 

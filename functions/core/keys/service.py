@@ -17,10 +17,17 @@ import msgspec
 
 from functions.core.db.sql import fetch
 from functions.core.db.tables import ApiKey
-from functions.core.errors import AuthenticationError, NotFoundError
+from functions.core.errors import AuthenticationError, InvalidInputError, NotFoundError
 from functions.core.keys import revocations
 from functions.core.keys.cache import principals
-from functions.core.keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, Principal
+from functions.core.keys.schemas import (
+    KEY_NAME_RULE,
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyOut,
+    Principal,
+    is_printable_name,
+)
 
 if TYPE_CHECKING:
     import uuid
@@ -50,7 +57,13 @@ def new_secret() -> str:
 
 
 async def create_key(data: ApiKeyCreate) -> ApiKeyCreated:
-    """Create a key and return it with its secret, the only time the secret is available."""
+    """Create a key and return it with its secret, the only time the secret is available.
+
+    The name is checked here too, whole: a Struct built in Python is not validated, and
+    the schema's pattern covers only the Basic Multilingual Plane.
+    """
+    if not is_printable_name(data.name):
+        raise InvalidInputError(f"invalid name: {KEY_NAME_RULE}", details={"field": "name"})
     secret = new_secret()
     scopes = sorted(set(data.scopes))
     row = ApiKey(
@@ -72,7 +85,8 @@ async def list_keys(*, include_revoked: bool = True) -> list[ApiKeyOut]:
 
 
 async def revoke_key(key_id: uuid.UUID) -> ApiKeyOut:
-    """Revoke a key; effective for the next request. Revoking twice keeps the first time."""
+    """Revoke a key; every serving process refuses it from its next request (see
+    :mod:`functions.core.keys.revocations`). Revoking twice keeps the first time."""
     principals.forget(key_id)
     await ApiKey.update({ApiKey.revoked_at: datetime.now(UTC)}).where(
         (ApiKey.id == key_id) & ApiKey.revoked_at.is_null()
@@ -80,6 +94,16 @@ async def revoke_key(key_id: uuid.UUID) -> ApiKeyOut:
     revoked = await _get(key_id)
     await revocations.announce(key_id)
     return revoked
+
+
+async def find_key(secret: str) -> ApiKeyOut | None:
+    """The key a secret belongs to, revoked or not (None if unknown); records no use."""
+    row = (
+        await ApiKey.select(*_KEY_COLUMNS)
+        .where((ApiKey.prefix == secret[:PREFIX_LENGTH]) & (ApiKey.key_hash == hash_secret(secret)))
+        .first()
+    )
+    return None if row is None else msgspec.convert(row, ApiKeyOut)
 
 
 async def _get(key_id: uuid.UUID) -> ApiKeyOut:
@@ -96,7 +120,9 @@ async def authenticate(secret: str) -> Principal:
             "malformed API key: expected 'Authorization: Bearer sb-...'",
         )
     presented = hash_secret(secret)
-    cached = principals.get(presented)
+    # Read before the query: a revocation committed after it changes the mark.
+    mark = revocations.current_mark() if principals.enabled else None
+    cached = principals.get(presented, mark)
     if cached is not None:
         return cached
     candidates = await fetch(
@@ -118,5 +144,5 @@ async def authenticate(secret: str) -> Principal:
     if last_used is None or now - last_used > LAST_USED_RESOLUTION:
         await fetch("UPDATE api_key SET last_used_at = {} WHERE id = {}", now, match["id"])
     principal = Principal(key_id=match["id"], name=match["name"], scopes=frozenset(match["scopes"]))
-    principals.put(presented, principal)
+    principals.put(presented, principal, mark)
     return principal

@@ -5,7 +5,7 @@ import time
 import pytest
 
 from functions.core.errors import AuthenticationError
-from functions.core.keys import service
+from functions.core.keys import revocations, service
 from functions.core.keys.cache import PrincipalCache, principals
 from functions.core.keys.schemas import ApiKeyCreate
 
@@ -21,7 +21,8 @@ def cache_on() -> object:
 async def test_a_cached_key_skips_the_database_until_revoked(db: object, cache_on: object) -> None:
     created = await service.create_key(ApiKeyCreate(name="busy-app"))
     first = await service.authenticate(created.secret)
-    assert principals.get(service.hash_secret(created.secret)) == first
+    mark = revocations.current_mark()
+    assert principals.get(service.hash_secret(created.secret), mark) == first
     assert created.secret not in repr(principals._entries)  # keyed by hash, never the secret
 
     await service.revoke_key(created.id)
@@ -44,3 +45,16 @@ def test_entries_expire_and_a_zero_ttl_stores_nothing() -> None:
     assert short.get("h") == principal
     time.sleep(0.06)
     assert short.get("h") is None
+
+
+def test_an_entry_is_trusted_only_under_the_mark_it_was_stored_with() -> None:
+    import uuid
+
+    from functions.core.keys.schemas import Principal
+
+    principal = Principal(key_id=uuid.uuid4(), name="x", scopes=frozenset({"chat"}))
+    cache = PrincipalCache(ttl_s=60)
+    cache.put("h", principal, b"mark-1")
+    assert cache.get("h", b"mark-1") == principal
+    assert cache.get("h", b"mark-2") is None  # a revocation happened since: ask again
+    assert cache.get("h", b"mark-1") is None  # and the entry is gone

@@ -10,9 +10,9 @@ import asyncpg
 from piccolo.engine.base import Engine
 
 from functions.core.db.engine import use_engine
+from functions.core.db.notifications import NotificationListener
 from functions.core.keys import service
 from functions.core.keys.cache import PrincipalCache
-from functions.core.db.notifications import NotificationListener
 from functions.core.keys.revocations import revocations_for
 from functions.core.keys.schemas import ApiKeyCreate
 from tests.conftest import truncate_all

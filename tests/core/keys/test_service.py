@@ -6,7 +6,7 @@ import msgspec
 import pytest
 
 from functions.core.db.tables import ApiKey
-from functions.core.errors import AuthenticationError, NotFoundError
+from functions.core.errors import AuthenticationError, InvalidInputError, NotFoundError
 from functions.core.keys import service
 from functions.core.keys.schemas import ApiKeyCreate
 
@@ -88,3 +88,28 @@ async def test_authentication_records_last_use(db: object) -> None:
     await service.authenticate(created.secret)
     (listed,) = await service.list_keys()
     assert listed.last_used_at is not None
+
+
+@pytest.mark.parametrize(
+    "name", ["a\nb", "x\x1b[31m", "rtl\u202e", "   ", "x" * 101, "tag\U000e0041", "\U000110bd"]
+)
+async def test_a_name_built_in_python_is_checked_by_the_service(db: object, name: str) -> None:
+    # A Struct built in code is not validated by msgspec: the service checks again.
+    with pytest.raises(InvalidInputError) as info:
+        await service.create_key(ApiKeyCreate(name=name))
+    assert info.value.details == {"field": "name"}
+    assert name not in {key.name for key in await service.list_keys()}
+
+
+def test_the_pattern_refuses_what_python_does_not_print_in_the_bmp() -> None:
+    import re
+    import unicodedata
+
+    from functions.core.keys.schemas import NOT_PRINTABLE
+
+    allowed = re.compile(f"[^{NOT_PRINTABLE}]")
+    for code in range(0x10000):
+        char = chr(code)
+        if unicodedata.category(char) == "Cn":
+            continue  # unassigned: the service refuses them (str.isprintable)
+        assert bool(allowed.fullmatch(char)) == char.isprintable(), hex(code)
