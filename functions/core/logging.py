@@ -2,7 +2,8 @@
 
 ``merge_contextvars`` runs first so a ``request_id`` bound by the web middleware (or a flow
 run id bound by a flow) lands on every line logged while handling it. ``redact_secrets``
-drops anything that looks like a credential before a renderer ever sees it.
+drops anything that looks like a credential before a renderer ever sees it, however deep
+in a value (a list of URLs, a dict of headers, a Struct of settings) it sits.
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import uuid
+from collections.abc import Mapping
+from datetime import date, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
@@ -37,14 +42,48 @@ def redact_text(text: str) -> str:
     return _URL_PASSWORD.sub(r"\1" + REDACTED + "@", text)
 
 
+# Values that never hold a secret: left alone without looking.
+_PLAIN = (int, float, bool, type(None), bytes, datetime, date, uuid.UUID, Decimal)
+_MAX_DEPTH = 8
+
+
+def redact_value(value: Any, depth: int = 0) -> Any:
+    """``value`` with secrets masked at any depth: strings, the values of secret-named keys
+    in mappings, lists, tuples and sets, Structs, and objects whose text holds one."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, _PLAIN):
+        return value
+    if depth >= _MAX_DEPTH:
+        return "[too deep]"  # also ends a structure that contains itself
+    if isinstance(value, msgspec.Struct):
+        value = msgspec.structs.asdict(value)
+    if isinstance(value, Mapping):
+        return {
+            key: (
+                REDACTED
+                if isinstance(key, str) and _SECRET_KEYS.search(key) and item is not None
+                else redact_value(item, depth + 1)
+            )
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [redact_value(item, depth + 1) for item in value]
+    # Rendered as text anyway (str by the JSON renderer, repr on a console): a URL object
+    # or an exception may carry a password inside.
+    text = repr(value)
+    masked = redact_text(text)
+    return value if masked == text else masked
+
+
 def redact_secrets(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     for key, value in list(event_dict.items()):
         if _SECRET_KEYS.search(key) and value is not None:
             event_dict[key] = REDACTED
-        elif isinstance(value, str):
-            event_dict[key] = redact_text(value)
+        else:
+            event_dict[key] = redact_value(value)
     return event_dict
 
 

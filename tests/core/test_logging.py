@@ -41,3 +41,39 @@ def test_secrets_never_reach_the_output() -> None:
     assert secret not in output
     assert "hunter2" not in output
     assert "[redacted]" in output
+
+
+def test_secrets_inside_lists_mappings_structs_and_objects_are_redacted() -> None:
+    import httpx
+
+    from functions.core.settings import Settings
+
+    stream, log = capture_json()
+    secret = "sb-" + "N3st3d" * 7
+    log.info(  # type: ignore[attr-defined]
+        "function.started",
+        llm_urls=["http://vllm:s3cr3t-one@gpu1:8000/v1", ("https://u:s3cr3t-two@gpu2/v1",)],
+        headers={"Authorization": "Basic s3cr3t-three", "nested": {"api_key": "s3cr3t-four"}},
+        deeper=[{"note": f"Bearer {secret}"}],
+        settings=Settings(llm_api_key="s3cr3t-five", database_url="postgresql://a:s3cr3t-six@h/db"),
+        url=httpx.URL("http://u:s3cr3t-seven@gpu3:8000/v1"),
+        count=3,
+    )
+    output = stream.getvalue()
+    assert "s3cr3t" not in output
+    assert secret not in output
+    line = msgspec.json.decode(output.splitlines()[-1])
+    assert line["llm_urls"] == [
+        "http://vllm:[redacted]@gpu1:8000/v1",
+        ["https://u:[redacted]@gpu2/v1"],
+    ]
+    assert line["count"] == 3
+    assert line["settings"]["llm_api_key"] == "[redacted]"
+
+
+def test_a_value_that_contains_itself_is_cut_not_recursed_forever() -> None:
+    stream, log = capture_json()
+    loop: list[object] = []
+    loop.append(loop)
+    log.info("odd", value=loop)  # type: ignore[attr-defined]
+    assert "[too deep]" in stream.getvalue()
