@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# `make dev PORT=8081`: where the quick start serves (default: SWITCHBOARD_PORT, else 8080).
+PORT ?=
 
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
@@ -29,7 +31,7 @@ $(BIN)/.installed-all: pyproject.toml | $(BIN)/python
 install: $(BIN)/.installed-all  ## everything: the package and every extra (what CI uses)
 
 dev: $(BIN)/.installed-base  ## migrate the embedded database, start a simulator if needed, serve everything
-	$(BIN)/switchboard dev
+	$(BIN)/switchboard dev $(if $(PORT),--port $(PORT))
 
 test: install  ## the whole suite against a real PostgreSQL (found or started) and SQLite
 	scripts/with-postgres.sh $(BIN)/pytest $(PYTEST_ARGS)

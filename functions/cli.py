@@ -6,7 +6,11 @@ the server, quick-start and simulator commands only when one of them runs.
 
 Every command reads the settings once, reports a bad setting or an unreachable database
 in one line on stderr, and exits non-zero: 1 for a refused operation (unknown id, ...),
-2 for bad usage or settings, 3 when the database cannot be reached.
+2 for bad usage or settings, 3 when the database cannot be reached, does not exist or is
+not migrated, 4 when a server cannot listen on its address (in use, or not allowed).
+
+Only ``db migrate`` and ``dev`` create a database; every other command refuses a SQLite
+file that is not there instead of leaving an empty one behind.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ T = TypeVar("T")
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_DATABASE = 3
+EXIT_SERVE = 4
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -44,12 +49,22 @@ def settings_or_exit() -> Settings:
         fail(str(exc), EXIT_USAGE)
 
 
-def with_database(settings: Settings, work: Callable[[], Awaitable[T]]) -> T:
+def with_database(
+    settings: Settings, work: Callable[[], Awaitable[T]], *, creates: bool = False
+) -> T:
     """Run ``work`` in a runtime on the configured database (no LLM client), turning
-    failures into exit codes."""
-    from functions.core.db.engine import describe_url
+    failures into exit codes. Unless the command ``creates`` the database, a SQLite file
+    that does not exist stops it before anything is opened."""
+    from functions.core.db.engine import describe_url, sqlite_file_missing
     from functions.core.db.errors import as_database_error
     from functions.core.runtime import open_runtime
+
+    if not creates and (missing := sqlite_file_missing(settings.database_url)) is not None:
+        fail(
+            f"no SQLite database at {missing}: run `switchboard db migrate` to create it "
+            f"(SWITCHBOARD_DATABASE_URL={settings.database_url})",
+            EXIT_DATABASE,
+        )
 
     async def run() -> T:
         async with open_runtime(settings, use_llm=False):
@@ -64,6 +79,25 @@ def with_database(settings: Settings, work: Callable[[], Awaitable[T]]) -> T:
         if database_error is None:
             raise
         fail(f"{describe_url(settings.database_url)}: {database_error.message}", EXIT_DATABASE)
+
+
+def warn_if_readable_by_others(settings: Settings) -> None:
+    from functions.core.db.engine import readable_by_others
+
+    if (path := readable_by_others(settings.database_url)) is not None:
+        click.echo(
+            f"warning: other local users can read {path} (every conversation is in it): "
+            f"run `chmod 600 {path}`",
+            err=True,
+        )
+
+
+def printable(text: str) -> str:
+    """``text`` with control and invisible characters escaped, so a name stored before
+    they were refused cannot rewrite or disguise a line of output."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def echo_json(value: Any) -> None:
@@ -90,11 +124,20 @@ def db() -> None:
 @db.command("migrate")
 def db_migrate() -> None:
     """Apply every pending migration (PostgreSQL or SQLite, from SWITCHBOARD_DATABASE_URL)."""
-    from functions.core.db.engine import current_engine, describe_url
+    from functions.core.db.engine import (
+        create_sqlite_file,
+        current_engine,
+        describe_url,
+        engine_from_url,
+    )
     from functions.core.db.migrate import migrate
 
     settings = settings_or_exit()
-    report = with_database(settings, lambda: migrate(current_engine()))
+    for path in create_sqlite_file(engine_from_url(settings.database_url)):
+        what = "SQLite database" if path.suffix else "folder"
+        click.echo(f"created {what} {path} (readable by you only)")
+    warn_if_readable_by_others(settings)
+    report = with_database(settings, lambda: migrate(current_engine()), creates=True)
     where = describe_url(settings.database_url)
     if report.applied:
         click.echo(f"applied {len(report.applied)} migration(s) to {where}:")
@@ -143,15 +186,14 @@ def keys() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the key as JSON.")
 def keys_create(name: str, admin: bool, as_json: bool) -> None:
     """Create an API key and print its secret, once. Only a hash is stored."""
-    from functions.core.keys.schemas import ApiKeyCreate
+    from functions.core.keys.schemas import KEY_NAME_RULE, ApiKeyCreate, is_printable_name
     from functions.core.keys.service import create_key
 
-    try:
-        data = msgspec.convert(
-            {"name": name, "scopes": ["admin", "chat"] if admin else ["chat"]}, ApiKeyCreate
-        )
-    except msgspec.ValidationError as exc:
-        fail(f"invalid --name: {exc}", EXIT_USAGE)
+    if not is_printable_name(name):
+        fail(f"invalid --name '{printable(name)}': {KEY_NAME_RULE}", EXIT_USAGE)
+    data = msgspec.convert(
+        {"name": name, "scopes": ["admin", "chat"] if admin else ["chat"]}, ApiKeyCreate
+    )
     settings = settings_or_exit()
     created = with_database(settings, lambda: create_key(data))
     if as_json:
@@ -183,7 +225,8 @@ def keys_list(as_json: bool, active: bool) -> None:
     for key in found:
         state = "revoked" if key.revoked_at else "active"
         scopes = ",".join(key.scopes)
-        click.echo(f"{key.id!s:36}  {key.prefix:12}  {scopes:10}  {state:7}  {key.name}")
+        name = printable(key.name)
+        click.echo(f"{key.id!s:36}  {key.prefix:12}  {scopes:10}  {state:7}  {name}")
 
 
 @keys.command("revoke")
@@ -198,7 +241,9 @@ def keys_revoke(key_id: str) -> None:
         fail(f"{key_id!r} is not a key id (a UUID, as `switchboard keys list` shows)", EXIT_USAGE)
     settings = settings_or_exit()
     revoked = with_database(settings, lambda: revoke_key(parsed))
-    click.echo(f"revoked {revoked.id} ({revoked.name}) at {revoked.revoked_at:%Y-%m-%dT%H:%M:%SZ}")
+    when = f"{revoked.revoked_at:%Y-%m-%dT%H:%M:%SZ}"
+    click.echo(f"revoked {revoked.id} ({printable(revoked.name)}) at {when}")
+    click.echo("Every running server refuses it from its next request.", err=True)
 
 
 # --- configs -------------------------------------------------------------------------
@@ -268,6 +313,8 @@ for _name, _target, _help in (
     ("serve", "functions.serve:serve", "Serve every function in one process (or one)."),
     ("dev", "functions.serve:dev", "Quick start: migrate, key, default config, serve."),
     ("sim-vllm", "functions.simulator.cli:sim_vllm", "Run the vLLM simulator (a test double)."),
+    # A group: its subcommands are resolved by the loaded group itself.
+    ("flows", "flows.cli:flows", "Scheduled work (Prefect): list, run, serve, deploy."),
 ):
     main.add_command(_LazyCommand(_name, _target, _help))
 

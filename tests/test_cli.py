@@ -181,3 +181,60 @@ def test_rollback_then_migrate_again(tmp_path: Path) -> None:
     assert run(url, "keys", "list").returncode == 3  # no tables: says to migrate
     assert run(url, "db", "migrate").returncode == 0
     assert run(url, "keys", "list").returncode == 0
+
+
+async def test_db_status_writes_nothing_to_an_empty_database(tmp_path: Path) -> None:
+    import asyncpg
+
+    url = await create_postgres_database("switchboard_status")
+    try:
+        status = run(url, "db", "status")
+        assert status.returncode == 0, status.stderr
+        assert status.stdout.count("pending") == MIGRATIONS
+        connection = await asyncpg.connect(url)
+        try:
+            tables = await connection.fetchval(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+            )
+        finally:
+            await connection.close()
+        assert tables == 0  # not even Piccolo's migration table
+    finally:
+        await drop_postgres_database(url)
+
+
+@pytest.mark.parametrize("name", ["two\nlines", "fake\x1b[2K", "rtl\u202eevil", "zero\u200bwidth"])
+def test_create_refuses_a_name_with_control_or_invisible_characters(
+    migrated: str, name: str
+) -> None:
+    result = run(migrated, "keys", "create", "--name", name)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1  # the name's own line break is shown escaped
+    assert "printable characters" in result.stderr
+    assert name not in run(migrated, "keys", "list").stdout
+
+
+def test_list_escapes_a_name_stored_before_names_were_checked(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    assert run(url, "db", "migrate").returncode == 0
+    assert run(url, "keys", "create", "--name", "old").returncode == 0
+    connection = sqlite3.connect(tmp_path / "old.sqlite")
+    with connection:
+        connection.execute("UPDATE api_key SET name = ?", ("old\nfake-admin\x1b[31m",))
+    connection.close()
+    listed = run(url, "keys", "list")
+    assert listed.returncode == 0
+    assert "old\\nfake-admin\\x1b[31m" in listed.stdout
+    assert len(listed.stdout.strip().splitlines()) == 2  # the header and one key
+
+
+def test_serve_refuses_credentials_in_an_llm_url_in_one_line(tmp_path: Path) -> None:
+    result = run(
+        f"sqlite:///{tmp_path / 'x.sqlite'}",
+        "serve",
+        extra_env={"SWITCHBOARD_LLM_URLS": "http://vllm:hunter2@127.0.0.1:8000/v1"},
+    )
+    assert result.returncode == 2
+    assert "hunter2" not in result.stderr + result.stdout
+    assert result.stderr.count("\n") == 1
+    assert "SWITCHBOARD_LLM_API_KEY" in result.stderr

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta
@@ -58,6 +60,15 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8080
     max_body_bytes: PositiveInt = 1024 * 1024
+    # What one connection may cost `switchboard serve` (functions/http_limits.py): the
+    # request line and headers, their count, the time to send them and the body, the idle
+    # time between requests, and how many connections a worker keeps open.
+    http_max_head_bytes: Annotated[int, Meta(ge=1024, le=1024 * 1024)] = 32 * 1024
+    http_max_headers: Annotated[int, Meta(ge=8, le=1000)] = 100
+    http_head_timeout_s: PositiveFloat = 10.0
+    http_body_timeout_s: PositiveFloat = 60.0
+    http_keep_alive_s: Annotated[int, Meta(ge=1, le=3600)] = 5
+    http_max_connections: PositiveInt = 1000
     # The most characters one chat message may have (at most 400000, the API's own limit).
     max_message_chars: Annotated[int, Meta(ge=1, le=400_000)] = 400_000
     # About how many bytes of messages one page of a history holds (always at least one
@@ -65,8 +76,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_page_bytes: Annotated[int, Meta(ge=1024)] = 1024 * 1024
     send_lock_timeout_s: PositiveFloat = 30.0
     # How long a process remembers a key that authenticated; 0 checks the database on
-    # every request. Revocations reach every process at once on PostgreSQL (NOTIFY); on
-    # SQLite another process may accept a revoked key for up to this long.
+    # every request. A revocation reaches every process at once: NOTIFY on PostgreSQL, a
+    # marker file next to the database on SQLite (functions/core/keys/revocations.py).
     auth_cache_ttl_s: Annotated[float, Meta(ge=0, le=300)] = 5.0
 
     # A serving process renews its lease this often (a third of it); a pending reply whose
@@ -171,6 +182,35 @@ def _describe(exc: msgspec.ValidationError, raw: Mapping[str, object]) -> str:
     return f"invalid settings: {text}"
 
 
+_URL_USERINFO = re.compile(r"//[^/?#@]*@")
+
+
+def _check_llm_url(llm_url: str) -> None:
+    """An http(s) URL with a host, a valid port and no credentials in it.
+
+    Credentials in the URL are refused rather than sent: vLLM takes a bearer token
+    (``SWITCHBOARD_LLM_API_KEY``), and a password in a URL ends up in logs, metrics labels
+    and readiness reports. The message never repeats the password.
+    """
+    shown = _URL_USERINFO.sub("//***@", llm_url)
+    name = env_name("llm_urls")
+    if shown != llm_url:
+        raise SettingsError(
+            f"invalid {name} entry {shown!r}: credentials in the URL are not supported; "
+            f"put the token in {env_name('llm_api_key')} (sent as Authorization: Bearer)"
+        )
+    try:
+        parts = urlsplit(llm_url)
+        valid = bool(parts.hostname) and (parts.port is None or parts.port > 0)
+    except ValueError:  # a bad port or IPv6 literal
+        valid = False
+    if not valid or parts.scheme not in ("http", "https"):
+        raise SettingsError(
+            f"invalid {name} entry {shown!r}: "
+            "expected an http(s) base URL such as http://127.0.0.1:8000/v1"
+        )
+
+
 def _check(settings: Settings) -> None:
     url = settings.database_url
     if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
@@ -181,11 +221,7 @@ def _check(settings: Settings) -> None:
     if not settings.llm_urls:
         raise SettingsError(f"invalid {env_name('llm_urls')}: give at least one vLLM base URL")
     for llm_url in settings.llm_urls:
-        if not llm_url.startswith(("http://", "https://")):
-            raise SettingsError(
-                f"invalid {env_name('llm_urls')} entry {llm_url!r}: "
-                "expected an http(s) base URL such as http://127.0.0.1:8000/v1"
-            )
+        _check_llm_url(llm_url)
     if settings.database_pool_min > settings.database_pool_max:
         raise SettingsError(
             f"invalid {env_name('database_pool_min')}: larger than {env_name('database_pool_max')}"

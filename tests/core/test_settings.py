@@ -78,3 +78,30 @@ def test_is_configured_sees_the_environment_and_the_dotenv_file(tmp_path: Path) 
     assert is_configured("llm_urls", {"SWITCHBOARD_LLM_URLS": "http://a/v1"}, dotenv=dotenv)
     dotenv.write_text("SWITCHBOARD_LLM_URLS=http://b:8000/v1\n")
     assert is_configured("llm_urls", {}, dotenv=dotenv)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://vllm:hunter2@gpu1:8000/v1",
+        "https://token-hunter2@gpu1/v1",
+        "http://127.0.0.1:8000/v1,http://a:hunter2@gpu2:8000/v1",
+        "http://a:hunter2@[::1/v1",
+    ],
+)
+def test_credentials_in_an_llm_url_are_refused_without_repeating_them(url: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_settings({"SWITCHBOARD_LLM_URLS": url}, dotenv=None)
+    message = str(info.value)
+    assert "hunter2" not in message
+    assert "\n" not in message
+    assert message.startswith("invalid SWITCHBOARD_LLM_URLS entry ")
+    assert "SWITCHBOARD_LLM_API_KEY" in message
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://gpu1/v1", "http://gpu1:99999/v1", "http://:8000/v1", "http://[::1/v1", "gpu1"]
+)
+def test_an_llm_url_that_cannot_be_used_is_refused_at_start(url: str) -> None:
+    with pytest.raises(SettingsError, match="expected an http"):
+        load_settings({"SWITCHBOARD_LLM_URLS": url}, dotenv=None)

@@ -1,0 +1,245 @@
+"""``switchboard serve`` bounds what one connection may cost: head size and line count,
+time to send the head and the body, open connections. Real process, raw sockets."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.gateway import GatewayProcess
+from tests.support.process import HOST, REPO_ROOT, free_port
+
+HEAD_TIMEOUT_S = 1.0
+BODY_TIMEOUT_S = 1.0
+MAX_CONNECTIONS = 150
+MiB = 1024 * 1024
+
+
+def cli(url: str, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "functions.cli", *args],
+        cwd=REPO_ROOT,
+        env={**env, "SWITCHBOARD_DATABASE_URL": url, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[GatewayProcess, str]]:
+    url = f"sqlite:///{tmp_path_factory.mktemp('limits') / 'limits.sqlite'}"
+    cli(url, "db", "migrate")
+    created = cli(url, "keys", "create", "--name", "limits", "--admin")
+    secret = next(line.split()[-1] for line in created.splitlines() if line.startswith("secret"))
+    env = {
+        "SWITCHBOARD_HTTP_HEAD_TIMEOUT_S": str(HEAD_TIMEOUT_S),
+        "SWITCHBOARD_HTTP_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+        "SWITCHBOARD_HTTP_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+    }
+    with GatewayProcess(url, [f"http://{HOST}:{free_port()}/v1"], env=env) as app:
+        yield app, secret
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def connect(app: GatewayProcess) -> socket.socket:
+    return socket.create_connection((HOST, app.port), timeout=10)
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything until the server closes the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_a_64_mib_header_is_refused_quickly_and_never_buffered(
+    gateway: tuple[GatewayProcess, str],
+) -> None:
+    app, _ = gateway
+    assert app.pid is not None
+    before = rss_mib(app.pid)
+    started = time.monotonic()
+    with connect(app) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sent = 0
+        chunk = b"a" * MiB
+        try:
+            while sent < 64:
+                sock.sendall(chunk)
+                sent += 1
+        except OSError:
+            pass  # refused and closed mid-send: what should happen
+        answer = read_all(sock)
+    elapsed = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert b'"code":"headers_too_large"' in answer
+    assert sent < 64
+    assert elapsed < 2.0
+    assert rss_mib(app.pid) - before < 8
+
+
+def test_too_many_header_lines_are_refused(gateway: tuple[GatewayProcess, str]) -> None:
+    app, _ = gateway
+    lines = b"".join(b"X-H%d: 1\r\n" % i for i in range(150))
+    with connect(app) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + lines + b"\r\n")
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert b'"code":"too_many_headers"' in answer
+
+
+def test_a_head_sent_byte_by_byte_is_cut_at_the_head_timeout(
+    gateway: tuple[GatewayProcess, str],
+) -> None:
+    app, _ = gateway
+    started = time.monotonic()
+    with connect(app) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+        try:
+            while time.monotonic() - started < HEAD_TIMEOUT_S + 5:
+                sock.sendall(b"X")
+                time.sleep(0.1)
+        except OSError:
+            pass
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert time.monotonic() - started < HEAD_TIMEOUT_S + 1.5
+
+
+def test_a_connection_that_sends_nothing_is_closed(gateway: tuple[GatewayProcess, str]) -> None:
+    app, _ = gateway
+    started = time.monotonic()
+    with connect(app) as sock:
+        assert read_all(sock).startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - started < HEAD_TIMEOUT_S + 1.5
+
+
+def test_a_body_that_never_arrives_is_dropped_after_the_body_timeout(
+    gateway: tuple[GatewayProcess, str],
+) -> None:
+    app, secret = gateway
+    started = time.monotonic()
+    with connect(app) as sock:
+        sock.sendall(
+            b"POST /v1/keys HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + secret.encode() + b"\r\nContent-Length: 100\r\n\r\n{"
+        )
+        read_all(sock)  # whatever the app said, the connection ends
+    elapsed = time.monotonic() - started
+    assert BODY_TIMEOUT_S * 0.9 < elapsed < BODY_TIMEOUT_S + 1.5
+
+
+def test_a_hundred_slow_connections_cost_a_bounded_amount_of_memory(
+    gateway: tuple[GatewayProcess, str],
+) -> None:
+    """Each sends a fat head slowly (16 KiB every 50 ms) until it is refused or cut."""
+    app, _ = gateway
+    assert app.pid is not None
+    before = rss_mib(app.pid)
+    peak = before
+    answers: list[bytes] = []
+    lock = threading.Lock()
+
+    def slow_client() -> None:
+        with connect(app) as sock:
+            try:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                for _ in range(100):
+                    sock.sendall(b"s" * 16384)
+                    time.sleep(0.05)
+            except OSError:
+                pass
+            answer = read_all(sock)
+        with lock:
+            answers.append(answer)
+
+    threads = [threading.Thread(target=slow_client) for _ in range(100)]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        peak = max(peak, rss_mib(app.pid))
+        time.sleep(0.05)
+    assert len(answers) == 100
+    assert all(answer.startswith(b"HTTP/1.1 431 ") for answer in answers), answers[:3]
+    assert peak - before < 40, (before, peak)
+    # Still serving, and its memory went back down.
+    assert httpx.get(f"{app.root_url}/healthz").status_code == 200
+
+
+def test_slowloris_connections_are_all_cut_and_the_server_keeps_serving(
+    gateway: tuple[GatewayProcess, str],
+) -> None:
+    app, _ = gateway
+    sockets = [connect(app) for _ in range(100)]
+    started = time.monotonic()
+    try:
+        for sock in sockets:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        assert httpx.get(f"{app.root_url}/healthz", timeout=5).status_code == 200
+        answers = []
+        for sock in sockets:
+            answers.append(read_all(sock))
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert all(answer.startswith(b"HTTP/1.1 408 ") for answer in answers)
+    assert time.monotonic() - started < HEAD_TIMEOUT_S + 3
+
+
+def test_connections_beyond_the_limit_are_turned_away_at_once(
+    gateway: tuple[GatewayProcess, str],
+) -> None:
+    app, _ = gateway
+    held = [connect(app) for _ in range(MAX_CONNECTIONS)]
+    try:
+        time.sleep(0.2)
+        with connect(app) as extra:
+            started = time.monotonic()
+            answer = read_all(extra)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
+        assert b"retry-after: 1" in answer
+        assert time.monotonic() - started < 0.5
+    finally:
+        for sock in held:
+            sock.close()
+    # Once they are gone, new connections are served again.
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            if httpx.get(f"{app.root_url}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_ordinary_requests_are_unaffected(gateway: tuple[GatewayProcess, str]) -> None:
+    app, secret = gateway
+    headers = {"Authorization": f"Bearer {secret}"}
+    with httpx.Client(base_url=app.root_url, headers=headers, timeout=10) as client:
+        for _ in range(3):  # one kept-alive connection, several requests
+            assert client.get("/healthz").status_code == 200
+        # A 20 KiB header (under the 32 KiB limit) and a body.
+        big = client.post("/v1/keys", json={"name": "x" * 50}, headers={"X-Padding": "p" * 20_000})
+        assert big.status_code == 201, big.text
