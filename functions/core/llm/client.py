@@ -24,7 +24,7 @@ import httpx
 import msgspec
 import structlog
 
-from functions.core.llm.dispatch import Dispatcher, request_details
+from functions.core.llm.dispatch import Dispatcher, new_upstream_request_id, request_details
 from functions.core.llm.errors import LLMError, LLMTimeoutError
 from functions.core.llm.model_lists import ModelLists
 from functions.core.llm.probes import probe_upstream
@@ -226,15 +226,21 @@ class LLMClient:
         errors are those of :meth:`chat` (an error body is never returned, it is raised).
         """
         request_id = _request_id(request_id)
+        upstream_request_id = new_upstream_request_id()
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + self._total_s
         await self._models.prepare(request.model)
         lease, response = await self._dispatcher.open(
-            request, request_id=request_id, stream=False, deadline=deadline, phase="total"
+            request,
+            request_id=request_id,
+            upstream_request_id=upstream_request_id,
+            stream=False,
+            deadline=deadline,
+            phase="total",
         )
         upstream = lease.upstream
-        details = request_details(upstream, request_id, request.model)
+        details = request_details(upstream, request_id, request.model, upstream_request_id)
         try:
             async with asyncio.timeout_at(deadline):
                 body = await response.aread()
@@ -269,6 +275,7 @@ class LLMClient:
             upstream_url=upstream.url,
             latency_ms=round((loop.time() - started) * 1000, 3),
             request_id=request_id,
+            upstream_request_id=upstream_request_id,
             response_id=completion.id,
             tool_calls=choice.message.tool_calls or None,
         )
@@ -312,6 +319,7 @@ class LLMClient:
             latency_ms=done.latency_ms,
             ttft_ms=done.ttft_ms,
             request_id=done.request_id,
+            upstream_request_id=done.upstream_request_id,
             response_id=done.response_id,
         )
 
@@ -370,6 +378,7 @@ class LLMClient:
     async def _open_stream(self, request: ChatRequest, request_id: str | None) -> _StreamCall:
         """Send a streaming request and return it once an upstream has accepted it."""
         request_id = _request_id(request_id)
+        upstream_request_id = new_upstream_request_id()
         loop = asyncio.get_running_loop()
         timeouts = StreamTimeouts(
             started=loop.time(),
@@ -382,6 +391,7 @@ class LLMClient:
         lease, response = await self._dispatcher.open(
             request,
             request_id=request_id,
+            upstream_request_id=upstream_request_id,
             stream=True,
             deadline=first_token_deadline,
             phase="first_token" if self._first_token_s < self._total_s else "total",
@@ -391,10 +401,17 @@ class LLMClient:
             response,
             timeouts=timeouts,
             upstream_id=upstream.id,
-            details=request_details(upstream, request_id, request.model),
+            details=request_details(upstream, request_id, request.model, upstream_request_id),
             model=request.model or "",
         )
-        return _StreamCall(self._pool, lease, response, reader, request_id=request_id)
+        return _StreamCall(
+            self._pool,
+            lease,
+            response,
+            reader,
+            request_id=request_id,
+            upstream_request_id=upstream_request_id,
+        )
 
 
 class _StreamCall:
@@ -403,7 +420,15 @@ class _StreamCall:
     Whoever opened it must :meth:`aclose` it, however the stream ends.
     """
 
-    __slots__ = ("_lease", "_pool", "_released", "_response", "reader", "request_id")
+    __slots__ = (
+        "_lease",
+        "_pool",
+        "_released",
+        "_response",
+        "reader",
+        "request_id",
+        "upstream_request_id",
+    )
 
     def __init__(
         self,
@@ -413,6 +438,7 @@ class _StreamCall:
         reader: ChatStreamReader,
         *,
         request_id: str | None,
+        upstream_request_id: str,
     ) -> None:
         self._pool = pool
         self._lease = lease
@@ -420,6 +446,7 @@ class _StreamCall:
         self._released = False
         self.reader = reader
         self.request_id = request_id
+        self.upstream_request_id = upstream_request_id
 
     def finish(self) -> ChatDone:
         """The summary of a finished stream; frees the upstream slot first.
@@ -438,6 +465,7 @@ class _StreamCall:
             ttft_ms=reader.ttft_ms,
             latency_ms=reader.elapsed_ms(),
             request_id=self.request_id,
+            upstream_request_id=self.upstream_request_id,
             response_id=reader.response_id,
         )
 
@@ -456,6 +484,8 @@ class _StreamCall:
 
 
 def _request_id(explicit: str | None) -> str | None:
+    """The caller's request id: for errors and logs only, never sent upstream (see
+    :func:`~functions.core.llm.dispatch.new_upstream_request_id`)."""
     if explicit is not None:
         return explicit
     bound = structlog.contextvars.get_contextvars().get("request_id")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -38,14 +39,28 @@ MAX_ERROR_BODY_BYTES = 64 * 1024
 log = get_logger(__name__)
 
 
+def new_upstream_request_id() -> str:
+    """The id one call is known by upstream (vLLM's ``X-Request-Id``).
+
+    Made by the gateway for each call, never the client's ``X-Request-Id``: vLLM keys its
+    running requests by this id, so two tenants choosing the same id must not collide (nor
+    one tenant address another's request). The client's id stays in logs and responses.
+    """
+    return uuid.uuid4().hex
+
+
 def request_details(
-    upstream: Upstream, request_id: str | None, model: str | None
+    upstream: Upstream,
+    request_id: str | None,
+    model: str | None,
+    upstream_request_id: str | None = None,
 ) -> dict[str, Any]:
     """What every error about one request on one upstream carries in ``details``."""
     return {
         "upstream": upstream.id,
         "upstream_url": upstream.url,
         "request_id": request_id,
+        "upstream_request_id": upstream_request_id,
         "model": model,
     }
 
@@ -99,41 +114,41 @@ class Dispatcher:
         # Parsed once: httpx's URL parsing is a visible share of a request's CPU cost.
         self._chat_urls = {u: httpx.URL(f"{u.base_url}/chat/completions") for u in pool.upstreams}
 
-    def _headers(self, request_id: str | None, *, stream: bool) -> dict[str, str]:
-        headers = {
+    def _headers(self, upstream_request_id: str, *, stream: bool) -> dict[str, str]:
+        return {
             "Content-Type": "application/json",
             # Compressed SSE would be buffered by the decompressor; vLLM does not compress.
             "Accept-Encoding": "identity",
             "Accept": "text/event-stream" if stream else "application/json",
             **self._auth,
+            "X-Request-Id": upstream_request_id,
         }
-        if request_id:
-            headers["X-Request-Id"] = request_id
-        return headers
 
     async def open(
         self,
         request: ChatRequest,
         *,
         request_id: str | None,
+        upstream_request_id: str,
         stream: bool,
         deadline: float,
         phase: TimeoutPhase,
     ) -> tuple[Lease, httpx.Response]:
         """Send the request until an upstream answers 2xx; return that response and its lease.
 
-        ``deadline`` (event-loop time) bounds everything up to the response headers, and
-        ``phase`` names it if it fires. The caller must close the response and release the
-        lease.
+        ``request_id`` is the caller's (for errors and logs); ``upstream_request_id`` is what
+        the upstream is told, the same for every attempt of this call. ``deadline``
+        (event-loop time) bounds everything up to the response headers, and ``phase`` names
+        it if it fires. The caller must close the response and release the lease.
         """
         body = encode_body(request, stream=stream)
-        headers = self._headers(request_id, stream=stream)
+        headers = self._headers(upstream_request_id, stream=stream)
         tried: list[Upstream] = []
         attempt = 0
         while True:
             lease = self._pool.acquire(request.model, avoid=tried)
             upstream = lease.upstream
-            details = request_details(upstream, request_id, request.model)
+            details = request_details(upstream, request_id, request.model, upstream_request_id)
             try:
                 if upstream in tried:
                     await asyncio.sleep(self._backoff(attempt, deadline))
@@ -158,6 +173,7 @@ class Dispatcher:
                     attempt=attempt,
                     reason=exc.error.code,
                     request_id=request_id,
+                    upstream_request_id=upstream_request_id,
                 )
                 continue
             except BaseException:

@@ -54,8 +54,10 @@ class Usage(msgspec.Struct, kw_only=True):
 class ChatResult(msgspec.Struct, kw_only=True):
     """A finished non-streaming completion and where it came from.
 
-    ``upstream_id``/``upstream_url`` name the vLLM server that answered; ``response_id`` is
-    that server's id for the completion (``chatcmpl-`` + the ``X-Request-Id`` sent, if any).
+    ``upstream_id``/``upstream_url`` name the vLLM server that answered; ``request_id`` is
+    the caller's (the client's ``X-Request-Id``), ``upstream_request_id`` the id the gateway
+    made for this call and sent upstream as ``X-Request-Id``, and ``response_id`` that
+    server's id for the completion (vLLM's is ``chatcmpl-`` + the id sent).
     ``usage`` is None when the upstream did not report it; it is never estimated.
     ``tool_calls`` holds the message's tool calls as the upstream sent them, or None when it
     made none (vLLM's empty list included).
@@ -69,6 +71,7 @@ class ChatResult(msgspec.Struct, kw_only=True):
     upstream_url: str
     latency_ms: float
     request_id: str | None = None
+    upstream_request_id: str | None = None
     response_id: str | None = None
     # Set when the completion was read as a stream (``collect_chat``).
     ttft_ms: float | None = None
@@ -96,7 +99,7 @@ class ChatDone(msgspec.Struct, kw_only=True, tag="done"):
 
     ``ttft_ms`` is the time to the first chunk with a choice (vLLM's role chunk, sent after
     prefill), as ``vllm bench serve`` measures it. ``usage`` is None when not reported.
-    ``upstream_id``/``upstream_url``/``response_id`` are as in :class:`ChatResult`.
+    ``upstream_id``/``upstream_url`` and the ids are as in :class:`ChatResult`.
     """
 
     finish_reason: str | None
@@ -107,6 +110,7 @@ class ChatDone(msgspec.Struct, kw_only=True, tag="done"):
     ttft_ms: float | None
     latency_ms: float
     request_id: str | None = None
+    upstream_request_id: str | None = None
     response_id: str | None = None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
@@ -93,14 +94,15 @@ async def test_request_on_the_wire(make_client: MakeClient, fresh: SimulatorProc
         extra={"top_k": 5, "repetition_penalty": 1.1, "stream": False, "model": "x"},
     )
     result = await client.chat(request, request_id="req-123")
-    assert (result.request_id, result.response_id) == ("req-123", "chatcmpl-req-123")
+    assert result.request_id == "req-123"
+    assert result.response_id == f"chatcmpl-{result.upstream_request_id}"
     sent = (await sim_stats(fresh))["last_chat_request"]
     body = sent["body"]
     assert body["model"] == MODEL  # extra cannot override a field the request sets
     assert body["stream"] is False
     assert "stream_options" not in body  # vLLM rejects it when not streaming
     assert (body["top_k"], body["repetition_penalty"], body["max_tokens"]) == (5, 1.1, 4)
-    assert sent["headers"]["x-request-id"] == "req-123"
+    assert sent["headers"]["x-request-id"] == result.upstream_request_id
     assert sent["headers"]["content-type"] == "application/json"
     assert "authorization" not in sent["headers"]
 
@@ -118,13 +120,36 @@ async def test_request_id_defaults_to_the_bound_context(
         result = await client.chat(chat_request())
         events = await collect(client)
     assert result.request_id == "ctx-42"
-    assert (await sim_stats(fresh))["last_chat_request"]["headers"]["x-request-id"] == "ctx-42"
     done = events[-1]
     assert isinstance(done, ChatDone)
-    assert (done.request_id, done.response_id) == ("ctx-42", "chatcmpl-ctx-42")
+    assert done.request_id == "ctx-42"
+    assert done.response_id == f"chatcmpl-{done.upstream_request_id}"
 
-    await client.chat(chat_request())
-    assert "x-request-id" not in (await sim_stats(fresh))["last_chat_request"]["headers"]
+
+async def test_the_upstream_never_sees_the_callers_request_id(
+    make_client: MakeClient, fresh: SimulatorProcess
+) -> None:
+    """vLLM keys running requests by X-Request-Id: two tenants choosing the same id must
+    not collide, so every call goes upstream under an id the gateway made."""
+    client = make_client(fresh.base_url)
+    sent: list[str] = []
+    for _ in range(2):
+        result = await client.chat(chat_request(), request_id="same-id-from-two-tenants")
+        header = (await sim_stats(fresh))["last_chat_request"]["headers"]["x-request-id"]
+        assert header == result.upstream_request_id
+        sent.append(header)
+    events = await collect(client)
+    done = events[-1]
+    assert isinstance(done, ChatDone)
+    sent.append((await sim_stats(fresh))["last_chat_request"]["headers"]["x-request-id"])
+    assert done.upstream_request_id == sent[-1]
+    assert len(set(sent)) == 3
+    assert all(re.fullmatch(r"[0-9a-f]{32}", value) for value in sent)
+    await client.chat(chat_request())  # no caller id at all: still one of ours
+    assert re.fullmatch(
+        r"[0-9a-f]{32}",
+        (await sim_stats(fresh))["last_chat_request"]["headers"]["x-request-id"],
+    )
 
 
 async def test_a_request_without_model_goes_to_any_upstream(
