@@ -177,6 +177,63 @@ class IdempotencyKey(Table, tablename="idempotency_key"):
     created_at = Timestamptz(default=TimestamptzNow())
 
 
+class EvalRun(Table, tablename="eval_run"):
+    """One evaluation: a dataset run through pinned configuration versions and scored.
+
+    ``configs`` and ``scorers`` are fixed when the run is created, and the dataset is
+    pinned by its hash, so resuming a run (same id) finishes the same experiment. ``report``
+    holds the statistics once computed. Listed newest first by ``eval_run_created_idx``.
+    """
+
+    id = UUID(primary_key=True)
+    name = Varchar(length=200, default="")
+    dataset = Text(default="")
+    dataset_sha256 = Varchar(length=64)
+    items = Integer(default=0)
+    configs = JSONB(default=[])
+    scorers = JSONB(default=[])
+    parameters = JSONB(default={})
+    status = Varchar(length=16, default="running")
+    # The key whose conversations hold the run's exchanges.
+    owner_key = ForeignKey(references=ApiKey, on_delete=OnDelete.cascade)
+    # The process (``process_lease.id``) running it: one process at a time.
+    runner = UUID(null=True, default=None)
+    report = JSONB(null=True, default=None)
+    error = Text(null=True, default=None)
+    created_at = Timestamptz(default=TimestamptzNow())
+    updated_at = Timestamptz(default=TimestamptzNow())
+    finished_at = Timestamptz(null=True, default=None)
+
+
+class EvalResult(Table, tablename="eval_result"):
+    """One item of a run under one configuration version: the output, scores and timings.
+
+    Unique per run, item and configuration (``eval_result_run_item_config_key``, in its
+    migration): a resumed run sends only what has no row, and never records an item twice.
+    """
+
+    id = UUID(primary_key=True)
+    run = ForeignKey(references=EvalRun, on_delete=OnDelete.cascade)
+    item_id = Varchar(length=200)
+    item_index = Integer()
+    llm_config = ForeignKey(references=LLMConfig, on_delete=OnDelete.restrict)
+    config_label = Varchar(length=120)
+    output = Text(default="")
+    scores = JSONB(default=[])
+    latency_ms = DoublePrecision(null=True, default=None)
+    ttft_ms = DoublePrecision(null=True, default=None)
+    prompt_tokens = Integer(null=True, default=None)
+    completion_tokens = Integer(null=True, default=None)
+    finish_reason = Varchar(length=32, null=True, default=None)
+    error_code = Varchar(length=64, null=True, default=None)
+    error_message = Text(null=True, default=None)
+    attempts = Integer(default=1)
+    # The stored reply (``message.id``); not a foreign key, so deleting the run's
+    # conversations keeps its results.
+    message = UUID(null=True, default=None)
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
 ALL_TABLES: tuple[type[Table], ...] = (
     ApiKey,
     LLMConfig,
@@ -186,4 +243,6 @@ ALL_TABLES: tuple[type[Table], ...] = (
     HealthCheck,
     ProcessLease,
     IdempotencyKey,
+    EvalRun,
+    EvalResult,
 )
