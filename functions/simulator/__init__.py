@@ -11,8 +11,8 @@ Simulator-only, per request (chat only):
 - ``X-Sim-Fault``: ``none|500|empty500|503|hang|cut:N|drop:N|stall:N`` (see ``faults.py``);
 - ``X-Sim-TTFT-Ms``, ``X-Sim-ITL-Ms``, ``X-Sim-Tokens``: override the timing and reply length.
 
-Simulator-only endpoints (unguarded, uncounted): ``GET /sim/stats``, ``POST /sim/health``
-``{"healthy": bool}``, ``POST /sim/reset`` (see ``control.py``).
+Simulator-only endpoints (uncounted; behind ``--api-key`` when set): ``GET /sim/stats``,
+``POST /sim/health`` ``{"healthy": bool}``, ``POST /sim/reset`` (see ``control.py``).
 
 Layout: ``options`` (knobs) → ``app`` (routing, auth) → ``completions`` (chat I/O) over
 ``chat`` (validation, reply plan), ``text`` (tokenizer, reply text), ``chunks`` (SSE bytes),

@@ -1,8 +1,9 @@
 """The simulator as one raw ASGI app: ``create_app(options)``.
 
 Routing is a dict lookup on the exact path; auth mirrors vLLM's middleware (only ``/v1*``,
-any of several keys, constant-time compare, ``OPTIONS`` passes). Unknown paths and methods
-get FastAPI's default bodies, because that is what a client of real vLLM sees.
+any of several keys, constant-time compare, ``OPTIONS`` passes), and guards the
+simulator's own ``/sim/*`` controls with the same keys. Unknown paths and methods get
+FastAPI's default bodies, because that is what a client of real vLLM sees.
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ class SimulatorApp:
             return
         path: str = scope["path"]
         if path.startswith(SIM_PREFIX):
+            # Not vLLM's: they may reset, kill or inspect the server, so the keys guard them.
+            if self._keys and not self._authorized(scope):
+                await send_bytes(send, 401, UNAUTHORIZED)
+                return
             await self._dispatch(path, scope, receive, send)
             return
         counts = self.state.counts

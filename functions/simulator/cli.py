@@ -45,7 +45,12 @@ def build_options(**knobs: object) -> SimulatorOptions:
     "--api-key",
     "api_keys",
     multiple=True,
-    help="Require 'Authorization: Bearer KEY' on /v1*; repeat for several keys.",
+    help="Require 'Authorization: Bearer KEY' on /v1* and /sim/*; repeat for several keys.",
+)
+@click.option(
+    "--record-requests",
+    is_flag=True,
+    help="Show the last chat request (headers, prompt) in /sim/stats: for tests only.",
 )
 @click.option("--legacy-errors", is_flag=True, help="Flat error bodies of vLLM <= 0.10.0.")
 @click.option("--fail-rate", default=0.0, show_default=True, help="Fraction of chats -> 500.")
@@ -72,8 +77,8 @@ def sim_vllm(
     """Serve a fast vLLM SIMULATOR (a test double, not vLLM) speaking vLLM's HTTP API.
 
     Per-request overrides: X-Sim-Fault (none|500|empty500|503|hang|cut:N|drop:N|stall:N),
-    X-Sim-TTFT-Ms, X-Sim-ITL-Ms, X-Sim-Tokens. Test controls: GET /sim/stats,
-    POST /sim/health {"healthy": bool}, POST /sim/reset.
+    X-Sim-TTFT-Ms, X-Sim-ITL-Ms, X-Sim-Tokens. Test controls (behind --api-key when set):
+    GET /sim/stats, POST /sim/health {"healthy": bool}, POST /sim/reset.
     """
     import uvicorn
 

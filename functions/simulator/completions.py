@@ -139,8 +139,9 @@ class ChatCompletions:
         except ClientGone:
             state.counts.aborted += 1
             return
-        state.last_chat_headers = scope["headers"]
-        state.last_chat_body = body
+        if state.options.record_requests:
+            state.last_chat_headers = scope["headers"]
+            state.last_chat_body = body
         try:
             timing = resolve_timing(headers, self._default_timing)
             fault = resolve_fault(headers, state.dice)

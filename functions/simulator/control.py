@@ -1,10 +1,11 @@
 """``/sim/*``: simulator-only control and introspection for tests. Real vLLM has none of this.
 
-Unguarded by ``--api-key`` and not counted in the request statistics, so polling them never
-changes what a test measures.
+Guarded by ``--api-key`` like ``/v1*`` when keys are set, and not counted in the request
+statistics, so polling them never changes what a test measures.
 
 - ``GET /sim/stats``: in-flight, total, aborted and per-path counts, injected faults, the
-  run queue, health, and the last chat request as received (headers and body).
+  run queue, health, and, with ``--record-requests`` only, the last chat request as
+  received (its headers, the ``Authorization`` value redacted, and its body).
 - ``POST /sim/health`` with ``{"healthy": bool}``: kill or revive the simulated engine.
 - ``POST /sim/reset``: zero the counters and metrics and reseed the fault dice.
 """

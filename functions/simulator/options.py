@@ -25,6 +25,10 @@ class SimulatorOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     max_num_seqs: Annotated[int, msgspec.Meta(ge=0)] = 256
     """Requests generating at once; more wait in a queue (``num_requests_waiting``). 0: no cap."""
     api_keys: tuple[str, ...] = ()
+    """Keys required on ``/v1*`` and on the ``/sim/*`` controls."""
+    record_requests: bool = False
+    """Keep the last chat request (headers and body) for ``/sim/stats``: a test knob, off
+    by default because it holds a user's prompt (``switchboard dev`` never sets it)."""
     legacy_errors: bool = False
     """Flat ``{"object":"error",...}`` bodies as vLLM <= 0.10.0 sent them."""
     fail_rate: Fraction = 0.0

@@ -61,8 +61,9 @@ class SimulatorState:
             seed=options.seed,
         )
         self.vocabulary = TokenVocabulary()
-        # Kept as received (references, no copies) and only decoded when /sim/stats asks,
-        # so a test can see what the gateway forwarded without slowing the hot path.
+        # With ``record_requests`` only: kept as received (references, no copies) and only
+        # decoded when /sim/stats asks, so a test can see what the gateway forwarded without
+        # slowing the hot path.
         self.last_chat_headers: list[tuple[bytes, bytes]] | None = None
         self.last_chat_body: bytes | None = None
 
@@ -99,6 +100,9 @@ class SimulatorState:
         headers: dict[str, str] = {}
         for raw_name, raw_value in self.last_chat_headers:
             name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+            if name == "authorization":
+                # Whether one was sent, and its scheme; never the key.
+                value = f"{value.partition(' ')[0]} [redacted]"
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         body: Any = None
         if self.last_chat_body is not None:

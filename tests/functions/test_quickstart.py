@@ -59,6 +59,9 @@ def test_dev_migrates_creates_a_key_starts_a_simulator_and_serves(tmp_path: Path
             assert reply.status_code == 201, reply.text
             assert reply.json()["content"]
         simulator_port = int(re.search(r"simulator at http://127\.0\.0\.1:(\d+)", output)[1])  # type: ignore[index]
+        # The quick start's simulator keeps no prompt for anyone to read.
+        stats = httpx.get(f"http://127.0.0.1:{simulator_port}/sim/stats").json()
+        assert stats["last_chat_request"] is None
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=20)

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
+from functions.simulator.app import create_app
+from functions.simulator.options import SimulatorOptions
 from tests.simulator.conftest import chat_body
 from tests.support.simulator import SimulatorProcess, running_simulator
 
@@ -60,11 +62,59 @@ async def test_any_key_and_any_scheme_case_pass(
         ("GET", "/version"),
         ("GET", "/load"),
         ("GET", "/metrics"),
-        ("GET", "/sim/stats"),
     ],
 )
 async def test_other_paths_stay_open(http: httpx.AsyncClient, method: str, path: str) -> None:
     assert (await http.request(method, path)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/sim/stats", None),
+        ("POST", "/sim/health", {"healthy": False}),
+        ("POST", "/sim/reset", None),
+    ],
+)
+async def test_the_simulators_own_controls_need_a_key_too(
+    http: httpx.AsyncClient, method: str, path: str, body: object
+) -> None:
+    for authorization in (None, "Bearer wrong"):
+        headers = {} if authorization is None else {"Authorization": authorization}
+        response = await http.request(method, path, headers=headers, json=body)
+        assert response.status_code == 401
+        assert response.json() == UNAUTHORIZED
+    # Nothing happened: the engine is still alive.
+    assert (await http.get("/health")).status_code == 200
+    keyed = await http.request(method, path, headers={"Authorization": "Bearer key-two"}, json=body)
+    assert keyed.status_code == 200
+    if path == "/sim/health":
+        await http.post(
+            "/sim/health", headers={"Authorization": "Bearer key-two"}, json={"healthy": True}
+        )
+
+
+async def test_stats_never_show_a_key_or_a_prompt(auth_sim: SimulatorProcess) -> None:
+    """Recording (a test knob) shows the prompt to a keyed caller, never the key itself."""
+    headers = {"Authorization": "Bearer key-one"}
+    async with httpx.AsyncClient(base_url=auth_sim.root_url, headers=headers) as client:
+        sent = await client.post("/v1/chat/completions", json=chat_body("a secret prompt: rosebud"))
+        assert sent.status_code == 200
+        stats = (await client.get("/sim/stats")).json()
+    recorded = stats["last_chat_request"]
+    assert recorded["headers"]["authorization"] == "Bearer [redacted]"
+    assert "key-one" not in str(stats)
+
+
+async def test_without_record_requests_the_last_prompt_is_not_kept() -> None:
+    app = create_app(SimulatorOptions())  # the defaults, as `switchboard dev` runs it
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://sim") as client:
+        sent = await client.post("/v1/chat/completions", json=chat_body("rosebud"))
+        assert sent.status_code == 200
+        stats = (await client.get("/sim/stats")).json()
+    assert stats["last_chat_request"] is None
+    assert "rosebud" not in str(stats)
 
 
 async def test_tokenize_stays_open(http: httpx.AsyncClient) -> None:

@@ -53,7 +53,15 @@ class SimulatorProcess(ServiceProcess):
         super().__init__("functions.simulator", args, port=port)
 
     def command(self) -> list[str]:
-        return [*super().command(), "--host", HOST, "--port", str(self.port)]
+        # Tests look at what the gateway forwarded: keep the last chat request for stats.
+        return [
+            *super().command(),
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--record-requests",
+        ]
 
     @property
     def base_url(self) -> str:
@@ -77,6 +85,9 @@ class SimulatorProcess(ServiceProcess):
         try:
             payload = None if body is None else json.dumps(body).encode()
             headers = {} if payload is None else {"Content-Type": "application/json"}
+            if "--api-key" in self.args:  # /sim/* are behind the simulator's key
+                key = self.args[self.args.index("--api-key") + 1]
+                headers["Authorization"] = f"Bearer {key}"
             conn.request(method, path, body=payload, headers=headers)
             response = conn.getresponse()
             data = response.read()
