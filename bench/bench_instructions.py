@@ -166,9 +166,11 @@ def main() -> None:
     parser.add_argument("--code", type=Path, default=Path.cwd(), help="a checkout to measure")
     parser.add_argument("--cli", default="functions.cli", help="its CLI module")
     parser.add_argument("--sends", type=int, default=200)
+    parser.add_argument("--modes", choices=["both", "non-streamed", "streamed"], default="both")
     args = parser.parse_args()
     code = args.code.resolve()
-    for stream in (False, True):
+    modes = {"both": (False, True), "non-streamed": (False,), "streamed": (True,)}[args.modes]
+    for stream in modes:
         per_send = measure(code, args.cli, args.sends, stream=stream)
         kind = "streamed" if stream else "non-streamed"
         print(f"{code}: {per_send:.3f} M instructions per {kind} send ({args.sends} sends)")
