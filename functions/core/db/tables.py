@@ -234,6 +234,36 @@ class EvalResult(Table, tablename="eval_result"):
     created_at = Timestamptz(default=TimestamptzNow())
 
 
+class ExportWatermark(Table, tablename="export_watermark"):
+    """How far one export series has got, and which run is exporting it now.
+
+    A series is a destination, a format and a selection (``functions.core.exports``): every
+    message whose ``completed_at`` is at or before ``exported_through`` has been exported to
+    it. ``run_*`` is the claim of the run working on it (one at a time, renewed while it
+    runs); ``publishing`` lists the files a committed run was still renaming into place, so
+    the next run finishes the job if that one died.
+    """
+
+    id = UUID(primary_key=True)
+    # SHA-256 of the series' canonical description: one row per series.
+    series = Varchar(length=64, unique=True)
+    destination = Varchar(length=1000)
+    format = Varchar(length=16)
+    selection = JSONB(default={})
+    exported_through = Timestamptz(null=True, default=None)
+    messages_exported = BigInt(default=0)
+    last_run_id = UUID(null=True, default=None)
+    last_run_at = Timestamptz(null=True, default=None)
+    last_manifest = Varchar(length=1000, null=True, default=None)
+    run_id = UUID(null=True, default=None)
+    run_host = Varchar(length=255, null=True, default=None)
+    run_pid = Integer(null=True, default=None)
+    run_expires_at = Timestamptz(null=True, default=None)
+    publishing = JSONB(null=True, default=None)
+    created_at = Timestamptz(default=TimestamptzNow())
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
 ALL_TABLES: tuple[type[Table], ...] = (
     ApiKey,
     LLMConfig,
@@ -245,4 +275,5 @@ ALL_TABLES: tuple[type[Table], ...] = (
     IdempotencyKey,
     EvalRun,
     EvalResult,
+    ExportWatermark,
 )

@@ -1,0 +1,179 @@
+"""Where exports go: a local folder, or a bucket (``s3://bucket/prefix``) through fsspec.
+
+Every file is written under a temporary name first, in ``_incomplete/<run id>/`` beneath
+the destination, and renamed into place only once the run has committed its watermark:
+
+- a local folder renames with ``os.replace`` (atomic on one filesystem) after ``fsync``;
+- a bucket copies the object to its final key and deletes the temporary one (an object
+  appears whole or not at all; S3 has no rename).
+
+Readers that take ``<destination>/*.parquet`` (or ``*.jsonl``, ``*.csv``) never see a
+temporary file: those end in ``.partial`` and live one folder down.
+
+Bucket credentials and endpoints come from the usual places for the library (for S3:
+``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` or the AWS config
+files), or from ``storage_options`` passed to :func:`open_destination`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+if TYPE_CHECKING:
+    import uuid
+    from collections.abc import Callable
+
+INCOMPLETE = "_incomplete"
+PARTIAL_SUFFIX = ".partial"
+
+
+class Destination:
+    """A place files are written to under temporary names, then published atomically.
+
+    Paths given to and returned by its methods are relative to the destination.
+    """
+
+    url: str
+
+    def temp_path(self, run_id: uuid.UUID, name: str) -> str:
+        return f"{INCOMPLETE}/{run_id}/{name}{PARTIAL_SUFFIX}"
+
+    def run_folder(self, run_id: uuid.UUID) -> str:
+        return f"{INCOMPLETE}/{run_id}"
+
+    def open(self, path: str) -> tuple[BinaryIO, Callable[[BinaryIO], None] | None]:
+        """A new file for writing, and what to do with it before it is closed."""
+        raise NotImplementedError
+
+    def publish(self, temp: str, final: str) -> bool:
+        """Move ``temp`` to ``final``; False when ``temp`` is gone (already published)."""
+        raise NotImplementedError
+
+    def exists(self, path: str) -> bool:
+        raise NotImplementedError
+
+    def remove(self, path: str) -> None:
+        """Remove a file or a folder and everything in it; nothing if it is not there."""
+        raise NotImplementedError
+
+    def list(self) -> list[str]:
+        """Every file, recursively, relative to the destination (for tests and checks)."""
+        raise NotImplementedError
+
+
+def _fsync(file: BinaryIO) -> None:
+    os.fsync(file.fileno())
+
+
+class LocalDestination(Destination):
+    """A folder on this machine (created if missing)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.expanduser().resolve()
+        self.url = str(self.root)
+
+    def _path(self, path: str) -> Path:
+        return self.root / path
+
+    def open(self, path: str) -> tuple[BinaryIO, Callable[[BinaryIO], None] | None]:
+        target = self._path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # "x": a temporary name is never shared; another run's file is never truncated.
+        return target.open("xb"), _fsync
+
+    def publish(self, temp: str, final: str) -> bool:
+        source, target = self._path(temp), self._path(final)
+        if not source.exists():
+            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source.replace(target)
+        # The rename itself must survive a crash, not only the file's bytes.
+        fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return True
+
+    def exists(self, path: str) -> bool:
+        return self._path(path).exists()
+
+    def remove(self, path: str) -> None:
+        target = self._path(path)
+        if target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
+        # Leave no empty _incomplete/ behind once the last run folder is gone.
+        incomplete = self.root / INCOMPLETE
+        with contextlib.suppress(OSError):
+            incomplete.rmdir()
+
+    def list(self) -> list[str]:
+        if not self.root.exists():
+            return []
+        return sorted(
+            str(path.relative_to(self.root)) for path in self.root.rglob("*") if path.is_file()
+        )
+
+
+class FsspecDestination(Destination):
+    """A bucket or any other fsspec filesystem (``s3://bucket/prefix``)."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        import fsspec
+
+        self.url = url.rstrip("/")
+        fs, root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
+        self.fs: Any = fs
+        self.root: str = root.rstrip("/")
+
+    def _path(self, path: str) -> str:
+        return f"{self.root}/{path}"
+
+    def open(self, path: str) -> tuple[BinaryIO, Callable[[BinaryIO], None] | None]:
+        file: BinaryIO = self.fs.open(self._path(path), "wb")
+        return file, None
+
+    def publish(self, temp: str, final: str) -> bool:
+        source = self._path(temp)
+        if not self.fs.exists(source):
+            return False
+        # Copy, then delete: the final object appears whole when the copy completes. A run
+        # killed in between leaves both; the next one copies again (same bytes) and deletes.
+        self.fs.copy(source, self._path(final))
+        self.fs.rm(source)
+        return True
+
+    def exists(self, path: str) -> bool:
+        return bool(self.fs.exists(self._path(path)))
+
+    def remove(self, path: str) -> None:
+        target = self._path(path)
+        if self.fs.exists(target):
+            self.fs.rm(target, recursive=True)
+
+    def list(self) -> list[str]:
+        self.fs.invalidate_cache()
+        if not self.fs.exists(self.root):
+            return []
+        prefix = self.root + "/"
+        return sorted(
+            str(path).removeprefix(prefix)
+            for path in self.fs.find(self.root)
+            if str(path).startswith(prefix)
+        )
+
+
+def open_destination(url: str, storage_options: dict[str, Any] | None = None) -> Destination:
+    """The destination a folder path, ``file://`` URL or bucket URL names."""
+    if url.startswith("file://"):
+        return LocalDestination(Path(url.removeprefix("file://")))
+    if "://" in url:
+        return FsspecDestination(url, storage_options)
+    return LocalDestination(Path(url))
