@@ -99,6 +99,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
         self._header_count = 0
+        self._completed = 0  # requests read whole on this connection
         self._refused: bytes | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
@@ -129,6 +130,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         if self._in_head:
             self._arm_head_timer()
+        completed_before = self._completed
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -144,8 +146,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.logger.warning("Invalid HTTP request received.")
             self.send_400_response("Invalid HTTP request received.")
             return
-        if self._in_head:
-            # Checked after feeding: a chunk may end the head and carry body bytes. The
+        if self._in_head and self._completed == completed_before:
+            # Checked after feeding: a chunk may end the head and carry body bytes, or end
+            # a request and start the next one's head (not counted: the next read is). The
             # parser has then buffered at most this limit plus one read (256 KiB).
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_head_bytes:
@@ -184,6 +187,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self._completed += 1
         self._cancel_body_timer()
         self._in_head = True  # whatever arrives next starts the next request's head
         self._head_bytes = 0

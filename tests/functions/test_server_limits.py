@@ -243,3 +243,10 @@ def test_ordinary_requests_are_unaffected(gateway: tuple[GatewayProcess, str]) -
         # A 20 KiB header (under the 32 KiB limit) and a body.
         big = client.post("/v1/keys", json={"name": "x" * 50}, headers={"X-Padding": "p" * 20_000})
         assert big.status_code == 201, big.text
+        # Bodies far larger than the head limit, read in several chunks or one, on the same
+        # kept-alive connection as the requests after them.
+        for size in (90_000, 40_000, 200):
+            body = {"name": f"big-{size}", "model": "m", "system_prompt": "x" * size}
+            created = client.post("/v1/configs", json=body)
+            assert created.status_code == 201, created.text
+            assert client.get("/healthz").status_code == 200
