@@ -18,11 +18,13 @@ Scope = Literal["admin", "chat"]
 # overrides that reverse how a line reads, zero-width characters), separators other than
 # the plain space, surrogates and private use: what Python's ``str.isprintable`` refuses
 # (Unicode categories Cc, Cf, Zl, Zp, Zs but U+0020, Cs, Co). As a pattern for msgspec and
-# the OpenAPI document it covers the Basic Multilingual Plane (an ECMAScript pattern has no
-# escape beyond it); the service checks the whole name with :func:`is_printable_name`.
+# the OpenAPI document it covers the Basic Multilingual Plane but surrogates (an ECMAScript
+# pattern has no escape beyond the BMP, and regex engines refuse surrogate ranges; a JSON
+# body with a lone one is not valid UTF-8 anyway); the service checks the whole name with
+# :func:`is_printable_name`.
 NOT_PRINTABLE = (
     r"\x00-\x1f\x7f-\xa0\xad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u1680"
-    r"\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u2066-\u206f\u3000\ud800-\uf8ff\ufeff"
+    r"\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u2066-\u206f\u3000\ue000-\uf8ff\ufeff"
     r"\ufff9-\ufffb"
 )
 KEY_NAME_PATTERN = rf"^[^{NOT_PRINTABLE}]*[^\s{NOT_PRINTABLE}][^{NOT_PRINTABLE}]*$"
