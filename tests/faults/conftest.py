@@ -277,8 +277,9 @@ async def faults(
         conn = await asyncpg.connect(faults_url)
         try:
             await conn.execute(
+                # CASCADE: tables added later that reference these are emptied with them.
                 "TRUNCATE idempotency_key, process_lease, health_check, message, conversation, "
-                "llm_config, api_key"
+                "llm_config, api_key CASCADE"
             )
             await conn.execute(
                 "INSERT INTO config_epoch (id, epoch) VALUES (1, 1) "
