@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi.config import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ControllerRouterHandler
 
@@ -27,6 +26,7 @@ from functions.core.web.body import SwitchboardRequest
 from functions.core.web.context import RequestContext
 from functions.core.web.docs import StructSchemas
 from functions.core.web.errors import EXCEPTION_HANDLERS
+from functions.core.web.offline_docs import assets_router, render_plugins
 from functions.core.web.probes import PROBE_ROUTES
 
 log = get_logger(__name__)
@@ -46,7 +46,7 @@ def openapi_config(title: str) -> OpenAPIConfig:
             '`{"data": [...], "next_cursor": ...}`: pass `next_cursor` back as `cursor`.'
         ),
         path="/schema",
-        render_plugins=[SwaggerRenderPlugin(path="/swagger"), ScalarRenderPlugin(path="/")],
+        render_plugins=render_plugins(),  # every asset served by the app: works offline
         components=Components(
             security_schemes={
                 "BearerAuth": SecurityScheme(
@@ -87,7 +87,7 @@ def build_app(
             yield
 
     app = Litestar(
-        route_handlers=[*route_handlers, *PROBE_ROUTES],
+        route_handlers=[*route_handlers, *PROBE_ROUTES, assets_router()],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         # Authentication, parameter checks and a strict body, before any handler reads.
         guards=[admit],
