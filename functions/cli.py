@@ -315,6 +315,8 @@ for _name, _target, _help in (
     ("sim-vllm", "functions.simulator.cli:sim_vllm", "Run the vLLM simulator (a test double)."),
     # A group: its subcommands are resolved by the loaded group itself.
     ("flows", "flows.cli:flows", "Scheduled work (Prefect): list, run, serve, deploy."),
+    ("evals", "flows.evals_cli:evals", "Evaluation runs: list, show, compare."),
+    ("datasets", "flows.evals_cli:datasets", "Evaluation datasets: build one from history."),
 ):
     main.add_command(_LazyCommand(_name, _target, _help))
 
