@@ -93,6 +93,19 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # history_window: bounds a send's memory and the prompt whatever the history's length.
     history_max_messages: Annotated[int, Meta(ge=1, le=100_000)] = 1000
 
+    # The scheduled flows (flows/). The health check runs this often; every serving
+    # process lets a recorded verdict steer routing for 180 s (health/watcher.py), so the
+    # interval stays well below that.
+    health_check_interval_s: Annotated[float, Meta(ge=5, le=120)] = 60.0
+    # Also ask each healthy upstream for one token: a real completion through the engine,
+    # which catches a model that hangs behind a healthy /health, but costs GPU time.
+    health_check_completion: bool = False
+    health_check_completion_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 10.0
+    # Recorded health checks older than this are pruned (by both flows).
+    health_retention_days: Annotated[float, Meta(gt=0, le=3650)] = 7.0
+    # The maintenance flow: retire replies of dead processes, prune what has expired.
+    maintenance_interval_s: Annotated[float, Meta(ge=10, le=86_400)] = 300.0
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite:")

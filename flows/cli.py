@@ -1,0 +1,281 @@
+"""``switchboard flows``: Switchboard's scheduled work, as Prefect flows.
+
+    switchboard flows list                     the flows, their schedules and parameters
+    switchboard flows run NAME [options]       run one flow once, here, with a progress bar
+    switchboard flows serve                    register every deployment on the Prefect
+                                               server in PREFECT_API_URL and run them
+    switchboard flows deploy --pool NAME       register them for a work pool's workers
+
+``functions/cli.py`` loads this module only when ``switchboard flows`` runs, and Prefect is
+imported only by the commands that need it. Wherever these commands start Prefect,
+telemetry is off (``PREFECT_SERVER_ANALYTICS_ENABLED=false``, ``DO_NOT_TRACK=1``) unless
+those variables were set otherwise.
+
+``flows run`` needs no Prefect server: without ``PREFECT_API_URL`` Prefect starts a
+temporary one for the run (its database in ``PREFECT_HOME``, ``~/.prefect`` by default)
+and stops it on exit; with it, the run is recorded on that server and shows in its UI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import TYPE_CHECKING, Any, Protocol
+
+import click
+import msgspec
+
+from functions.cli import EXIT_REFUSED, EXIT_USAGE, echo_json, fail, settings_or_exit
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from flows.deployments import ScheduledFlow
+
+TELEMETRY_OFF = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+
+
+def _scheduled() -> tuple[ScheduledFlow, ...]:
+    """Every flow (importing Prefect, with telemetry off), or one line saying what is missing."""
+    for name, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(name, value)
+    try:
+        from flows.deployments import SCHEDULED
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] != "prefect":
+            raise
+        fail("the flows need Prefect: pip install 'switchboard[flows]'", EXIT_USAGE)
+    return SCHEDULED
+
+
+def _require_api_url(command: str) -> str:
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        fail(
+            f"`switchboard flows {command}` registers deployments on a Prefect server: set "
+            "PREFECT_API_URL to its API (http://127.0.0.1:4200/api after `prefect server start`)",
+            EXIT_USAGE,
+        )
+    return str(url)
+
+
+@click.group("flows")
+def flows() -> None:
+    """Scheduled work as Prefect flows: list them, run one now, serve or deploy them."""
+
+
+@flows.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_flows(as_json: bool) -> None:
+    """The flows, their deployments' schedules (from SWITCHBOARD_* settings) and parameters."""
+    settings = settings_or_exit()
+    rows = [
+        {
+            "name": scheduled.name,
+            "deployment": scheduled.deployment_name,
+            "every_s": scheduled.interval(settings).total_seconds(),
+            "tags": list(scheduled.tags),
+            "parameters": list(scheduled.flow.parameters.properties),
+            "description": scheduled.description,
+        }
+        for scheduled in _scheduled()
+    ]
+    if as_json:
+        echo_json(rows)
+        return
+    click.echo(f"{'NAME':14}  {'DEPLOYMENT':26}  {'EVERY':>7}  DESCRIPTION")
+    for row in rows:
+        every = f"{row['every_s']:g} s"
+        click.echo(f"{row['name']:14}  {row['deployment']:26}  {every:>7}  {row['description']}")
+
+
+# --- run -----------------------------------------------------------------------------
+
+
+class _FlowCommands(click.Group):
+    """``flows run NAME``: one command per flow, its options made from the flow's
+    parameters (the schema the Prefect UI's form shows), built only when asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [scheduled.name for scheduled in _scheduled()]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        for scheduled in _scheduled():
+            if scheduled.name == cmd_name:
+                return _run_command(scheduled)
+        return None
+
+
+_TYPES: dict[str, click.ParamType[Any]] = {"number": click.FLOAT, "integer": click.INT}
+
+
+def _option(name: str, schema: dict[str, Any]) -> click.Option:
+    kinds = [choice.get("type") for choice in schema.get("anyOf", [schema])]
+    flag = "--" + name.replace("_", "-")
+    help_text = " ".join(str(schema.get("description", "")).split())
+    if "boolean" in kinds:
+        no_flag = "--no-" + name.replace("_", "-")
+        return click.Option([f"{flag}/{no_flag}", name], default=None, help=help_text)
+    kind = next((_TYPES[k] for k in kinds if k in _TYPES), click.STRING)
+    return click.Option([flag, name], type=kind, default=None, help=help_text)
+
+
+def _run_command(scheduled: ScheduledFlow) -> click.Command:
+    properties: dict[str, dict[str, Any]] = scheduled.flow.parameters.properties
+    options = [_option(name, schema) for name, schema in properties.items()]
+    as_json = click.Option(["--json", "as_json"], is_flag=True, help="Print the report as JSON.")
+
+    def run(as_json: bool, **values: Any) -> None:
+        chosen = {name: value for name, value in values.items() if value is not None}
+        _run_once(scheduled, chosen, as_json=as_json)
+
+    return click.Command(
+        scheduled.name,
+        params=[*options, as_json],
+        callback=run,
+        help=f"{scheduled.description}\n\nOptions left out take their SWITCHBOARD_* setting.",
+        short_help=scheduled.description,
+    )
+
+
+@flows.group("run", cls=_FlowCommands)
+def run_flow() -> None:
+    """Run one flow once, here, with a progress bar; no Prefect server needed.
+
+    Without PREFECT_API_URL, Prefect starts a temporary API for the run (a few seconds;
+    its database in PREFECT_HOME) and stops it afterwards.
+    """
+
+
+class _Report(Protocol):
+    def summary(self) -> list[str]: ...
+
+
+class _Bar:
+    """Shows a flow's steps (``flows.progress``) on a rich progress bar."""
+
+    def __init__(self, bar: Progress, task: TaskID) -> None:
+        self._bar = bar
+        self._task = task
+        self._started = False
+
+    def plan(self, total: int) -> None:
+        self._bar.update(self._task, total=total, completed=0)
+
+    def step(self, description: str) -> None:
+        if self._started:
+            self._bar.advance(self._task)
+        self._started = True
+        self._bar.update(self._task, description=description)
+
+    def finish(self, description: str) -> None:
+        total = next(task.total for task in self._bar.tasks if task.id == self._task) or 1
+        self._bar.update(self._task, completed=total, total=total, description=description)
+
+
+def _run_once(scheduled: ScheduledFlow, parameters: dict[str, Any], *, as_json: bool) -> None:
+    from prefect.context import SyncClientContext
+    from prefect.settings import PREFECT_API_URL
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from flows import progress
+    from functions.core.logging import configure_logging
+
+    settings = settings_or_exit()  # a bad setting stops here, in one line
+    api = PREFECT_API_URL.value()
+    starting = f"connecting to {api}" if api else "starting a temporary Prefect API"
+    failure: BaseException | None = None
+    report: _Report | None = None
+    columns = (
+        SpinnerColumn(),
+        TextColumn(f"[bold]{scheduled.name}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        # Inside the bar, so log lines print above it; Prefect's own lines are then
+        # formatted like every other (the flow's runtime configures the same again).
+        configure_logging(settings.resolved_log_format, settings.log_level)
+        task = bar.add_task(starting, total=None)
+        shown = _Bar(bar, task)
+        try:
+            # One API client for the whole run, opened (and the temporary API started)
+            # here, and closed: Prefect's engine would otherwise open one it never closes.
+            with SyncClientContext.get_or_create(), progress.reporting_to(shown):
+                report = asyncio.run(scheduled.flow(**parameters))
+        except Exception as exc:  # the run's failure, already logged by Prefect
+            failure = exc
+        shown.finish("failed" if failure else "done")
+    if failure is not None or report is None:
+        fail(f"{scheduled.name} failed: {failure}", EXIT_REFUSED)
+    if as_json:
+        echo_json(msgspec.to_builtins(report))
+    else:
+        for line in report.summary():
+            click.echo(line)
+
+
+# --- serve and deploy ----------------------------------------------------------------
+
+
+@flows.command("serve")
+def serve_flows() -> None:
+    """Register every flow as a scheduled deployment on PREFECT_API_URL and run them here.
+
+    Each run is a subprocess of this one. Stop with Ctrl-C or SIGTERM: the schedules are
+    paused until the next `flows serve`.
+    """
+    scheduled = _scheduled()
+    settings = settings_or_exit()
+    url = _require_api_url("serve")
+    from flows.deployments import serve_all
+
+    click.echo(f"serving {len(scheduled)} deployment(s) on {url}:", err=True)
+    for each in scheduled:
+        every = each.interval(settings).total_seconds()
+        click.echo(f"  {each.deployment_name:28} every {every:g} s", err=True)
+    try:
+        asyncio.run(serve_all(settings))
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+
+
+@flows.command("deploy")
+@click.option("--pool", required=True, help="The work pool whose workers run the flows.")
+def deploy_flows(pool: str) -> None:
+    """Register every flow as a scheduled deployment for the workers of a work pool.
+
+    Create the pool once (`prefect work-pool create NAME --type process`), then start
+    workers where switchboard[flows] is installed and SWITCHBOARD_* is set:
+    `prefect worker start --pool NAME`. No image is built and no code is pushed.
+    """
+    scheduled = _scheduled()
+    settings = settings_or_exit()
+    url = _require_api_url("deploy")
+    from flows.deployments import deploy_all
+
+    try:
+        ids = asyncio.run(deploy_all(settings, pool))
+    except ValueError as exc:
+        hint = f" (create it: `prefect work-pool create {pool} --type process`)"
+        fail(f"{exc}{hint if 'work pool' in str(exc) else ''}", EXIT_REFUSED)
+    for each, deployment_id in zip(scheduled, ids, strict=True):
+        every = each.interval(settings).total_seconds()
+        click.echo(f"{each.deployment_name:28} every {every:g} s  {deployment_id}")
+    click.echo(
+        f"registered on {url} for work pool {pool!r}: start workers with "
+        f"`prefect worker start --pool {pool}`",
+        err=True,
+    )

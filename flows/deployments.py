@@ -1,0 +1,130 @@
+"""Every flow as a deployment: its schedule, name, description, tags and limits, in one list.
+
+``switchboard flows serve`` registers them on the Prefect server in ``PREFECT_API_URL`` and
+runs them from that process (:func:`serve_all`); ``switchboard flows deploy --pool NAME``
+registers them for the workers of a work pool instead (:func:`deploy_all`), so they run
+wherever a worker pulls them. Either way the deployments are the same.
+
+Each deployment allows one run at a time and cancels a run that would start while the
+previous one still runs: one probe per schedule for the whole deployment, and no pile-up
+behind a stuck run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from prefect import aserve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.deployments.runner import adeploy
+from prefect.types.entrypoint import EntrypointType
+
+from flows.health_check import health_check
+from flows.maintenance import maintenance
+
+if TYPE_CHECKING:
+    import uuid
+
+    from prefect import Flow
+    from prefect.deployments.runner import RunnerDeployment
+
+    from functions.core.settings import Settings
+
+DEPLOYMENT = "switchboard"
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class ScheduledFlow:
+    """A flow and how it is deployed."""
+
+    name: str
+    flow: Flow[Any, Any]
+    tags: tuple[str, ...]
+    setting: str  # the Settings field holding the interval, in seconds
+
+    def interval(self, settings: Settings) -> timedelta:
+        seconds: float = getattr(settings, self.setting)
+        return timedelta(seconds=seconds)
+
+    @property
+    def description(self) -> str:
+        return self.flow.description or ""
+
+    @property
+    def deployment_name(self) -> str:
+        return f"{self.name}/{DEPLOYMENT}"
+
+
+SCHEDULED = (
+    ScheduledFlow(
+        name="health-check",
+        flow=health_check,
+        tags=("switchboard", "health"),
+        setting="health_check_interval_s",
+    ),
+    ScheduledFlow(
+        name="maintenance",
+        flow=maintenance,
+        tags=("switchboard", "maintenance"),
+        setting="maintenance_interval_s",
+    ),
+)
+
+
+def by_name(name: str) -> ScheduledFlow:
+    for scheduled in SCHEDULED:
+        if scheduled.name == name:
+            return scheduled
+    raise KeyError(name)
+
+
+async def to_deployments(
+    settings: Settings, *, work_pool: str | None = None
+) -> list[RunnerDeployment]:
+    """The deployments of every flow, with their schedules from ``settings``.
+
+    The entrypoints are module paths (``flows.health_check.health_check``): a worker on
+    another machine loads the flow from the installed package, not from a file path.
+    """
+    return [
+        await scheduled.flow.ato_deployment(
+            name=DEPLOYMENT,
+            interval=scheduled.interval(settings),
+            description=scheduled.description,
+            tags=list(scheduled.tags),
+            version=VERSION,
+            concurrency_limit=ConcurrencyLimitConfig(
+                limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
+            ),
+            entrypoint_type=EntrypointType.MODULE_PATH,
+            work_pool_name=work_pool,
+        )
+        for scheduled in SCHEDULED
+    ]
+
+
+async def serve_all(settings: Settings) -> None:
+    """Register every deployment and run their scheduled runs here until stopped.
+
+    On a clean stop their schedules are paused, so no run piles up while nothing serves.
+    """
+    await aserve(*await to_deployments(settings), print_starting_message=False)
+
+
+async def deploy_all(settings: Settings, pool: str) -> list[uuid.UUID]:
+    """Register every deployment for the workers of the work pool ``pool``.
+
+    No image is built and no code is pushed: workers run the flows from the installed
+    ``switchboard[flows]`` package, with their own ``SWITCHBOARD_*`` settings.
+    """
+    return await adeploy(
+        *await to_deployments(settings, work_pool=pool),
+        work_pool_name=pool,
+        build=False,
+        push=False,
+        print_next_steps_message=False,
+        ignore_warnings=True,
+    )

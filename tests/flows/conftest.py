@@ -1,0 +1,235 @@
+"""Flow fixtures: Prefect's test harness (once per session), a real Prefect server, settings.
+
+Flows read their settings where every process edge does (``load_settings()``, from
+``SWITCHBOARD_*``), so a test sets the environment (:func:`flow_env`) and runs the flow
+in-process on its own event loop, against the harness's temporary Prefect API. The flow
+opens its own engine and makes it current; :func:`run_flow` makes the test's engine
+current again afterwards.
+
+Commands that start Prefect on their own (``flows run``, ``flows serve``, a worker) run as
+subprocesses with an environment built by :func:`prefect_env`: a temporary
+``PREFECT_HOME``, telemetry off, and no ``PREFECT_*`` variable from outside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import pytest
+from piccolo.engine.base import Engine
+from prefect.client.schemas.objects import FlowRun
+from prefect.context import SyncClientContext
+from prefect.states import State
+
+from functions.core.db import conf
+from functions.core.db.engine import use_engine
+from tests.conftest import truncate_all
+from tests.support.process import HOST, REPO_ROOT, free_port
+
+PREFECT_SERVER_START_S = 90.0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_harness() -> Iterator[None]:
+    """Prefect's temporary API for every in-process flow run: started once (it is slow)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+def prefect_api_url() -> str:
+    """The harness's API, for subprocesses that should use it too."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    assert url, "the Prefect test harness is not running"
+    return str(url)
+
+
+def prefect_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a subprocess that starts Prefect: nothing of ours leaks in."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("PREFECT_", "SWITCHBOARD_"))
+    }
+    env.update(
+        {
+            "PREFECT_HOME": str(home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            "PYTHONPATH": str(REPO_ROOT),
+            "PYTHONUNBUFFERED": "1",
+            **extra,
+        }
+    )
+    return env
+
+
+@pytest.fixture
+def flow_env(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Set ``SWITCHBOARD_*`` settings for the flows this test runs in-process."""
+
+    def set_settings(**values: object) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(f"SWITCHBOARD_{name.upper()}", str(value))
+
+    return set_settings
+
+
+@pytest.fixture
+async def flows_db(pg_url: str, pg_engine: Engine[Any]) -> AsyncIterator[str]:
+    """The session's PostgreSQL database, emptied after the test."""
+    use_engine(pg_engine)
+    yield pg_url
+    use_engine(pg_engine)
+    await truncate_all(pg_engine)
+
+
+@dataclass
+class Ran:
+    """One in-process flow run: its result, its id, and how long the call took."""
+
+    result: Any
+    flow_run_id: Any
+    seconds: float
+
+
+async def run_flow(flow: Callable[..., Awaitable[State[Any]]], **parameters: Any) -> Ran:
+    """Run ``flow`` once here; the engine current before is current again after."""
+    previous = conf.DB
+    started = time.perf_counter()
+    try:
+        # Prefect's engine otherwise opens a sync API client of its own per run and never
+        # closes it (results.py, reading the server's default result storage): a socket
+        # left to the garbage collector, which pytest reports as an error.
+        with SyncClientContext.get_or_create():
+            state: State[Any] = await flow(**parameters, return_state=True)
+    finally:
+        if previous is not None:
+            use_engine(previous)
+    seconds = time.perf_counter() - started
+    assert state.is_completed(), state
+    return Ran(
+        result=await state.result(), flow_run_id=state.state_details.flow_run_id, seconds=seconds
+    )
+
+
+async def read_flow_run(flow_run_id: Any) -> FlowRun:
+    from prefect import get_client
+
+    async with get_client() as client:
+        return await client.read_flow_run(flow_run_id)
+
+
+# --- a real Prefect server -----------------------------------------------------------
+
+
+@dataclass
+class PrefectServer:
+    """``prefect server start`` on a free port, with its own home and SQLite database."""
+
+    home: Path
+    port: int
+    process: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{HOST}:{self.port}/api"
+
+    def log_text(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read().decode("utf-8", "replace")
+
+    def api(self) -> httpx.Client:
+        return httpx.Client(base_url=self.api_url, timeout=10)
+
+
+def start_prefect_server(home: Path) -> PrefectServer:
+    port = free_port()
+    env = prefect_env(
+        home,
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'server.db'}",
+        PREFECT_UI_ENABLED="false",
+    )
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop_by_pid's caller
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)],
+        cwd=home,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,  # its own process group: stopped whole, by its pid
+    )
+    server = PrefectServer(home=home, port=port, process=process, log=log)
+    deadline = time.monotonic() + PREFECT_SERVER_START_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"prefect server exited with {process.returncode}:\n{server.log_text()}"
+            )
+        try:
+            if httpx.get(f"{server.api_url}/health", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    stop_by_pid(process)
+    raise RuntimeError(
+        f"prefect server did not start in {PREFECT_SERVER_START_S} s:\n{server.log_text()}"
+    )
+
+
+def stop_by_pid(process: subprocess.Popen[bytes], timeout: float = 15) -> int:
+    """SIGTERM the process's group (its pid), then SIGKILL it if it lingers."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout)
+    # Children that outlived their parent in the group (a flow run's subprocess, say).
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    return process.returncode
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    server = start_prefect_server(tmp_path_factory.mktemp("prefect-server"))
+    try:
+        yield server
+    finally:
+        stop_by_pid(server.process)
+        server.log.close()
+
+
+async def wait_for(
+    predicate: Callable[[], Awaitable[Any]], *, within: float, interval: float = 0.05
+) -> Any:
+    """Await ``predicate()`` until it returns something truthy; return that."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {within} s")
+        await asyncio.sleep(interval)
