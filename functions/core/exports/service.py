@@ -34,10 +34,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -67,12 +69,13 @@ from functions.core.liveness.service import pending_bound
 from functions.core.logging import get_logger
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator
+    from collections.abc import AsyncGenerator, Callable
 
     from functions.core.exports.source import Chunk
     from functions.core.settings import Settings
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 # A run renews its claim every third of this; a run that died is replaced after it (at once
 # when it ran on the same host).
@@ -144,8 +147,13 @@ async def export_history(
             through = held.exported_through  # a clock behind the last run: an empty window
         result = await run.export(Window(after=after, through=through), recovered)
     except BaseException:
-        await asyncio.shield(run.abandon())
+        # Cleaned up even when this task is being cancelled (shielded, then its files
+        # thread is let go once the cleanup is done).
+        cleanup = asyncio.ensure_future(run.abandon())
+        cleanup.add_done_callback(lambda _: run.close())
+        await asyncio.shield(cleanup)
         raise
+    run.close()
     log.info(
         "export.finished",
         destination=destination.url,
@@ -178,18 +186,28 @@ class _Run:
         self.started = started
         self.committed = False
         self._renewed = time.monotonic()
+        # One thread does this run's file work, in order: one file is written by one thread.
+        self._files = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-files")
+
+    async def _io(self, function: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._files, functools.partial(function, *args)
+        )
+
+    def close(self) -> None:
+        self._files.shutdown(wait=False)
 
     async def recover(self) -> list[str]:
         """Finish what a dead run committed; remove what it left half-written."""
         dead, recovered = self.held.dead_run, []
         if self.held.publishing:
             for item in self.held.publishing:
-                await asyncio.to_thread(self.destination.publish, item.temp, item.final)
+                await self._io(self.destination.publish, item.temp, item.final)
                 recovered.append(item.final)
             await watermarks.recovered(self.held, now=datetime.now(UTC))
             log.warning("export.recovered", run_id=str(dead), files=recovered)
         if dead is not None:
-            await asyncio.to_thread(self.destination.remove, self.destination.run_folder(dead))
+            await self._io(self.destination.remove, self.destination.run_folder(dead))
         return recovered
 
     async def _keep_claim(self) -> None:
@@ -202,11 +220,11 @@ class _Run:
         stem = f"history-{self.started:%Y%m%dT%H%M%S}Z-{run_id.hex[:12]}"
         data_name = f"{stem}.{EXTENSIONS[request.format]}"
         data_temp = destination.temp_path(run_id, data_name)
-        raw, on_close = await asyncio.to_thread(destination.open, data_temp)
+        raw, on_close = await self._io(destination.open, data_temp)
         sink = Sink(raw, on_close=on_close)
         writer: Writer | None = None
         try:
-            writer = await asyncio.to_thread(open_writer, request.format, sink)
+            writer = await self._io(open_writer, request.format, sink)
             chunks = iter_chunks(
                 window,
                 self.series.selection,
@@ -216,9 +234,9 @@ class _Run:
                 batch_bytes=self.tuning.batch_bytes,
             )
             await self._drain(chunks, writer)
-            await asyncio.to_thread(writer.close)
+            await self._io(writer.close)
         except BaseException:
-            await asyncio.to_thread(writer.abort if writer is not None else sink.close)
+            await self._io(writer.abort if writer is not None else sink.close)
             raise
         files: list[ManifestFile] = []
         publishing: list[Publish] = []
@@ -228,7 +246,7 @@ class _Run:
             )
             publishing.append(Publish(temp=data_temp, final=data_name))
         else:
-            await asyncio.to_thread(destination.remove, data_temp)
+            await self._io(destination.remove, data_temp)
         manifest = Manifest(
             schema_version=SCHEMA_VERSION,
             run_id=run_id,
@@ -245,7 +263,7 @@ class _Run:
         )
         manifest_name = f"{stem}.manifest.json"
         manifest_temp = destination.temp_path(run_id, manifest_name)
-        await asyncio.to_thread(self._write_manifest, manifest_temp, manifest)
+        await self._io(self._write_manifest, manifest_temp, manifest)
         publishing.append(Publish(temp=manifest_temp, final=manifest_name))
         await watermarks.commit(
             self.held,
@@ -257,9 +275,9 @@ class _Run:
         )
         self.committed = True
         for item in publishing:
-            await asyncio.to_thread(destination.publish, item.temp, item.final)
+            await self._io(destination.publish, item.temp, item.final)
         await watermarks.published(self.held, now=datetime.now(UTC))
-        await asyncio.to_thread(destination.remove, destination.run_folder(run_id))
+        await self._io(destination.remove, destination.run_folder(run_id))
         return ExportResult(manifest=manifest, manifest_path=manifest_name, recovered=recovered)
 
     async def _drain(self, chunks: AsyncGenerator[Chunk, None], writer: Writer) -> None:
@@ -275,7 +293,7 @@ class _Run:
                 # Between reads: one statement at a time on the run's connection.
                 await self._keep_claim()
                 following = asyncio.ensure_future(anext(chunks))
-                await asyncio.to_thread(writer.write, chunk)
+                await self._io(writer.write, chunk)
         finally:
             if following is not None:
                 following.cancel()
@@ -297,8 +315,6 @@ class _Run:
         if self.committed:
             return
         try:
-            await asyncio.to_thread(
-                self.destination.remove, self.destination.run_folder(self.held.run_id)
-            )
+            await self._io(self.destination.remove, self.destination.run_folder(self.held.run_id))
         finally:
             await watermarks.release(self.held, now=datetime.now(UTC))

@@ -13,7 +13,6 @@ install.
 from __future__ import annotations
 
 import hashlib
-import io
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import msgspec
@@ -38,7 +37,7 @@ UTF8_BOM = b"\xef\xbb\xbf"
 CSV_HEADER = (",".join(f'"{name}"' for name in COLUMN_NAMES) + "\n").encode()
 # A Parquet row group: large enough to compress and scan well, small enough for flat memory.
 ROW_GROUP_ROWS = 64 * 1024
-ROW_GROUP_BYTES = 32 * 1024 * 1024
+ROW_GROUP_BYTES = 8 * 1024 * 1024
 PARQUET_COMPRESSION = "zstd"
 
 
@@ -201,7 +200,7 @@ class ParquetWriter(Writer):
         import pyarrow.csv as pa_csv
 
         parsed = pa_csv.read_csv(
-            io.BytesIO(chunk.data),
+            pa.BufferReader(chunk.data),
             read_options=self._read,
             parse_options=self._parse,
             convert_options=self._convert,
