@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from flows.deployments import ScheduledFlow
+    from functions.core.settings import Settings
 
 TELEMETRY_OFF = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 
@@ -75,7 +76,7 @@ def list_flows(as_json: bool) -> None:
         {
             "name": scheduled.name,
             "deployment": scheduled.deployment_name,
-            "every_s": scheduled.interval(settings).total_seconds(),
+            "every_s": _every_s(scheduled, settings),
             "tags": list(scheduled.tags),
             "parameters": list(scheduled.flow.parameters.properties),
             "description": scheduled.description,
@@ -87,7 +88,7 @@ def list_flows(as_json: bool) -> None:
         return
     click.echo(f"{'NAME':14}  {'DEPLOYMENT':26}  {'EVERY':>7}  DESCRIPTION")
     for row in rows:
-        every = f"{row['every_s']:g} s"
+        every = "on demand" if row["every_s"] is None else f"{row['every_s']:g} s"
         click.echo(f"{row['name']:14}  {row['deployment']:26}  {every:>7}  {row['description']}")
 
 
@@ -111,24 +112,38 @@ class _FlowCommands(click.Group):
 _TYPES: dict[str, click.ParamType[Any]] = {"number": click.FLOAT, "integer": click.INT}
 
 
-def _option(name: str, schema: dict[str, Any]) -> click.Option:
+def _every_s(scheduled: ScheduledFlow, settings: Settings) -> float | None:
+    interval = scheduled.interval(settings)
+    return None if interval is None else interval.total_seconds()
+
+
+def _option(name: str, schema: dict[str, Any], *, required: bool = False) -> click.Option:
     kinds = [choice.get("type") for choice in schema.get("anyOf", [schema])]
     flag = "--" + name.replace("_", "-")
     help_text = " ".join(str(schema.get("description", "")).split())
+    if "array" in kinds:  # a list parameter: the option is given once per value
+        return click.Option([flag, name], multiple=True, required=required, help=help_text)
     if "boolean" in kinds:
         no_flag = "--no-" + name.replace("_", "-")
         return click.Option([f"{flag}/{no_flag}", name], default=None, help=help_text)
     kind = next((_TYPES[k] for k in kinds if k in _TYPES), click.STRING)
-    return click.Option([flag, name], type=kind, default=None, help=help_text)
+    return click.Option([flag, name], type=kind, default=None, required=required, help=help_text)
 
 
 def _run_command(scheduled: ScheduledFlow) -> click.Command:
     properties: dict[str, dict[str, Any]] = scheduled.flow.parameters.properties
-    options = [_option(name, schema) for name, schema in properties.items()]
+    required = set(scheduled.flow.parameters.required or ())
+    options = [
+        _option(name, schema, required=name in required) for name, schema in properties.items()
+    ]
     as_json = click.Option(["--json", "as_json"], is_flag=True, help="Print the report as JSON.")
 
     def run(as_json: bool, **values: Any) -> None:
-        chosen = {name: value for name, value in values.items() if value is not None}
+        chosen = {
+            name: list(value) if isinstance(value, tuple) else value
+            for name, value in values.items()
+            if value is not None and value != ()
+        }
         _run_once(scheduled, chosen, as_json=as_json)
 
     return click.Command(
@@ -244,8 +259,9 @@ def serve_flows() -> None:
 
     click.echo(f"serving {len(scheduled)} deployment(s) on {url}:", err=True)
     for each in scheduled:
-        every = each.interval(settings).total_seconds()
-        click.echo(f"  {each.deployment_name:28} every {every:g} s", err=True)
+        every = _every_s(each, settings)
+        when = "on demand" if every is None else f"every {every:g} s"
+        click.echo(f"  {each.deployment_name:28} {when}", err=True)
     try:
         asyncio.run(serve_all(settings))
     except KeyboardInterrupt:
@@ -272,8 +288,9 @@ def deploy_flows(pool: str) -> None:
         hint = f" (create it: `prefect work-pool create {pool} --type process`)"
         fail(f"{exc}{hint if 'work pool' in str(exc) else ''}", EXIT_REFUSED)
     for each, deployment_id in zip(scheduled, ids, strict=True):
-        every = each.interval(settings).total_seconds()
-        click.echo(f"{each.deployment_name:28} every {every:g} s  {deployment_id}")
+        every = _every_s(each, settings)
+        when = "on demand" if every is None else f"every {every:g} s"
+        click.echo(f"{each.deployment_name:28} {when}  {deployment_id}")
     click.echo(
         f"registered on {url} for work pool {pool!r}: start workers with "
         f"`prefect worker start --pool {pool}`",

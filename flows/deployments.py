@@ -21,6 +21,7 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 from prefect.deployments.runner import adeploy
 from prefect.types.entrypoint import EntrypointType
 
+from flows.evaluate import evaluate
 from flows.health_check import health_check
 from flows.maintenance import maintenance
 
@@ -43,9 +44,11 @@ class ScheduledFlow:
     name: str
     flow: Flow[Any, Any]
     tags: tuple[str, ...]
-    setting: str  # the Settings field holding the interval, in seconds
+    setting: str | None  # the Settings field holding the interval, in seconds; None: on demand
 
-    def interval(self, settings: Settings) -> timedelta:
+    def interval(self, settings: Settings) -> timedelta | None:
+        if self.setting is None:
+            return None
         seconds: float = getattr(settings, self.setting)
         return timedelta(seconds=seconds)
 
@@ -71,6 +74,8 @@ SCHEDULED = (
         tags=("switchboard", "maintenance"),
         setting="maintenance_interval_s",
     ),
+    # On demand only: started from the UI (a form of its parameters) or `flows run evaluate`.
+    ScheduledFlow(name="evaluate", flow=evaluate, tags=("switchboard", "evaluation"), setting=None),
 )
 
 
