@@ -1,0 +1,221 @@
+"""How the gateway was used: its replies counted, timed and grouped, straight from history.
+
+A reply is an assistant message the gateway generated (it names a model; a turn a client
+sent is stored without one), counted at the time it was asked (``created_at``). Replies
+are grouped by time bucket (an hour or a day, in UTC), configuration name and model:
+counts by status, distinct conversations, tokens, and the latency and time to first token
+of the completed ones (mean, p50, p95). Errors are counted by code.
+
+The database aggregates: on PostgreSQL in one statement per grouping (``percentile_cont``
+for the percentiles); SQLite has no percentile aggregate, so there the completed replies'
+timings are read and their percentiles computed here, the same way (linear interpolation
+between order statistics). SQLite is the single-machine database, so that read is small.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from piccolo.engine.postgres import PostgresEngine
+
+from functions.core.db.engine import current_engine
+from functions.core.db.sql import fetch
+from functions.core.errors import InvalidInputError
+from functions.core.usage.schemas import Bucket, ErrorCount, UsageReport, UsageRow
+
+if TYPE_CHECKING:
+    import uuid
+
+_FROM = (
+    " FROM message m JOIN conversation c ON c.id = m.conversation"
+    " LEFT JOIN llm_config l ON l.id = m.llm_config"
+    " WHERE m.role = 'assistant' AND m.model IS NOT NULL"
+    " AND m.created_at >= {} AND m.created_at < {}"
+)
+_COUNTS = (
+    "count(*) AS replies, "
+    "sum(CASE WHEN m.status = 'complete' THEN 1 ELSE 0 END) AS complete, "
+    "sum(CASE WHEN m.status = 'failed' THEN 1 ELSE 0 END) AS failed, "
+    "sum(CASE WHEN m.status = 'cancelled' THEN 1 ELSE 0 END) AS cancelled, "
+    "sum(CASE WHEN m.status = 'pending' THEN 1 ELSE 0 END) AS pending, "
+    "count(DISTINCT m.conversation) AS conversations, "
+    "coalesce(sum(m.prompt_tokens), 0) AS prompt_tokens, "
+    "coalesce(sum(m.completion_tokens), 0) AS completion_tokens, "
+    "avg(CASE WHEN m.status = 'complete' THEN m.latency_ms END) AS latency_mean_ms"
+)
+_PERCENTILES = ", ".join(
+    f"percentile_cont({q / 100}) WITHIN GROUP (ORDER BY m.{column}) "
+    f"FILTER (WHERE m.status = 'complete') AS {name}"
+    for column, q, name in (
+        ("latency_ms", 50, "latency_p50_ms"),
+        ("latency_ms", 95, "latency_p95_ms"),
+        ("ttft_ms", 50, "ttft_p50_ms"),
+        ("ttft_ms", 95, "ttft_p95_ms"),
+    )
+)
+
+
+def _bucket_sql(bucket: Bucket | None, *, postgres: bool) -> str:
+    """The bucket's start as ``YYYY-MM-DD HH:MM:SS`` text in UTC ('' for the whole window)."""
+    if bucket is None:
+        return "''"
+    if postgres:
+        return (
+            f"to_char(date_trunc('{bucket}', m.created_at AT TIME ZONE 'UTC'), "
+            "'YYYY-MM-DD HH24:MI:SS')"
+        )
+    # SQLite holds Python's str() of the UTC time: "2026-11-29 23:00:00.123456+00:00".
+    if bucket == "hour":
+        return "substr(m.created_at, 1, 13) || ':00:00'"
+    return "substr(m.created_at, 1, 10) || ' 00:00:00'"
+
+
+def _filters(owner: uuid.UUID | None) -> str:
+    return " AND c.owner_key = {}" if owner is not None else ""
+
+
+async def usage_report(
+    *,
+    since: datetime,
+    until: datetime | None = None,
+    bucket: Bucket = "hour",
+    owner: uuid.UUID | None = None,
+) -> UsageReport:
+    """The replies created in ``[since, until)`` (``until`` defaults to now), per
+    ``bucket``, configuration and model; for the whole window; and errors by code.
+    ``owner`` keeps one key's conversations only."""
+    if bucket not in ("hour", "day"):
+        raise InvalidInputError("bucket is hour or day", details={"field": "bucket"})
+    since, until = _utc(since, "since"), _utc(until or datetime.now(UTC), "until")
+    if until <= since:
+        raise InvalidInputError("until must be after since", details={"field": "until"})
+    args: list[Any] = [since, until, *([owner] if owner is not None else [])]
+    rows = await _aggregate(bucket, since, owner, args)
+    totals = await _aggregate(None, since, owner, args)
+    errors = await fetch(
+        "SELECT l.name AS config, m.model AS model, m.error_code AS error_code, "
+        "count(*) AS count, max(m.created_at) AS last_seen, max(m.error_message) AS example"
+        + _FROM
+        + _filters(owner)
+        + " AND m.error_code IS NOT NULL GROUP BY l.name, m.model, m.error_code"
+        " ORDER BY count(*) DESC, m.error_code",
+        *args,
+    )
+    return UsageReport(
+        since=since,
+        until=until,
+        bucket=bucket,
+        rows=rows,
+        totals=totals,
+        errors=[
+            ErrorCount(
+                config=row["config"],
+                model=row["model"],
+                error_code=row["error_code"],
+                count=int(row["count"]),
+                last_seen=_time(row["last_seen"]),
+                example=row["example"] or "",
+            )
+            for row in errors
+        ],
+    )
+
+
+async def _aggregate(
+    bucket: Bucket | None, since: datetime, owner: uuid.UUID | None, args: list[Any]
+) -> list[UsageRow]:
+    postgres = isinstance(current_engine(), PostgresEngine)
+    start = _bucket_sql(bucket, postgres=postgres)
+    select = f"SELECT {start} AS start, l.name AS config, m.model AS model, {_COUNTS}"
+    if postgres:
+        select += ", " + _PERCENTILES
+    grouped = await fetch(
+        select + _FROM + _filters(owner) + " GROUP BY 1, l.name, m.model ORDER BY 1, 2, 3",
+        *args,
+    )
+    timings = {} if postgres else await _timings(start, owner, args)
+    found: list[UsageRow] = []
+    for row in grouped:
+        key = (row["start"], row["config"], row["model"])
+        latencies, ttfts = timings.get(key, ([], []))
+        percentiles = (
+            {name: _float(row[name]) for name in _PERCENTILE_NAMES}
+            if postgres
+            else {
+                "latency_p50_ms": _percentile(latencies, 50),
+                "latency_p95_ms": _percentile(latencies, 95),
+                "ttft_p50_ms": _percentile(ttfts, 50),
+                "ttft_p95_ms": _percentile(ttfts, 95),
+            }
+        )
+        found.append(
+            UsageRow(
+                start=_time(row["start"]) if row["start"] else since,
+                config=row["config"],
+                model=row["model"],
+                replies=int(row["replies"]),
+                complete=int(row["complete"]),
+                failed=int(row["failed"]),
+                cancelled=int(row["cancelled"]),
+                pending=int(row["pending"]),
+                conversations=int(row["conversations"]),
+                prompt_tokens=int(row["prompt_tokens"]),
+                completion_tokens=int(row["completion_tokens"]),
+                latency_mean_ms=_float(row["latency_mean_ms"]),
+                **percentiles,
+            )
+        )
+    return found
+
+
+_PERCENTILE_NAMES = ("latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "ttft_p95_ms")
+Key = tuple[str, str | None, str | None]
+
+
+async def _timings(
+    start: str, owner: uuid.UUID | None, args: list[Any]
+) -> dict[Key, tuple[list[float], list[float]]]:
+    """Latencies and times to first token of the completed replies, per group (SQLite)."""
+    rows = await fetch(
+        f"SELECT {start} AS start, l.name AS config, m.model AS model, "
+        "m.latency_ms AS latency_ms, m.ttft_ms AS ttft_ms"
+        + _FROM
+        + _filters(owner)
+        + " AND m.status = 'complete'",
+        *args,
+    )
+    found: dict[Key, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
+    for row in rows:
+        latencies, ttfts = found[(row["start"], row["config"], row["model"])]
+        if row["latency_ms"] is not None:
+            latencies.append(float(row["latency_ms"]))
+        if row["ttft_ms"] is not None:
+            ttfts.append(float(row["ttft_ms"]))
+    return found
+
+
+def _percentile(values: list[float], q: int) -> float | None:
+    """The ``q``-th percentile, interpolated as PostgreSQL's ``percentile_cont`` does."""
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _time(value: Any) -> datetime:
+    parsed = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _utc(value: datetime, field: str) -> datetime:
+    if value.tzinfo is None:
+        raise InvalidInputError(f"{field} needs a time zone", details={"field": field})
+    return value.astimezone(UTC)
