@@ -22,6 +22,8 @@ from prefect.deployments.runner import adeploy
 from prefect.types.entrypoint import EntrypointType
 
 from flows.evaluate import evaluate
+from flows.export_history import EVERY as EXPORT_EVERY
+from flows.export_history import export_history
 from flows.health_check import health_check
 from flows.maintenance import maintenance
 
@@ -45,10 +47,11 @@ class ScheduledFlow:
     flow: Flow[Any, Any]
     tags: tuple[str, ...]
     setting: str | None  # the Settings field holding the interval, in seconds; None: on demand
+    every: timedelta | None = None  # a fixed interval, for a flow with no setting for one
 
     def interval(self, settings: Settings) -> timedelta | None:
         if self.setting is None:
-            return None
+            return self.every
         seconds: float = getattr(settings, self.setting)
         return timedelta(seconds=seconds)
 
@@ -76,6 +79,13 @@ SCHEDULED = (
     ),
     # On demand only: started from the UI (a form of its parameters) or `flows run evaluate`.
     ScheduledFlow(name="evaluate", flow=evaluate, tags=("switchboard", "evaluation"), setting=None),
+    ScheduledFlow(
+        name="export",
+        flow=export_history,
+        tags=("switchboard", "export"),
+        setting=None,
+        every=EXPORT_EVERY,
+    ),
 )
 
 

@@ -100,12 +100,13 @@ def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     if value.tzinfo is None:
-        raise ValueError("export time bounds need a time zone (RFC 3339, e.g. ...Z)")
+        return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
 
 
 def normalize_selection(selection: Selection) -> Selection:
-    """The same selection always names the same series (times in UTC)."""
+    """The same selection always names the same series: times in UTC (a time without a
+    zone is taken as UTC, as every time Switchboard stores and shows is)."""
     return msgspec.structs.replace(
         selection, since=_utc(selection.since), until=_utc(selection.until)
     )
@@ -217,7 +218,8 @@ class _Run:
 
     async def export(self, window: Window, recovered: list[str]) -> ExportResult:
         request, destination, run_id = self.request, self.destination, self.held.run_id
-        stem = f"history-{self.started:%Y%m%dT%H%M%S}Z-{run_id.hex[:12]}"
+        # Names sort in the order the runs started (to the microsecond).
+        stem = f"history-{self.started:%Y%m%dT%H%M%S.%f}Z-{run_id.hex[:12]}"
         data_name = f"{stem}.{EXTENSIONS[request.format]}"
         data_temp = destination.temp_path(run_id, data_name)
         raw, on_close = await self._io(destination.open, data_temp)

@@ -308,9 +308,12 @@ async def test_a_run_killed_after_its_commit_is_finished_by_the_next(
     assert not (tmp_path / "_incomplete").exists()
 
 
-async def test_time_bounds_need_a_time_zone(db: Engine[Any], tmp_path: Path):
-    with pytest.raises(ValueError, match="time zone"):
-        await run(tmp_path, selection=Selection(since=datetime(2026, 1, 1)))
+async def test_time_bounds_without_a_zone_are_utc(db: Engine[Any], tmp_path: Path):
+    await seed_history()
+    naive = await run(tmp_path / "naive", selection=Selection(since=datetime(2026, 11, 1, 9, 1)))
+    aware = await run(tmp_path / "aware", selection=Selection(since=T0 + timedelta(minutes=1)))
+    assert naive.manifest.selection == aware.manifest.selection
+    assert naive.manifest.messages == aware.manifest.messages == 5
 
 
 def test_every_column_is_documented():

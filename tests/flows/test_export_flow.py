@@ -1,0 +1,191 @@
+"""The export flow under Prefect's test harness: incremental runs into a folder and a bucket,
+on PostgreSQL and SQLite, and ``switchboard flows run export`` as an operator runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from piccolo.engine.base import Engine
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+from flows.deployments import by_name
+from flows.export_history import ARTIFACT_KEY, ExportReport, export_history
+from functions.core.db.engine import use_engine
+from functions.core.exports.destinations import FsspecDestination
+from functions.core.settings import load_settings
+from tests.conftest import truncate_all
+from tests.core.exports.conftest import (
+    add_message,
+    data_files,
+    manifests,
+    read_rows,
+    rows_of,
+    seed_history,
+)
+from tests.flows.conftest import prefect_api_url, prefect_env, run_flow
+from tests.support.databases import sqlite_url
+from tests.support.process import HOST, REPO_ROOT, ServiceProcess, free_port
+
+SWITCHBOARD = [sys.executable, "-m", "functions.cli"]
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+async def export_db(
+    request: pytest.FixtureRequest,
+    pg_url: str,
+    pg_engine: Engine[Any],
+    sqlite_engine: Engine[Any],
+    sqlite_dir: Path,
+    flow_env: Callable[..., None],
+) -> AsyncIterator[Engine[Any]]:
+    """The session's database of one engine, as the flow's setting; emptied afterwards."""
+    engine = pg_engine if request.param == "postgres" else sqlite_engine
+    flow_env(database_url=pg_url if request.param == "postgres" else sqlite_url(sqlite_dir))
+    use_engine(engine)
+    yield engine
+    use_engine(engine)
+    await truncate_all(engine)
+
+
+async def test_the_flow_exports_what_is_new_each_run(export_db: Engine[Any], tmp_path: Path):
+    history = await seed_history()
+    out = tmp_path / "exports"
+
+    first = await run_flow(export_history, out=str(out), format="parquet")
+    report: ExportReport = first.result
+    assert report.messages == 8
+    assert report.mode == "incremental"
+    assert report.after is None
+    # Finished just after the first run's window closed (it ends a settle window before
+    # the run's start): the next run's window holds it.
+    conversation = next(iter(history.conversations))
+    finished = report.through + timedelta(milliseconds=1)
+    await asyncio.sleep(0.01)
+    await add_message(history, conversation, content="새 소식 📰", created_at=finished,
+                      completed_at=finished)  # fmt: skip
+    second = await run_flow(export_history, out=str(out), format="parquet")
+
+    assert second.result.messages == 1
+    assert second.result.after == report.through
+    assert [row["message_id"] for row in rows_of(out, "duckdb")] == [
+        row["message_id"] for row in history.expected()
+    ]
+    assert [m["messages"] for m in manifests(out)] == [8, 1]
+    # The whole folder, as a data tool reads it: one query over every published file.
+    counted = duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/*.parquet')").fetchall()
+    assert counted == [(9,)]
+
+    async with get_client() as client:
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[second.flow_run_id])
+            )
+        )
+    assert [a.key for a in artifacts] == [ARTIFACT_KEY]
+    assert "**1** message(s)" in str(artifacts[0].data)
+
+
+async def test_filters_are_parameters(export_db: Engine[Any], tmp_path: Path):
+    history = await seed_history()
+    ran = await run_flow(
+        export_history,
+        out=str(tmp_path),
+        format="csv",
+        owner=str(history.other_owner),
+        since="2026-11-01T09:01:00Z",
+    )
+    assert ran.result.messages == 1  # the other owner's failed reply, stored at 09:01
+    (path,) = data_files(tmp_path)
+    (row,) = read_rows(path, "csv")
+    assert row["error_code"] == "llm_timeout"
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    port = free_port()
+    server = ServiceProcess("moto.server", ("-H", HOST, "-p", str(port)), port=port)
+    server.health_path = "/moto-api/"
+    with server:
+        yield server.root_url
+
+
+async def test_a_scheduled_export_into_a_bucket(
+    export_db: Engine[Any], tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+):
+    # The AWS variables a deployment's workers would have.
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": s3_endpoint,
+    }.items():
+        monkeypatch.setenv(name, value)
+    bucket = FsspecDestination("s3://flow-exports", {"skip_instance_cache": True})
+    if not bucket.fs.exists("flow-exports"):
+        bucket.fs.mkdir("flow-exports")
+    history = await seed_history()
+    url = f"s3://flow-exports/{tmp_path.name}"
+
+    ran = await run_flow(export_history, out=url)
+
+    assert ran.result.messages == 8
+    listed = FsspecDestination(url, {"skip_instance_cache": True}).list()
+    assert sorted(listed) == sorted([ran.result.manifest, ran.result.files[0]["path"]])
+    local = tmp_path / ran.result.files[0]["path"]
+    local.write_bytes(bucket.fs.cat_file(f"flow-exports/{tmp_path.name}/{local.name}"))
+    assert read_rows(local, "json") == history.expected()
+
+
+def test_the_deployment_runs_daily_with_typed_parameters():
+    scheduled = by_name("export")
+    assert scheduled.interval(load_settings({}, dotenv=None)) == timedelta(days=1)
+    schema = scheduled.flow.parameters.properties
+    assert list(schema) == ["out", "format", "full", "since", "until", "owner", "config"]
+    assert schema["format"]["enum"] == ["jsonl", "csv", "parquet"]
+    assert schema["since"]["anyOf"][0] == {"format": "date-time", "type": "string"}
+    assert schema["owner"]["anyOf"][0] == {"format": "uuid", "type": "string"}
+
+
+async def test_flows_run_export_from_the_command_line(
+    pg_url: str, pg_engine: Engine[Any], tmp_path: Path
+):
+    use_engine(pg_engine)
+    try:
+        history = await seed_history()
+        out = tmp_path / "out"
+        env = prefect_env(
+            tmp_path / "prefect-home",
+            PREFECT_API_URL=prefect_api_url(),
+            SWITCHBOARD_DATABASE_URL=pg_url,
+            SWITCHBOARD_LOG_FORMAT="json",
+        )
+        command = [*SWITCHBOARD, "flows", "run", "export", "--format", "jsonl", "--out", str(out)]
+        first = await asyncio.to_thread(
+            subprocess.run, [*command, "--json"], cwd=REPO_ROOT, env=env,
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert first.returncode == 0, first.stderr
+        assert json.loads(first.stdout)["messages"] == 8
+        second = await asyncio.to_thread(
+            subprocess.run, [*command, "--config", "기본-설정"], cwd=REPO_ROOT, env=env,
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert second.returncode == 0, second.stderr
+        assert "exported 6 message(s) (incremental, jsonl)" in second.stdout
+        rows = rows_of(out, "json")
+        assert len(rows) == 14  # two series in one folder: each its own watermark
+        assert {row["message_id"] for row in rows} == {
+            row["message_id"] for row in history.expected()
+        }
+    finally:
+        await truncate_all(pg_engine)
