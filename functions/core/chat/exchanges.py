@@ -15,7 +15,7 @@ import asyncio
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -39,8 +39,11 @@ from functions.core.messages.schemas import ConfigRef, Exchange, MessageOut, Tur
 from functions.core.settings import Settings
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from functions.core.chat.schemas import SendRequest
     from functions.core.chat.targets import Resolved
+    from functions.core.configs.schemas import LLMConfigOut
     from functions.core.messages.claim import Claim
 
 BUSY_RETRY_S = 0.05
@@ -153,14 +156,12 @@ class Exchanges:
 
     def llm_request(self, exchange: Exchange, request: SendRequest) -> ChatRequest:
         """The upstream request for a claimed exchange: its prompt, model and sampling."""
-        config = exchange.config
-        sampling = config.sampling(request.sampling) if config else dict(request.sampling)
-        extra = {**config.extra, **request.extra} if config else dict(request.extra)
-        return ChatRequest(
-            messages=[_chat_message(turn) for turn in exchange.prompt],
+        return upstream_request(
+            exchange.prompt,
+            exchange.config,
             model=exchange.model,
-            extra=extra,
-            **sampling,
+            sampling=request.sampling,
+            extra=request.extra,
         )
 
     async def prepare(self, request: SendRequest) -> tuple[SendRequest, uuid.UUID]:
@@ -203,6 +204,28 @@ def _check_turns(request: SendRequest) -> None:
     for turn in request.turns:
         if turn.role == "user" and not turn.parts and not turn.content.strip():
             raise InvalidInputError("content is empty", details={"field": "content"})
+
+
+def upstream_request(
+    prompt: Sequence[Turn],
+    config: LLMConfigOut | None,
+    *,
+    model: str | None,
+    sampling: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> ChatRequest:
+    """What vLLM is asked for ``prompt``: the configuration's sampling and extra fields
+    (``sampling`` and ``extra`` override them), for every caller that talks to the model
+    about stored turns (sends, replay)."""
+    sampling = dict(sampling or {})
+    chosen = config.sampling(sampling) if config else sampling
+    fields = {**config.extra, **(extra or {})} if config else dict(extra or {})
+    return ChatRequest(
+        messages=[_chat_message(turn) for turn in prompt],
+        model=model,
+        extra=fields,
+        **chosen,
+    )
 
 
 def _chat_message(turn: Turn) -> ChatMessage:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from functions.core.chat.exchanges import DEFAULT_HISTORY_CAP, Exchanges
+from functions.core.chat.exchanges import DEFAULT_HISTORY_CAP, Exchanges, upstream_request
 from functions.core.chat.prompt import build_prompt, history_limit
 from functions.core.chat.recorder import ReplyRecorder
 from functions.core.chat.schemas import SendRequest
@@ -48,7 +48,6 @@ from functions.core.conversations.schemas import ConversationCreate
 from functions.core.errors import InvalidInputError, SwitchboardError
 from functions.core.evals.service import find_owner
 from functions.core.llm.errors import LLMError
-from functions.core.llm.schemas import ChatMessage, ChatRequest
 from functions.core.logging import get_logger
 from functions.core.messages.schemas import MessageOut, StoredTurn, Turn
 from functions.core.replay.diff import similarity
@@ -68,7 +67,7 @@ if TYPE_CHECKING:
 
     from functions.core.configs.schemas import LLMConfigOut
     from functions.core.llm.client import LLMClient
-    from functions.core.llm.schemas import ChatResult
+    from functions.core.llm.schemas import ChatRequest, ChatResult
     from functions.core.runtime import Runtime
 
 log = get_logger(__name__)
@@ -150,21 +149,7 @@ def reply_of(message: MessageOut) -> Reply:
 def model_request(prompt: Sequence[Turn], config: LLMConfigOut) -> ChatRequest:
     """The upstream request for ``prompt`` under ``config``: its model, sampling and extra
     fields, as the send path asks them (``Exchanges.llm_request``)."""
-    return ChatRequest(
-        messages=[
-            ChatMessage(
-                role=turn.role,
-                content=turn.parts if turn.parts is not None else turn.content,
-                name=turn.name,
-                tool_call_id=turn.tool_call_id,
-                tool_calls=turn.tool_calls,
-            )
-            for turn in prompt
-        ],
-        model=config.model,
-        extra=dict(config.extra),
-        **config.sampling(),
-    )
+    return upstream_request(prompt, config, model=config.model)
 
 
 def replay_metadata(
