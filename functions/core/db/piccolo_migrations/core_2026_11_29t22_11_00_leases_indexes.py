@@ -5,7 +5,7 @@ migration's raw steps before its table steps).
 """
 
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
-from piccolo.engine import engine_finder
+from functions.core.db.raw_indexes import add_index_steps
 
 ID = "2026-11-29T22:11:00:000000"
 VERSION = "1.38.0"
@@ -28,19 +28,4 @@ INDEXES = {
 
 async def forwards() -> MigrationManager:
     manager = MigrationManager(migration_id=ID, app_name="core", description=DESCRIPTION)
-
-    async def create_indexes() -> None:
-        engine = engine_finder()
-        assert engine is not None
-        for ddl in INDEXES.values():
-            await engine.run_ddl(ddl)
-
-    async def drop_indexes() -> None:
-        engine = engine_finder()
-        assert engine is not None
-        for name in INDEXES:
-            await engine.run_ddl(f"DROP INDEX IF EXISTS {name}")
-
-    manager.add_raw(create_indexes)
-    manager.add_raw_backwards(drop_indexes)
-    return manager
+    return add_index_steps(manager, INDEXES)
