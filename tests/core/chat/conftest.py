@@ -29,7 +29,7 @@ from functions.core.llm.transport import build_http_client
 from functions.core.messages import service as messages
 from functions.core.messages.schemas import MessageOut, Turn
 from tests.core.llm.conftest import Faults, llm_settings
-from tests.core.llm.scripted_server import HOST, http_response
+from tests.core.llm.scripted_server import RawHttpServer, http_response
 from tests.support.simulator import SimulatorProcess, running_simulator
 
 MODEL = "sim-model"
@@ -127,47 +127,19 @@ def models_body(model: str) -> bytes:
     return msgspec.json.encode({"object": "list", "data": [card]})
 
 
-class ScriptedUpstream:
+class ScriptedUpstream(RawHttpServer):
     """A real HTTP server that lists one model and answers every chat request with the
-    same raw bytes (``tests/core/llm/scripted_server.py`` answers everything alike, so a
-    client routing by model would never reach its script)."""
+    same raw bytes (``ScriptedServer`` answers everything alike, so a client routing by
+    model would never reach its script)."""
 
     def __init__(self, chat_response: bytes, model: str = MODEL) -> None:
+        super().__init__()
         self.chat_response = chat_response
         self.model = model
         self.chat_bodies: list[bytes] = []
-        self.port = 0
-        self._server: asyncio.Server | None = None
 
-    @property
-    def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}/v1"
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            body = await reader.readexactly(length)
-            path = head.split(b" ", 2)[1]
-            if path.endswith(b"/models"):
-                writer.write(http_response(200, models_body(self.model)))
-            else:
-                self.chat_bodies.append(body)
-                writer.write(self.chat_response)
-            await writer.drain()
-        finally:
-            writer.close()
-
-    async def __aenter__(self) -> ScriptedUpstream:
-        self._server = await asyncio.start_server(self._handle, HOST, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
+    def answer(self, head: bytes, path: bytes, body: bytes) -> bytes | None:
+        if path.endswith(b"/models"):
+            return http_response(200, models_body(self.model))
+        self.chat_bodies.append(body)
+        return self.chat_response

@@ -13,11 +13,11 @@ reply computed from the prompt the judge scorer built:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 
-HOST = "127.0.0.1"
+from tests.core.llm.scripted_server import RawHttpServer
+
 JUDGE_MODEL = "judge-model"
 _SECTIONS = re.compile(
     r"REFERENCE ANSWER:\n(?P<reference>.*?)\n\nRESPONSE:\n(?P<response>.*)\Z", re.S
@@ -80,57 +80,22 @@ def _json(status: int, body: object) -> bytes:
     return head.encode() + data
 
 
-class JudgeUpstream:
+class JudgeUpstream(RawHttpServer):
     """The server; ``prompts`` keeps every chat prompt it graded."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.prompts: list[str] = []
-        self.port = 0
-        self._server: asyncio.Server | None = None
 
-    @property
-    def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}/v1"
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            body = await reader.readexactly(length)
-            path = head.split(b" ", 2)[1]
-            if path.endswith(b"/models"):
-                card = {
-                    "id": JUDGE_MODEL,
-                    "object": "model",
-                    "owned_by": "test",
-                    "root": JUDGE_MODEL,
-                }
-                writer.write(_json(200, {"object": "list", "data": [card]}))
-            elif path.endswith(b"/chat/completions"):
-                request = json.loads(body)
-                prompt = "\n".join(str(m.get("content", "")) for m in request["messages"])
-                self.prompts.append(prompt)
-                writer.write(_stream(judge_reply(prompt)))
-            elif path.endswith(b"/health"):
-                writer.write(_json(200, {}))
-            else:
-                writer.write(_json(404, {"detail": "Not Found"}))
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    async def __aenter__(self) -> JudgeUpstream:
-        self._server = await asyncio.start_server(self._handle, HOST, 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
+    def answer(self, head: bytes, path: bytes, body: bytes) -> bytes | None:
+        if path.endswith(b"/models"):
+            card = {"id": JUDGE_MODEL, "object": "model", "owned_by": "test", "root": JUDGE_MODEL}
+            return _json(200, {"object": "list", "data": [card]})
+        if path.endswith(b"/chat/completions"):
+            request = json.loads(body)
+            prompt = "\n".join(str(m.get("content", "")) for m in request["messages"])
+            self.prompts.append(prompt)
+            return _stream(judge_reply(prompt))
+        if path.endswith(b"/health"):
+            return _json(200, {})
+        return _json(404, {"detail": "Not Found"})

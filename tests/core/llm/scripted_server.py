@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import socket
 from types import TracebackType
+from typing import Self
 
 HOST = "127.0.0.1"
 
@@ -29,18 +30,20 @@ def sse_response(*events: bytes) -> bytes:
     return head + b"".join(b"data: " + event + b"\n\n" for event in events)
 
 
-class ScriptedServer:
-    """Answers each request with ``response`` and closes; ``None`` closes without answering."""
+class RawHttpServer:
+    """A real server on 127.0.0.1 that reads each request whole (head and body) and lets a
+    subclass answer it with raw bytes (``None``: close without answering)."""
 
-    def __init__(self, response: bytes | None) -> None:
-        self.response = response
-        self.requests: list[bytes] = []
+    def __init__(self) -> None:
         self.port = 0
         self._server: asyncio.Server | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://{HOST}:{self.port}/v1"
+
+    def answer(self, head: bytes, path: bytes, body: bytes) -> bytes | None:
+        raise NotImplementedError
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -50,14 +53,17 @@ class ScriptedServer:
                 name, _, value = line.partition(b":")
                 if name.strip().lower() == b"content-length":
                     length = int(value)
-            self.requests.append(head + await reader.readexactly(length))
-            if self.response is not None:
-                writer.write(self.response)
+            body = await reader.readexactly(length)
+            response = self.answer(head, head.split(b" ", 2)[1], body)
+            if response is not None:
+                writer.write(response)
                 await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
         finally:
             writer.close()
 
-    async def __aenter__(self) -> ScriptedServer:
+    async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(self._handle, HOST, 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -71,6 +77,19 @@ class ScriptedServer:
         assert self._server is not None
         self._server.close()
         await self._server.wait_closed()
+
+
+class ScriptedServer(RawHttpServer):
+    """Answers each request with ``response`` and closes; ``None`` closes without answering."""
+
+    def __init__(self, response: bytes | None) -> None:
+        super().__init__()
+        self.response = response
+        self.requests: list[bytes] = []
+
+    def answer(self, head: bytes, path: bytes, body: bytes) -> bytes | None:
+        self.requests.append(head + body)
+        return self.response
 
 
 class BlackHole:
