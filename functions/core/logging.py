@@ -4,6 +4,12 @@
 run id bound by a flow) lands on every line logged while handling it. ``redact_secrets``
 drops anything that looks like a credential before a renderer ever sees it, however deep
 in a value (a list of URLs, a dict of headers, a Struct of settings) it sits.
+
+Each HTTP request ends with one canonical line (``functions.core.web.context``); what the
+layers below learn while handling it (the conversation, model, upstream, tokens) reaches
+that line through :func:`note_request`. Prompt and reply text are only ever kept by
+reference for it (:func:`note_request_text`), and written only where
+``SWITCHBOARD_LOG_MESSAGE_TEXT`` asks for them.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ import logging
 import re
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
@@ -27,7 +35,9 @@ _SECRET_KEYS = re.compile(
     r"(authorization|api_key|apikey|secret|password|token_hash|key_hash)", re.I
 )
 _BEARER = re.compile(r"(Bearer\s+)\S+", re.I)
-_SB_KEY = re.compile(r"\bsb-[A-Za-z0-9_\-]{8,}")
+# A key's display prefix ("sb-" and 9 characters, shown by `keys list`) is not a secret and
+# is logged on purpose; anything longer may be (part of) a key.
+_SB_KEY = re.compile(r"\bsb-[A-Za-z0-9_\-]{10,}")
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
 REDACTED = "[redacted]"
 
@@ -135,3 +145,51 @@ def configure_logging(
 
 def get_logger(name: str | None = None) -> Any:
     return structlog.get_logger(name)
+
+
+class RequestFacts:
+    """What handling one request learned, for its canonical log line.
+
+    ``fields`` are logged as they are; ``prompt_text`` and ``reply_text`` only when the
+    settings ask for message text in logs (never by default).
+    """
+
+    __slots__ = ("fields", "prompt_text", "reply_text")
+
+    def __init__(self) -> None:
+        self.fields: dict[str, Any] = {}
+        self.prompt_text: str | None = None
+        self.reply_text: str | None = None
+
+
+# Holds a mutable object, not values: tasks started while handling the request (a
+# streamed response's) copy the context, and their notes must still reach the line.
+_request_facts: ContextVar[RequestFacts | None] = ContextVar(
+    "switchboard_request_facts", default=None
+)
+
+
+@contextmanager
+def collecting_request_facts() -> Iterator[RequestFacts]:
+    """Collect :func:`note_request` calls made while handling one request."""
+    facts = RequestFacts()
+    token = _request_facts.set(facts)
+    try:
+        yield facts
+    finally:
+        _request_facts.reset(token)
+
+
+def note_request(**fields: Any) -> None:
+    """Add facts (``None`` values left out) to the current request's log line, if any."""
+    facts = _request_facts.get()
+    if facts is not None:
+        facts.fields.update((key, value) for key, value in fields.items() if value is not None)
+
+
+def note_request_text(*, prompt: str | None, reply: str | None) -> None:
+    """Keep the message text of the current request, logged only if the settings say so."""
+    facts = _request_facts.get()
+    if facts is not None:
+        facts.prompt_text = prompt
+        facts.reply_text = reply

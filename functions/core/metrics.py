@@ -1,13 +1,24 @@
 """Prometheus metrics, defined once per process and shared by every function.
 
 Labels are bounded: routes are the route templates (``/v1/conversations/{id}``), never
-raw paths; models and upstreams come from configuration, not from callers.
+raw paths; models, configurations and upstreams come from configuration, not from callers
+(a model no upstream serves is counted as ``unknown``). No key, conversation or message
+id is ever a label (``tests/ops`` checks a scrape after real traffic).
+
+With several workers (``PROMETHEUS_MULTIPROC_DIR`` set, as ``switchboard serve
+--workers N`` does) every counter, histogram and gauge goes through the shared files,
+including the ones computed from live state (upstream routing, recorded health): each
+worker mirrors those into the files every second and at scrape time
+(:class:`LiveMirror`), so every scrape, whichever worker answers, sees the sum of all.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import glob
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -25,6 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
     from prometheus_client.core import Metric
+    from prometheus_client.metrics import MetricWrapperBase
 
     from functions.core.llm.schemas import LLMStats
 
@@ -52,27 +64,51 @@ HTTP_IN_FLIGHT = Gauge(
     ["function"],
     multiprocess_mode="livesum",
 )
+# Time the gateway itself adds: well under the LLM buckets' first bound.
+OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
+# Mean time between two output tokens of one reply.
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5)
+
 LLM_REQUESTS = Counter(
     "switchboard_llm_requests_total",
-    "Calls to vLLM by model and outcome (ok or an error code).",
-    ["model", "outcome"],
+    "Replies asked of vLLM, by upstream, model and outcome (complete, failed, cancelled).",
+    ["upstream", "model", "outcome"],
+)
+LLM_ERRORS = Counter(
+    "switchboard_llm_errors_total",
+    "Replies that failed, by upstream, model and error code (llm_timeout, llm_unavailable, ...).",
+    ["upstream", "model", "code"],
 )
 LLM_TTFT = Histogram(
     "switchboard_llm_time_to_first_token_seconds",
     "Time from sending a request to vLLM to its first token.",
-    ["model"],
+    ["upstream", "model"],
     buckets=LLM_BUCKETS,
 )
 LLM_DURATION = Histogram(
     "switchboard_llm_request_duration_seconds",
-    "Time from sending a request to vLLM to its last token.",
-    ["model"],
+    "Time from sending a request to vLLM to its last token (complete replies).",
+    ["upstream", "model"],
     buckets=LLM_BUCKETS,
+)
+LLM_ITL = Histogram(
+    "switchboard_llm_inter_token_latency_seconds",
+    "Mean time between output tokens of one complete reply: (duration - TTFT) / "
+    "(completion tokens - 1), as vLLM's benchmark computes TPOT.",
+    ["upstream", "model"],
+    buckets=ITL_BUCKETS,
 )
 LLM_TOKENS = Counter(
     "switchboard_llm_tokens_total",
-    "Tokens reported by vLLM, by model and kind (prompt or completion).",
-    ["model", "kind"],
+    "Tokens reported by vLLM, by model, configuration and kind (prompt or completion).",
+    ["model", "config", "kind"],
+)
+GATEWAY_OVERHEAD = Histogram(
+    "switchboard_gateway_overhead_seconds",
+    "Time a request that called vLLM spent outside the upstream call (auth, database, "
+    "prompt, recording, writing the response): the request's duration minus the LLM's.",
+    ["function", "route"],
+    buckets=OVERHEAD_BUCKETS,
 )
 CHAT_MESSAGES = Counter(
     "switchboard_chat_replies_total",
@@ -141,30 +177,138 @@ def upstream_metrics(stats: LLMStats) -> Iterable[Metric]:
     return [in_flight, state, waiting, requests, failures, ejections, overloaded, retries]
 
 
+# How a live gauge from several workers adds up: requests in flight and the workers seeing
+# an upstream in each routing state are sums; the others (the last health check's
+# numbers, read from the database by every worker alike) are the highest value.
+_LIVE_GAUGE_SUMS = frozenset(
+    {"switchboard_llm_upstream_in_flight", "switchboard_llm_upstream_state"}
+)
+MIRROR_INTERVAL_S = 1.0
+
+
+class LiveMirror:
+    """Copies live collectors' metrics into this worker's multiprocess files.
+
+    Metrics computed at scrape time from a process's memory cannot be read by the worker
+    that answers a scrape for the others; so every worker writes its own into the shared
+    files: gauges as they are (``livesum`` or ``livemax``, dropped when the worker dies),
+    counters as increments since the last copy (they keep counting after it dies, as
+    counters must).
+    """
+
+    def __init__(self) -> None:
+        self._metrics: dict[str, MetricWrapperBase] = {}
+        self._counted: dict[tuple[str, tuple[str, ...]], float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def copy(self, collectors: Iterable[CallbackCollector]) -> None:
+        for collector in collectors:
+            for family in collector.collect():
+                for sample in family.samples:
+                    self._copy(family, sample.name, sample.labels, sample.value)
+
+    def _copy(self, family: Metric, name: str, labels: dict[str, str], value: float) -> None:
+        if family.type == "counter" and not name.endswith("_total"):
+            return  # ``_created``: not kept in multiprocess mode
+        metric = self._metrics.get(family.name)
+        if metric is None:
+            metric = self._metrics[family.name] = _mirror_metric(family, list(labels))
+        values = tuple(labels.values())
+        child: Any = metric.labels(*values) if labels else metric
+        if family.type == "counter":
+            key = (family.name, values)
+            seen = self._counted.get(key, 0.0)
+            # A smaller value is a new client in this process (counting from zero again).
+            child.inc(value - seen if value >= seen else value)
+            self._counted[key] = value
+        else:
+            child.set(value)
+
+    def start(self, collectors: list[CallbackCollector]) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(collectors), name="switchboard-metrics-mirror"
+            )
+
+    def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+
+    async def _run(self, collectors: list[CallbackCollector]) -> None:
+        while True:
+            # A collector that fails once must not stop the copies for good; the scrape
+            # that copies next raises it where it is seen.
+            with contextlib.suppress(Exception):
+                self.copy(collectors)
+            await asyncio.sleep(MIRROR_INTERVAL_S)
+
+
+def _mirror_metric(family: Metric, labels: list[str]) -> MetricWrapperBase:
+    if family.type == "counter":
+        return Counter(family.name, family.documentation, labels, registry=None)
+    if family.name in _LIVE_GAUGE_SUMS:
+        return Gauge(
+            family.name, family.documentation, labels, registry=None, multiprocess_mode="livesum"
+        )
+    return Gauge(
+        family.name, family.documentation, labels, registry=None, multiprocess_mode="livemax"
+    )
+
+
 _live_collectors: list[CallbackCollector] = []
+_mirror = LiveMirror()
+
+
+def _multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 def add_live_collector(collector: CallbackCollector) -> None:
-    """Register metrics computed at scrape time (they cannot go through multiprocess files)."""
+    """Register metrics computed at scrape time.
+
+    With several workers they are also mirrored into the shared files (see
+    :class:`LiveMirror`), every second while an event loop runs.
+    """
     REGISTRY.register(collector)
     _live_collectors.append(collector)
+    if _multiprocess_dir():
+        with contextlib.suppress(RuntimeError):  # no running loop: copied at scrape time
+            _mirror.start(_live_collectors)
 
 
 def remove_live_collector(collector: CallbackCollector) -> None:
     REGISTRY.unregister(collector)
     _live_collectors.remove(collector)
+    if not _live_collectors:
+        _mirror.stop()
+
+
+def _forget_dead_workers(path: str) -> None:
+    """Drop the live gauges of workers that are gone (killed, or replaced by uvicorn)."""
+    for file in glob.glob(os.path.join(path, "gauge_live*_*.db")):
+        pid = int(os.path.basename(file).rsplit("_", 1)[1].removesuffix(".db"))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+        except PermissionError:  # alive, under another user
+            continue
 
 
 def render_metrics() -> tuple[bytes, str]:
     """The exposition text for this process, or for all workers in multiprocess mode.
 
-    With several workers, counters and histograms are summed over all of them; the live
-    gauges (upstream state, in flight) are those of the worker that answers the scrape.
+    With several workers, every series is read from the shared files: counters and
+    histograms summed over all workers (dead ones included), gauges summed or maxed over
+    the live ones. This worker copies its live metrics first, so its own are exact; the
+    others' are at most :data:`MIRROR_INTERVAL_S` old.
     """
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    path = _multiprocess_dir()
+    if path:
+        _mirror.copy(_live_collectors)
+        _forget_dead_workers(path)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        for collector in _live_collectors:
-            registry.register(collector)
         return generate_latest(registry), METRICS_MEDIA_TYPE
     return generate_latest(REGISTRY), METRICS_MEDIA_TYPE

@@ -106,6 +106,13 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # The maintenance flow: retire replies of dead processes, prune what has expired.
     maintenance_interval_s: Annotated[float, Meta(ge=10, le=86_400)] = 300.0
 
+    # Operations. Prompt and reply text on each request's log line: off by default, since
+    # logs usually travel further (collectors, Loki, support tickets) than the database.
+    log_message_text: bool = False
+    # Where flow runs push their metrics (a Prometheus Pushgateway, e.g.
+    # http://pushgateway:9091); unset, they push nothing (functions/core/flow_metrics.py).
+    metrics_pushgateway_url: str | None = None
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite:")
@@ -162,7 +169,7 @@ def load_settings(
             raw[field] = tuple(
                 part.strip().rstrip("/") for part in value.split(",") if part.strip()
             )
-        elif value == "" and field in {"llm_api_key", "log_format"}:
+        elif value == "" and field in {"llm_api_key", "log_format", "metrics_pushgateway_url"}:
             raw[field] = None
         elif field == "log_level":
             raw[field] = value.upper()

@@ -15,10 +15,18 @@ from typing import TYPE_CHECKING
 
 from functions.core.db.errors import as_database_error
 from functions.core.errors import ConflictError, NotFoundError, SwitchboardError
-from functions.core.logging import get_logger
+from functions.core.logging import get_logger, note_request, note_request_text
 from functions.core.messages import service as messages
 from functions.core.messages.schemas import ConfigRef, ReplyOutcome
-from functions.core.metrics import CHAT_MESSAGES, LLM_DURATION, LLM_REQUESTS, LLM_TOKENS, LLM_TTFT
+from functions.core.metrics import (
+    CHAT_MESSAGES,
+    LLM_DURATION,
+    LLM_ERRORS,
+    LLM_ITL,
+    LLM_REQUESTS,
+    LLM_TOKENS,
+    LLM_TTFT,
+)
 
 if TYPE_CHECKING:
     import uuid
@@ -28,6 +36,9 @@ if TYPE_CHECKING:
     from functions.core.messages.schemas import Exchange, MessageOut
 
 log = get_logger(__name__)
+# Codes whose model was named by the caller and served by no upstream: never a label value.
+_UNSERVED_MODEL_CODES = frozenset({"model_not_served", "model_not_found"})
+NO_UPSTREAM = "none"
 
 
 # Outcomes a database outage kept from being written, still being retried.
@@ -80,11 +91,14 @@ class ReplyRecorder:
             else None
         )
         self._model = exchange.model or ""
+        # The upstream that answered (or failed), for the metrics; unknown until then.
+        self._upstream = NO_UPSTREAM
 
     async def completed(
         self, content: str, end: ChatResult | ChatDone, *, ttft_ms: float | None
     ) -> MessageOut:
         usage = end.usage
+        self._upstream = end.upstream_url
         return await self.record(
             ReplyOutcome(
                 status="complete",
@@ -101,6 +115,7 @@ class ReplyRecorder:
 
     async def failed(self, exc: LLMError, *, partial: str = "") -> MessageOut:
         log.warning("chat.reply_failed", code=exc.code, error=exc.message, model=self._model)
+        self._upstream = str(exc.details.get("upstream_url") or NO_UPSTREAM)
         return await self.record(
             ReplyOutcome(
                 status="failed",
@@ -256,13 +271,38 @@ class ReplyRecorder:
 
     def _observe(self, outcome: ReplyOutcome) -> None:
         model = outcome.model or self._model
+        if outcome.error_code in _UNSERVED_MODEL_CODES:
+            model = "unknown"
+        upstream = self._upstream
+        config = self.exchange.config
         CHAT_MESSAGES.labels(outcome.status).inc()
-        LLM_REQUESTS.labels(model, outcome.error_code or outcome.status).inc()
+        LLM_REQUESTS.labels(upstream, model, outcome.status).inc()
+        if outcome.status == "failed" and outcome.error_code is not None:
+            LLM_ERRORS.labels(upstream, model, outcome.error_code).inc()
         if outcome.ttft_ms is not None:
-            LLM_TTFT.labels(model).observe(outcome.ttft_ms / 1000)
+            LLM_TTFT.labels(upstream, model).observe(outcome.ttft_ms / 1000)
         if outcome.latency_ms is not None and outcome.status == "complete":
-            LLM_DURATION.labels(model).observe(outcome.latency_ms / 1000)
+            LLM_DURATION.labels(upstream, model).observe(outcome.latency_ms / 1000)
+            tokens = outcome.completion_tokens
+            if outcome.ttft_ms is not None and tokens is not None and tokens > 1:
+                itl_ms = (outcome.latency_ms - outcome.ttft_ms) / (tokens - 1)
+                LLM_ITL.labels(upstream, model).observe(max(itl_ms, 0.0) / 1000)
+        config_name = config.name if config is not None else "none"
         if outcome.prompt_tokens is not None:
-            LLM_TOKENS.labels(model, "prompt").inc(outcome.prompt_tokens)
+            LLM_TOKENS.labels(model, config_name, "prompt").inc(outcome.prompt_tokens)
         if outcome.completion_tokens is not None:
-            LLM_TOKENS.labels(model, "completion").inc(outcome.completion_tokens)
+            LLM_TOKENS.labels(model, config_name, "completion").inc(outcome.completion_tokens)
+        # The facts of this send for the request's one log line (and its overhead metric).
+        note_request(
+            conversation_id=str(self.exchange.assistant_message.conversation_id),
+            model=model,
+            config=config_name,
+            upstream=upstream,
+            reply_status=outcome.status,
+            error_code=outcome.error_code,
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+            ttft_ms=outcome.ttft_ms,
+            llm_ms=outcome.latency_ms,
+        )
+        note_request_text(prompt=self.exchange.user_message.content, reply=outcome.content)

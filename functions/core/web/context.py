@@ -2,6 +2,12 @@
 
 A raw ASGI wrapper around the whole Litestar handler (not a Litestar middleware, which only
 runs for matched routes), so 404s and 405s get a request id and a log line too.
+
+The canonical line (event ``request``) carries the function, method, path, route template,
+status, duration, request id, the caller's key prefix and name, and what the layers below
+noted (``functions.core.logging.note_request``): conversation, model, configuration,
+upstream, tokens, TTFT, the LLM's time and the gateway's overhead (the rest). Prompt and
+reply text appear on it only with ``SWITCHBOARD_LOG_MESSAGE_TEXT=true``.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ from typing import Any
 
 import structlog
 
-from functions.core.logging import get_logger
-from functions.core.metrics import HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS
+from functions.core.keys.service import PREFIX_LENGTH
+from functions.core.logging import RequestFacts, collecting_request_facts, get_logger
+from functions.core.metrics import GATEWAY_OVERHEAD, HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS
 
 log = get_logger("switchboard.access")
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -42,6 +49,23 @@ def _route_template(scope: dict[str, Any]) -> str:
         return template
     paths = getattr(handler, "paths", None)
     return str(next(iter(paths))) if paths else "unmatched"
+
+
+def _key_prefix(scope: dict[str, Any]) -> str | None:
+    """The display prefix of the key that authenticated this request (never more of it)."""
+    if scope["state"].get("principal") is None:
+        return None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            token: str = value.decode("latin-1").partition(" ")[2].strip()
+            return token[:PREFIX_LENGTH]
+    return None
+
+
+def _logs_message_text(scope: dict[str, Any]) -> bool:
+    app = scope.get("litestar_app")
+    settings = getattr(getattr(app, "state", None), "settings", None)
+    return bool(getattr(settings, "log_message_text", False))
 
 
 def _with_allow(headers: Any, scope: dict[str, Any]) -> list[tuple[bytes, bytes]]:
@@ -103,7 +127,10 @@ class RequestContext:
             await send(message)
 
         self.in_flight.inc()
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
+        with (
+            structlog.contextvars.bound_contextvars(request_id=request_id),
+            collecting_request_facts() as facts,
+        ):
             try:
                 await self.app(inner, receive, send_with_id)
             finally:
@@ -113,13 +140,49 @@ class RequestContext:
                 method = scope["method"]
                 HTTP_REQUESTS.labels(self.function, method, route, str(status)).inc()
                 HTTP_DURATION.labels(self.function, method, route).observe(elapsed)
+                overhead = self._overhead(facts, route, elapsed)
                 if scope["path"] not in _QUIET_PATHS or status >= 400:
-                    log.info(
-                        "request",
-                        method=method,
-                        path=scope["path"],
-                        route=route,
-                        status=status,
-                        duration_ms=round(elapsed * 1000, 3),
-                        principal=scope["state"].get("principal_name"),
+                    self._log(
+                        inner, facts, route=route, status=status, elapsed=elapsed, overhead=overhead
                     )
+
+    def _overhead(self, facts: RequestFacts, route: str, elapsed: float) -> float | None:
+        """Time outside the upstream call, for a request whose reply completed."""
+        llm_ms = facts.fields.get("llm_ms")
+        if llm_ms is None or facts.fields.get("reply_status") != "complete":
+            return None
+        overhead = max(0.0, elapsed - float(llm_ms) / 1000)
+        GATEWAY_OVERHEAD.labels(self.function, route).observe(overhead)
+        return overhead
+
+    def _log(
+        self,
+        scope: dict[str, Any],
+        facts: RequestFacts,
+        *,
+        route: str,
+        status: int,
+        elapsed: float,
+        overhead: float | None,
+    ) -> None:
+        state = scope["state"]
+        fields: dict[str, Any] = {
+            "function": self.function,
+            "method": state.get("method", scope["method"]),
+            "path": scope["path"],
+            "route": route,
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 3),
+            "key_prefix": _key_prefix(scope),
+            "principal": state.get("principal_name"),
+        }
+        conversation_id = scope.get("path_params", {}).get("conversation_id")
+        if conversation_id is not None:
+            fields["conversation_id"] = str(conversation_id)
+        fields.update(facts.fields)
+        if overhead is not None:
+            fields["overhead_ms"] = round(overhead * 1000, 3)
+        if facts.prompt_text is not None and _logs_message_text(scope):
+            fields["prompt_text"] = facts.prompt_text
+            fields["reply_text"] = facts.reply_text
+        log.info("request", **fields)
