@@ -119,6 +119,8 @@ class _Dialect:
     """How one engine turns a column into text, and a row into a line."""
 
     postgres: bool
+    # The most rows one chunk may hold on this engine.
+    max_batch_rows: int = DEFAULT_BATCH_ROWS
 
     def timestamp(self, sql: str) -> str:
         raise NotImplementedError
@@ -157,6 +159,9 @@ class _Postgres(_Dialect):
 
 class _SQLite(_Dialect):
     postgres = False
+    # Rows arrive as Python objects (a dict and a str each), not as one buffer of bytes:
+    # smaller chunks keep the process as small as on PostgreSQL.
+    max_batch_rows = 1_000
 
     def timestamp(self, sql: str) -> str:
         # Stored as Python's str() of the UTC time: "2026-11-29 23:00:00[.123456]+00:00".
@@ -231,6 +236,7 @@ async def iter_chunks(
     as CSV or JSON lines; never more than ``batch_rows`` rows (and, past the first row,
     about ``batch_bytes`` bytes of text) in one chunk."""
     dialect = _dialect()
+    batch_rows = min(batch_rows, dialect.max_batch_rows)
     sizes = " + ".join(f"coalesce({dialect.size(column)}, 0)" for column in _SIZE_COLUMNS)
     keys_sql = (
         f"SELECT m.completed_at AS completed_at, m.id AS id, {sizes} AS size "  # noqa: S608
