@@ -6,6 +6,8 @@ verdicts are recorded with the service the health-check flow uses.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +24,7 @@ from functions.upstreams.app import create_app
 from tests.core.health.support import probed
 from tests.support.databases import sqlite_url
 from tests.support.inprocess import InProcessGateway, inprocess_gateway, inprocess_settings
+from tests.support.process import REPO_ROOT
 from tests.support.simulator import SimulatorProcess, free_port, running_simulator
 
 GONE = "http://10.0.0.9:8000/v1"  # checked once, no longer configured
@@ -117,3 +120,19 @@ async def test_admin_only_and_bounded(gateway: InProcessGateway) -> None:
 def test_runs_alone_as_its_own_function() -> None:
     app = create_app(Settings())
     assert "/v1/upstreams" in {route.path for route in app.routes}
+
+
+def test_imports_no_flow_library() -> None:
+    """It reads what the flows record; it never loads Prefect (a fresh interpreter)."""
+    code = "import functions.upstreams.app, sys; print(' '.join(sorted(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = result.stdout.split()
+    assert [name for name in loaded if name.split(".")[0] in {"prefect", "flows"}] == []
