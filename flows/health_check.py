@@ -204,6 +204,8 @@ async def _one_token(settings: Settings, url: str, model: str, timeout_s: float)
             await client.collect_chat(request, request_id="switchboard-health-check")
         except LLMError as exc:
             return CompletionProbe(url=url, error=f"completion: {exc.message}")
+        except Exception as exc:  # one upstream's oddity must not cost every verdict of the run
+            return CompletionProbe(url=url, error=f"completion: {type(exc).__name__}: {exc}")
     return CompletionProbe(url=url, latency_ms=round((time.perf_counter() - started) * 1000, 3))
 
 
