@@ -93,6 +93,16 @@ _JOINS = (
     " FROM message m JOIN conversation c ON c.id = m.conversation "
     "LEFT JOIN llm_config l ON l.id = m.llm_config"
 )
+# PostgreSQL: each message's conversation and configuration looked up by primary key. As a
+# plain join, a large conversation table makes the planner hash all of it for every chunk
+# (a chunk's cost would grow with the number of conversations); LIMIT 1 keeps each lookup a
+# lookup (the subquery is not merged into a join).
+_PG_JOINS = (
+    " FROM message m CROSS JOIN LATERAL (SELECT id, owner_key, title, metadata, config_name, "
+    "last_seq, created_at, updated_at FROM conversation WHERE id = m.conversation LIMIT 1) c "
+    "LEFT JOIN LATERAL (SELECT name, version FROM llm_config WHERE id = m.llm_config "
+    "LIMIT 1) l ON true"
+)
 _WHERE = " WHERE (m.completed_at, m.id) > ({}, {}) AND (m.completed_at, m.id) <= ({}, {})"
 _ORDER = " ORDER BY m.completed_at, m.id"
 # What a message weighs in a chunk: its text and JSON columns, in bytes on either engine.
@@ -152,9 +162,9 @@ class _Postgres(_Dialect):
         )
         if shape == "csv":
             # COPY ... (FORMAT csv, FORCE_QUOTE *) quotes each non-null value.
-            return f"SELECT {columns}{_JOINS}"
+            return f"SELECT {columns}{_PG_JOINS}"
         # row_to_json: compact, in column order, JSONB columns embedded as JSON values.
-        return f"SELECT row_to_json(x){_JOINS} CROSS JOIN LATERAL (SELECT {columns}) x"
+        return f"SELECT row_to_json(x){_PG_JOINS} CROSS JOIN LATERAL (SELECT {columns}) x"
 
 
 class _SQLite(_Dialect):
