@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# The suite runs in parallel processes (pytest-xdist): most tests wait on sockets and
+# subprocesses. `make test TEST_WORKERS=0` runs it in one process.
+TEST_WORKERS ?= auto
 # `make dev PORT=8081`: where the quick start serves (default: SWITCHBOARD_PORT, else 8080).
 PORT ?=
 
@@ -34,7 +37,7 @@ dev: $(BIN)/.installed-base  ## migrate the embedded database, start a simulator
 	$(BIN)/switchboard dev $(if $(PORT),--port $(PORT))
 
 test: install  ## the whole suite against a real PostgreSQL (found or started) and SQLite
-	scripts/with-postgres.sh $(BIN)/pytest $(PYTEST_ARGS)
+	scripts/with-postgres.sh $(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

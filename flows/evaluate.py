@@ -46,6 +46,7 @@ from functions.core.evals.datasets import Dataset, load_dataset
 from functions.core.evals.report import RunReport, build_report
 from functions.core.evals.runner import Evaluator, RunCounts, RunOptions, start_run
 from functions.core.evals.schemas import EvalResultOut, EvalRunOut, ScorerSpec
+from functions.core.flow_metrics import report_flow_run
 from functions.core.runtime import open_runtime
 from functions.core.settings import load_settings
 
@@ -268,52 +269,55 @@ async def evaluate(
         name: A label for the run.
     """
     settings = load_settings()
-    data = load_dataset(dataset)  # every bad line named before anything else happens
-    specs = parse_scorers(scorer)
-    options = RunOptions(concurrency=concurrency, retries=retries, item_timeout_s=item_timeout_s)
-    wanted = uuid.UUID(run_id) if run_id else None
-    progress.plan(3)
-    with run_log() as log:
-        progress.step("opening the database and the LLM client")
-        async with open_runtime(settings) as runtime:
-            progress.step(f"checking {len(data.items)} item(s) and the configurations")
-            run = await prepare_run(
-                data,
-                configs=config,
-                scorers=specs,
-                options=options,
-                owner=owner,
-                name=name,
-                run_id=wanted,
-            )
-            resumed = run.results > 0
-            run = await service.claim_run(run.id, runtime.exchanges.lease)
-            log.info(
-                "eval.run",
-                run_id=str(run.id),
-                configs=[target.label for target in run.configs],
-                items=run.items,
-                already_done=run.results,
-            )
-            total = run.items * len(run.configs)
-            progress.plan(total - run.results + 1)
-            artifact_id = await acreate_progress_artifact(
-                progress=100.0 * run.results / max(total, 1),
-                key=f"{ARTIFACT_KEY}-progress",
-                description=f"evaluation run {run.id}",
-            )
-            try:
-                counts = await evaluate_items(runtime.chat, run, data, artifact_id)
-            except BaseException as exc:
-                stopped = isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
-                await service.finish_run(
-                    run.id,
-                    "interrupted" if stopped else "failed",
-                    error=f"{type(exc).__name__}: {exc}",
+    async with report_flow_run(settings, "evaluate"):
+        data = load_dataset(dataset)  # every bad line named before anything else happens
+        specs = parse_scorers(scorer)
+        options = RunOptions(
+            concurrency=concurrency, retries=retries, item_timeout_s=item_timeout_s
+        )
+        wanted = uuid.UUID(run_id) if run_id else None
+        progress.plan(3)
+        with run_log() as log:
+            progress.step("opening the database and the LLM client")
+            async with open_runtime(settings) as runtime:
+                progress.step(f"checking {len(data.items)} item(s) and the configurations")
+                run = await prepare_run(
+                    data,
+                    configs=config,
+                    scorers=specs,
+                    options=options,
+                    owner=owner,
+                    name=name,
+                    run_id=wanted,
                 )
-                raise
-            progress.step("computing the statistics")
-            report = await report_run(run.id)
-        await _publish(report, log)
-        log.info("eval.finished", run_id=str(run.id), sent=counts.sent, errors=counts.errors)
-    return EvaluationReport(run_id=str(run.id), resumed=resumed, counts=counts, report=report)
+                resumed = run.results > 0
+                run = await service.claim_run(run.id, runtime.exchanges.lease)
+                log.info(
+                    "eval.run",
+                    run_id=str(run.id),
+                    configs=[target.label for target in run.configs],
+                    items=run.items,
+                    already_done=run.results,
+                )
+                total = run.items * len(run.configs)
+                progress.plan(total - run.results + 1)
+                artifact_id = await acreate_progress_artifact(
+                    progress=100.0 * run.results / max(total, 1),
+                    key=f"{ARTIFACT_KEY}-progress",
+                    description=f"evaluation run {run.id}",
+                )
+                try:
+                    counts = await evaluate_items(runtime.chat, run, data, artifact_id)
+                except BaseException as exc:
+                    stopped = isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
+                    await service.finish_run(
+                        run.id,
+                        "interrupted" if stopped else "failed",
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                    raise
+                progress.step("computing the statistics")
+                report = await report_run(run.id)
+            await _publish(report, log)
+            log.info("eval.finished", run_id=str(run.id), sent=counts.sent, errors=counts.errors)
+        return EvaluationReport(run_id=str(run.id), resumed=resumed, counts=counts, report=report)

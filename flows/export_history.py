@@ -31,6 +31,7 @@ from flows.run_log import run_log
 from functions.core.exports.schemas import ExportRequest, ExportResult, Selection
 from functions.core.exports.service import export_history as run_export
 from functions.core.exports.service import settle_for
+from functions.core.flow_metrics import report_flow_run
 from functions.core.runtime import open_runtime
 from functions.core.settings import load_settings
 
@@ -143,27 +144,28 @@ async def export_history(
         config: Only the conversations using this configuration (its name).
     """
     settings = load_settings()
-    request = ExportRequest(
-        destination=out,
-        format=format,
-        full=full,
-        selection=Selection(owner=owner, config=config, since=since, until=until),
-    )
-    progress.plan(2)
-    with run_log() as log:
-        progress.step("opening the database")
-        async with open_runtime(settings, use_llm=False):
-            progress.step(f"exporting to {out}")
-            result = await export_task(request, settle_for(settings))
-        report = ExportReport.of(result)
-        await acreate_markdown_artifact(
-            key=ARTIFACT_KEY, markdown=report.markdown(), description="What the export wrote."
+    async with report_flow_run(settings, "export"):
+        request = ExportRequest(
+            destination=out,
+            format=format,
+            full=full,
+            selection=Selection(owner=owner, config=config, since=since, until=until),
         )
-        log.info(
-            "export.done",
-            destination=report.destination,
-            format=report.format,
-            messages=report.messages,
-            manifest=report.manifest,
-        )
-    return report
+        progress.plan(2)
+        with run_log() as log:
+            progress.step("opening the database")
+            async with open_runtime(settings, use_llm=False):
+                progress.step(f"exporting to {out}")
+                result = await export_task(request, settle_for(settings))
+            report = ExportReport.of(result)
+            await acreate_markdown_artifact(
+                key=ARTIFACT_KEY, markdown=report.markdown(), description="What the export wrote."
+            )
+            log.info(
+                "export.done",
+                destination=report.destination,
+                format=report.format,
+                messages=report.messages,
+                manifest=report.manifest,
+            )
+        return report

@@ -30,6 +30,7 @@ from pydantic import Field
 
 from flows import progress
 from flows.run_log import run_log
+from functions.core.flow_metrics import report_flow_run
 from functions.core.health import service as health
 from functions.core.health.schemas import HealthCheckOut
 from functions.core.llm.client import LLMClient
@@ -298,57 +299,60 @@ async def health_check(
             SWITCHBOARD_HEALTH_RETENTION_DAYS.
     """
     settings = load_settings()
-    completion = settings.health_check_completion if send_completion is None else send_completion
-    retention = settings.health_retention_days if retention_days is None else retention_days
-    progress.plan(5 if completion else 4)
-    with run_log() as log:
-        progress.step("opening the database and the LLM client")
-        async with open_runtime(settings) as runtime:
-            progress.step(f"probing {len(settings.llm_urls)} upstream(s)")
-            probed = await probe_upstreams(settings, runtime.require_llm())
-            results = probed.results
-            completion_ms: dict[str, float] = {}
-            if completion:
-                progress.step("asking each healthy upstream for one token")
-                completions = await probe_completions(settings, results)
-                results, completion_ms = _with_completions(settings, results, completions)
-            progress.step("recording the verdicts")
-            verdicts = await record_verdicts(results)
-            progress.step("pruning old checks")
-            pruned = await prune_health_checks(retention)
-        reports = [
-            UpstreamReport(
-                verdict=verdict,
-                max_model_len=probed.max_model_len.get(verdict.upstream, {}),
-                completion_ms=completion_ms.get(verdict.upstream),
-            )
-            for verdict in verdicts
-        ]
-        for report in reports:
-            verdict = report.verdict
-            log_at = log.info if verdict.status == "ok" else log.warning
-            log_at(
-                "health.verdict",
-                upstream=verdict.upstream,
-                status=verdict.status,
-                latency_ms=verdict.latency_ms,
-                models=verdict.models,
-                max_model_len=report.max_model_len,
-                requests_running=verdict.gauges.requests_running,
-                requests_waiting=verdict.gauges.requests_waiting,
-                kv_cache_usage=verdict.gauges.kv_cache_usage,
-                completion_ms=report.completion_ms,
-                error=verdict.error,
-            )
-        checked_at = verdicts[0].checked_at if verdicts else datetime.now(UTC)
-        summary = HealthCheckReport(
-            checked_at=checked_at, upstreams=reports, completion=completion, pruned=pruned
+    async with report_flow_run(settings, "health_check"):
+        completion = (
+            settings.health_check_completion if send_completion is None else send_completion
         )
-        await acreate_markdown_artifact(
-            key=ARTIFACT_KEY,
-            markdown=summary.markdown(),
-            description="The verdict on every upstream from this health check.",
-        )
-        down = sum(report.verdict.status == "down" for report in reports)
-        log.info("health.checked", upstreams=len(reports), down=down, pruned=pruned)
-    return summary
+        retention = settings.health_retention_days if retention_days is None else retention_days
+        progress.plan(5 if completion else 4)
+        with run_log() as log:
+            progress.step("opening the database and the LLM client")
+            async with open_runtime(settings) as runtime:
+                progress.step(f"probing {len(settings.llm_urls)} upstream(s)")
+                probed = await probe_upstreams(settings, runtime.require_llm())
+                results = probed.results
+                completion_ms: dict[str, float] = {}
+                if completion:
+                    progress.step("asking each healthy upstream for one token")
+                    completions = await probe_completions(settings, results)
+                    results, completion_ms = _with_completions(settings, results, completions)
+                progress.step("recording the verdicts")
+                verdicts = await record_verdicts(results)
+                progress.step("pruning old checks")
+                pruned = await prune_health_checks(retention)
+            reports = [
+                UpstreamReport(
+                    verdict=verdict,
+                    max_model_len=probed.max_model_len.get(verdict.upstream, {}),
+                    completion_ms=completion_ms.get(verdict.upstream),
+                )
+                for verdict in verdicts
+            ]
+            for report in reports:
+                verdict = report.verdict
+                log_at = log.info if verdict.status == "ok" else log.warning
+                log_at(
+                    "health.verdict",
+                    upstream=verdict.upstream,
+                    status=verdict.status,
+                    latency_ms=verdict.latency_ms,
+                    models=verdict.models,
+                    max_model_len=report.max_model_len,
+                    requests_running=verdict.gauges.requests_running,
+                    requests_waiting=verdict.gauges.requests_waiting,
+                    kv_cache_usage=verdict.gauges.kv_cache_usage,
+                    completion_ms=report.completion_ms,
+                    error=verdict.error,
+                )
+            checked_at = verdicts[0].checked_at if verdicts else datetime.now(UTC)
+            summary = HealthCheckReport(
+                checked_at=checked_at, upstreams=reports, completion=completion, pruned=pruned
+            )
+            await acreate_markdown_artifact(
+                key=ARTIFACT_KEY,
+                markdown=summary.markdown(),
+                description="The verdict on every upstream from this health check.",
+            )
+            down = sum(report.verdict.status == "down" for report in reports)
+            log.info("health.checked", upstreams=len(reports), down=down, pruned=pruned)
+        return summary
