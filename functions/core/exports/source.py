@@ -11,8 +11,8 @@ bigger one.
 The database renders each row as the bytes the file holds, so no row ever becomes a Python
 object: a CSV line (every non-null value quoted, null an empty field) or a JSON object
 line, columns in :data:`~functions.core.exports.schemas.COLUMNS` order. PostgreSQL streams
-them with ``COPY (SELECT …) TO STDOUT``; SQLite builds each line with string and JSON
-functions. The column list, the joins and the keyset are one query shape for both; only
+CSV lines with ``COPY (SELECT …) TO STDOUT`` and hands a chunk's JSON lines back joined, as
+one ``bytea`` value; SQLite builds each line with string and JSON functions. The column list, the joins and the keyset are one query shape for both; only
 how a value becomes text differs (:class:`_Dialect`).
 
 Only finished messages (``completed_at`` set) are read; a pending reply joins the scan once
@@ -163,8 +163,12 @@ class _Postgres(_Dialect):
         if shape == "csv":
             # COPY ... (FORMAT csv, FORCE_QUOTE *) quotes each non-null value.
             return f"SELECT {columns}{_PG_JOINS}"
-        # row_to_json: compact, in column order, JSONB columns embedded as JSON values.
-        return f"SELECT row_to_json(x){_PG_JOINS} CROSS JOIN LATERAL (SELECT {columns}) x"
+        # row_to_json: compact, in column order, JSONB columns embedded as JSON values. The
+        # chunk's lines come back joined, as one bytea value (see _rows_sql).
+        return (
+            "SELECT row_to_json(x)::text AS line, m.completed_at AS k1, m.id AS k2"
+            f"{_PG_JOINS} CROSS JOIN LATERAL (SELECT {columns}) x"
+        )
 
 
 class _SQLite(_Dialect):
@@ -216,7 +220,15 @@ def _rows_sql(postgres: bool, shape: Shape, filters: str) -> str:
     # The limit is the number of keys in the chunk, which bounds its rows: it changes no
     # result, but caps the planner's estimate (past the index's statistics it can guess a
     # chunk ten times too large, and PostgreSQL then JIT-compiles every chunk's query).
-    return dialect.select(shape) + _WHERE + filters + _ORDER + " LIMIT {}"
+    sql = dialect.select(shape) + _WHERE + filters + _ORDER + " LIMIT {}"
+    if postgres and shape == "jsonl":
+        # One value for the whole chunk, as bytes: no per-row message to parse, no text to
+        # decode and encode again (COPY's text format would also double every backslash).
+        sql = (
+            "SELECT convert_to(string_agg(line, E'\\n' ORDER BY k1, k2) || E'\\n', 'UTF8') "  # noqa: S608
+            f"AS data, count(*) AS rows FROM ({sql}) s"
+        )
+    return sql
 
 
 def _filters(selection: Selection) -> tuple[str, list[Any]]:
@@ -286,17 +298,20 @@ async def iter_chunks(
 
 
 async def _chunk(dialect: _Dialect, sql: str, shape: Shape, args: list[Any]) -> Chunk:
-    if dialect.postgres:
-        return await _copy_out(sql, args, shape)
+    if dialect.postgres and shape == "csv":
+        return await _copy_out(sql, args)
     rows = await fetch(sql, *args)
+    if dialect.postgres:
+        return Chunk(data=rows[0]["data"] or b"", rows=rows[0]["rows"])
     if not rows:
         return Chunk(data=b"", rows=0)
     text = "\n".join(row["line"] for row in rows) + "\n"
     return Chunk(data=text.encode(), rows=len(rows))
 
 
-async def _copy_out(sql: str, args: list[Any], shape: Shape) -> Chunk:
-    """``COPY (query) TO STDOUT`` on the current transaction's connection, or a pooled one."""
+async def _copy_out(sql: str, args: list[Any]) -> Chunk:
+    """``COPY (query) TO STDOUT (FORMAT csv, FORCE_QUOTE *)`` on the current transaction's
+    connection, or a pooled one."""
     engine = current_engine()
     assert isinstance(engine, PostgresEngine)
     parts: list[bytes] = []
@@ -304,9 +319,7 @@ async def _copy_out(sql: str, args: list[Any], shape: Shape) -> Chunk:
     async def collect(data: bytes) -> None:
         parts.append(data)
 
-    options: dict[str, Any] = (
-        {"format": "csv", "force_quote": True} if shape == "csv" else {"format": "text"}
-    )
+    options: dict[str, Any] = {"format": "csv", "force_quote": True}
     statement = _numbered(sql)
     transaction = engine.current_transaction.get()
     if transaction is not None:
@@ -322,9 +335,4 @@ async def _copy_out(sql: str, args: list[Any], shape: Shape) -> Chunk:
             status = await connection.copy_from_query(statement, *args, output=collect, **options)
         finally:
             await connection.close()
-    data = b"".join(parts)
-    if shape == "jsonl":
-        # COPY's text format doubles every backslash; JSON holds no other character it
-        # escapes (no raw tab, newline or carriage return), so this undoes it exactly.
-        data = data.replace(b"\\\\", b"\\")
-    return Chunk(data=data, rows=int(status.split()[-1]))
+    return Chunk(data=b"".join(parts), rows=int(status.split()[-1]))
