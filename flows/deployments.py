@@ -12,13 +12,15 @@ behind a stuck run.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from prefect import aserve
+from prefect import aserve, get_client
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import adeploy
+from prefect.exceptions import ObjectNotFound
 from prefect.types.entrypoint import EntrypointType
 
 from flows.evaluate import evaluate
@@ -37,6 +39,9 @@ if TYPE_CHECKING:
 
 DEPLOYMENT = "switchboard"
 VERSION = "0.1.0"
+
+
+PAUSE_WITHIN_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,34 @@ async def serve_all(settings: Settings) -> None:
 
     On a clean stop their schedules are paused, so no run piles up while nothing serves.
     """
-    await aserve(*await to_deployments(settings), print_starting_message=False)
+    try:
+        await aserve(*await to_deployments(settings), print_starting_message=False)
+    finally:
+        await pause_schedules()
+
+
+async def pause_schedules(within_s: float = PAUSE_WITHIN_S) -> None:
+    """Pause every served schedule, retrying for a while.
+
+    Prefect's runner pauses them itself on a clean stop, once: a busy server (its SQLite
+    answers 503 while the scheduler writes) can refuse that one call, and the schedules
+    would then go on piling runs up for a process that is gone.
+    """
+    deadline = asyncio.get_running_loop().time() + within_s
+    async with get_client() as client:
+        for scheduled in SCHEDULED:
+            while True:
+                try:
+                    found = await client.read_deployment_by_name(scheduled.deployment_name)
+                    if not found.paused:
+                        await client.pause_deployment(found.id)
+                    break
+                except ObjectNotFound:
+                    break
+                except Exception:
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise
+                    await asyncio.sleep(0.5)
 
 
 async def deploy_all(settings: Settings, pool: str) -> list[uuid.UUID]:
