@@ -12,8 +12,9 @@ The database renders each row as the bytes the file holds, so no row ever become
 object: a CSV line (every non-null value quoted, null an empty field) or a JSON object
 line, columns in :data:`~functions.core.exports.schemas.COLUMNS` order. PostgreSQL streams
 CSV lines with ``COPY (SELECT …) TO STDOUT`` and hands a chunk's JSON lines back joined, as
-one ``bytea`` value; SQLite builds each line with string and JSON functions. The column list, the joins and the keyset are one query shape for both; only
-how a value becomes text differs (:class:`_Dialect`).
+one ``bytea`` value; SQLite builds each line with string and JSON functions. The column
+list, the joins and the keyset are one query shape for both; only how a value becomes text
+differs (:class:`_Dialect`).
 
 Only finished messages (``completed_at`` set) are read; a pending reply joins the scan once
 it finishes, at its completion time.
