@@ -17,6 +17,7 @@ from functions.core.configs.schemas import (
     LLMConfigSpec,
 )
 from functions.core.keys.schemas import Principal
+from functions.core.llm.client import LLMClient
 from functions.core.schemas import Page
 from functions.core.settings import Settings
 from functions.core.web.app import build_app
@@ -145,5 +146,6 @@ router = Router(
 )
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
-    return build_app("configs", [router], settings=settings, uses_llm=False)
+def create_app(settings: Settings | None = None, *, llm: LLMClient | None = None) -> Litestar:
+    """``llm``: a client to share (tests, one process serving several apps); unused here."""
+    return build_app("configs", [router], settings=settings, uses_llm=False, llm=llm)

@@ -12,6 +12,7 @@ from litestar.params import JSONBody, QueryParameter
 
 from functions.core.keys import service
 from functions.core.keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, Principal
+from functions.core.llm.client import LLMClient
 from functions.core.schemas import Page, decode_cursor, encode_cursor
 from functions.core.settings import Settings
 from functions.core.web.app import build_app
@@ -63,5 +64,6 @@ router = Router(
 )
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
-    return build_app("keys", [router], settings=settings, uses_llm=False)
+def create_app(settings: Settings | None = None, *, llm: LLMClient | None = None) -> Litestar:
+    """``llm``: a client to share (tests, one process serving several apps); unused here."""
+    return build_app("keys", [router], settings=settings, uses_llm=False, llm=llm)
