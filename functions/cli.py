@@ -27,7 +27,7 @@ from functions.core.errors import SwitchboardError
 from functions.core.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Coroutine
 
 T = TypeVar("T")
 
@@ -55,8 +55,7 @@ def with_database(
     """Run ``work`` in a runtime on the configured database (no LLM client), turning
     failures into exit codes. Unless the command ``creates`` the database, a SQLite file
     that does not exist stops it before anything is opened."""
-    from functions.core.db.engine import describe_url, sqlite_file_missing
-    from functions.core.db.errors import as_database_error
+    from functions.core.db.engine import sqlite_file_missing
     from functions.core.runtime import open_runtime
 
     if not creates and (missing := sqlite_file_missing(settings.database_url)) is not None:
@@ -70,8 +69,17 @@ def with_database(
         async with open_runtime(settings, use_llm=False):
             return await work()
 
+    return run_or_exit(settings, run)
+
+
+def run_or_exit(settings: Settings, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``work`` to completion, turning a refusal and a database failure into one line
+    and their exit codes."""
+    from functions.core.db.engine import describe_url
+    from functions.core.db.errors import as_database_error
+
     try:
-        return asyncio.run(run())
+        return asyncio.run(work())
     except SwitchboardError as exc:
         fail(exc.message, EXIT_REFUSED)
     except Exception as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import ctypes
 import ctypes.util
@@ -347,20 +346,9 @@ def save_secret(key_file: Path, secret: str) -> None:
 
 
 def _prepare_or_exit(settings: Settings, model: str) -> LocalState:
-    from functions.cli import EXIT_DATABASE, EXIT_REFUSED, fail
-    from functions.core.db.engine import describe_url
-    from functions.core.db.errors import as_database_error
-    from functions.core.errors import SwitchboardError
+    from functions.cli import run_or_exit
 
-    try:
-        return asyncio.run(prepare_local_state(settings, model))
-    except SwitchboardError as exc:
-        fail(exc.message, EXIT_REFUSED)
-    except Exception as exc:
-        database_error = as_database_error(exc)
-        if database_error is None:
-            raise
-        fail(f"{describe_url(settings.database_url)}: {database_error.message}", EXIT_DATABASE)
+    return run_or_exit(settings, lambda: prepare_local_state(settings, model))
 
 
 def _simulator_banner(llm_url: str) -> None:

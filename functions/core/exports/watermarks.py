@@ -29,6 +29,7 @@ import msgspec
 from functions.core.db.sql import fetch, json_column
 from functions.core.errors import ConflictError
 from functions.core.exports.schemas import Format, Selection
+from functions.core.liveness.service import process_running
 
 if TYPE_CHECKING:
     from datetime import timedelta
@@ -96,13 +97,7 @@ def _running_here(host: str | None, pid: int | None) -> bool | None:
     """Whether the claim's process is alive, when it ran on this host (else None)."""
     if host != socket.gethostname() or pid is None:
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
+    return process_running(pid)
 
 
 async def claim(series: Series, run_id: uuid.UUID, *, ttl: timedelta, now: datetime) -> Claim:

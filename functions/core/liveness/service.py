@@ -122,7 +122,9 @@ async def expire_dead_neighbours(lease: Lease) -> int:
         lease.instance_id,
         datetime.now(UTC),
     )
-    dead = [row["id"] for row in rows if row["pid"] == os.getpid() or not _running(row["pid"])]
+    dead = [
+        row["id"] for row in rows if row["pid"] == os.getpid() or not process_running(row["pid"])
+    ]
     for instance_id in dead:
         await fetch(
             "UPDATE process_lease SET expires_at = {} WHERE id = {}", datetime.now(UTC), instance_id
@@ -130,7 +132,8 @@ async def expire_dead_neighbours(lease: Lease) -> int:
     return len(dead)
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether a process with this pid runs on this host (someone else's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
