@@ -83,21 +83,24 @@ class Exchanges:
         """How long a send waits for another reply in its conversation."""
         return self._busy_timeout_s
 
-    async def begin(self, request: SendRequest) -> Exchange:
+    async def begin(self, request: SendRequest, *, replay_checked: bool = False) -> Exchange:
         """Store the new turns and a pending reply; return them and the prompt to send.
 
         Waits (up to the busy timeout) while another process's reply in the conversation
         is pending; raises :class:`ConversationBusyError` after that. The caller holds the
         conversation's lock (see ``ChatService.send``) or accepts the busy wait.
+        ``replay_checked``: the caller has just looked the idempotency key up
+        (:meth:`prepare`), so the first attempt need not look again.
         """
         _check_turns(request)
+        if not replay_checked:
+            await self._check_replay(request)
         conversation_id = request.conversation_id
         if conversation_id is None:
             conversation_id = await self._start_conversation(request)
         deadline = time.monotonic() + self._busy_timeout_s
         stale_views = 0
         while True:
-            await self._check_replay(request)
             await self.lease.ensure()
             config_name = await self._directory.config_name(request.owner, conversation_id)
             resolved = await self._configs.resolve(request.target, config_name)
@@ -126,7 +129,9 @@ class Exchanges:
                     )
                 )
             except IdempotencyRaceError:
-                continue  # the first send with this key is stored now: replay it
+                # The first send with this key is stored now: replay it.
+                await self._check_replay(request)
+                continue
             except StaleViewError:
                 self._directory.forget(conversation_id)
                 self._configs.invalidate()
@@ -142,6 +147,8 @@ class Exchanges:
                 if time.monotonic() >= deadline:
                     raise
                 await asyncio.sleep(BUSY_RETRY_S)
+                # The reply being waited for may be this very send's first attempt.
+                await self._check_replay(request)
                 continue
             return _exchange(
                 instance_id=self.lease.instance_id,

@@ -82,7 +82,7 @@ class ChatService:
             request, conversation_id = await self.exchanges.prepare(request)
             self._in_flight.check_accepting()
             async with self._locks.hold(conversation_id):
-                exchange = await self.exchanges.begin(request)
+                exchange = await self.exchanges.begin(request, replay_checked=True)
                 return await self._generate(exchange, request)
         except Replay as replay:
             reply = await wait_for_outcome(replay.reply_id, self.exchanges.busy_timeout_s)
@@ -133,7 +133,7 @@ class ChatService:
             request, conversation_id = await self.exchanges.prepare(request)
             self._in_flight.check_accepting()
             async with self._locks.hold(conversation_id):
-                exchange = await self.exchanges.begin(request)
+                exchange = await self.exchanges.begin(request, replay_checked=True)
                 async with aclosing(self._stream_exchange(exchange, request)) as events:
                     async for event in events:
                         yield event
