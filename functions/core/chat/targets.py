@@ -14,7 +14,6 @@ import msgspec
 
 from functions.core.configs import service as configs
 from functions.core.configs.schemas import LLMConfigOut
-from functions.core.db.sql import fetch
 
 
 class Target(msgspec.Struct, frozen=True, kw_only=True):
@@ -29,11 +28,6 @@ class Resolved(msgspec.Struct, frozen=True, kw_only=True):
     config: LLMConfigOut | None
     model: str | None
     epoch: int
-
-
-async def read_epoch() -> int:
-    rows = await fetch("SELECT coalesce(max(epoch), 0) AS epoch FROM config_epoch")
-    return int(rows[0]["epoch"])
 
 
 class ConfigView:
@@ -53,7 +47,7 @@ class ConfigView:
         """The configuration (or bare model) for a send; raises the configs' own errors."""
         if self._epoch is None:
             # The epoch first: a write landing after it makes the claim refuse this view.
-            self._epoch = await read_epoch()
+            self._epoch = await configs.read_epoch()
         epoch = self._epoch
         if target.config is None and target.model is not None:
             return Resolved(config=None, model=target.model, epoch=epoch)

@@ -83,6 +83,12 @@ def _values(spec: LLMConfigSpec) -> dict[Any, Any]:
     }
 
 
+async def read_epoch() -> int:
+    """How many configuration changes there have been (see ``ConfigEpoch``)."""
+    rows = await fetch("SELECT coalesce(max(epoch), 0) AS epoch FROM config_epoch")
+    return int(rows[0]["epoch"])
+
+
 async def _bump_epoch() -> None:
     """Count a configuration change, in the writer's transaction (see ``ConfigEpoch``)."""
     await fetch(

@@ -23,6 +23,7 @@ import asyncpg
 import msgspec
 from piccolo.engine.postgres import PostgresEngine
 
+from functions.core.configs import service as configs
 from functions.core.conversations.service import not_found
 from functions.core.db.engine import atomic, current_engine
 from functions.core.db.sql import fetch, json_column
@@ -219,11 +220,8 @@ async def _claim_stepwise(request: ClaimRequest) -> Claim:
         if not bumped:
             raise not_found(conversation_id)
         last = bumped[0]["last_seq"] - count - 1
-        epoch = await fetch("SELECT coalesce(max(epoch), 0) AS epoch FROM config_epoch")
-        if (
-            bumped[0]["config_name"] != request.config_name
-            or epoch[0]["epoch"] != request.config_epoch
-        ):
+        epoch = await configs.read_epoch()
+        if bumped[0]["config_name"] != request.config_name or epoch != request.config_epoch:
             raise _error("SB412", conversation_id)
         previous = await fetch(
             "SELECT id, created_at, owner_instance, EXISTS (SELECT 1 FROM process_lease "

@@ -21,7 +21,7 @@ from piccolo.engine.base import Engine
 
 from functions.core.chat.exchanges import Exchanges
 from functions.core.chat.schemas import SendRequest
-from functions.core.chat.targets import Target, read_epoch
+from functions.core.chat.targets import Target
 from functions.core.configs import service as configs
 from functions.core.configs.schemas import LLMConfigCreate
 from functions.core.conversations import service as conversations
@@ -86,7 +86,7 @@ async def claim_turns(
             owner=owner or w.owner,
             conversation_id=w.conversation,
             config_name=w.config_name if config_name == "" else config_name,
-            config_epoch=await read_epoch() if epoch is None else epoch,
+            config_epoch=await configs.read_epoch() if epoch is None else epoch,
             turns=turns,
             turn_ids=[w.ids() for _ in turns],
             reply_id=w.ids(),
@@ -188,7 +188,7 @@ async def changed_config_name_is_a_stale_view(w: World) -> Any:
 
 
 async def moved_epoch_is_a_stale_view(w: World) -> Any:
-    return await claim_turns(w, [user("hi")], epoch=(await read_epoch()) - 1)
+    return await claim_turns(w, [user("hi")], epoch=(await configs.read_epoch()) - 1)
 
 
 async def begin_with(w: World, target: Target | None = None) -> Any:
