@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from litestar.datastructures import State
 
-    from functions.core.llm.client import LLMClient
     from functions.core.runtime import Runtime
     from functions.core.settings import Settings
 
@@ -20,8 +19,3 @@ def settings_of(state: State) -> Settings:
 def runtime_of(state: State) -> Runtime:
     runtime: Runtime = state["runtime"]
     return runtime
-
-
-def llm_of(state: State) -> LLMClient | None:
-    runtime: Runtime | None = state.get("runtime")
-    return runtime.llm if runtime is not None else None
