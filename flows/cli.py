@@ -255,7 +255,7 @@ def serve_flows() -> None:
     scheduled = _scheduled()
     settings = settings_or_exit()
     url = _require_api_url("serve")
-    from flows.deployments import serve_all
+    from flows.deployments import pause_schedules, serve_all
 
     click.echo(f"serving {len(scheduled)} deployment(s) on {url}:", err=True)
     for each in scheduled:
@@ -265,7 +265,15 @@ def serve_flows() -> None:
     try:
         asyncio.run(serve_all(settings))
     except KeyboardInterrupt:
-        click.echo("stopped", err=True)
+        pass
+    finally:
+        # However serving ended (Ctrl-C, SIGTERM's sys.exit, an error), in a fresh loop:
+        # the serving one was cancelled on the way out.
+        try:
+            asyncio.run(pause_schedules())
+        except Exception as exc:  # the Prefect server went away too: say so, do not trace
+            fail(f"stopped, but the schedules could not be paused: {exc}", EXIT_REFUSED)
+        click.echo("stopped; schedules paused until the next `flows serve`", err=True)
 
 
 @flows.command("deploy")

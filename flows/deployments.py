@@ -129,20 +129,19 @@ async def to_deployments(
 async def serve_all(settings: Settings) -> None:
     """Register every deployment and run their scheduled runs here until stopped.
 
-    On a clean stop their schedules are paused, so no run piles up while nothing serves.
+    The caller pauses the schedules afterwards (``pause_schedules``), in a loop of its own:
+    Prefect's runner ends on SIGTERM with ``sys.exit`` from its signal handler, which
+    cancels whatever this loop still had to do, its own pause included.
     """
-    try:
-        await aserve(*await to_deployments(settings), print_starting_message=False)
-    finally:
-        await pause_schedules()
+    await aserve(*await to_deployments(settings), print_starting_message=False)
 
 
 async def pause_schedules(within_s: float = PAUSE_WITHIN_S) -> None:
     """Pause every served schedule, retrying for a while.
 
-    Prefect's runner pauses them itself on a clean stop, once: a busy server (its SQLite
-    answers 503 while the scheduler writes) can refuse that one call, and the schedules
-    would then go on piling runs up for a process that is gone.
+    Prefect's runner tries once on a clean stop, and may be cut short (see ``serve_all``);
+    a busy server (its SQLite answers 503 while the scheduler writes) can also refuse that
+    one call, and the schedules would then go on piling runs up for a process that is gone.
     """
     deadline = asyncio.get_running_loop().time() + within_s
     async with get_client() as client:
