@@ -90,7 +90,7 @@ def build_app(
         route_handlers=[*route_handlers, *PROBE_ROUTES, assets_router()],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         # Authentication, parameter checks and a strict body, before any handler reads.
-        guards=[admit],
+        before_request=admit,
         request_class=SwitchboardRequest,
         plugins=[StructSchemas()],
         lifespan=[lifespan],

@@ -1,6 +1,6 @@
 """Bearer API keys for every secured route; scopes checked per handler.
 
-The key is checked by the admission guard (``functions.core.web.admission``), before the
+The key is checked by the admission check (``functions.core.web.admission``), before the
 body is read or any parameter is parsed, so an unauthenticated request costs a header
 check and, at most, one indexed lookup. Handlers receive the result as ``principal``.
 """
@@ -36,11 +36,11 @@ async def authenticate_connection(connection: ASGIConnection[Any, Any, Any, Any]
 
 
 async def provide_principal(request: Request[Any, Any, Any]) -> Principal:
-    """Litestar dependency: the key the admission guard authenticated."""
+    """Litestar dependency: the key the admission check authenticated."""
     principal = request.scope["state"].get(_PRINCIPAL)
     if isinstance(principal, Principal):
         return principal
-    # A route mounted without the guard still never runs unauthenticated.
+    # A route mounted without the check still never runs unauthenticated.
     return await authenticate_connection(request)
 
 
