@@ -296,15 +296,12 @@ class LLMClient:
         handle. Cancelling the caller closes the connection, as with :meth:`stream_chat`;
         ``into`` (a list the caller holds) keeps the text that arrived before that.
         """
-        call = await self._open_stream(request, request_id)
-        reader = call.reader
         parts: list[str] = [] if into is None else into
+        call = await self._open_stream(request, request_id, parts=parts)
+        reader = call.reader
         try:
             while not reader.finished:
-                for event in await reader.read():
-                    for choice in event.choices:
-                        if text := choice.delta.content:
-                            parts.append(text)
+                await reader.read()  # the reader gathers the text into ``parts``
             done = call.finish()
             await reader.drain()
         finally:
@@ -375,7 +372,9 @@ class LLMClient:
         finally:
             await call.aclose()
 
-    async def _open_stream(self, request: ChatRequest, request_id: str | None) -> _StreamCall:
+    async def _open_stream(
+        self, request: ChatRequest, request_id: str | None, *, parts: list[str] | None = None
+    ) -> _StreamCall:
         """Send a streaming request and return it once an upstream has accepted it."""
         request_id = _request_id(request_id)
         upstream_request_id = new_upstream_request_id()
@@ -403,6 +402,7 @@ class LLMClient:
             upstream_id=upstream.id,
             details=request_details(upstream, request_id, request.model, upstream_request_id),
             model=request.model or "",
+            parts=parts,
         )
         return _StreamCall(
             self._pool,

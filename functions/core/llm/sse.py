@@ -1,14 +1,32 @@
 """Incremental Server-Sent Events parser that yields only the ``data`` payloads.
 
 vLLM writes every event as one ``data: <json>\\n\\n`` line, so the parser is built for that
-case (one ``find`` per line, no per-byte work, no decoding to ``str``) while still following
-the SSE rules for the rest: ``\\r\\n`` endings, several ``data`` lines joined with ``\\n``,
-comments and other fields ignored, an event dispatched on a blank line.
+case (a chunk of such events is split in one go, no per-byte work, no decoding to ``str``)
+while still following the SSE rules for the rest: ``\\r\\n`` endings, several ``data`` lines
+joined with ``\\n``, comments and other fields ignored, an event dispatched on a blank line.
 """
 
 from __future__ import annotations
 
 MAX_PENDING_BYTES = 8 * 1024 * 1024
+_NEXT = b"\n\ndata: "
+
+
+def _canonical(block: bytes) -> list[bytes] | None:
+    """The events of ``block`` (whole events, ending with a blank line) when every one is
+    a single ``data: `` line, as vLLM writes them; None for anything else.
+
+    Counting is enough to know: a block starting with ``data: `` that holds k separators
+    (a blank line then ``data: ``) and exactly 2k + 2 newlines has no other line, so
+    splitting on the separator gives each event's data, in a few C calls per chunk rather
+    than a few Python steps per line.
+    """
+    if not block.startswith(b"data: ") or b"\r" in block:
+        return None
+    separators = block.count(_NEXT)
+    if block.count(b"\n") != 2 * separators + 2:
+        return None
+    return block[6:-2].split(_NEXT)
 
 
 class SSEProtocolError(ValueError):
@@ -27,6 +45,13 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[bytes]:
         """Consume ``chunk`` and return the data of every event it completed."""
         buffer = self._buffer + chunk if self._buffer else chunk
+        if not self._data and (end := buffer.rfind(b"\n\n")) >= 0:
+            whole = _canonical(buffer[: end + 2])
+            if whole is not None:
+                self._buffer = buffer[end + 2 :]
+                if len(self._buffer) > MAX_PENDING_BYTES:
+                    raise SSEProtocolError(f"SSE line longer than {MAX_PENDING_BYTES} bytes")
+                return whole
         events: list[bytes] = []
         start = 0
         while (end := buffer.find(b"\n", start)) >= 0:

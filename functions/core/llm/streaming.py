@@ -60,6 +60,7 @@ class ChatStreamReader:
         upstream_id: str,
         details: dict[str, Any],
         model: str,
+        parts: list[str] | None = None,
     ) -> None:
         self._chunks = response.aiter_raw()
         self._timeouts = timeouts
@@ -68,7 +69,8 @@ class ChatStreamReader:
         self._decoder = SSEDecoder()
         self._upstream_id = upstream_id
         self._details = details
-        self._parts: list[str] = []
+        # The text as it arrives; a caller may hand its own list to hold it.
+        self._parts: list[str] = [] if parts is None else parts
         self.payloads: list[bytes] = []
         self.model = model
         self.response_id: str | None = None
