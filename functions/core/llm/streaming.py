@@ -14,8 +14,7 @@ failures after the 200 was sent.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 import msgspec
@@ -23,10 +22,13 @@ import msgspec
 from functions.core.llm.errors import LLMError, LLMTimeoutError, TimeoutPhase
 from functions.core.llm.schemas import UpstreamEvent
 from functions.core.llm.sse import SSEDecoder, SSEProtocolError
+from functions.core.llm.transport import READ_CHUNK
 from functions.core.llm.vllm_errors import error_for_event
 from functions.core.llm.wire import StreamChunk, stream_chunk_decoder
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+
     from functions.core.llm.schemas import Usage
 
 _DONE = b"[DONE]"
@@ -62,7 +64,14 @@ class ChatStreamReader:
         model: str,
         parts: list[str] | None = None,
     ) -> None:
-        self._chunks = response.aiter_raw()
+        # One call per chunk: the transport's own reader when it has one (see
+        # ``transport.READ_CHUNK``), else httpx's raw iterator.
+        self._raw: AsyncGenerator[bytes, None] | None = None
+        read_chunk: Callable[[], Awaitable[bytes]] | None = response.extensions.get(READ_CHUNK)
+        if read_chunk is None:
+            self._raw = cast("AsyncGenerator[bytes, None]", response.aiter_raw())
+            read_chunk = _chunk_reader(self._raw)
+        self._read_chunk = read_chunk
         self._timeouts = timeouts
         self._total_deadline = timeouts.started + timeouts.total_s
         self._loop = asyncio.get_running_loop()
@@ -102,12 +111,7 @@ class ChatStreamReader:
         phase, deadline = self._deadline()
         try:
             async with asyncio.timeout_at(deadline):
-                chunk = await anext(self._chunks)
-        except StopAsyncIteration:
-            events = self._handle(self._decoder.flush())
-            if not self.finished and self._pending is None:
-                self._end_without_done()
-            return events
+                chunk = await self._read_chunk()
         except TimeoutError:
             raise LLMTimeoutError(
                 self._timeout_message(phase),
@@ -117,6 +121,11 @@ class ChatStreamReader:
             ) from None
         except httpx.HTTPError as exc:
             raise self._error(f"the connection to {self._upstream_id} broke mid-stream") from exc
+        if not chunk:  # the end of the body
+            events = self._handle(self._decoder.flush())
+            if not self.finished and self._pending is None:
+                self._end_without_done()
+            return events
         try:
             payloads = self._decoder.feed(chunk)
         except SSEProtocolError as exc:
@@ -199,15 +208,27 @@ class ChatStreamReader:
         """Read the end of the body after ``[DONE]`` so the connection can be reused."""
         try:
             async with asyncio.timeout(min(self._timeouts.token_s, MAX_DRAIN_S)):
-                async for _ in self._chunks:
+                while await self._read_chunk():
                     pass
         except (TimeoutError, httpx.HTTPError):
             return
 
     async def aclose(self) -> None:
         """Stop iterating the body (the caller closes the response itself)."""
-        if isinstance(self._chunks, AsyncGenerator):
-            await self._chunks.aclose()
+        if self._raw is not None:
+            await self._raw.aclose()
+
+
+def _chunk_reader(chunks: AsyncIterator[bytes]) -> Callable[[], Awaitable[bytes]]:
+    """``read_chunk`` over an iterator of chunks: the next non-empty one, ``b""`` at the end."""
+
+    async def read_chunk() -> bytes:
+        async for chunk in chunks:
+            if chunk:
+                return chunk
+        return b""
+
+    return read_chunk
 
 
 def upstream_event(raw: bytes, chunk: StreamChunk) -> UpstreamEvent:
