@@ -127,6 +127,21 @@ class CallbackCollector(Collector):
         return list(self._collect())
 
 
+# Children of the per-request metrics, by label values: ``labels()`` re-checks and
+# re-converts its arguments and takes a lock on every call; a send records about ten.
+# Bounded as the labels are (no ids in any of them), and never removed from a metric.
+_children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
+
+
+def child(metric: MetricWrapperBase, *values: str) -> Any:
+    """``metric.labels(*values)``, looked up once per distinct label values."""
+    key = (metric, values)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*values)
+    return found
+
+
 _UPSTREAM_STATES = ("up", "half_open", "ejected", "down")
 
 

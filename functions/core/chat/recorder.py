@@ -26,6 +26,7 @@ from functions.core.metrics import (
     LLM_REQUESTS,
     LLM_TOKENS,
     LLM_TTFT,
+    child,
 )
 
 if TYPE_CHECKING:
@@ -275,23 +276,23 @@ class ReplyRecorder:
             model = "unknown"
         upstream = self._upstream
         config = self.exchange.config
-        CHAT_MESSAGES.labels(outcome.status).inc()
-        LLM_REQUESTS.labels(upstream, model, outcome.status).inc()
+        child(CHAT_MESSAGES, outcome.status).inc()
+        child(LLM_REQUESTS, upstream, model, outcome.status).inc()
         if outcome.status == "failed" and outcome.error_code is not None:
-            LLM_ERRORS.labels(upstream, model, outcome.error_code).inc()
+            child(LLM_ERRORS, upstream, model, outcome.error_code).inc()
         if outcome.ttft_ms is not None:
-            LLM_TTFT.labels(upstream, model).observe(outcome.ttft_ms / 1000)
+            child(LLM_TTFT, upstream, model).observe(outcome.ttft_ms / 1000)
         if outcome.latency_ms is not None and outcome.status == "complete":
-            LLM_DURATION.labels(upstream, model).observe(outcome.latency_ms / 1000)
+            child(LLM_DURATION, upstream, model).observe(outcome.latency_ms / 1000)
             tokens = outcome.completion_tokens
             if outcome.ttft_ms is not None and tokens is not None and tokens > 1:
                 itl_ms = (outcome.latency_ms - outcome.ttft_ms) / (tokens - 1)
-                LLM_ITL.labels(upstream, model).observe(max(itl_ms, 0.0) / 1000)
+                child(LLM_ITL, upstream, model).observe(max(itl_ms, 0.0) / 1000)
         config_name = config.name if config is not None else "none"
         if outcome.prompt_tokens is not None:
-            LLM_TOKENS.labels(model, config_name, "prompt").inc(outcome.prompt_tokens)
+            child(LLM_TOKENS, model, config_name, "prompt").inc(outcome.prompt_tokens)
         if outcome.completion_tokens is not None:
-            LLM_TOKENS.labels(model, config_name, "completion").inc(outcome.completion_tokens)
+            child(LLM_TOKENS, model, config_name, "completion").inc(outcome.completion_tokens)
         # The facts of this send for the request's one log line (and its overhead metric).
         note_request(
             conversation_id=str(self.exchange.assistant_message.conversation_id),

@@ -21,7 +21,13 @@ import structlog
 
 from functions.core.keys.service import PREFIX_LENGTH
 from functions.core.logging import RequestFacts, collecting_request_facts, get_logger
-from functions.core.metrics import GATEWAY_OVERHEAD, HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS
+from functions.core.metrics import (
+    GATEWAY_OVERHEAD,
+    HTTP_DURATION,
+    HTTP_IN_FLIGHT,
+    HTTP_REQUESTS,
+    child,
+)
 
 log = get_logger("switchboard.access")
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -138,8 +144,8 @@ class RequestContext:
                 elapsed = time.perf_counter() - started
                 route = _route_template(inner)
                 method = scope["method"]
-                HTTP_REQUESTS.labels(self.function, method, route, str(status)).inc()
-                HTTP_DURATION.labels(self.function, method, route).observe(elapsed)
+                child(HTTP_REQUESTS, self.function, method, route, str(status)).inc()
+                child(HTTP_DURATION, self.function, method, route).observe(elapsed)
                 overhead = self._overhead(facts, route, elapsed)
                 if scope["path"] not in _QUIET_PATHS or status >= 400:
                     self._log(
@@ -152,7 +158,7 @@ class RequestContext:
         if llm_ms is None or facts.fields.get("reply_status") != "complete":
             return None
         overhead = max(0.0, elapsed - float(llm_ms) / 1000)
-        GATEWAY_OVERHEAD.labels(self.function, route).observe(overhead)
+        child(GATEWAY_OVERHEAD, self.function, route).observe(overhead)
         return overhead
 
     def _log(
