@@ -30,7 +30,7 @@ from functions.core.logging import get_logger
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from types import FrameType
+    from types import FrameType, TracebackType
 
 log = get_logger(__name__)
 
@@ -85,24 +85,34 @@ class Guard:
             self._cancelled = self._waiting
             self._waiting.cancel(msg=f"switchboard: {reason}")
 
-    @contextmanager
-    def waiting(self) -> Iterator[None]:
+    def waiting(self) -> Guard:
+        """``with guard.waiting():`` around each wait on the model (a class, not a
+        generator, as a streamed send enters it once per token)."""
+        return self
+
+    def __enter__(self) -> None:
         if self.reason is not None:
             raise Interrupted(self.reason)
-        task = asyncio.current_task()
-        assert task is not None
-        self._waiting = task
-        try:
-            yield
-        except asyncio.CancelledError:
-            if self._cancelled is not task or self.reason is None:
-                raise
+        self._waiting = asyncio.current_task()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        task, self._waiting = self._waiting, None
+        if (
+            exc_type is not None
+            and issubclass(exc_type, asyncio.CancelledError)
+            and task is not None
+            and self._cancelled is task
+            and self.reason is not None
+        ):
             # Ours: take the cancellation back, the send goes on to record and answer.
             self._cancelled = None
             task.uncancel()
             raise Interrupted(self.reason) from None
-        finally:
-            self._waiting = None
 
 
 class InFlight:
