@@ -3,18 +3,26 @@
 Messages are read by keyset pagination over the ``message_completed_id_idx`` index
 (``(m.completed_at, m.id) > (…)``), so the cost of a chunk does not depend on how deep into
 the history it is, and memory stays flat whatever the history's size. Each page is read in
-two steps, as history pages are (``messages.service.list_messages``): the keys and sizes of
-the next messages first, then the rows themselves in chunks of at most ``batch_rows`` rows
-and about ``batch_bytes`` bytes, so a run of long messages makes smaller chunks, never a
-bigger one.
+two steps: where its chunks end first (the database sums the keys' sizes and hands back
+only each chunk's last key and row number), then each chunk's rows: at most ``batch_rows``
+rows and about ``batch_bytes`` bytes, so a run of long messages makes smaller chunks,
+never a bigger one.
 
-The database renders each row as the bytes the file holds, so no row ever becomes a Python
-object: a CSV line (every non-null value quoted, null an empty field) or a JSON object
-line, columns in :data:`~functions.core.exports.schemas.COLUMNS` order. PostgreSQL streams
-CSV lines with ``COPY (SELECT …) TO STDOUT`` and hands a chunk's JSON lines back joined, as
-one ``bytea`` value; SQLite builds each line with string and JSON functions. The column
-list, the joins and the keyset are one query shape for both; only how a value becomes text
-differs (:class:`_Dialect`).
+A chunk comes in the shape its writer asks for (``Shape``), columns in
+:data:`~functions.core.exports.schemas.COLUMNS` order:
+
+- ``csv``: CSV lines (every non-null value quoted, null an empty field), rendered by the
+  database: PostgreSQL streams them with ``COPY (SELECT …) TO STDOUT``, SQLite builds each
+  line with string functions. pyarrow parses these for Parquet too, faster than it builds
+  columns from Python values.
+- ``values``: one tuple per row, each value already what a JSON line holds (times as
+  RFC 3339 text, ids as text, JSON columns as their JSON text, ``'null'`` when absent), for
+  the JSONL writer to encode with msgspec. Rendering JSON in the database (``row_to_json``)
+  costs PostgreSQL about three times what plain values do: it, not the exporter, bounded
+  the export's speed.
+
+The column list, the joins and the keyset are one query shape for both engines; only how a
+value becomes text differs (:class:`_Dialect`).
 
 Only finished messages (``completed_at`` set) are read; a pending reply joins the scan once
 it finishes, at its completion time.
@@ -28,14 +36,16 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
 
+import aiosqlite
 from piccolo.engine.postgres import PostgresEngine
+from piccolo.engine.sqlite import SQLiteEngine
 
 from functions.core.db.engine import current_engine
 from functions.core.db.sql import _numbered, fetch
 from functions.core.exports.schemas import COLUMNS, SCHEMA_VERSION, Kind
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator
+    from collections.abc import AsyncGenerator, Sequence
 
     from functions.core.exports.schemas import Selection
 
@@ -50,7 +60,7 @@ DEFAULT_SCAN_ROWS = 10_000
 DEFAULT_BATCH_ROWS = 5_000
 DEFAULT_BATCH_BYTES = 8 * 1024 * 1024
 
-Shape = Literal["csv", "jsonl"]
+Shape = Literal["csv", "values"]
 
 # Where each column comes from (m: message, c: its conversation, l: the reply's config).
 _SOURCES: dict[str, str] = {
@@ -120,18 +130,18 @@ class Window:
 
 @dataclass(frozen=True)
 class Chunk:
-    """Consecutive rows as file bytes (one line per row for JSONL; CSV may span lines)."""
+    """Consecutive rows: as CSV bytes (``csv``; a row may span lines), or as one tuple of
+    values per row (``values``)."""
 
-    data: bytes
     rows: int
+    data: bytes = b""
+    values: Sequence[Sequence[Any]] = ()
 
 
 class _Dialect:
     """How one engine turns a column into text, and a row into a line."""
 
     postgres: bool
-    # The most rows one chunk may hold on this engine.
-    max_batch_rows: int = DEFAULT_BATCH_ROWS
 
     def timestamp(self, sql: str) -> str:
         raise NotImplementedError
@@ -140,11 +150,20 @@ class _Dialect:
         raise NotImplementedError
 
     def value(self, sql: str, kind: Kind) -> str:
-        """A column's value for the row's line: times as RFC 3339 text in UTC."""
+        """A column's value for a CSV line: times as RFC 3339 text in UTC."""
         return self.timestamp(sql) if kind is Kind.TIMESTAMP else sql
+
+    def json_value(self, sql: str, kind: Kind) -> str:
+        """A column's value as a JSON line holds it (see ``Shape``)."""
+        raise NotImplementedError
 
     def select(self, shape: Shape) -> str:
         raise NotImplementedError
+
+    def values(self) -> str:
+        return "SELECT " + ", ".join(
+            self.json_value(_SOURCES[column.name], column.kind) for column in COLUMNS
+        )
 
 
 class _Postgres(_Dialect):
@@ -156,27 +175,29 @@ class _Postgres(_Dialect):
     def size(self, sql: str) -> str:
         return f"octet_length(CAST({sql} AS TEXT))"
 
+    def json_value(self, sql: str, kind: Kind) -> str:
+        if kind is Kind.TIMESTAMP:
+            return self.timestamp(sql)
+        if kind is Kind.JSON:
+            return f"coalesce(CAST({sql} AS TEXT), 'null')"
+        if kind is Kind.TEXT:
+            # UUIDs as text: asyncpg makes a str faster than a UUID object.
+            return f"CAST({sql} AS TEXT)"
+        return sql
+
     def select(self, shape: Shape) -> str:
+        if shape == "values":
+            return self.values() + _PG_JOINS
         columns = ", ".join(
             f"{self.value(_SOURCES[column.name], column.kind)} AS {column.name}"
             for column in COLUMNS
         )
-        if shape == "csv":
-            # COPY ... (FORMAT csv, FORCE_QUOTE *) quotes each non-null value.
-            return f"SELECT {columns}{_PG_JOINS}"
-        # row_to_json: compact, in column order, JSONB columns embedded as JSON values. The
-        # chunk's lines come back joined, as one bytea value (see _rows_sql).
-        return (
-            "SELECT row_to_json(x)::text AS line, m.completed_at AS k1, m.id AS k2"
-            f"{_PG_JOINS} CROSS JOIN LATERAL (SELECT {columns}) x"
-        )
+        # COPY ... (FORMAT csv, FORCE_QUOTE *) quotes each non-null value.
+        return f"SELECT {columns}{_PG_JOINS}"
 
 
 class _SQLite(_Dialect):
     postgres = False
-    # Rows arrive as Python objects (a dict and a str each), not as one buffer of bytes:
-    # smaller chunks keep the process as small as on PostgreSQL.
-    max_batch_rows = 1_000
 
     def timestamp(self, sql: str) -> str:
         # Stored as Python's str() of the UTC time: "2026-11-29 23:00:00[.123456]+00:00".
@@ -189,26 +210,30 @@ class _SQLite(_Dialect):
     def size(self, sql: str) -> str:
         return f"length(CAST({sql} AS BLOB))"
 
+    def json_value(self, sql: str, kind: Kind) -> str:
+        # Every value is an expression: a bare column would go through the converter
+        # Piccolo registers for its declared type (a Python call per value).
+        if kind is Kind.TIMESTAMP:
+            return self.timestamp(sql)
+        if kind is Kind.JSON:
+            return f"coalesce(json({sql}), 'null')"  # json(): checked and compact
+        if kind is Kind.INT32:
+            return f"CAST({sql} AS INTEGER)"
+        if kind is Kind.FLOAT64:
+            return f"CAST({sql} AS REAL)"
+        return f"CAST({sql} AS TEXT)"
+
     def select(self, shape: Shape) -> str:
-        if shape == "csv":
-            # Quoted, quotes doubled; NULL stays NULL through || and becomes an empty field.
-            fields = " || ',' || ".join(
-                "coalesce('\"' || replace(CAST("
-                + self.value(_SOURCES[column.name], column.kind)
-                + " AS TEXT), '\"', '\"\"') || '\"', '')"
-                for column in COLUMNS
-            )
-            return f"SELECT {fields} AS line{_JOINS}"
-        pairs = ", ".join(
-            f"'{column.name}', "
-            + (
-                f"json({_SOURCES[column.name]})"
-                if column.kind is Kind.JSON
-                else self.value(_SOURCES[column.name], column.kind)
-            )
+        if shape == "values":
+            return self.values() + _JOINS
+        # Quoted, quotes doubled; NULL stays NULL through || and becomes an empty field.
+        fields = " || ',' || ".join(
+            "coalesce('\"' || replace(CAST("
+            + self.value(_SOURCES[column.name], column.kind)
+            + " AS TEXT), '\"', '\"\"') || '\"', '')"
             for column in COLUMNS
         )
-        return f"SELECT json_object({pairs}) AS line{_JOINS}"
+        return f"SELECT {fields} AS line{_JOINS}"
 
 
 def _dialect() -> _Dialect:
@@ -221,15 +246,31 @@ def _rows_sql(postgres: bool, shape: Shape, filters: str) -> str:
     # The limit is the number of keys in the chunk, which bounds its rows: it changes no
     # result, but caps the planner's estimate (past the index's statistics it can guess a
     # chunk ten times too large, and PostgreSQL then JIT-compiles every chunk's query).
-    sql = dialect.select(shape) + _WHERE + filters + _ORDER + " LIMIT {}"
-    if postgres and shape == "jsonl":
-        # One value for the whole chunk, as bytes: no per-row message to parse, no text to
-        # decode and encode again (COPY's text format would also double every backslash).
-        sql = (
-            "SELECT convert_to(string_agg(line, E'\\n' ORDER BY k1, k2) || E'\\n', 'UTF8') "  # noqa: S608
-            f"AS data, count(*) AS rows FROM ({sql}) s"
-        )
-    return sql
+    return dialect.select(shape) + _WHERE + filters + _ORDER + " LIMIT {}"
+
+
+@cache
+def _ends_sql(postgres: bool) -> str:
+    """Where a page's chunks end: the last key and row number of each, in order.
+
+    A row's part is its number of whole ``batch_rows`` before it plus its number of whole
+    ``batch_bytes`` before it (both only grow along the page): a chunk is a run of rows of
+    one part, so it holds at most ``batch_rows`` rows and at most ``batch_bytes`` bytes
+    before its last row. Only the ends leave the database, not one row per message.
+    """
+    dialect = _Postgres() if postgres else _SQLite()
+    sizes = " + ".join(f"coalesce({dialect.size(column)}, 0)" for column in _SIZE_COLUMNS)
+    order = "OVER (ORDER BY completed_at, id)"
+    return (
+        "SELECT completed_at, id, n FROM (SELECT completed_at, id, n, part, "  # noqa: S608
+        "lead(part) OVER (ORDER BY n) AS next_part FROM (SELECT completed_at, id, "
+        f"row_number() {order} AS n, (row_number() {order} - 1) / {{}} + "
+        f"(sum(size) {order} - size) / {{}} AS part "
+        f"FROM (SELECT m.completed_at AS completed_at, m.id AS id, {sizes} AS size "
+        "FROM message m WHERE (m.completed_at, m.id) > ({}, {}) AND m.completed_at <= {} "
+        "ORDER BY m.completed_at, m.id LIMIT {}) page) parts) ends "
+        "WHERE next_part IS NULL OR next_part <> part ORDER BY n"
+    )
 
 
 def _filters(selection: Selection) -> tuple[str, list[Any]]:
@@ -259,55 +300,85 @@ async def iter_chunks(
     batch_bytes: int = DEFAULT_BATCH_BYTES,
 ) -> AsyncGenerator[Chunk, None]:
     """Every finished message in ``window`` that ``selection`` takes, oldest finish first,
-    as CSV or JSON lines; never more than ``batch_rows`` rows (and, past the first row,
-    about ``batch_bytes`` bytes of text) in one chunk."""
+    in ``shape``; never more than ``batch_rows`` rows (and, past the first row, about
+    ``batch_bytes`` bytes of text) in one chunk."""
     dialect = _dialect()
-    batch_rows = min(batch_rows, dialect.max_batch_rows)
-    sizes = " + ".join(f"coalesce({dialect.size(column)}, 0)" for column in _SIZE_COLUMNS)
-    keys_sql = (
-        f"SELECT m.completed_at AS completed_at, m.id AS id, {sizes} AS size "  # noqa: S608
-        "FROM message m WHERE (m.completed_at, m.id) > ({}, {}) AND m.completed_at <= {} "
-        "ORDER BY m.completed_at, m.id LIMIT {}"
-    )
+    ends_sql = _ends_sql(dialect.postgres)
     filters, filter_args = _filters(selection)
     rows_sql = _rows_sql(dialect.postgres, shape, filters)
     cursor: tuple[datetime, uuid.UUID] = (
         (EPOCH, NIL) if window.after is None else (window.after, MAX_ID)
     )
     while True:
-        keys = await fetch(keys_sql, cursor[0], cursor[1], window.through, scan_rows)
-        if not keys:
+        ends = await fetch(
+            ends_sql, batch_rows, batch_bytes, cursor[0], cursor[1], window.through, scan_rows
+        )
+        if not ends:
             return
-        start, count, weight = cursor, 0, 0
-        for key in keys:
-            count += 1
-            weight += int(key["size"])
-            if count >= batch_rows or weight >= batch_bytes:
-                end = (key["completed_at"], key["id"])
-                chunk = await _chunk(dialect, rows_sql, shape, [*start, *end, *filter_args, count])
-                if chunk.rows:
-                    yield chunk
-                start, count, weight = end, 0, 0
-        last = keys[-1]
-        cursor = (last["completed_at"], last["id"])
-        if count:
-            chunk = await _chunk(dialect, rows_sql, shape, [*start, *cursor, *filter_args, count])
+        before = 0
+        for end in ends:
+            key = (end["completed_at"], end["id"])
+            count = int(end["n"]) - before
+            chunk = await _chunk(dialect, rows_sql, shape, [*cursor, *key, *filter_args, count])
             if chunk.rows:
                 yield chunk
-        if len(keys) < scan_rows:
+            cursor, before = key, int(end["n"])
+        if before < scan_rows:
             return
 
 
 async def _chunk(dialect: _Dialect, sql: str, shape: Shape, args: list[Any]) -> Chunk:
     if dialect.postgres and shape == "csv":
         return await _copy_out(sql, args)
-    rows = await fetch(sql, *args)
-    if dialect.postgres:
-        return Chunk(data=rows[0]["data"] or b"", rows=rows[0]["rows"])
+    rows = await (_pg_rows(sql, args) if dialect.postgres else _sqlite_rows(sql, args))
+    if shape == "values":
+        return Chunk(rows=len(rows), values=rows)
     if not rows:
-        return Chunk(data=b"", rows=0)
-    text = "\n".join(row["line"] for row in rows) + "\n"
+        return Chunk(rows=0)
+    text = "\n".join(row[0] for row in rows) + "\n"
     return Chunk(data=text.encode(), rows=len(rows))
+
+
+async def _pg_rows(sql: str, args: list[Any]) -> Sequence[Sequence[Any]]:
+    """The rows as asyncpg records (decoded in C; not turned into dicts as ``fetch`` does),
+    on the current transaction's connection, or a pooled one."""
+    engine = current_engine()
+    assert isinstance(engine, PostgresEngine)
+    statement = _numbered(sql)
+    transaction = engine.current_transaction.get()
+    if transaction is not None:
+        records: Sequence[Sequence[Any]] = await transaction.connection.fetch(statement, *args)
+    elif engine.pool is not None:
+        async with engine.pool.acquire() as connection:
+            records = await connection.fetch(statement, *args)
+    else:
+        connection = await engine.get_new_connection()
+        try:
+            records = await connection.fetch(statement, *args)
+        finally:
+            await connection.close()
+    return records
+
+
+async def _sqlite_rows(sql: str, args: list[Any]) -> Sequence[Sequence[Any]]:
+    """The rows as tuples (not the dict per row Piccolo's connections make, a Python call
+    each), on the current transaction's connection, or a connection of their own."""
+    engine = current_engine()
+    assert isinstance(engine, SQLiteEngine)
+    statement = sql.replace("{}", "?")
+    transaction = engine.current_transaction.get()
+    if transaction is not None:
+        return await _tuples(transaction.connection, statement, args)
+    async with aiosqlite.connect(**engine.connection_kwargs) as connection:
+        return await _tuples(connection, statement, args)
+
+
+async def _tuples(
+    connection: aiosqlite.Connection, sql: str, args: list[Any]
+) -> Sequence[Sequence[Any]]:
+    async with connection.execute(sql, args) as cursor:
+        cursor.row_factory = None
+        return list(await cursor.fetchall())
 
 
 async def _copy_out(sql: str, args: list[Any]) -> Chunk:
