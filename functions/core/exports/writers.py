@@ -1,11 +1,10 @@
 """Writers: chunks of rows in, one file out, in JSONL, CSV or Parquet, counted and hashed.
 
-The database renders rows as CSV lines, or hands back their values (``source``). CSV files
-are those bytes after a byte order mark and a header; Parquet parses the CSV lines with
-pyarrow into typed columns; JSONL encodes the values with msgspec, one object per line.
-Every writer writes through a :class:`Sink`, which counts the bytes and computes their
-SHA-256 on the way (the manifest's numbers, without reading the file again). A writer holds
-one chunk at a time, Parquet at most one row group.
+Rows come as JSON lines or CSV lines (``source``); JSONL and CSV files are those bytes (CSV
+after a byte order mark and a header), and Parquet parses the CSV lines with pyarrow into
+typed columns. Every writer writes through a :class:`Sink`, which counts
+the bytes and computes their SHA-256 on the way (the manifest's numbers, without reading
+the file again). A writer holds one chunk at a time, Parquet at most one row group.
 
 pyarrow is imported by the Parquet writer only: JSONL and CSV need nothing beyond the base
 install.
@@ -17,7 +16,6 @@ import hashlib
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import msgspec
-from msgspec import Raw
 
 from functions.core.exports.schemas import (
     COLUMN_NAMES,
@@ -29,7 +27,7 @@ from functions.core.exports.schemas import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable
 
     from functions.core.exports.source import Chunk, Shape
 
@@ -112,34 +110,11 @@ class Writer:
         self.sink.close()
 
 
-# A JSON line: its fields the columns, in order (a struct encodes its fields in order, with
-# its field names pre-encoded: faster than a dict per row).
-_Line = msgspec.defstruct("_Line", [(name, Any) for name in COLUMN_NAMES], gc=False)
-_JSON_COLUMNS = tuple(column.name for column in COLUMNS if column.kind is Kind.JSON)
-assert _JSON_COLUMNS == ("content_parts", "tool_calls", "conversation_metadata")
-_ENCODER = msgspec.json.Encoder()
-
-
-def jsonl_lines(values: Sequence[Sequence[Any]]) -> bytes:
-    """Rows of values (see ``source.Shape``) as JSON lines, each ending with ``\\n``."""
-    lines: list[Any] = [_Line(*row) for row in values]
-    for line in lines:
-        # JSON columns come as their JSON text: embedded as it is, not as a string.
-        line.content_parts = Raw(line.content_parts)
-        line.tool_calls = Raw(line.tool_calls)
-        line.conversation_metadata = Raw(line.conversation_metadata)
-    return _ENCODER.encode_lines(lines)
-
-
 class JsonlWriter(Writer):
     """One JSON object per line, its keys the column names in order, UTF-8, ``\\n`` after
     each line."""
 
-    shape: Shape = "values"
-
-    def write(self, chunk: Chunk) -> None:
-        self.sink.write(jsonl_lines(chunk.values))
-        self.rows += chunk.rows
+    shape: Shape = "jsonl"
 
 
 class CsvWriter(Writer):
