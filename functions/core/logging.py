@@ -200,7 +200,10 @@ def note_request(**fields: Any) -> None:
     """Add facts (``None`` values left out) to the current request's log line, if any."""
     facts = _request_facts.get()
     if facts is not None:
-        facts.fields.update((key, value) for key, value in fields.items() if value is not None)
+        kept = facts.fields
+        for key, value in fields.items():
+            if value is not None:
+                kept[key] = value
 
 
 def note_request_text(*, prompt: str | None, reply: str | None) -> None:

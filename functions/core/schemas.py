@@ -72,6 +72,10 @@ def _check_items(
             check_value(item, f"{field}[{index}]", depth)
 
 
+# Values check_value always accepts, by exact type.
+_SAFE = frozenset({bool, type(None)})
+
+
 class Input(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Base for request bodies and service inputs.
 
@@ -85,7 +89,11 @@ class Input(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             self.__struct_fields__, self.__struct_encode_fields__, strict=True
         ):
             value = getattr(self, name)
-            if not isinstance(value, msgspec.Struct):
+            kind = type(value)
+            if kind is str:  # most fields, checked here without a call
+                if "\x00" in value:
+                    check_value(value, encoded)
+            elif kind not in _SAFE and not isinstance(value, msgspec.Struct):
                 check_value(value, encoded)
 
 

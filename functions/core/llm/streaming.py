@@ -144,14 +144,18 @@ class ChatStreamReader:
         return phase, deadline
 
     def _handle(self, payloads: list[bytes]) -> list[StreamChunk]:
+        # Once per token on every send: locals, and the per-stream facts kept out of the
+        # per-choice loop.
         self.payloads = payloads
         events: list[StreamChunk] = []
+        decode = stream_chunk_decoder.decode
+        keep = self._parts.append
         for data in payloads:
             if data == _DONE:
                 self.finished = True
-                return self._cut(events)
+                break
             try:
-                event = stream_chunk_decoder.decode(data)
+                event = decode(data)
             except msgspec.DecodeError as exc:
                 error = self._error(f"unreadable stream event from {self._upstream_id}")
                 error.__cause__ = exc
@@ -159,21 +163,28 @@ class ChatStreamReader:
             if event.error is not None:
                 error = error_for_event(event.error, details=self._details, partial_text=self.text)
                 return self._fail(events, error)
-            if event.model:
-                self.model = event.model
-            if self.response_id is None:
-                self.response_id = event.id
             if event.usage is not None:
                 self.usage = event.usage
             for choice in event.choices:
-                if self.ttft_ms is None:
-                    self.ttft_ms = self.elapsed_ms()
                 if choice.finish_reason is not None:
                     self.finish_reason = choice.finish_reason
                 if text := choice.delta.content:
-                    self._parts.append(text)
+                    keep(text)
             events.append(event)
-        return events
+        if events:
+            self._note_stream_facts(events)
+        return self._cut(events)
+
+    def _note_stream_facts(self, events: list[StreamChunk]) -> None:
+        if self.response_id is None:
+            self.response_id = next((event.id for event in events if event.id), None)
+        for event in reversed(events):  # the latest model named (usually the last event)
+            if event.model:
+                self.model = event.model
+                break
+        # Every event of one read arrived at the same moment.
+        if self.ttft_ms is None and any(event.choices for event in events):
+            self.ttft_ms = self.elapsed_ms()
 
     def _cut(self, events: list[StreamChunk]) -> list[StreamChunk]:
         # Keep payloads paired with the events returned; what follows [DONE] or an error
@@ -185,6 +196,7 @@ class ChatStreamReader:
     def _fail(self, events: list[StreamChunk], error: LLMError) -> list[StreamChunk]:
         if not events:
             raise error
+        self._note_stream_facts(events)
         self._pending = error
         return self._cut(events)
 

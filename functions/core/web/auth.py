@@ -14,7 +14,7 @@ from litestar.connection import ASGIConnection
 
 from functions.core.errors import AuthenticationError, PermissionDeniedError
 from functions.core.keys.schemas import Principal
-from functions.core.keys.service import authenticate
+from functions.core.keys.service import PREFIX_LENGTH, authenticate
 
 _PRINCIPAL = "principal"
 
@@ -32,6 +32,7 @@ async def authenticate_connection(connection: ASGIConnection[Any, Any, Any, Any]
     state = connection.scope["state"]
     state[_PRINCIPAL] = principal
     state["principal_name"] = principal.name
+    state["key_prefix"] = token[:PREFIX_LENGTH]  # for the log line: never more of the key
     return principal
 
 

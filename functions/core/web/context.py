@@ -19,7 +19,6 @@ from typing import Any
 
 import structlog
 
-from functions.core.keys.service import PREFIX_LENGTH
 from functions.core.logging import RequestFacts, collecting_request_facts, get_logger
 from functions.core.metrics import (
     GATEWAY_OVERHEAD,
@@ -55,17 +54,6 @@ def _route_template(scope: dict[str, Any]) -> str:
         return template
     paths = getattr(handler, "paths", None)
     return str(next(iter(paths))) if paths else "unmatched"
-
-
-def _key_prefix(scope: dict[str, Any]) -> str | None:
-    """The display prefix of the key that authenticated this request (never more of it)."""
-    if scope["state"].get("principal") is None:
-        return None
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            token: str = value.decode("latin-1").partition(" ")[2].strip()
-            return token[:PREFIX_LENGTH]
-    return None
 
 
 def _logs_message_text(scope: dict[str, Any]) -> bool:
@@ -179,7 +167,7 @@ class RequestContext:
             "route": route,
             "status": status,
             "duration_ms": round(elapsed * 1000, 3),
-            "key_prefix": _key_prefix(scope),
+            "key_prefix": state.get("key_prefix"),
             "principal": state.get("principal_name"),
         }
         conversation_id = scope.get("path_params", {}).get("conversation_id")
