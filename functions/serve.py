@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 from functions.core.configs.schemas import LLMConfigOut
 
-FUNCTIONS = ("chat", "configs", "keys")
+FUNCTIONS = ("chat", "configs", "keys", "upstreams")
 DEV_KEY_FILE = Path(".switchboard/dev-admin-key")
 PR_SET_PDEATHSIG = 1
 SHUTDOWN_MARGIN_S = 5
