@@ -29,7 +29,6 @@ from functions.core.schemas import Page, decode_cursor, encode_cursor
 
 if TYPE_CHECKING:
     import uuid
-    from collections.abc import AsyncIterator
 
 MAX_PAGE_SIZE = 500
 # Used when no setting is passed (SWITCHBOARD_MAX_PAGE_BYTES is the deployment's).
@@ -250,27 +249,3 @@ async def finish_exchange(
     if config is None:
         return await get_message(message_id)
     return _to_out({**row, "llm_config.name": config.name, "llm_config.version": config.version})
-
-
-async def iter_messages(
-    *, since: datetime | None = None, until: datetime | None = None, batch_size: int = 500
-) -> AsyncIterator[list[MessageOut]]:
-    """Every message created in [since, until), oldest first, in batches (for exports)."""
-    last: tuple[datetime, uuid.UUID] | None = None
-    while True:
-        query = Message.select(*_COLUMNS)
-        if since is not None:
-            query = query.where(Message.created_at >= since)
-        if until is not None:
-            query = query.where(Message.created_at < until)
-        if last is not None:
-            query = query.where(
-                (Message.created_at > last[0])
-                | ((Message.created_at == last[0]) & (Message.id > last[1]))
-            )
-        rows = await query.order_by(Message.created_at, Message.id).limit(batch_size)
-        if not rows:
-            return
-        batch = [_to_out(row) for row in rows]
-        yield batch
-        last = (batch[-1].created_at, batch[-1].id)

@@ -182,16 +182,6 @@ async def test_messages_page_in_sequence_order(db: object) -> None:
     assert rest.next_cursor is None
 
 
-async def test_iter_messages_pages_through_time(db: object) -> None:
-    owner, conv_id, _cfg = await setup()
-    for i in range(3):
-        exchange = await begin(owner, conv_id, f"q{i}")
-        await service.finish_exchange(exchange.assistant_message.id, done(f"a{i}"))
-    batches = [batch async for batch in service.iter_messages(batch_size=4)]
-    assert [len(b) for b in batches] == [4, 2]
-    assert len({m.id for b in batches for m in b}) == 6
-
-
 async def _send_until_accepted(
     owner: uuid.UUID, conv_id: uuid.UUID, cfg: LLMConfigOut, text: str
 ) -> tuple[int, int]:
