@@ -250,6 +250,7 @@ async def evaluate(
     item_timeout_s: Timeout = 300.0,
     owner: str | None = None,
     name: str = "",
+    retry_failed: bool = False,
 ) -> EvaluationReport:
     """Evaluate configurations on a dataset (see the module docstring).
 
@@ -267,6 +268,9 @@ async def evaluate(
         owner: The API key (id or name) owning the run's conversations; empty: the
             evaluations key.
         name: A label for the run.
+        retry_failed: With run_id: also send again the items whose attempt failed (an
+            upstream error or a timeout, after their retries), not only those without a
+            result.
     """
     settings = load_settings()
     async with report_flow_run(settings, "evaluate"):
@@ -276,6 +280,8 @@ async def evaluate(
             concurrency=concurrency, retries=retries, item_timeout_s=item_timeout_s
         )
         wanted = uuid.UUID(run_id) if run_id else None
+        if retry_failed and wanted is None:
+            raise ValueError("retry_failed resumes a run: give the run_id of the run to retry")
         progress.plan(3)
         with run_log() as log:
             progress.step("opening the database and the LLM client")
@@ -292,6 +298,10 @@ async def evaluate(
                 )
                 resumed = run.results > 0
                 run = await service.claim_run(run.id, runtime.exchanges.lease)
+                if retry_failed:  # only once the run is ours: nobody else is recording
+                    forgotten = await service.forget_failed(run.id)
+                    log.info("eval.retrying_failed", run_id=str(run.id), items=forgotten)
+                    run = await service.get_run(run.id)
                 log.info(
                     "eval.run",
                     run_id=str(run.id),

@@ -141,6 +141,49 @@ async def test_a_bad_dataset_stops_the_flow_before_anything_runs(
     assert "/v1/chat/completions" not in (await eval_sim.stats_async())["paths"]
 
 
+async def test_retry_failed_sends_again_only_the_items_whose_attempt_failed(
+    flows_db: str, flow_env: Callable[..., None], eval_sim: SimulatorProcess, tmp_path: Path
+) -> None:
+    await create_configs("alpha")
+    data = tmp_path / "three.jsonl"
+    data.write_text(
+        "".join(json.dumps({"id": f"q{i}", "prompt": f"question {i}"}) + "\n" for i in range(3)),
+        encoding="utf-8",
+    )
+    flow_env(database_url=flows_db, llm_urls=eval_sim.base_url)
+    eval_sim.reset()
+    eval_sim.set_healthy(False)  # every attempt fails
+    try:
+        first: EvaluationReport = (
+            await run_flow(evaluate, dataset=str(data), config=["alpha"], retries=0)
+        ).result
+    finally:
+        eval_sim.set_healthy(True)
+    assert (first.counts.sent, first.counts.errors) == (3, 3)
+    run_id = uuid.UUID(first.run_id)
+
+    # Resuming alone sends nothing: every item has a result, a failed one.
+    eval_sim.reset()
+    resumed: EvaluationReport = (
+        await run_flow(evaluate, dataset=str(data), config=["alpha"], run_id=str(run_id))
+    ).result
+    assert (resumed.resumed, resumed.counts.sent) == (True, 0)
+    assert "/v1/chat/completions" not in (await eval_sim.stats_async())["paths"]
+
+    # Retrying the failed ones sends exactly those, once each, and they now succeed.
+    retried: EvaluationReport = (
+        await run_flow(
+            evaluate, dataset=str(data), config=["alpha"], run_id=str(run_id), retry_failed=True
+        )
+    ).result
+    assert (retried.counts.sent, retried.counts.errors) == (3, 0)
+    assert (await eval_sim.stats_async())["paths"]["/v1/chat/completions"] == 3
+    results = await service.results_of(run_id)
+    assert sorted(result.item_id for result in results) == ["q0", "q1", "q2"]
+    assert all(result.error_code is None and result.output for result in results)
+    assert (await service.get_run(run_id)).status == "complete"
+
+
 async def cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
     """``switchboard ARGS`` in a process of its own."""
     process = await asyncio.create_subprocess_exec(

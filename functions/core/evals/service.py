@@ -387,14 +387,11 @@ async def results_of(run_id: uuid.UUID) -> list[EvalResultOut]:
     return [_result_out(row) for row in rows]
 
 
-async def delete_results(run_id: uuid.UUID, *, error_codes: Sequence[str]) -> int:
-    """Forget a run's results that failed with one of ``error_codes`` (to send them again)."""
-    if not error_codes:
-        return 0
-    deleted = 0
-    for code in error_codes:
-        rows = await fetch(
-            "DELETE FROM eval_result WHERE run = {} AND error_code = {} RETURNING id", run_id, code
-        )
-        deleted += len(rows)
-    return deleted
+async def forget_failed(run_id: uuid.UUID) -> int:
+    """Forget the run's results whose item failed (an upstream error or a timeout, after
+    its retries), so that resuming the run sends those items again. Scores that failed on
+    a good output are kept: the output is what was paid for."""
+    rows = await fetch(
+        "DELETE FROM eval_result WHERE run = {} AND error_code IS NOT NULL RETURNING id", run_id
+    )
+    return len(rows)
