@@ -32,6 +32,7 @@ it finishes, at its completion time.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,7 +50,7 @@ from functions.core.db.sql import _numbered, fetch
 from functions.core.exports.schemas import COLUMNS, SCHEMA_VERSION, Kind
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Sequence
+    from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
     from functions.core.exports.schemas import Selection
 
@@ -325,28 +326,50 @@ async def iter_chunks(
     cursor: tuple[datetime, uuid.UUID] = (
         (EPOCH, NIL) if window.after is None else (window.after, MAX_ID)
     )
-    while True:
-        ends = await fetch(
-            ends_sql, batch_rows, batch_bytes, cursor[0], cursor[1], window.through, scan_rows
-        )
-        if not ends:
-            return
-        before = 0
-        for end in ends:
-            key = (end["completed_at"], end["id"])
-            count = int(end["n"]) - before
-            chunk = await _chunk(dialect, rows_sql, shape, [*cursor, *key, *filter_args, count])
-            if chunk.rows:
-                yield chunk
-            cursor, before = key, int(end["n"])
-        if before < scan_rows:
-            return
+    async with _sqlite_reader(dialect) as sqlite:
+        while True:
+            ends = await fetch(
+                ends_sql, batch_rows, batch_bytes, cursor[0], cursor[1], window.through, scan_rows
+            )
+            if not ends:
+                return
+            before = 0
+            for end in ends:
+                key = (end["completed_at"], end["id"])
+                count = int(end["n"]) - before
+                chunk = await _chunk(sqlite, rows_sql, shape, [*cursor, *key, *filter_args, count])
+                if chunk.rows:
+                    yield chunk
+                cursor, before = key, int(end["n"])
+            if before < scan_rows:
+                return
 
 
-async def _chunk(dialect: _Dialect, sql: str, shape: Shape, args: list[Any]) -> Chunk:
-    if dialect.postgres and shape == "csv":
+@contextlib.asynccontextmanager
+async def _sqlite_reader(dialect: _Dialect) -> AsyncIterator[aiosqlite.Connection | None]:
+    """On SQLite, the connection chunks are read on: the current transaction's, or one of
+    the export's own (a connection per chunk, each with its thread, cost about as much as
+    reading the chunk). None on PostgreSQL."""
+    if dialect.postgres:
+        yield None
+        return
+    engine = current_engine()
+    assert isinstance(engine, SQLiteEngine)
+    transaction = engine.current_transaction.get()
+    if transaction is not None:
+        yield transaction.connection
+        return
+    async with aiosqlite.connect(**engine.connection_kwargs) as connection:
+        yield connection
+
+
+async def _chunk(
+    sqlite: aiosqlite.Connection | None, sql: str, shape: Shape, args: list[Any]
+) -> Chunk:
+    """One chunk's rows: on PostgreSQL (``sqlite`` None) or on that SQLite connection."""
+    if sqlite is None and shape == "csv":
         return await _copy_out(sql, args)
-    rows = await (_pg_rows(sql, args) if dialect.postgres else _sqlite_rows(sql, args))
+    rows = await (_pg_rows(sql, args) if sqlite is None else _sqlite_rows(sqlite, sql, args))
     if shape == "jsonl":
         return Chunk(data=jsonl_lines(rows), rows=len(rows))
     if not rows:
@@ -387,23 +410,12 @@ async def _pg_rows(sql: str, args: list[Any]) -> Sequence[Sequence[Any]]:
     return records
 
 
-async def _sqlite_rows(sql: str, args: list[Any]) -> Sequence[Sequence[Any]]:
-    """The rows as tuples (not the dict per row Piccolo's connections make, a Python call
-    each), on the current transaction's connection, or a connection of their own."""
-    engine = current_engine()
-    assert isinstance(engine, SQLiteEngine)
-    statement = sql.replace("{}", "?")
-    transaction = engine.current_transaction.get()
-    if transaction is not None:
-        return await _tuples(transaction.connection, statement, args)
-    async with aiosqlite.connect(**engine.connection_kwargs) as connection:
-        return await _tuples(connection, statement, args)
-
-
-async def _tuples(
+async def _sqlite_rows(
     connection: aiosqlite.Connection, sql: str, args: list[Any]
 ) -> Sequence[Sequence[Any]]:
-    async with connection.execute(sql, args) as cursor:
+    """The rows as tuples, not the dict per row Piccolo's connections make (a Python call
+    each)."""
+    async with connection.execute(sql.replace("{}", "?"), args) as cursor:
         cursor.row_factory = None
         return list(await cursor.fetchall())
 
