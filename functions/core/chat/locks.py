@@ -1,8 +1,9 @@
 """One reply at a time per conversation, within this process.
 
-Across processes, :func:`functions.core.messages.service.begin_exchange` refuses while a
-reply is pending and the chat service retries; this lock makes the common single-process
-case wait in order instead of polling.
+Across processes, the claim refuses while a reply is pending and the send retries until
+``SWITCHBOARD_SEND_LOCK_TIMEOUT_S``; this lock makes the common single-process case wait
+in order instead of polling, for no longer than that same timeout: a send queued behind
+long replies gets ``409 conversation_busy`` then, as it would across processes.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import asyncio
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
+
+from functions.core.messages.claim import busy_error
 
 if TYPE_CHECKING:
     import uuid
@@ -21,12 +24,23 @@ class ConversationLocks:
         self._locks: dict[uuid.UUID, tuple[asyncio.Lock, int]] = {}
 
     @asynccontextmanager
-    async def hold(self, conversation_id: uuid.UUID) -> AsyncIterator[None]:
+    async def hold(self, conversation_id: uuid.UUID, timeout_s: float) -> AsyncIterator[None]:
+        """Hold the conversation's lock; :class:`ConversationBusyError` after ``timeout_s``."""
         lock, users = self._locks.get(conversation_id, (asyncio.Lock(), 0))
         self._locks[conversation_id] = (lock, users + 1)
         try:
-            async with lock:
+            if lock.locked():  # only a queued send pays for the timer
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        await lock.acquire()
+                except TimeoutError:
+                    raise busy_error(conversation_id) from None
+            else:
+                await lock.acquire()
+            try:
                 yield
+            finally:
+                lock.release()
         finally:
             lock, users = self._locks[conversation_id]
             if users == 1:

@@ -81,7 +81,7 @@ class ChatService:
         try:
             request, conversation_id = await self.exchanges.prepare(request)
             self._in_flight.check_accepting()
-            async with self._locks.hold(conversation_id):
+            async with self._locks.hold(conversation_id, self.exchanges.busy_timeout_s):
                 exchange = await self.exchanges.begin(request, replay_checked=True)
                 return await self._generate(exchange, request)
         except Replay as replay:
@@ -132,7 +132,7 @@ class ChatService:
         try:
             request, conversation_id = await self.exchanges.prepare(request)
             self._in_flight.check_accepting()
-            async with self._locks.hold(conversation_id):
+            async with self._locks.hold(conversation_id, self.exchanges.busy_timeout_s):
                 exchange = await self.exchanges.begin(request, replay_checked=True)
                 async with aclosing(self._stream_exchange(exchange, request)) as events:
                     async for event in events:

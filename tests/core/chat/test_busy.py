@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -190,3 +191,67 @@ async def test_a_stranger_does_not_queue_behind_the_owners_lock(
         (1, "user", "complete", "mine"),
         (2, "assistant", "cancelled", ""),
     ]
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["json", "streamed"])
+async def test_a_send_queued_in_the_same_process_is_busy_after_the_send_lock_timeout(
+    db: object, sim: SimulatorProcess, faults: Faults, make_client: MakeClient, streamed: bool
+) -> None:
+    """Behind a long reply in the same process, a send waits no longer than the busy
+    timeout (as it would across processes), then is told the conversation is busy."""
+    party = await new_party()
+    chat = process(make_client, sim, 0.5)
+    faults.add({"X-Sim-Fault": "hang"}, times=1)
+    first = asyncio.create_task(chat.send(party.says("long one")))
+    await sim.wait_for_async(lambda s: s["chat_in_flight"] == 1)
+
+    async def queued() -> object:
+        if streamed:
+            return await anext(chat.stream(party.says("queued")))
+        return await chat.send(party.says("queued"))
+
+    started = time.monotonic()
+    with pytest.raises(ConversationBusyError) as refused:
+        await queued()
+    waited = time.monotonic() - started
+    assert 0.4 < waited < 3, waited
+    assert refused.value.retry_after_s is not None
+    assert not first.done()  # the first reply goes on, untouched
+
+    first.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    # Nothing of the queued send was stored.
+    assert [m.content for m in await stored_of(party)] == ["long one", ""]
+
+
+async def test_a_strangers_lookup_is_never_served_from_the_owners_memory(
+    db: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory remembers a conversation for its owner only: a stranger's lookup of
+    it runs the same query as a lookup of an id that does not exist, so a 404 takes as long
+    either way (no timing tells the stranger the conversation exists)."""
+    from functions.core.chat import directory as directory_module
+    from functions.core.db.sql import fetch as real_fetch
+
+    party = await new_party()
+    stranger = await new_key("stranger")
+    directory = directory_module.ConversationDirectory()
+    queries: list[str] = []
+
+    async def counting_fetch(sql: str, *args: Any) -> list[dict[str, Any]]:
+        queries.append(sql)
+        return await real_fetch(sql, *args)
+
+    monkeypatch.setattr(directory_module, "fetch", counting_fetch)
+    await directory.config_name(party.owner, party.conversation_id)
+    await directory.config_name(party.owner, party.conversation_id)
+    assert len(queries) == 1  # the owner's second lookup is remembered
+
+    for _ in range(2):
+        with pytest.raises(NotFoundError):
+            await directory.config_name(stranger, party.conversation_id)
+        with pytest.raises(NotFoundError):
+            await directory.config_name(stranger, uuid.uuid4())
+    assert len(queries) == 5  # every stranger's lookup asked the database, alike
+    assert len(set(queries)) == 1
