@@ -98,6 +98,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.limits: HttpLimits = getattr(config, CONFIG_ATTRIBUTE, None) or HttpLimits()
         self._in_head = True
         self._head_bytes = 0
+        self._parsed_bytes = 0  # of this head, as the parser hands it over
         self._header_count = 0
         self._completed = 0  # requests read whole on this connection
         self._refused: bytes | None = None
@@ -164,9 +165,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         self._in_head = True
         self._head_bytes = 0
+        self._parsed_bytes = 0
         self._header_count = 0
         self._arm_head_timer()
         super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._parsed_bytes += len(url)
+        if self._parsed_bytes > self.limits.max_head_bytes:
+            self._refuse_large_head()
+        super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
@@ -178,7 +186,32 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 limit=self.limits.max_headers,
             )
             raise _HeadRefusedError
+        # Counted as parsed too: a whole head that arrives in one read is parsed before
+        # data_received can weigh it.
+        self._parsed_bytes += len(name) + len(value) + 4
+        if self._parsed_bytes > self.limits.max_head_bytes:
+            self._refuse_large_head()
         super().on_header(name, value)
+
+    def _refuse_large_head(self) -> None:
+        self._refused = _refusal(
+            431,
+            "headers_too_large",
+            f"the request line and headers exceed {self.limits.max_head_bytes} bytes",
+            limit_bytes=self.limits.max_head_bytes,
+        )
+        raise _HeadRefusedError
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's own answer to what is not HTTP/1.1 (an unknown method, a malformed
+        # header or length): plain text there, a JSON error like every other here.
+        self._refused = _refusal(
+            400,
+            "bad_request",
+            f"the request is not valid HTTP/1.1 ({msg.rstrip('.').lower()}): check the "
+            "method, the header names and values, and Content-Length/Transfer-Encoding",
+        )
+        self._send_refusal()
 
     def on_headers_complete(self) -> None:
         self._in_head = False

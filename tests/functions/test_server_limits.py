@@ -3,6 +3,7 @@ time to send the head and the body, open connections. Real process, raw sockets.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -250,3 +251,65 @@ def test_ordinary_requests_are_unaffected(gateway: tuple[GatewayProcess, str]) -
             created = client.post("/v1/configs", json=body)
             assert created.status_code == 201, created.text
             assert client.get("/healthz").status_code == 200
+
+
+def _one_write(app: GatewayProcess, raw: bytes) -> tuple[bytes, dict[str, object]]:
+    """Send ``raw`` in one write; the status line and the JSON body of the answer."""
+    with connect(app) as sock:
+        sock.sendall(raw)
+        answer = read_all(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), answer[:300]
+    error = json.loads(body)["error"]
+    assert isinstance(error, dict)
+    return head.split(b"\r\n")[0], error
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n",
+            id="one-40KB-header",
+        ),
+        pytest.param(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+            + b"".join(b"X-H%d: %s\r\n" % (i, b"b" * 1000) for i in range(40))
+            + b"\r\n",
+            id="40-1KB-headers",
+        ),
+        pytest.param(
+            b"GET /v1/conversations?cursor=" + b"A" * 40_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+            id="40KB-request-line",
+        ),
+    ],
+)
+def test_a_large_head_arriving_in_one_write_is_refused_too(
+    gateway: tuple[GatewayProcess, str], raw: bytes
+) -> None:
+    """Parsed whole before its size could be weighed between reads: still 431, as JSON."""
+    app, _ = gateway
+    status, error = _one_write(app, raw)
+    assert status == b"HTTP/1.1 431 Request Header Fields Too Large"
+    assert error["code"] == "headers_too_large"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b"FOO /v1/conversations HTTP/1.1\r\nHost: x\r\n\r\n", id="unknown-method"),
+        pytest.param(
+            b"POST /v1/keys HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+            id="bad-content-length",
+        ),
+        pytest.param(
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n", id="nul-in-header"
+        ),
+    ],
+)
+def test_what_is_not_http_gets_a_json_400(gateway: tuple[GatewayProcess, str], raw: bytes) -> None:
+    app, _ = gateway
+    status, error = _one_write(app, raw)
+    assert status == b"HTTP/1.1 400 Bad Request"
+    assert error["code"] == "bad_request"
+    assert "not valid HTTP/1.1" in str(error["message"])
