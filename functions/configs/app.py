@@ -21,7 +21,7 @@ from functions.core.llm.client import LLMClient
 from functions.core.schemas import Page
 from functions.core.settings import Settings
 from functions.core.web.app import build_app
-from functions.core.web.auth import provide_principal, require_admin
+from functions.core.web.auth import ADMIN, provide_principal, require_admin
 from functions.core.web.docs import Cursor, errors
 
 NamePath = Annotated[
@@ -35,7 +35,7 @@ NamePath = Annotated[
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Page size")]
 
 
-@post("/", summary="Create a configuration (version 1)", responses=errors(403, 409, 413))
+@post("/", summary="Create a configuration (version 1)", responses=errors(403, 409, 413), opt=ADMIN)
 async def create_config(
     data: JSONBody[LLMConfigCreate], principal: NamedDependency[Principal]
 ) -> LLMConfigOut:
@@ -83,6 +83,7 @@ async def list_versions(
     "/{name:str}",
     summary="Replace: store a new version from a whole definition",
     responses=errors(403, 404, 409, 413),
+    opt=ADMIN,
 )
 async def update_config(
     name: NamePath, data: JSONBody[LLMConfigSpec], principal: NamedDependency[Principal]
@@ -98,6 +99,7 @@ async def update_config(
     "/{name:str}",
     summary="Edit: store a new version with some fields changed",
     responses=errors(403, 404, 409, 413),
+    opt=ADMIN,
 )
 async def patch_config(
     name: NamePath, data: JSONBody[LLMConfigPatch], principal: NamedDependency[Principal]
@@ -108,7 +110,7 @@ async def patch_config(
     return await service.patch_config(name, data)
 
 
-@delete("/{name:str}", status_code=200, summary="Archive", responses=errors(403, 404))
+@delete("/{name:str}", status_code=200, summary="Archive", responses=errors(403, 404), opt=ADMIN)
 async def archive_config(name: NamePath, principal: NamedDependency[Principal]) -> LLMConfigOut:
     """Hide from listings and new conversations; every version stays readable for the
     messages that used it. Idempotent; ``POST /v1/configs/{name}/unarchive`` undoes it."""
@@ -121,6 +123,7 @@ async def archive_config(name: NamePath, principal: NamedDependency[Principal]) 
     status_code=200,
     summary="Unarchive",
     responses=errors(403, 404),
+    opt=ADMIN,
 )
 async def unarchive_config(name: NamePath, principal: NamedDependency[Principal]) -> LLMConfigOut:
     """Bring an archived configuration back as it was (not as the default). Idempotent."""

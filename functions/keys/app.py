@@ -16,11 +16,11 @@ from functions.core.llm.client import LLMClient
 from functions.core.schemas import Page, decode_cursor, encode_cursor
 from functions.core.settings import Settings
 from functions.core.web.app import build_app
-from functions.core.web.auth import provide_principal, require_admin
+from functions.core.web.auth import ADMIN, provide_principal, require_admin
 from functions.core.web.docs import Cursor, IdPath, errors
 
 
-@post("/", summary="Create an API key", responses=errors(403, 413))
+@post("/", summary="Create an API key", responses=errors(403, 413), opt=ADMIN)
 async def create_key(
     data: JSONBody[ApiKeyCreate], principal: NamedDependency[Principal]
 ) -> ApiKeyCreated:
@@ -29,7 +29,7 @@ async def create_key(
     return await service.create_key(data)
 
 
-@get("/", summary="List API keys, oldest first", responses=errors(403))
+@get("/", summary="List API keys, oldest first", responses=errors(403), opt=ADMIN)
 async def list_keys(
     principal: NamedDependency[Principal],
     limit: Annotated[int, QueryParameter(ge=1, le=200, description="Page size")] = 50,
@@ -48,7 +48,13 @@ async def list_keys(
     )
 
 
-@delete("/{key_id:str}", status_code=200, summary="Revoke an API key", responses=errors(403, 404))
+@delete(
+    "/{key_id:str}",
+    status_code=200,
+    summary="Revoke an API key",
+    responses=errors(403, 404),
+    opt=ADMIN,
+)
 async def revoke_key(key_id: IdPath, principal: NamedDependency[Principal]) -> ApiKeyOut:
     """Effective at once: the next request with this key gets 401."""
     require_admin(principal)

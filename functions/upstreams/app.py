@@ -23,7 +23,7 @@ from functions.core.llm.schemas import UpstreamState
 from functions.core.schemas import Output
 from functions.core.settings import Settings
 from functions.core.web.app import build_app
-from functions.core.web.auth import provide_principal, require_admin
+from functions.core.web.auth import ADMIN, provide_principal, require_admin
 from functions.core.web.docs import errors
 from functions.core.web.state import runtime_of
 
@@ -51,7 +51,12 @@ class UpstreamsOut(Output, kw_only=True):
     data: list[UpstreamOut]
 
 
-@get("/", summary="Upstream health: latest verdicts and recent checks", responses=errors(403))
+@get(
+    "/",
+    summary="Upstream health: latest verdicts and recent checks",
+    responses=errors(403),
+    opt=ADMIN,
+)
 async def list_upstreams(
     state: State,
     principal: NamedDependency[Principal],

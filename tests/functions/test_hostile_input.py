@@ -331,3 +331,33 @@ async def test_a_page_of_messages_is_bounded_by_bytes(inprocess: InProcessGatewa
             break
     assert seen == list(range(1, 15))
     assert pages > 1
+
+
+# Every admin route, with a body or a query that would be refused on its own.
+ADMIN_ROUTES = [
+    ("POST", "/v1/configs", b"{"),
+    ("POST", "/v1/configs", b'{"name": "x", "model": "m", "unknown": 1}'),
+    ("PUT", "/v1/configs/base", b"[]"),
+    ("PATCH", "/v1/configs/base", b'{"temperature": "hot"}'),
+    ("DELETE", "/v1/configs/base", None),
+    ("POST", "/v1/configs/base/unarchive", None),
+    ("POST", "/v1/keys", b'{"name": "bad\\u0007name"}'),
+    ("GET", "/v1/keys?limit=0", None),
+    ("DELETE", "/v1/keys/not-a-uuid", None),
+    ("GET", "/v1/upstreams?checks=1000", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ADMIN_ROUTES)
+async def test_a_key_without_the_admin_scope_is_refused_before_its_request_is_read(
+    inprocess: InProcessGateway, method: str, path: str, body: bytes | None
+) -> None:
+    """403 whatever the body or query holds: what a key may not do is said first, and a
+    refused request costs no parsing."""
+    await world(inprocess)
+    chat = await inprocess.caller("chat-only")
+    headers = {"content-type": "application/json"} if body is not None else {}
+    response = await chat.http.request(method, path, content=body, headers=headers)
+    error = assert_error(response, 403, "forbidden")
+    assert "admin" in error["message"]
+    assert await LLMConfig.count() == 1  # nothing was changed

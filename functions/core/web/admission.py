@@ -7,7 +7,8 @@ here), and the hook runs at the same point, before any parameter or body is read
 In order, each cheaper than the next and none reading the body before the key is known:
 
 1. a route that declares bearer security (``security=[{"BearerAuth": []}]``, the same
-   declaration the OpenAPI document shows) needs a valid key: 401 otherwise;
+   declaration the OpenAPI document shows) needs a valid key: 401 otherwise; one marked
+   ``opt=ADMIN`` needs an admin key: 403 otherwise;
 2. every query parameter must be one the route takes (a typo is a 400 naming it, never
    silently ignored), and no parameter, in the path or the query, may hold a NUL;
 3. a route that takes a body needs one (``invalid_json`` saying so); the body is then
@@ -25,7 +26,7 @@ from litestar.exceptions import NotFoundException
 from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
 
 from functions.core.errors import InvalidInputError, InvalidJsonError
-from functions.core.web.auth import authenticate_connection
+from functions.core.web.auth import authenticate_connection, require_admin
 
 
 @cache
@@ -77,7 +78,9 @@ async def admit(connection: Request[Any, Any, Any]) -> None:
         # Litestar answers unknown /schema/* paths with an HTML page; ours are JSON errors.
         raise NotFoundException
     if isinstance(route_handler, HTTPRouteHandler) and route_handler.resolve_security():
-        await authenticate_connection(connection)
+        principal = await authenticate_connection(connection)
+        if route_handler.opt.get("admin"):
+            require_admin(principal)  # a 403 before anything of the request is read
     check_parameters(connection)
     if _takes_body(route_handler) and not (await connection.body()).strip():
         raise InvalidJsonError(

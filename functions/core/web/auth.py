@@ -17,6 +17,10 @@ from functions.core.keys.schemas import Principal
 from functions.core.keys.service import PREFIX_LENGTH, authenticate
 
 _PRINCIPAL = "principal"
+# A route handler's ``opt`` for routes only an admin key may use: the admission check
+# refuses other keys before the body is read (the handler's require_admin stays, for a
+# route mounted without that check).
+ADMIN: dict[str, bool] = {"admin": True}
 
 
 async def authenticate_connection(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
