@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Litestar, Router, delete, get, patch, post, put
+from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import JSONBody, PathParameter, QueryParameter
 
@@ -23,6 +24,7 @@ from functions.core.settings import Settings
 from functions.core.web.app import build_app
 from functions.core.web.auth import ADMIN, provide_principal, require_admin
 from functions.core.web.docs import Cursor, errors
+from functions.core.web.state import settings_of
 
 NamePath = Annotated[
     str,
@@ -47,13 +49,20 @@ async def create_config(
 @get("/", summary="List configurations (latest version of each)", responses=errors())
 async def list_configs(
     principal: NamedDependency[Principal],
+    state: State,
     include_archived: Annotated[
         bool, QueryParameter(description="Archived configurations too")
     ] = False,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Page[LLMConfigOut]:
-    return await service.page_configs(include_archived=include_archived, limit=limit, cursor=cursor)
+    """At most ``limit`` and about SWITCHBOARD_MAX_PAGE_BYTES of them (at least one)."""
+    return await service.page_configs(
+        include_archived=include_archived,
+        limit=limit,
+        cursor=cursor,
+        max_bytes=settings_of(state).max_page_bytes,
+    )
 
 
 @get("/{name:str}", summary="Get a configuration", responses=errors(404))
@@ -72,11 +81,15 @@ async def get_config(
 async def list_versions(
     name: NamePath,
     principal: NamedDependency[Principal],
+    state: State,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Page[LLMConfigOut]:
-    """Oldest first; an archived configuration's versions stay readable."""
-    return await service.page_versions(name, limit=limit, cursor=cursor)
+    """Oldest first; an archived configuration's versions stay readable. At most ``limit``
+    and about SWITCHBOARD_MAX_PAGE_BYTES of them (at least one)."""
+    return await service.page_versions(
+        name, limit=limit, cursor=cursor, max_bytes=settings_of(state).max_page_bytes
+    )
 
 
 @put(

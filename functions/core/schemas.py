@@ -101,6 +101,11 @@ class Output(msgspec.Struct, kw_only=True):
     """Base for service results and response bodies."""
 
 
+# A page's size in bytes when no setting is passed (SWITCHBOARD_MAX_PAGE_BYTES is the
+# deployment's).
+DEFAULT_PAGE_BYTES = 1024 * 1024
+
+
 class Page(Output, Generic[T], kw_only=True):
     """One page of a listing; pass ``next_cursor`` back to get the next one."""
 

@@ -333,6 +333,42 @@ async def test_a_page_of_messages_is_bounded_by_bytes(inprocess: InProcessGatewa
     assert pages > 1
 
 
+@pytest.mark.parametrize("listing", ["versions", "configs"])
+async def test_a_page_of_configurations_is_bounded_by_bytes(
+    inprocess: InProcessGateway, listing: str
+) -> None:
+    """A configuration can be large (its system prompt): a page of them holds about
+    SWITCHBOARD_MAX_PAGE_BYTES whatever ``limit`` says, and the cursor reaches them all."""
+    prompt = "é" * 1500  # 3000 bytes
+    expected: list[Any] = []
+    for index in range(6):
+        name = f"big-{index}" if listing == "configs" else "big"
+        spec = {"model": INPROCESS_MODEL, "system_prompt": prompt}
+        if listing == "configs" or index == 0:
+            response = await inprocess.admin.post("/v1/configs", json={"name": name, **spec})
+        else:  # PUT stores a new version (its body names no config: the path does)
+            response = await inprocess.admin.put(f"/v1/configs/{name}", json=spec)
+        assert response.status_code in (200, 201), response.text
+        expected.append(name if listing == "configs" else index + 1)
+    url = "/v1/configs/big/versions" if listing == "versions" else "/v1/configs"
+    seen: list[Any] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"limit": 200, **({"cursor": cursor} if cursor else {})}
+        page = (await inprocess.admin.get(url, params=params)).json()
+        assert page["data"], page
+        size = sum(len((c["system_prompt"] or "").encode()) for c in page["data"])
+        assert size <= 8 * 1024 or len(page["data"]) == 1
+        seen += [c["name"] if listing == "configs" else c["version"] for c in page["data"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == expected
+    assert pages >= 3
+
+
 # Every admin route, with a body or a query that would be refused on its own.
 ADMIN_ROUTES = [
     ("POST", "/v1/configs", b"{"),

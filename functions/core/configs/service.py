@@ -24,10 +24,10 @@ from functions.core.configs.schemas import (
     LLMConfigSpec,
 )
 from functions.core.db.engine import write_transaction
-from functions.core.db.sql import fetch
+from functions.core.db.sql import fetch, rows_within, size_sql
 from functions.core.db.tables import LLMConfig
 from functions.core.errors import ConflictError, InvalidInputError, NotFoundError
-from functions.core.schemas import Page, decode_cursor, encode_cursor
+from functions.core.schemas import DEFAULT_PAGE_BYTES, Page, decode_cursor, encode_cursor
 
 MAX_PAGE_SIZE = 200
 
@@ -226,27 +226,44 @@ async def list_configs(*, include_archived: bool = False) -> list[LLMConfigOut]:
 
 
 # The latest version of each name, by name: the (name, version) index bounds the scan.
-_LATEST = (
-    _SELECT + " AS c WHERE version = "  # noqa: S608 - constant column names
-    "(SELECT max(version) FROM llm_config AS v WHERE v.name = c.name)"
+_IS_LATEST = (
+    " AS c WHERE version = (SELECT max(version) FROM llm_config AS v WHERE v.name = c.name)"
 )
+_LATEST = _SELECT + _IS_LATEST
+# What a version weighs in a page: its free-text and JSON columns.
+_SIZE_COLUMNS = ("system_prompt", "stop", "extra")
+
+
+def _latest_sizes() -> str:
+    size = size_sql(_SIZE_COLUMNS)
+    return "SELECT name, " + size + " AS size FROM llm_config" + _IS_LATEST  # noqa: S608
 
 
 async def page_configs(
-    *, include_archived: bool = False, limit: int = 50, cursor: str | None = None
+    *,
+    include_archived: bool = False,
+    limit: int = 50,
+    cursor: str | None = None,
+    max_bytes: int = DEFAULT_PAGE_BYTES,
 ) -> Page[LLMConfigOut]:
-    """One page of the latest version of every configuration, by name."""
+    """One page of the latest version of every configuration, by name: at most ``limit``
+    and about ``max_bytes`` of them (see :func:`page_versions`)."""
     limit = max(1, min(limit, MAX_PAGE_SIZE))
-    sql, args = _LATEST, []
+    where, args = "", list[Any]()
     if cursor is not None:
         (after,) = decode_cursor(cursor, tuple[str])
-        sql += " AND name > {}"
+        where += " AND name > {}"
         args.append(after)
     if not include_archived:
-        sql += " AND archived_at IS NULL"
-    rows = await fetch(sql + " ORDER BY name LIMIT {}", *args, limit + 1)
-    items = [_from_raw(row) for row in rows[:limit]]
-    next_cursor = encode_cursor(items[-1].name) if len(rows) > limit else None
+        where += " AND archived_at IS NULL"
+    sizes = await fetch(_latest_sizes() + where + " ORDER BY name LIMIT {}", *args, limit + 1)
+    taken = rows_within([int(row["size"]) for row in sizes[:limit]], max_bytes)
+    if not taken:
+        return Page(data=[])
+    last = sizes[taken - 1]["name"]
+    rows = await fetch(_LATEST + where + " AND name <= {} ORDER BY name", *args, last)
+    items = [_from_raw(row) for row in rows]
+    next_cursor = encode_cursor(last) if len(sizes) > taken else None
     return Page(data=items, next_cursor=next_cursor)
 
 
@@ -263,21 +280,37 @@ async def list_versions(name: str) -> list[LLMConfigOut]:
 
 
 async def page_versions(
-    name: str, *, limit: int = 50, cursor: str | None = None
+    name: str, *, limit: int = 50, cursor: str | None = None, max_bytes: int = DEFAULT_PAGE_BYTES
 ) -> Page[LLMConfigOut]:
-    """One page of the versions of ``name``, oldest first; 404 if the name never existed."""
+    """One page of the versions of ``name``, oldest first; 404 if the name never existed.
+
+    At most ``limit`` versions and about ``max_bytes`` of their text (system prompt, stop
+    sequences, extra fields), but always at least one: the sizes are read first, so a page
+    of large versions costs what it returns, not ``limit`` times the largest.
+    """
     limit = max(1, min(limit, MAX_PAGE_SIZE))
     after = 0 if cursor is None else decode_cursor(cursor, tuple[int])[0]
-    rows = await fetch(
-        _SELECT + " WHERE name = {} AND version > {} ORDER BY version LIMIT {}",
+    sizes = await fetch(
+        "SELECT version, " + size_sql(_SIZE_COLUMNS) + " AS size FROM llm_config "  # noqa: S608
+        "WHERE name = {} AND version > {} ORDER BY version LIMIT {}",
         name,
         after,
         limit + 1,
     )
-    if not rows and await latest_version(name) is None:
+    if not sizes and await latest_version(name) is None:
         raise _missing(name)
-    items = [_from_raw(row) for row in rows[:limit]]
-    next_cursor = encode_cursor(items[-1].version) if len(rows) > limit else None
+    taken = rows_within([int(row["size"]) for row in sizes[:limit]], max_bytes)
+    if not taken:
+        return Page(data=[])
+    last = sizes[taken - 1]["version"]
+    rows = await fetch(
+        _SELECT + " WHERE name = {} AND version > {} AND version <= {} ORDER BY version",
+        name,
+        after,
+        last,
+    )
+    items = [_from_raw(row) for row in rows]
+    next_cursor = encode_cursor(last) if len(sizes) > taken else None
     return Page(data=items, next_cursor=next_cursor)
 
 

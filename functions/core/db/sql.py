@@ -57,3 +57,24 @@ async def fetch(sql: str, *args: Any, savepoint: bool = False) -> list[dict[str,
 def json_column(value: Any) -> Any:
     """A JSON column's value: SQLite (and Piccolo's query builder) hand it back as text."""
     return msgspec.json.decode(value) if isinstance(value, str) else value
+
+
+def size_sql(columns: tuple[str, ...]) -> str:
+    """SQL for the bytes a row's ``columns`` hold, as text, on the current engine."""
+    postgres = isinstance(current_engine(), PostgresEngine)
+    measure = "octet_length({})" if postgres else "length(CAST({} AS BLOB))"
+    return " + ".join(
+        f"coalesce({measure.format(f'CAST({column} AS TEXT)')}, 0)" for column in columns
+    )
+
+
+def rows_within(sizes: list[int], max_bytes: int) -> int:
+    """How many rows of these ``sizes`` (in order) a page of about ``max_bytes`` holds:
+    never more than fit, and always at least one (a page always moves on)."""
+    taken, total = 0, 0
+    for size in sizes:
+        total += size
+        if taken and total > max_bytes:
+            break
+        taken += 1
+    return taken

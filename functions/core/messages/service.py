@@ -11,11 +11,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from piccolo.engine.postgres import PostgresEngine
-
 from functions.core.conversations.service import not_found
-from functions.core.db.engine import current_engine
-from functions.core.db.sql import fetch, json_column
+from functions.core.db.sql import fetch, json_column, rows_within, size_sql
 from functions.core.db.tables import Conversation, Message
 from functions.core.errors import ConflictError, NotFoundError
 from functions.core.messages.schemas import (
@@ -25,14 +22,12 @@ from functions.core.messages.schemas import (
     ReplyOutcome,
     Usage,
 )
-from functions.core.schemas import Page, decode_cursor, encode_cursor
+from functions.core.schemas import DEFAULT_PAGE_BYTES, Page, decode_cursor, encode_cursor
 
 if TYPE_CHECKING:
     import uuid
 
 MAX_PAGE_SIZE = 500
-# Used when no setting is passed (SWITCHBOARD_MAX_PAGE_BYTES is the deployment's).
-DEFAULT_PAGE_BYTES = 1024 * 1024
 
 _COLUMNS = (
     Message.id,
@@ -131,14 +126,6 @@ async def get_message_at(conversation_id: uuid.UUID, seq: int) -> MessageOut:
 _SIZE_COLUMNS = ("content", "content_parts", "tool_calls", "error_message")
 
 
-def _row_size_sql() -> str:
-    postgres = isinstance(current_engine(), PostgresEngine)
-    measure = "octet_length({})" if postgres else "length(CAST({} AS BLOB))"
-    return " + ".join(
-        f"coalesce({measure.format(f'CAST({column} AS TEXT)')}, 0)" for column in _SIZE_COLUMNS
-    )
-
-
 async def list_messages(
     owner: uuid.UUID,
     conversation_id: uuid.UUID,
@@ -161,18 +148,13 @@ async def list_messages(
     limit = max(1, min(limit, MAX_PAGE_SIZE))
     after = 0 if cursor is None else decode_cursor(cursor, tuple[int])[0]
     sizes = await fetch(
-        "SELECT seq, " + _row_size_sql() + " AS size FROM message "  # noqa: S608
+        "SELECT seq, " + size_sql(_SIZE_COLUMNS) + " AS size FROM message "  # noqa: S608
         "WHERE conversation = {} AND seq > {} ORDER BY seq LIMIT {}",
         conversation_id,
         after,
         limit + 1,
     )
-    taken, total = 0, 0
-    for row in sizes[:limit]:
-        total += int(row["size"])
-        if taken and total > max_bytes:
-            break
-        taken += 1
+    taken = rows_within([int(row["size"]) for row in sizes[:limit]], max_bytes)
     if not taken:
         return Page(data=[])
     last_seq = sizes[taken - 1]["seq"]
