@@ -82,7 +82,7 @@ def provide_chat(state: State) -> ChatService:
     return runtime_of(state).chat
 
 
-@post("/", summary="Start a conversation", responses=errors(404, 413))
+@post("/", summary="Start a conversation", responses=errors(404, 413, 415))
 async def create_conversation(
     data: JSONBody[ConversationCreate], principal: NamedDependency[Principal]
 ) -> ConversationOut:
@@ -110,7 +110,7 @@ async def get_conversation(
 @patch(
     "/{conversation_id:str}",
     summary="Change title, metadata or config",
-    responses=errors(404, 413),
+    responses=errors(404, 413, 415),
 )
 async def update_conversation(
     conversation_id: IdPath,
@@ -188,7 +188,7 @@ async def _event_stream(
                 "or `error` (`{error: {code, message, details, request_id}, message}`)."
             ),
         ),
-        **errors(404, 409, 413, 502, 504),
+        **errors(404, 409, 413, 415, 502, 504),
     },
 )
 async def send_message(

@@ -37,7 +37,12 @@ NamePath = Annotated[
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Page size")]
 
 
-@post("/", summary="Create a configuration (version 1)", responses=errors(403, 409, 413), opt=ADMIN)
+@post(
+    "/",
+    summary="Create a configuration (version 1)",
+    responses=errors(403, 409, 413, 415),
+    opt=ADMIN,
+)
 async def create_config(
     data: JSONBody[LLMConfigCreate], principal: NamedDependency[Principal]
 ) -> LLMConfigOut:
@@ -95,7 +100,7 @@ async def list_versions(
 @put(
     "/{name:str}",
     summary="Replace: store a new version from a whole definition",
-    responses=errors(403, 404, 409, 413),
+    responses=errors(403, 404, 409, 413, 415),
     opt=ADMIN,
 )
 async def update_config(
@@ -111,7 +116,7 @@ async def update_config(
 @patch(
     "/{name:str}",
     summary="Edit: store a new version with some fields changed",
-    responses=errors(403, 404, 409, 413),
+    responses=errors(403, 404, 409, 413, 415),
     opt=ADMIN,
 )
 async def patch_config(

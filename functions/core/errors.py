@@ -68,6 +68,11 @@ class PayloadTooLargeError(SwitchboardError):
     code = "payload_too_large"
 
 
+class UnsupportedMediaTypeError(SwitchboardError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
 class DatabaseUnavailableError(SwitchboardError):
     status_code = 503
     code = "database_unavailable"

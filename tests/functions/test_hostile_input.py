@@ -397,3 +397,37 @@ async def test_a_key_without_the_admin_scope_is_refused_before_its_request_is_re
     error = assert_error(response, 403, "forbidden")
     assert "admin" in error["message"]
     assert await LLMConfig.count() == 1  # nothing was changed
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ({"content-type": "text/plain"}, b'{"title": "t"}'),
+        ({"content-type": "application/x-www-form-urlencoded"}, b"title=t"),
+        ({"content-type": "multipart/form-data; boundary=x"}, b"--x--"),
+        ({"content-type": "application/json", "content-encoding": "gzip"}, b'{"title": "t"}'),
+        ({"content-encoding": "br"}, b'{"title": "t"}'),
+    ],
+)
+async def test_a_body_not_declared_as_json_or_compressed_is_a_415(
+    inprocess: InProcessGateway, headers: dict[str, str], body: bytes
+) -> None:
+    before = await row_counts()
+    response = await inprocess.admin.post("/v1/conversations", content=body, headers=headers)
+    error = assert_error(response, 415, "unsupported_media_type")
+    assert error["details"]["header"] in ("content-type", "content-encoding")
+    assert await row_counts() == before
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "application/json", "application/json; charset=utf-8", "app/x+json"]
+)
+async def test_json_bodies_are_taken_with_or_without_a_declared_type(
+    inprocess: InProcessGateway, content_type: str | None
+) -> None:
+    await world(inprocess)
+    headers = {"content-type": content_type} if content_type else {}
+    response = await inprocess.admin.post(
+        "/v1/conversations", content=b'{"title": "t"}', headers=headers
+    )
+    assert response.status_code == 201, response.text

@@ -11,8 +11,9 @@ In order, each cheaper than the next and none reading the body before the key is
    ``opt=ADMIN`` needs an admin key: 403 otherwise;
 2. every query parameter must be one the route takes (a typo is a 400 naming it, never
    silently ignored), and no parameter, in the path or the query, may hold a NUL;
-3. a route that takes a body needs one (``invalid_json`` saying so); the body is then
-   decoded strictly by ``functions.core.web.body``.
+3. a route that takes a body needs one (``invalid_json`` saying so), declared as JSON if
+   its type is declared and not compressed (415 otherwise); the body is then decoded
+   strictly by ``functions.core.web.body``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotFoundException
 from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
 
-from functions.core.errors import InvalidInputError, InvalidJsonError
+from functions.core.errors import InvalidInputError, InvalidJsonError, UnsupportedMediaTypeError
 from functions.core.web.auth import authenticate_connection, require_admin
 
 
@@ -71,6 +72,29 @@ def check_parameters(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
             raise _nul("query", name)
 
 
+def check_media_type(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+    """A body is JSON, sent as it is: another declared type, or any content coding, is a 415
+    (read as JSON anyway, a form or a compressed body would only fail more confusingly).
+    No Content-Type at all is taken as JSON."""
+    headers = connection.headers
+    encoding = headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaTypeError(
+            f"request bodies are read as sent: drop Content-Encoding {encoding!r} and send "
+            "the JSON uncompressed",
+            details={"header": "content-encoding", "got": encoding},
+        )
+    declared = headers.get("content-type")
+    if declared is None:
+        return
+    media = declared.partition(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMediaTypeError(
+            f"the body must be JSON, sent with Content-Type: application/json (got {media!r})",
+            details={"header": "content-type", "got": media},
+        )
+
+
 async def admit(connection: Request[Any, Any, Any]) -> None:
     """The app-wide ``before_request`` hook: see the module docstring."""
     route_handler = connection.route_handler
@@ -82,6 +106,8 @@ async def admit(connection: Request[Any, Any, Any]) -> None:
         if route_handler.opt.get("admin"):
             require_admin(principal)  # a 403 before anything of the request is read
     check_parameters(connection)
+    if _takes_body(route_handler):
+        check_media_type(connection)
     if _takes_body(route_handler) and not (await connection.body()).strip():
         raise InvalidJsonError(
             "a JSON body is required: this request had none", details={"field": "body"}

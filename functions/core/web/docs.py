@@ -43,6 +43,7 @@ _MEANINGS = {
     404: "not_found: no such object for this key (another key's objects are not found either)",
     409: "conflict / config_archived / conversation_busy: the object's state prevents this",
     413: "payload_too_large: the body exceeds SWITCHBOARD_MAX_BODY_BYTES",
+    415: "unsupported_media_type: the body is not declared as JSON, or is compressed",
     500: "internal_error: a bug; quote the request_id when reporting it",
     502: "llm_error: vLLM failed or returned an error",
     503: "database_unavailable / llm_unavailable / llm_overloaded: try again shortly",
@@ -57,6 +58,10 @@ _EXAMPLE_CODES = {
     404: ("not_found", "conversation 3f0c6a52-5b7e-4a3c-9d43-2b1f3f1e8a10 not found"),
     409: ("conflict", "a configuration named 'support' already exists"),
     413: ("payload_too_large", "the request body is larger than the 1048576-byte limit"),
+    415: (
+        "unsupported_media_type",
+        "the body must be JSON, sent with Content-Type: application/json (got 'text/plain')",
+    ),
     500: ("internal_error", "an internal error occurred; quote the request_id when reporting it"),
     502: ("llm_error", "vLLM at 10.0.0.5:8000 answered 500: EngineCore encountered an issue"),
     503: ("database_unavailable", "the database is unreachable; try again shortly"),
