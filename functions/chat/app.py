@@ -32,7 +32,7 @@ from functions.core.conversations.schemas import (
     ConversationOut,
     ConversationUpdate,
 )
-from functions.core.errors import PayloadTooLargeError
+from functions.core.errors import InvalidInputError, PayloadTooLargeError
 from functions.core.keys.schemas import Principal
 from functions.core.llm.client import LLMClient
 from functions.core.messages import service as messages
@@ -220,6 +220,11 @@ async def send_message(
     ``llm_error`` (502).
     """
     conversation = parse_id(conversation_id, "conversation")
+    if idempotency_key is not None and len(request.headers.getall("idempotency-key")) > 1:
+        raise InvalidInputError(
+            "Idempotency-Key is given more than once: give one key per send",
+            details={"field": "Idempotency-Key", "source": "header"},
+        )
     limit = settings_of(request.app.state).max_message_chars
     if len(data.content) > limit:
         raise PayloadTooLargeError(

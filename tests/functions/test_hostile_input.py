@@ -431,3 +431,57 @@ async def test_json_bodies_are_taken_with_or_without_a_declared_type(
         "/v1/conversations", content=b'{"title": "t"}', headers=headers
     )
     assert response.status_code == 201, response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/v1/conversations?limit=1&limit=2", "limit"),
+        ("/v1/configs/base?version=1&version=2", "version"),
+        ("/v1/conversations?limit=1e2", "limit"),
+        ("/v1/conversations?limit=10.0", "limit"),
+        ("/v1/conversations?limit=%2010", "limit"),
+        ("/v1/configs/base?version=0x1", "version"),
+        ("/v1/upstreams?checks=+3", "checks"),
+    ],
+)
+async def test_a_query_number_is_digits_given_once(
+    inprocess: InProcessGateway, path: str, field: str
+) -> None:
+    await world(inprocess)
+    error = assert_error(await inprocess.admin.get(path), 400, "validation_error")
+    assert error["details"]["field"] == field
+    assert field in error["message"]
+
+
+async def test_several_authorization_or_idempotency_headers_are_refused(
+    inprocess: InProcessGateway,
+) -> None:
+    conversation = await world(inprocess)
+    chat = await inprocess.caller("second")
+    admin_secret = inprocess.admin.headers["authorization"]
+    # Neither key's request: which one counts would be anybody's guess.
+    both = [("authorization", chat.http.headers["authorization"]), ("authorization", admin_secret)]
+    transport = inprocess.admin._transport  # the same app, without the client's own key
+    async with httpx.AsyncClient(
+        transport=transport, base_url=str(inprocess.admin.base_url)
+    ) as raw:
+        response = await raw.get("/v1/keys", headers=both)
+        error = assert_error(response, 401, "unauthorized")
+        assert "one Authorization header" in error["message"]
+
+        before = await row_counts()
+        url = f"/v1/conversations/{conversation['id']}/messages"
+        response = await raw.post(
+            url,
+            content=b'{"content": "twice?"}',
+            headers=[
+                ("authorization", admin_secret),
+                ("content-type", "application/json"),
+                ("idempotency-key", "a"),
+                ("idempotency-key", "b"),
+            ],
+        )
+        error = assert_error(response, 400, "validation_error")
+        assert error["details"]["field"] == "Idempotency-Key"
+        assert await row_counts() == before

@@ -18,8 +18,9 @@ In order, each cheaper than the next and none reading the body before the key is
 
 from __future__ import annotations
 
+import re
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple, get_args
 
 from litestar import Request
 from litestar.connection import ASGIConnection
@@ -30,13 +31,31 @@ from functions.core.errors import InvalidInputError, InvalidJsonError, Unsupport
 from functions.core.web.auth import authenticate_connection, require_admin
 
 
+class QueryParameter(NamedTuple):
+    repeats: bool  # a list: given once per value
+    integer: bool  # written in digits only (no "1e2", "1.0" or " 1")
+
+
 @cache
-def query_names(route_handler: BaseRouteHandler, path_params: frozenset[str]) -> frozenset[str]:
+def query_names(
+    route_handler: BaseRouteHandler, path_params: frozenset[str]
+) -> dict[str, QueryParameter]:
     """The query parameters a handler (and its dependencies) read, by their wire names."""
     model = route_handler.create_kwargs_model(
         path_parameters=dict.fromkeys(path_params)  # type: ignore[arg-type]
     )
-    return frozenset(param.field_alias for param in model.expected_query_params)
+    signature = route_handler.parsed_fn_signature.parameters
+    known: dict[str, QueryParameter] = {}
+    for param in model.expected_query_params:
+        field = signature.get(param.field_name)
+        kinds = (get_args(field.annotation) or (field.annotation,)) if field else ()
+        known[param.field_alias] = QueryParameter(
+            repeats=param.is_sequence, integer=any(kind is int for kind in kinds)
+        )
+    return known
+
+
+_DIGITS = re.compile(r"-?[0-9]+\Z")
 
 
 def _takes_body(route_handler: BaseRouteHandler) -> bool:
@@ -62,14 +81,26 @@ def check_parameters(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
         return
     known = query_names(handler, frozenset(path_params))
     for name in query:
-        if name not in known:
+        spec = known.get(name)
+        if spec is None:
             takes = ", ".join(sorted(known)) if known else "no query parameters"
             raise InvalidInputError(
                 f"unknown query parameter {name!r}: this route takes {takes}",
                 details={"field": name, "source": "query", "known": sorted(known)},
             )
-        if any("\x00" in value for value in query.getall(name)):
+        values = query.getall(name)
+        if any("\x00" in value for value in values):
             raise _nul("query", name)
+        if len(values) > 1 and not spec.repeats:
+            raise InvalidInputError(
+                f"query parameter {name!r} is given {len(values)} times: give it once",
+                details={"field": name, "source": "query"},
+            )
+        if spec.integer and not all(_DIGITS.match(value) for value in values):
+            raise InvalidInputError(
+                f"query parameter {name!r} is a whole number written in digits, not {values[0]!r}",
+                details={"field": name, "source": "query"},
+            )
 
 
 def check_media_type(connection: ASGIConnection[Any, Any, Any, Any]) -> None:

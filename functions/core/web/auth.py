@@ -25,9 +25,12 @@ ADMIN: dict[str, bool] = {"admin": True}
 
 async def authenticate_connection(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     """The caller's key, or a 401 saying what is wrong with it; kept on the request."""
-    header = connection.headers.get("authorization")
-    if not header:
+    headers = connection.headers.getall("authorization", [])
+    if not headers or not headers[0]:
         raise AuthenticationError("missing API key: send 'Authorization: Bearer sb-...'")
+    if len(headers) > 1:  # which one would count is anybody's guess: neither does
+        raise AuthenticationError("send one Authorization header, not several")
+    header = headers[0]
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
