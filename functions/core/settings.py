@@ -206,7 +206,7 @@ _URL_USERINFO = re.compile(r"//[^/?#@]*@")
 
 
 def _check_llm_url(llm_url: str) -> None:
-    """An http(s) URL with a host, a valid port and no credentials in it.
+    """An http(s) URL with a host, a valid port, and no credentials or query in it.
 
     Credentials in the URL are refused rather than sent: vLLM takes a bearer token
     (``SWITCHBOARD_LLM_API_KEY``), and a password in a URL ends up in logs, metrics labels
@@ -228,6 +228,14 @@ def _check_llm_url(llm_url: str) -> None:
         raise SettingsError(
             f"invalid {name} entry {shown!r}: "
             "expected an http(s) base URL such as http://127.0.0.1:8000/v1"
+        )
+    if parts.query or parts.fragment:
+        # A query may hold a token as surely as userinfo may (``?key=...``), and would be
+        # shown wherever the upstream is named: refused, and never repeated.
+        base = llm_url.split("?", 1)[0].split("#", 1)[0]
+        raise SettingsError(
+            f"invalid {name} entry {base + '?…'!r}: a query or fragment in the URL is not "
+            f"supported; give the base URL only, and a token in {env_name('llm_api_key')}"
         )
 
 

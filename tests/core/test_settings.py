@@ -87,6 +87,9 @@ def test_is_configured_sees_the_environment_and_the_dotenv_file(tmp_path: Path) 
         "https://token-hunter2@gpu1/v1",
         "http://127.0.0.1:8000/v1,http://a:hunter2@gpu2:8000/v1",
         "http://a:hunter2@[::1/v1",
+        "http://gpu1:8000/v1?key=hunter2",
+        "http://127.0.0.1:8000/v1,https://gpu2/v1?api_key=hunter2&x=1",
+        "http://gpu1:8000/v1#hunter2",
     ],
 )
 def test_credentials_in_an_llm_url_are_refused_without_repeating_them(url: str) -> None:
