@@ -12,7 +12,8 @@ import base64
 import binascii
 import math
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from functools import cache
+from typing import Any, Generic, TypeVar, cast, get_args
 
 import msgspec
 
@@ -113,9 +114,17 @@ class Page(Output, Generic[T], kw_only=True):
     next_cursor: str | None = None
 
 
-def encode_cursor(*values: object) -> str:
-    raw = msgspec.json.encode(values)
+def encode_cursor(listing: str, *values: object) -> str:
+    """A page's ``next_cursor``: where ``listing`` goes on, named so that a cursor of one
+    listing handed to another is refused, not read as a place in it."""
+    raw = msgspec.json.encode((listing, *values))
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@cache
+def _tagged(types: Any) -> Any:
+    """``tuple[X, Y]`` as ``tuple[str, X, Y]``: the listing's name, then its values."""
+    return tuple.__class_getitem__((str, *get_args(types)))
 
 
 # What a cursor's values may be: what the rows they came from can hold.
@@ -132,20 +141,22 @@ def _cursor_value_ok(value: object) -> bool:
     return True
 
 
-def decode_cursor(cursor: str, types: type[T]) -> T:
-    """Decode a cursor made by :func:`encode_cursor`; a mangled or tampered one is a 400.
+def decode_cursor(cursor: str, listing: str, types: type[T]) -> T:
+    """Decode a cursor made by :func:`encode_cursor` for ``listing``; a mangled or tampered
+    one, or another listing's, is a 400.
 
     Values no row could have produced (a date in year 1 or 9999, a number beyond a column)
     are refused here rather than by a database driver.
     """
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        values = msgspec.json.decode(raw, type=types)
-        if not all(
-            _cursor_value_ok(v) for v in (values if isinstance(values, tuple) else (values,))
-        ):
+        tagged = msgspec.json.decode(raw, type=_tagged(cast("Any", types)))
+        if tagged[0] != listing:
+            raise ValueError("a cursor of another listing")
+        values = tagged[1:]
+        if not all(_cursor_value_ok(v) for v in values):
             raise ValueError("cursor value out of range")
-        return values
+        return cast("T", values)
     except (binascii.Error, ValueError, msgspec.DecodeError) as exc:
         raise InvalidInputError(
             "invalid cursor: pass back the next_cursor value from the previous page unchanged",

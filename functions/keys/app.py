@@ -39,12 +39,13 @@ async def list_keys(
     # Keys are few (an operator makes each one): paged here over the service's listing.
     keys = sorted(await service.list_keys(), key=lambda key: (key.created_at, key.id))
     if cursor is not None:
-        after = decode_cursor(cursor, tuple[datetime, uuid.UUID])
+        after = decode_cursor(cursor, "keys", tuple[datetime, uuid.UUID])
         keys = [key for key in keys if (key.created_at, key.id) > after]
     page = keys[:limit]
     more = len(keys) > limit
     return Page(
-        data=page, next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if more else None
+        data=page,
+        next_cursor=encode_cursor("keys", page[-1].created_at, page[-1].id) if more else None,
     )
 
 

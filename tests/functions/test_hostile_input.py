@@ -10,6 +10,7 @@ import base64
 import json
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -125,19 +126,32 @@ def tampered(*values: object) -> str:
         "/v1/configs?limit=2147483648",
         "/v1/conversations?limit=1000000000000000000000000000000",
         "/v1/conversations/{conv}/messages?limit=2147483648",
-        "/v1/conversations/{conv}/messages?cursor=" + encode_cursor(2**31),
-        "/v1/conversations/{conv}/messages?cursor=" + encode_cursor(10**30),
-        "/v1/conversations/{conv}/messages?cursor=" + encode_cursor(-1),
-        "/v1/configs/base/versions?cursor=" + encode_cursor(2**40),
-        "/v1/conversations?cursor=" + tampered("0001-01-01T00:00:00+14:00", str(NUL)),
+        "/v1/conversations/{conv}/messages?cursor=" + encode_cursor("messages", 2**31),
+        "/v1/conversations/{conv}/messages?cursor=" + encode_cursor("messages", 10**30),
+        "/v1/conversations/{conv}/messages?cursor=" + encode_cursor("messages", -1),
+        "/v1/configs/base/versions?cursor=" + encode_cursor("versions", 2**40),
         "/v1/conversations?cursor="
-        + tampered("0001-01-01T00:00:00-14:00", "3f0c6a52-5b7e-4a3c-9d43-2b1f3f1e8a10"),
+        + tampered("conversations", "0001-01-01T00:00:00+14:00", str(NUL)),
         "/v1/conversations?cursor="
-        + tampered("9999-12-31T23:59:59-14:00", "3f0c6a52-5b7e-4a3c-9d43-2b1f3f1e8a10"),
-        "/v1/conversations?cursor=" + tampered("2026-01-01T00:00:00", "not-a-uuid"),
+        + tampered(
+            "conversations", "0001-01-01T00:00:00-14:00", "3f0c6a52-5b7e-4a3c-9d43-2b1f3f1e8a10"
+        ),
+        "/v1/conversations?cursor="
+        + tampered(
+            "conversations", "9999-12-31T23:59:59-14:00", "3f0c6a52-5b7e-4a3c-9d43-2b1f3f1e8a10"
+        ),
+        "/v1/conversations?cursor="
+        + tampered("conversations", "2026-01-01T00:00:00", "not-a-uuid"),
         "/v1/keys?cursor="
-        + tampered("9999-12-31T23:59:59Z", "3f0c6a52-5b7e-4a3c-9d43-2b1f3f1e8a10"),
+        + tampered("keys", "9999-12-31T23:59:59Z", "3f0c6a52-5b7e-4a3c-9d43-2b1f3f1e8a10"),
         "/v1/conversations/{conv}/messages?after=0",
+        # A real cursor, of another listing.
+        "/v1/conversations/{conv}/messages?cursor=" + encode_cursor("versions", 1),
+        "/v1/keys?cursor="
+        + encode_cursor("conversations", "2026-01-01T00:00:00Z", str(uuid.uuid4())),
+        "/v1/conversations?cursor="
+        + encode_cursor("keys", "2026-01-01T00:00:00Z", str(uuid.uuid4())),
+        "/v1/configs?cursor=" + encode_cursor("evals", "base"),
     ],
 )
 async def test_integers_beyond_columns_and_tampered_cursors_are_400(

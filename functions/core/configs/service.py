@@ -251,7 +251,7 @@ async def page_configs(
     limit = max(1, min(limit, MAX_PAGE_SIZE))
     where, args = "", list[Any]()
     if cursor is not None:
-        (after,) = decode_cursor(cursor, tuple[str])
+        (after,) = decode_cursor(cursor, "configs", tuple[str])
         where += " AND name > {}"
         args.append(after)
     if not include_archived:
@@ -263,7 +263,7 @@ async def page_configs(
     last = sizes[taken - 1]["name"]
     rows = await fetch(_LATEST + where + " AND name <= {} ORDER BY name", *args, last)
     items = [_from_raw(row) for row in rows]
-    next_cursor = encode_cursor(last) if len(sizes) > taken else None
+    next_cursor = encode_cursor("configs", last) if len(sizes) > taken else None
     return Page(data=items, next_cursor=next_cursor)
 
 
@@ -289,7 +289,7 @@ async def page_versions(
     of large versions costs what it returns, not ``limit`` times the largest.
     """
     limit = max(1, min(limit, MAX_PAGE_SIZE))
-    after = 0 if cursor is None else decode_cursor(cursor, tuple[int])[0]
+    after = 0 if cursor is None else decode_cursor(cursor, "versions", tuple[int])[0]
     sizes = await fetch(
         "SELECT version, " + size_sql(_SIZE_COLUMNS) + " AS size FROM llm_config "  # noqa: S608
         "WHERE name = {} AND version > {} ORDER BY version LIMIT {}",
@@ -310,7 +310,7 @@ async def page_versions(
         last,
     )
     items = [_from_raw(row) for row in rows]
-    next_cursor = encode_cursor(last) if len(sizes) > taken else None
+    next_cursor = encode_cursor("versions", last) if len(sizes) > taken else None
     return Page(data=items, next_cursor=next_cursor)
 
 

@@ -104,7 +104,7 @@ async def list_conversations(
     limit = max(1, min(limit, MAX_PAGE_SIZE))
     query = Conversation.select(*_COLUMNS).where(Conversation.owner_key == owner)
     if cursor is not None:
-        updated_at, last_id = decode_cursor(cursor, tuple[datetime, uuid.UUID])
+        updated_at, last_id = decode_cursor(cursor, "conversations", tuple[datetime, uuid.UUID])
         query = query.where(
             (Conversation.updated_at < updated_at)
             | ((Conversation.updated_at == updated_at) & (Conversation.id < last_id))
@@ -118,7 +118,7 @@ async def list_conversations(
     next_cursor = None
     if len(rows) > limit:
         last = items[-1]
-        next_cursor = encode_cursor(last.updated_at, last.id)
+        next_cursor = encode_cursor("conversations", last.updated_at, last.id)
     return Page(data=items, next_cursor=next_cursor)
 
 

@@ -210,7 +210,7 @@ async def list_runs(*, limit: int = 50, cursor: str | None = None) -> Page[EvalR
             limit + 1,
         )
     else:
-        created, last = decode_cursor(cursor, tuple[datetime, uuid.UUID])
+        created, last = decode_cursor(cursor, "evals", tuple[datetime, uuid.UUID])
         rows = await fetch(
             f"SELECT {_RUN_COLUMNS} FROM eval_run WHERE (created_at, id) < ({{}}, {{}}) "  # noqa: S608
             "ORDER BY created_at DESC, id DESC LIMIT {}",
@@ -221,7 +221,7 @@ async def list_runs(*, limit: int = 50, cursor: str | None = None) -> Page[EvalR
     counts = await _result_counts([row["id"] for row in rows[:limit]])
     runs = [_run_out(row, counts.get(str(row["id"]), 0)) for row in rows[:limit]]
     more = len(rows) > limit
-    next_cursor = encode_cursor(runs[-1].created_at, str(runs[-1].id)) if more else None
+    next_cursor = encode_cursor("evals", runs[-1].created_at, str(runs[-1].id)) if more else None
     return Page(data=runs, next_cursor=next_cursor)
 
 

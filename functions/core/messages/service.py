@@ -146,7 +146,7 @@ async def list_messages(
     if not owned:
         raise not_found(conversation_id)
     limit = max(1, min(limit, MAX_PAGE_SIZE))
-    after = 0 if cursor is None else decode_cursor(cursor, tuple[int])[0]
+    after = 0 if cursor is None else decode_cursor(cursor, "messages", tuple[int])[0]
     sizes = await fetch(
         "SELECT seq, " + size_sql(_SIZE_COLUMNS) + " AS size FROM message "  # noqa: S608
         "WHERE conversation = {} AND seq > {} ORDER BY seq LIMIT {}",
@@ -169,7 +169,9 @@ async def list_messages(
     )
     items = [_to_out(row) for row in rows]
     more = len(sizes) > taken
-    return Page(data=items, next_cursor=encode_cursor(last_seq) if more and items else None)
+    return Page(
+        data=items, next_cursor=encode_cursor("messages", last_seq) if more and items else None
+    )
 
 
 _MESSAGE_COLUMNS = (
