@@ -13,6 +13,8 @@ several times slower.) This protocol adds, per connection:
   byte on a kept-alive connection (408), and the body within ``body_timeout_s`` of the
   head (the connection is closed; the app sees the client gone). Time the app itself
   spends not reading (reading paused because it is busy) does not count;
+- a client that stops reading its response (the socket's buffer stays full) is cut off
+  after ``send_timeout_s``, so an unread response never holds memory for long;
 - at most ``max_connections`` open connections per worker: one more is answered 503 and
   closed as soon as it opens, before anything is read from it.
 
@@ -44,6 +46,7 @@ class HttpLimits(msgspec.Struct, frozen=True, kw_only=True):
     max_headers: int = 100
     head_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
+    send_timeout_s: float = 60.0
     max_connections: int = 1000
 
     @classmethod
@@ -53,6 +56,7 @@ class HttpLimits(msgspec.Struct, frozen=True, kw_only=True):
             max_headers=settings.http_max_headers,
             head_timeout_s=settings.http_head_timeout_s,
             body_timeout_s=settings.http_body_timeout_s,
+            send_timeout_s=settings.http_send_timeout_s,
             max_connections=settings.http_max_connections,
         )
 
@@ -104,6 +108,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._refused: bytes | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
 
     # -- connection --------------------------------------------------------------------
 
@@ -122,7 +127,31 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        # The client is not reading what it is sent: the response waits, in memory, for it.
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(
+                self.limits.send_timeout_s, self._send_timed_out
+            )
+
+    def resume_writing(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        super().resume_writing()
+
+    def _send_timed_out(self) -> None:
+        self._send_timer = None
+        self.logger.warning(
+            "Client read nothing for %ss: connection closed.", self.limits.send_timeout_s
+        )
+        self.transport.abort()  # close() would wait for the unread buffer to drain
 
     def data_received(self, data: bytes) -> None:
         # uvicorn's own, plus the head's timer and size.

@@ -67,6 +67,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     http_max_headers: Annotated[int, Meta(ge=8, le=1000)] = 100
     http_head_timeout_s: PositiveFloat = 10.0
     http_body_timeout_s: PositiveFloat = 60.0
+    http_send_timeout_s: PositiveFloat = 60.0
     http_keep_alive_s: Annotated[int, Meta(ge=1, le=3600)] = 5
     http_max_connections: PositiveInt = 1000
     # The most characters one chat message may have (at most 400000, the API's own limit).

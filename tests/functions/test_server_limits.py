@@ -313,3 +313,28 @@ def test_what_is_not_http_gets_a_json_400(gateway: tuple[GatewayProcess, str], r
     assert status == b"HTTP/1.1 400 Bad Request"
     assert error["code"] == "bad_request"
     assert "not valid HTTP/1.1" in str(error["message"])
+
+
+def test_a_client_that_stops_reading_is_cut_off_after_the_send_timeout(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Responses the client never reads wait in the server's memory; past the send timeout
+    the connection is dropped, with what was unread."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('send') / 'send.sqlite'}"
+    cli(url, "db", "migrate")
+    env = {"SWITCHBOARD_HTTP_SEND_TIMEOUT_S": "1"}
+    with GatewayProcess(url, [f"http://{HOST}:{free_port()}/v1"], env=env) as app:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((HOST, app.port))
+        with sock:
+            # Pipelined requests for a large document, and nothing read.
+            request = b"GET /schema/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n"
+            sock.sendall(request * 200)
+            time.sleep(3)
+            sock.settimeout(10)
+            received = read_all(sock)  # what was sent before the cut, then the end
+        answers = received.count(b"HTTP/1.1 200 OK")
+        assert 0 < answers < 200, answers
+        # The server goes on serving others.
+        assert httpx.get(f"http://{HOST}:{app.port}/healthz", timeout=5).status_code == 200
