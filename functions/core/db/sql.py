@@ -28,27 +28,47 @@ def _numbered(sql: str) -> str:
     )
 
 
+class pg_connection:  # noqa: N801 - used like a function: ``async with pg_connection(e)``
+    """The asyncpg connection a statement runs on: the current transaction's, else a pooled
+    one, else a new one (closed after). A class, not a generator: the send path enters it
+    for every statement."""
+
+    __slots__ = ("_acquired", "_engine", "_new")
+
+    def __init__(self, engine: PostgresEngine) -> None:
+        self._engine = engine
+        self._acquired: Any = None
+        self._new: Any = None
+
+    async def __aenter__(self) -> Any:
+        transaction = self._engine.current_transaction.get()
+        if transaction is not None:
+            return transaction.connection
+        if self._engine.pool is not None:
+            self._acquired = self._engine.pool.acquire()
+            return await self._acquired.__aenter__()
+        self._new = await self._engine.get_new_connection()
+        return self._new
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        if self._acquired is not None:
+            await self._acquired.__aexit__(*exc_info)
+        elif self._new is not None:
+            await self._new.close()
+
+
 async def fetch(sql: str, *args: Any, savepoint: bool = False) -> list[dict[str, Any]]:
     """Run one statement; ``savepoint`` keeps a failing statement from aborting an
     enclosing transaction (PostgreSQL aborts the whole transaction on any error)."""
     engine = current_engine()
     if isinstance(engine, PostgresEngine):
         statement = _numbered(sql)
-        transaction = engine.current_transaction.get()
-        if transaction is not None and savepoint:
-            async with transaction.connection.transaction():
-                records = await transaction.connection.fetch(statement, *args)
-        elif transaction is not None:
-            records = await transaction.connection.fetch(statement, *args)
-        elif engine.pool is not None:
-            async with engine.pool.acquire() as connection:
+        async with pg_connection(engine) as connection:
+            if savepoint and engine.current_transaction.get() is not None:
+                async with connection.transaction():
+                    records = await connection.fetch(statement, *args)
+            else:
                 records = await connection.fetch(statement, *args)
-        else:
-            connection = await engine.get_new_connection()
-            try:
-                records = await connection.fetch(statement, *args)
-            finally:
-                await connection.close()
         return [dict(record) for record in records]
     rows: list[dict[str, Any]] | None = await engine.run_querystring(QueryString(sql, *args))
     return rows or []

@@ -46,7 +46,7 @@ from piccolo.engine.postgres import PostgresEngine
 from piccolo.engine.sqlite import SQLiteEngine
 
 from functions.core.db.engine import current_engine
-from functions.core.db.sql import _numbered, fetch
+from functions.core.db.sql import _numbered, fetch, pg_connection
 from functions.core.exports.schemas import COLUMNS, SCHEMA_VERSION, Kind
 
 if TYPE_CHECKING:
@@ -390,23 +390,11 @@ def jsonl_lines(rows: Sequence[Sequence[Any]]) -> bytes:
 
 
 async def _pg_rows(sql: str, args: list[Any]) -> Sequence[Sequence[Any]]:
-    """The rows as asyncpg records (decoded in C; not turned into dicts as ``fetch`` does),
-    on the current transaction's connection, or a pooled one."""
+    """The rows as asyncpg records (decoded in C; not turned into dicts as ``fetch`` does)."""
     engine = current_engine()
     assert isinstance(engine, PostgresEngine)
-    statement = _numbered(sql)
-    transaction = engine.current_transaction.get()
-    if transaction is not None:
-        records: Sequence[Sequence[Any]] = await transaction.connection.fetch(statement, *args)
-    elif engine.pool is not None:
-        async with engine.pool.acquire() as connection:
-            records = await connection.fetch(statement, *args)
-    else:
-        connection = await engine.get_new_connection()
-        try:
-            records = await connection.fetch(statement, *args)
-        finally:
-            await connection.close()
+    async with pg_connection(engine) as connection:
+        records: Sequence[Sequence[Any]] = await connection.fetch(_numbered(sql), *args)
     return records
 
 
@@ -421,8 +409,7 @@ async def _sqlite_rows(
 
 
 async def _copy_out(sql: str, args: list[Any]) -> Chunk:
-    """``COPY (query) TO STDOUT (FORMAT csv, FORCE_QUOTE *)`` on the current transaction's
-    connection, or a pooled one."""
+    """``COPY (query) TO STDOUT (FORMAT csv, FORCE_QUOTE *)``."""
     engine = current_engine()
     assert isinstance(engine, PostgresEngine)
     parts: list[bytes] = []
@@ -432,18 +419,6 @@ async def _copy_out(sql: str, args: list[Any]) -> Chunk:
 
     options: dict[str, Any] = {"format": "csv", "force_quote": True}
     statement = _numbered(sql)
-    transaction = engine.current_transaction.get()
-    if transaction is not None:
-        status = await transaction.connection.copy_from_query(
-            statement, *args, output=collect, **options
-        )
-    elif engine.pool is not None:
-        async with engine.pool.acquire() as connection:
-            status = await connection.copy_from_query(statement, *args, output=collect, **options)
-    else:
-        connection = await engine.get_new_connection()
-        try:
-            status = await connection.copy_from_query(statement, *args, output=collect, **options)
-        finally:
-            await connection.close()
+    async with pg_connection(engine) as connection:
+        status = await connection.copy_from_query(statement, *args, output=collect, **options)
     return Chunk(data=b"".join(parts), rows=int(status.split()[-1]))
