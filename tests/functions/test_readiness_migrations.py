@@ -3,9 +3,6 @@ back by one migration, or not yet upgraded to this release, fails every /v1 call
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,20 +12,7 @@ import pytest
 from functions.core.db.migrate import known_migrations
 from tests.support.databases import create_postgres_database, drop_postgres_database
 from tests.support.gateway import GatewayProcess
-from tests.support.process import HOST, REPO_ROOT, free_port
-
-
-def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
-    return subprocess.run(
-        [sys.executable, "-m", "functions.cli", *args],
-        cwd=REPO_ROOT,
-        env={**env, "SWITCHBOARD_DATABASE_URL": url, "PYTHONPATH": str(REPO_ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.support.process import HOST, free_port, switchboard_cli
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
@@ -42,9 +26,9 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 
 
 async def test_a_database_one_migration_behind_is_not_ready(database_url: str) -> None:
-    assert cli(database_url, "db", "migrate").returncode == 0
+    assert switchboard_cli(database_url, "db", "migrate").returncode == 0
     newest = known_migrations()[-1]
-    rolled = cli(database_url, "db", "rollback", "--to", newest, "--yes")
+    rolled = switchboard_cli(database_url, "db", "rollback", "--to", newest, "--yes")
     assert rolled.returncode == 0, rolled.stderr
     assert "rolled back 1 migration(s)" in rolled.stdout
 
@@ -58,7 +42,7 @@ async def test_a_database_one_migration_behind_is_not_ready(database_url: str) -
             assert "1 migration(s) not applied" in database["error"]
             assert "switchboard db migrate" in database["error"]
 
-            assert cli(database_url, "db", "migrate").returncode == 0
+            assert switchboard_cli(database_url, "db", "migrate").returncode == 0
             response = await client.get("/readyz")
             assert response.status_code == 200, response.text
             assert response.json()["database"]["status"] == "ok"

@@ -4,10 +4,7 @@ time to send the head and the body, open connections. Real process, raw sockets.
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +14,7 @@ import httpx
 import pytest
 
 from tests.support.gateway import GatewayProcess
-from tests.support.process import HOST, REPO_ROOT, free_port
+from tests.support.process import HOST, free_port, switchboard_cli
 
 HEAD_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 1.0
@@ -26,17 +23,7 @@ MiB = 1024 * 1024
 
 
 def cli(url: str, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
-    result = subprocess.run(
-        [sys.executable, "-m", "functions.cli", *args],
-        cwd=REPO_ROOT,
-        env={**env, "SWITCHBOARD_DATABASE_URL": url, "PYTHONPATH": str(REPO_ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return result.stdout
+    return switchboard_cli(url, *args, check=True).stdout
 
 
 @pytest.fixture(scope="module")

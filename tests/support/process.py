@@ -30,6 +30,23 @@ class ServiceStartError(RuntimeError):
     """The service exited, or did not answer its health path in time."""
 
 
+def switchboard_cli(
+    database_url: str, *args: str, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``switchboard ARGS`` in a process of its own, on ``database_url`` and no other
+    ``SWITCHBOARD_*`` setting from this environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
+    return subprocess.run(
+        [sys.executable, "-m", "functions.cli", *args],
+        cwd=REPO_ROOT,
+        env={**env, "SWITCHBOARD_DATABASE_URL": database_url, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=check,
+    )
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))

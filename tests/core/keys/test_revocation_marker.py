@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,20 +13,7 @@ import pytest
 
 from tests.support.databases import create_postgres_database, drop_postgres_database
 from tests.support.gateway import GatewayProcess
-from tests.support.process import HOST, REPO_ROOT, free_port
-
-
-def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
-    return subprocess.run(
-        [sys.executable, "-m", "functions.cli", *args],
-        cwd=REPO_ROOT,
-        env={**env, "SWITCHBOARD_DATABASE_URL": url, "PYTHONPATH": str(REPO_ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.support.process import HOST, free_port, switchboard_cli
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -45,8 +30,8 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 async def test_a_key_revoked_from_the_cli_is_refused_by_running_servers_at_once(
     database_url: str, workers: int
 ) -> None:
-    assert cli(database_url, "db", "migrate").returncode == 0
-    created = cli(database_url, "keys", "create", "--name", "app", "--json")
+    assert switchboard_cli(database_url, "db", "migrate").returncode == 0
+    created = switchboard_cli(database_url, "keys", "create", "--name", "app", "--json")
     key = httpx.Response(200, content=created.stdout).json()
     headers = {"Authorization": f"Bearer {key['secret']}"}
     # A cache long enough that only a revocation that reaches the process can explain a 401.
@@ -56,7 +41,7 @@ async def test_a_key_revoked_from_the_cli_is_refused_by_running_servers_at_once(
         async with httpx.AsyncClient(base_url=app.root_url, headers=headers, timeout=10) as client:
             for _ in range(4 * workers):  # every worker has it cached
                 assert (await client.get("/v1/conversations")).status_code == 200
-            revoked = cli(database_url, "keys", "revoke", key["id"])
+            revoked = switchboard_cli(database_url, "keys", "revoke", key["id"])
             assert revoked.returncode == 0, revoked.stderr
             assert "refuses it from its next request" in revoked.stderr
             for _ in range(4 * workers):
