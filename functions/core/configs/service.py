@@ -24,7 +24,7 @@ from functions.core.configs.schemas import (
     LLMConfigSpec,
 )
 from functions.core.db.engine import write_transaction
-from functions.core.db.sql import fetch, rows_within, size_sql
+from functions.core.db.sql import fetch, page_end, size_sql
 from functions.core.db.tables import LLMConfig
 from functions.core.errors import ConflictError, InvalidInputError, NotFoundError
 from functions.core.schemas import DEFAULT_PAGE_BYTES, Page, decode_cursor, encode_cursor
@@ -257,13 +257,12 @@ async def page_configs(
     if not include_archived:
         where += " AND archived_at IS NULL"
     sizes = await fetch(_latest_sizes() + where + " ORDER BY name LIMIT {}", *args, limit + 1)
-    taken = rows_within([int(row["size"]) for row in sizes[:limit]], max_bytes)
-    if not taken:
+    last, more = page_end(sizes, "name", limit=limit, max_bytes=max_bytes)
+    if last is None:
         return Page(data=[])
-    last = sizes[taken - 1]["name"]
     rows = await fetch(_LATEST + where + " AND name <= {} ORDER BY name", *args, last)
     items = [_from_raw(row) for row in rows]
-    next_cursor = encode_cursor("configs", last) if len(sizes) > taken else None
+    next_cursor = encode_cursor("configs", last) if more else None
     return Page(data=items, next_cursor=next_cursor)
 
 
@@ -299,10 +298,9 @@ async def page_versions(
     )
     if not sizes and await latest_version(name) is None:
         raise _missing(name)
-    taken = rows_within([int(row["size"]) for row in sizes[:limit]], max_bytes)
-    if not taken:
+    last, more = page_end(sizes, "version", limit=limit, max_bytes=max_bytes)
+    if last is None:
         return Page(data=[])
-    last = sizes[taken - 1]["version"]
     rows = await fetch(
         _SELECT + " WHERE name = {} AND version > {} AND version <= {} ORDER BY version",
         name,
@@ -310,7 +308,7 @@ async def page_versions(
         last,
     )
     items = [_from_raw(row) for row in rows]
-    next_cursor = encode_cursor("versions", last) if len(sizes) > taken else None
+    next_cursor = encode_cursor("versions", last) if more else None
     return Page(data=items, next_cursor=next_cursor)
 
 

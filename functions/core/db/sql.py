@@ -88,13 +88,19 @@ def size_sql(columns: tuple[str, ...]) -> str:
     )
 
 
-def rows_within(sizes: list[int], max_bytes: int) -> int:
-    """How many rows of these ``sizes`` (in order) a page of about ``max_bytes`` holds:
-    never more than fit, and always at least one (a page always moves on)."""
+def page_end(
+    sizes: list[dict[str, Any]], key: str, *, limit: int, max_bytes: int
+) -> tuple[Any, bool]:
+    """Where a page ends, from the next rows' ``key`` and ``size`` (read up to ``limit`` + 1,
+    in order): its last row's ``key`` (None: no row) and whether rows follow it. A page
+    holds at most ``limit`` rows and about ``max_bytes``, and always at least one row (a
+    page always moves on)."""
     taken, total = 0, 0
-    for size in sizes:
-        total += size
+    for row in sizes[:limit]:
+        total += int(row["size"])
         if taken and total > max_bytes:
             break
         taken += 1
-    return taken
+    if not taken:
+        return None, False
+    return sizes[taken - 1][key], len(sizes) > taken

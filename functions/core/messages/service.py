@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from functions.core.conversations.service import not_found
-from functions.core.db.sql import fetch, json_column, rows_within, size_sql
+from functions.core.db.sql import fetch, json_column, page_end, size_sql
 from functions.core.db.tables import Conversation, Message
 from functions.core.errors import ConflictError, NotFoundError
 from functions.core.messages.schemas import (
@@ -154,10 +154,9 @@ async def list_messages(
         after,
         limit + 1,
     )
-    taken = rows_within([int(row["size"]) for row in sizes[:limit]], max_bytes)
-    if not taken:
+    last_seq, more = page_end(sizes, "seq", limit=limit, max_bytes=max_bytes)
+    if last_seq is None:
         return Page(data=[])
-    last_seq = sizes[taken - 1]["seq"]
     rows = (
         await Message.select(*_COLUMNS)
         .where(
@@ -168,7 +167,6 @@ async def list_messages(
         .order_by(Message.seq)
     )
     items = [_to_out(row) for row in rows]
-    more = len(sizes) > taken
     return Page(
         data=items, next_cursor=encode_cursor("messages", last_seq) if more and items else None
     )
