@@ -182,12 +182,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             # parser has then buffered at most this limit plus one read (256 KiB).
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_head_bytes:
-                self._refuse(
-                    431,
-                    "headers_too_large",
-                    f"the request line and headers exceed {self.limits.max_head_bytes} bytes",
-                    limit_bytes=self.limits.max_head_bytes,
-                )
+                self._refused = self._large_head()
+                self._send_refusal()
 
     # -- parser callbacks --------------------------------------------------------------
 
@@ -222,13 +218,17 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse_large_head()
         super().on_header(name, value)
 
-    def _refuse_large_head(self) -> None:
-        self._refused = _refusal(
+    def _large_head(self) -> bytes:
+        return _refusal(
             431,
             "headers_too_large",
             f"the request line and headers exceed {self.limits.max_head_bytes} bytes",
             limit_bytes=self.limits.max_head_bytes,
         )
+
+    def _refuse_large_head(self) -> None:
+        # From a parser callback: the parser stops, data_received sends the refusal.
+        self._refused = self._large_head()
         raise _HeadRefusedError
 
     def send_400_response(self, msg: str) -> None:

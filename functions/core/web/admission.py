@@ -139,7 +139,7 @@ async def admit(connection: Request[Any, Any, Any]) -> None:
     check_parameters(connection)
     if _takes_body(route_handler):
         check_media_type(connection)
-    if _takes_body(route_handler) and not (await connection.body()).strip():
-        raise InvalidJsonError(
-            "a JSON body is required: this request had none", details={"field": "body"}
-        )
+        if not (await connection.body()).strip():
+            raise InvalidJsonError(
+                "a JSON body is required: this request had none", details={"field": "body"}
+            )
