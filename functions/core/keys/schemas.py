@@ -30,7 +30,8 @@ NOT_PRINTABLE = (
 )
 # Printable, yet nothing shows: blanks that are letters or symbols to Unicode (Hangul
 # fillers, the blank Braille pattern), and combining marks (with nothing to combine with).
-BLANK = r"\u115f\u1160\u3164\uffa0\u2800\u17b4\u17b5"
+_BLANKS = frozenset("\u115f\u1160\u3164\uffa0\u2800\u17b4\u17b5")
+BLANK = "".join(f"\\u{ord(char):04x}" for char in sorted(_BLANKS))  # as pattern escapes
 COMBINING = r"\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
 KEY_NAME_PATTERN = (
     rf"^[^{NOT_PRINTABLE}]*[^\s{NOT_PRINTABLE}{BLANK}{COMBINING}][^{NOT_PRINTABLE}]*$"
@@ -41,7 +42,6 @@ KEY_NAME_RULE = (
     "visible (not only spaces, blanks or accents): no control characters, line breaks or "
     "invisible formatting characters"
 )
-_BLANKS = frozenset("\u115f\u1160\u3164\uffa0\u2800\u17b4\u17b5")
 
 
 def _visible(char: str) -> bool:
