@@ -127,6 +127,14 @@ class SimulatorProcess(ServiceProcess):
         """``stats()`` off the event loop, for async tests with requests in flight."""
         return await asyncio.to_thread(self.stats)
 
+    async def fresh(self) -> SimulatorProcess:
+        """This shared simulator made ready for a test: nothing in flight (the previous
+        test's requests ended), healthy, counters zeroed."""
+        await self.wait_for_async(lambda s: s["in_flight"] == 0)
+        await asyncio.to_thread(self.set_healthy, True)
+        await asyncio.to_thread(self.reset)
+        return self
+
     async def wait_for_async(
         self, predicate: Any, within: float = 5.0, interval: float = 0.02
     ) -> dict[str, Any]:

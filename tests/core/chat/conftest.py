@@ -7,7 +7,6 @@ for byte-exact misbehaviour the simulator does not offer, a :class:`ScriptedUpst
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -46,10 +45,7 @@ def chat_simulator() -> Iterator[SimulatorProcess]:
 @pytest.fixture
 async def sim(chat_simulator: SimulatorProcess) -> SimulatorProcess:
     """The shared simulator, healthy, with zeroed counters and nothing in flight."""
-    await chat_simulator.wait_for_async(lambda s: s["in_flight"] == 0)
-    await asyncio.to_thread(chat_simulator.set_healthy, True)
-    await asyncio.to_thread(chat_simulator.reset)
-    return chat_simulator
+    return await chat_simulator.fresh()
 
 
 @pytest.fixture

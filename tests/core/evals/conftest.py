@@ -7,7 +7,6 @@ the database is emptied after each one (:func:`pg`).
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,10 +41,7 @@ def eval_simulator() -> Iterator[SimulatorProcess]:
 @pytest.fixture
 async def sim(eval_simulator: SimulatorProcess) -> SimulatorProcess:
     """The shared simulator, healthy, with zeroed counters and nothing in flight."""
-    await eval_simulator.wait_for_async(lambda s: s["in_flight"] == 0)
-    await asyncio.to_thread(eval_simulator.set_healthy, True)
-    await asyncio.to_thread(eval_simulator.reset)
-    return eval_simulator
+    return await eval_simulator.fresh()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ through the send path."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -43,9 +42,8 @@ def replay_simulator() -> Iterator[SimulatorProcess]:
 
 @pytest.fixture
 async def sim(replay_simulator: SimulatorProcess) -> SimulatorProcess:
-    await replay_simulator.wait_for_async(lambda s: s["in_flight"] == 0)
-    await asyncio.to_thread(replay_simulator.reset)
-    return replay_simulator
+    """The shared simulator, healthy, with zeroed counters and nothing in flight."""
+    return await replay_simulator.fresh()
 
 
 @pytest.fixture
