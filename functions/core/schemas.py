@@ -13,11 +13,14 @@ import binascii
 import math
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any, Generic, TypeVar, cast, get_args
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, get_args
 
 import msgspec
 
 from functions.core.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 T = TypeVar("T")
 
@@ -112,6 +115,37 @@ class Page(Output, Generic[T], kw_only=True):
 
     data: list[T]
     next_cursor: str | None = None
+
+
+# Room kept in a page's byte budget for what wraps its items (``{"data": [...],
+# "next_cursor": "..."}``): more than the longest cursor, so the whole body fits.
+PAGE_ENVELOPE_BYTES = 512
+_measure = msgspec.json.Encoder().encode
+
+
+def bounded_page(
+    items: list[T], *, more: bool, max_bytes: int, cursor: Callable[[T], str]
+) -> Page[T]:
+    """A page of ``items`` (in listing order) cut where their JSON, as it is sent, would
+    pass ``max_bytes``; always at least one item, so a page always moves on.
+
+    Listings choose their rows by the bytes a database stores, which it counts cheaply but
+    which undercount what is sent: a control character leaves as a 6-byte escape
+    (``\\u0001``), a quote or a backslash as 2. Measuring the encoded items bounds what a
+    client is sent (and a server holds for a client that does not read), whatever the text.
+    ``more``: rows follow ``items``; ``cursor`` makes the next page's cursor from the last
+    item kept.
+    """
+    budget = max_bytes - PAGE_ENVELOPE_BYTES
+    kept, total = 0, 0
+    for item in items:
+        total += len(_measure(item)) + 1  # and its comma
+        if kept and total > budget:
+            break
+        kept += 1
+    if kept < len(items):
+        items, more = items[:kept], True
+    return Page(data=items, next_cursor=cursor(items[-1]) if more and items else None)
 
 
 def encode_cursor(listing: str, *values: object) -> str:

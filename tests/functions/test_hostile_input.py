@@ -383,6 +383,71 @@ async def test_a_page_of_configurations_is_bounded_by_bytes(
     assert pages >= 3
 
 
+# Text whose JSON is much longer than its stored bytes: a control character leaves as a
+# 6-byte escape, a quote or a backslash as 2 (1000 characters: 5008 bytes sent).
+ESCAPED = "\x01" * 800 + '"' * 100 + "\\" * 90 + "\x1f" * 10
+
+
+async def pages_sent(gateway: InProcessGateway, url: str) -> list[list[dict[str, Any]]]:
+    """Every page of a listing, each checked to be within the page-bytes setting as sent
+    (the whole body), unless it is a single item larger than a page."""
+    pages: list[list[dict[str, Any]]] = []
+    cursor: str | None = None
+    while True:
+        response = await gateway.admin.get(
+            url, params={"limit": 200, "cursor": cursor} if cursor else {"limit": 200}
+        )
+        assert response.status_code == 200, response.text
+        page = response.json()
+        assert page["data"], page
+        assert len(response.content) <= 8 * 1024 or len(page["data"]) == 1, (
+            len(response.content),
+            len(page["data"]),
+        )
+        pages.append(page["data"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return pages
+
+
+async def test_a_page_is_bounded_by_the_bytes_it_sends_not_those_stored(
+    inprocess: InProcessGateway,
+) -> None:
+    """Six messages of 1000 escaped characters are 6000 stored bytes but 30 kB sent: pages
+    of one or two of them, not one page of 30 kB against an 8 KiB setting."""
+    conversation = await world(inprocess)
+    url = f"/v1/conversations/{conversation['id']}/messages"
+    for _ in range(6):
+        sent = await inprocess.admin.post(url, json={"content": ESCAPED})
+        assert sent.status_code == 201, sent.text
+    pages = await pages_sent(inprocess, url)
+    assert [m["seq"] for page in pages for m in page] == list(range(1, 15))
+    assert sum(m["content"] == ESCAPED for page in pages for m in page) == 6
+    # Two escaped messages (10 kB) never share a page.
+    assert all(sum(m["content"] == ESCAPED for m in page) <= 1 for page in pages)
+
+
+@pytest.mark.parametrize("listing", ["versions", "configs"])
+async def test_a_page_of_configurations_is_bounded_by_the_bytes_it_sends(
+    inprocess: InProcessGateway, listing: str
+) -> None:
+    prompt = ESCAPED * 2  # 10 kB sent: larger than a page, so each comes alone
+    for index in range(4):
+        name = f"esc-{index}" if listing == "configs" else "esc"
+        spec = {"model": INPROCESS_MODEL, "system_prompt": prompt[: 2000 - index]}
+        if listing == "configs" or index == 0:
+            response = await inprocess.admin.post("/v1/configs", json={"name": name, **spec})
+        else:
+            response = await inprocess.admin.put(f"/v1/configs/{name}", json=spec)
+        assert response.status_code in (200, 201), response.text
+    url = "/v1/configs/esc/versions" if listing == "versions" else "/v1/configs"
+    pages = await pages_sent(inprocess, url)
+    assert [len(page) for page in pages] == [1, 1, 1, 1]
+    assert [c["system_prompt"] for page in pages for c in page] == [
+        prompt[: 2000 - index] for index in range(4)
+    ]
+
+
 # Every admin route, with a body or a query that would be refused on its own.
 ADMIN_ROUTES = [
     ("POST", "/v1/configs", b"{"),

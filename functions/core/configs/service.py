@@ -27,7 +27,13 @@ from functions.core.db.engine import write_transaction
 from functions.core.db.sql import fetch, page_end, size_sql
 from functions.core.db.tables import LLMConfig
 from functions.core.errors import ConflictError, InvalidInputError, NotFoundError
-from functions.core.schemas import DEFAULT_PAGE_BYTES, Page, decode_cursor, encode_cursor
+from functions.core.schemas import (
+    DEFAULT_PAGE_BYTES,
+    Page,
+    bounded_page,
+    decode_cursor,
+    encode_cursor,
+)
 
 MAX_PAGE_SIZE = 200
 
@@ -261,9 +267,12 @@ async def page_configs(
     if last is None:
         return Page(data=[])
     rows = await fetch(_LATEST + where + " AND name <= {} ORDER BY name", *args, last)
-    items = [_from_raw(row) for row in rows]
-    next_cursor = encode_cursor("configs", last) if more else None
-    return Page(data=items, next_cursor=next_cursor)
+    return bounded_page(
+        [_from_raw(row) for row in rows],
+        more=more,
+        max_bytes=max_bytes,
+        cursor=lambda config: encode_cursor("configs", config.name),
+    )
 
 
 async def list_versions(name: str) -> list[LLMConfigOut]:
@@ -283,9 +292,9 @@ async def page_versions(
 ) -> Page[LLMConfigOut]:
     """One page of the versions of ``name``, oldest first; 404 if the name never existed.
 
-    At most ``limit`` versions and about ``max_bytes`` of their text (system prompt, stop
-    sequences, extra fields), but always at least one: the sizes are read first, so a page
-    of large versions costs what it returns, not ``limit`` times the largest.
+    At most ``limit`` versions and at most ``max_bytes`` of JSON as sent, but always at
+    least one: the sizes are read first, so a page of large versions costs what it
+    returns, not ``limit`` times the largest (:func:`bounded_page`).
     """
     limit = max(1, min(limit, MAX_PAGE_SIZE))
     after = 0 if cursor is None else decode_cursor(cursor, "versions", tuple[int])[0]
@@ -307,9 +316,12 @@ async def page_versions(
         after,
         last,
     )
-    items = [_from_raw(row) for row in rows]
-    next_cursor = encode_cursor("versions", last) if more else None
-    return Page(data=items, next_cursor=next_cursor)
+    return bounded_page(
+        [_from_raw(row) for row in rows],
+        more=more,
+        max_bytes=max_bytes,
+        cursor=lambda config: encode_cursor("versions", config.version),
+    )
 
 
 async def archive_config(name: str) -> LLMConfigOut:

@@ -22,7 +22,13 @@ from functions.core.messages.schemas import (
     ReplyOutcome,
     Usage,
 )
-from functions.core.schemas import DEFAULT_PAGE_BYTES, Page, decode_cursor, encode_cursor
+from functions.core.schemas import (
+    DEFAULT_PAGE_BYTES,
+    Page,
+    bounded_page,
+    decode_cursor,
+    encode_cursor,
+)
 
 if TYPE_CHECKING:
     import uuid
@@ -136,9 +142,9 @@ async def list_messages(
 ) -> Page[MessageOut]:
     """A conversation's messages in sequence order, from ``cursor`` on.
 
-    A page holds at most ``limit`` messages and about ``max_bytes`` of message text, but
+    A page holds at most ``limit`` messages and at most ``max_bytes`` of JSON as sent, but
     always at least one message: the sizes are read first, so a page of long messages
-    costs what it returns, not ``limit`` times the longest.
+    costs what it returns, not ``limit`` times the longest (:func:`bounded_page`).
     """
     owned = await Conversation.exists().where(
         (Conversation.id == conversation_id) & (Conversation.owner_key == owner)
@@ -166,9 +172,11 @@ async def list_messages(
         )
         .order_by(Message.seq)
     )
-    items = [_to_out(row) for row in rows]
-    return Page(
-        data=items, next_cursor=encode_cursor("messages", last_seq) if more and items else None
+    return bounded_page(
+        [_to_out(row) for row in rows],
+        more=more,
+        max_bytes=max_bytes,
+        cursor=lambda last: encode_cursor("messages", last.seq),
     )
 
 

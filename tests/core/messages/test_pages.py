@@ -5,6 +5,8 @@ from __future__ import annotations
 import tracemalloc
 import uuid
 
+import msgspec
+
 from functions.core.conversations import service as conversations
 from functions.core.conversations.schemas import ConversationCreate
 from functions.core.db.tables import Conversation, Message
@@ -55,3 +57,26 @@ async def test_one_message_larger_than_a_page_still_comes_alone(db: object) -> N
     page = await service.list_messages(owner, conversation_id, max_bytes=1024)
     assert [m.seq for m in page.data] == [1]
     assert page.next_cursor is not None
+
+
+async def test_a_page_is_bounded_by_its_json_not_its_stored_bytes(db: object) -> None:
+    """Six messages of 170,000 control characters: 1 MB stored, 6 MB as JSON (each a
+    6-byte escape). Each page is what a 1 MiB page may send: one of them."""
+    owner = (await keys.create_key(ApiKeyCreate(name="reader"))).id
+    conversation = await conversations.create_conversation(owner, ConversationCreate())
+    for seq in range(1, 7):
+        await Message(
+            conversation=conversation.id, seq=seq, role="user", content="\x01" * 170_000
+        ).save()
+    pages: list[list[int]] = []
+    cursor: str | None = None
+    while True:
+        page = await service.list_messages(
+            owner, conversation.id, limit=500, cursor=cursor, max_bytes=1 << 20
+        )
+        assert len(msgspec.json.encode(page)) <= 1 << 20
+        pages.append([m.seq for m in page.data])
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert pages == [[1], [2], [3], [4], [5], [6]]
