@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 from piccolo.engine.postgres import PostgresEngine
 
 from functions.core.chat.exchanges import Exchanges
-from functions.core.chat.recorder import flush_backlog
+from functions.core.chat.journal import OutcomeJournal
+from functions.core.chat.recorder import OutcomeBacklog
 from functions.core.chat.service import ChatService
 from functions.core.db.engine import (
     close_pool,
@@ -78,6 +80,7 @@ class Runtime:
         *,
         lease: Lease | None = None,
         in_flight: InFlight | None = None,
+        backlog: OutcomeBacklog | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -94,12 +97,14 @@ class Runtime:
             history_cap=settings.history_max_messages,
         )
         self.in_flight = in_flight or InFlight(grace_s=settings.shutdown_grace_s)
+        # Outcomes the database did not take in time; journaled when the runtime is open.
+        self.backlog = backlog or OutcomeBacklog(retry_s=settings.outcome_retry_s)
         self._chat = (
             ChatService(
                 llm,
                 self.exchanges,
                 in_flight=self.in_flight,
-                outcome_retry_s=settings.outcome_retry_s,
+                backlog=self.backlog,
             )
             if llm is not None
             else None
@@ -170,7 +175,19 @@ async def open_runtime(
             add_live_collector(health_collector)
             stack.callback(remove_live_collector, health_collector)
         lease = await _hold_lease(settings, stack, serving=serving) if client else None
+        backlog = OutcomeBacklog(
+            retry_s=settings.outcome_retry_s,
+            journal=OutcomeJournal.for_settings(
+                settings, lease.instance_id if lease is not None else uuid.uuid4()
+            ),
+        )
+        # Closed after the sends in flight (pushed below, so run first) and before the
+        # lease and the pool: what is left is in the journal for the next start.
+        stack.push_async_callback(backlog.close, BACKLOG_FLUSH_S)
         if serving:
+            # Outcomes the journals of stopped processes still hold, as soon as the
+            # database takes them.
+            backlog.start_replay()
             sweeper = Sweeper(settings, lease)
             sweeper.start()
             stack.push_async_callback(sweeper.stop)
@@ -179,12 +196,18 @@ async def open_runtime(
             stack.callback(in_flight.unregister)
             stack.callback(chain_signal_handlers())
             # Closed first: in-flight sends record their replies before anything goes.
-            stack.push_async_callback(flush_backlog, BACKLOG_FLUSH_S)
             stack.push_async_callback(
                 in_flight.wait_idle, settings.shutdown_grace_s + settings.outcome_retry_s
             )
         yield Runtime(
-            settings, engine, client, notifications, health, lease=lease, in_flight=in_flight
+            settings,
+            engine,
+            client,
+            notifications,
+            health,
+            lease=lease,
+            in_flight=in_flight,
+            backlog=backlog,
         )
 
 

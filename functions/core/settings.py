@@ -86,6 +86,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     lease_ttl_s: Annotated[float, Meta(ge=1, le=600)] = 10.0
     # How long writing a reply's outcome is retried while the database is unreachable.
     outcome_retry_s: PositiveFloat = 30.0
+    # Where outcomes not yet written are kept across a stop (functions/core/chat/journal.py):
+    # unset, `<sqlite file>.outcomes/` on SQLite, `.switchboard/outcomes/` on PostgreSQL.
+    outcome_journal_dir: str | None = None
+    # The most one process's journal may hold; past it an outcome is kept in memory only
+    # (and its client told so).
+    outcome_journal_max_bytes: Annotated[int, Meta(ge=64 * 1024)] = 256 * 1024 * 1024
     # On SIGTERM: how long in-flight sends may finish before they are ended as `shutdown`.
     shutdown_grace_s: Annotated[float, Meta(ge=0, le=3600)] = 120.0
     # How long an Idempotency-Key is remembered.
@@ -170,7 +176,12 @@ def load_settings(
             raw[field] = tuple(
                 part.strip().rstrip("/") for part in value.split(",") if part.strip()
             )
-        elif value == "" and field in {"llm_api_key", "log_format", "metrics_pushgateway_url"}:
+        elif value == "" and field in {
+            "llm_api_key",
+            "log_format",
+            "metrics_pushgateway_url",
+            "outcome_journal_dir",
+        }:
             raw[field] = None
         elif field == "log_level":
             raw[field] = value.upper()

@@ -5,14 +5,26 @@ exchange and then ends its pending reply through a :class:`ReplyRecorder`: ``com
 ``failed`` (the model's error), ``cancelled`` (the caller went away) or ``broken`` (a bug
 or the database: not the model's fault). Each writes the outcome once, inside a shield
 that a cancellation cannot interrupt, and counts it in the metrics.
+
+An outcome the database does not take within ``outcome_retry_s`` goes to the runtime's
+:class:`OutcomeBacklog`: kept in the outcome journal on disk (``journal``) before the
+client is told ``reply_not_recorded``, and written as soon as the database is back, by
+this process or, if it stops first, by the next one to start (:meth:`OutcomeBacklog.replay`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from functions.core.chat.journal import (
+    JournalFullError,
+    OutcomeJournal,
+    UnwrittenOutcome,
+    Written,
+    claim_orphans,
+)
 from functions.core.db.errors import as_database_error
 from functions.core.errors import ConflictError, NotFoundError, SwitchboardError
 from functions.core.logging import get_logger, note_request, note_request_text
@@ -31,27 +43,23 @@ from functions.core.metrics import (
 
 if TYPE_CHECKING:
     import uuid
+    from collections.abc import Callable
 
+    from functions.core.chat.journal import JournalFile
     from functions.core.llm.errors import LLMError
     from functions.core.llm.schemas import ChatDone, ChatResult
     from functions.core.messages.schemas import Exchange, MessageOut
 
 log = get_logger(__name__)
+T = TypeVar("T")
 # Codes whose model was named by the caller and served by no upstream: never a label value.
 _UNSERVED_MODEL_CODES = frozenset({"model_not_served", "model_not_found"})
 NO_UPSTREAM = "none"
 
-
-# Outcomes a database outage kept from being written, still being retried.
-_BACKLOG: set[asyncio.Task[None]] = set()
-
-
-async def flush_backlog(timeout_s: float) -> None:
-    """Give outcomes still waiting for the database a last chance (a process closing)."""
-    if _BACKLOG:
-        _, pending = await asyncio.wait(set(_BACKLOG), timeout=timeout_s)
-        for task in pending:
-            task.cancel()
+# How often a serving process looks for journals whose owner stopped (a worker that died
+# while its neighbours live, an old process that finished draining after this one started).
+JOURNAL_SCAN_S = 10.0
+BACKLOG_MAX_DELAY_S = 10.0
 
 
 class ReplyNotRecordedError(SwitchboardError):
@@ -72,19 +80,238 @@ def conversation_gone(conversation_id: uuid.UUID) -> ConversationGoneError:
     )
 
 
+async def write_outcome(entry: UnwrittenOutcome, *, retried: bool) -> MessageOut:
+    """Finish ``entry``'s pending reply with its outcome: the one write every path uses.
+
+    The reply's owner may also finish it after a sweep retired it ``interrupted`` (see
+    ``messages.finish_exchange``), whichever process writes for it. ``retried``: an earlier
+    attempt may have landed with its answer lost (a dropped connection, a process that
+    stopped before noting it), so a reply already holding this very outcome counts as
+    written: writing an outcome again is harmless, and it lands once.
+    """
+    try:
+        return await messages.finish_exchange(
+            entry.reply_id,
+            entry.outcome,
+            config=entry.config,
+            owner_instance=entry.owner_instance,
+        )
+    except ConflictError:
+        try:
+            current = await messages.get_message(entry.reply_id)
+        except NotFoundError:
+            raise conversation_gone(entry.conversation_id) from None
+        code = current.error.code if current.error is not None else None
+        outcome = entry.outcome
+        if retried and (current.status, current.content, code) == (
+            outcome.status,
+            outcome.content,
+            outcome.error_code,
+        ):
+            return current
+        raise
+
+
+async def _to_the_end(future: asyncio.Future[T]) -> T:
+    """Await ``future`` through every cancellation (``asyncio.shield`` alone gives up at
+    the first one; an anyio shield does not stop a plain ``task.cancel()``); a
+    cancellation that arrived meanwhile is raised after."""
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if future.done():
+                raise
+            cancelled = True
+            continue
+        break
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+async def _on_disk(function: Callable[..., T], *args: Any) -> T:
+    """A journal operation (an fsync'd write) in a worker thread, run to its end: a file is
+    never closed under a write a cancelled caller left half done."""
+    return await _to_the_end(asyncio.ensure_future(asyncio.to_thread(function, *args)))
+
+
+async def _write_when_possible(entry: UnwrittenOutcome, *, delay: float) -> None:
+    """Write ``entry`` whenever the database takes it, however long that is. What it can
+    never take (its conversation deleted, its reply no longer this owner's) is logged
+    as dropped: nothing else would tell."""
+    attempt = 1
+    while True:
+        await asyncio.sleep(delay)
+        try:
+            await write_outcome(entry, retried=True)
+        except ConversationGoneError:
+            log.info("chat.reply_backlog_conversation_deleted", reply_id=str(entry.reply_id))
+            return
+        except Exception as exc:
+            if as_database_error(exc) is None:
+                log.error(
+                    "chat.reply_backlog_dropped",
+                    reply_id=str(entry.reply_id),
+                    conversation_id=str(entry.conversation_id),
+                    status=entry.outcome.status,
+                    content_chars=len(entry.outcome.content),
+                    error=repr(exc),
+                )
+                return
+            delay, attempt = min(max(delay, 0.5) * 2, BACKLOG_MAX_DELAY_S), attempt + 1
+            continue
+        log.info("chat.reply_backlog_written", reply_id=str(entry.reply_id), attempts=attempt)
+        return
+
+
+class OutcomeBacklog:
+    """This runtime's outcomes the database did not take in time, until it does.
+
+    :meth:`keep` appends one to the outcome journal, fsync'd, and writes it in the
+    background once the database is back; :meth:`replay` writes what the journals of
+    stopped processes hold; :meth:`close` gives the backlog a last chance and leaves the
+    rest in the journal for the next start. An outcome the journal cannot take (full, or
+    a disk error; or no journal at all, as in tests) is still written while this process
+    runs, and its client is told it would not survive a stop.
+    """
+
+    def __init__(self, *, retry_s: float = 30.0, journal: OutcomeJournal | None = None) -> None:
+        self.retry_s = retry_s
+        self.journal = journal
+        # Each background write, and whether its outcome is in the journal.
+        self._writers: dict[asyncio.Task[None], bool] = {}
+        self._replayer: asyncio.Task[None] | None = None
+
+    async def keep(self, entry: UnwrittenOutcome) -> bool:
+        """Keep ``entry`` until it is written; returns whether it is on disk (survives a
+        stop). Called before its client is told."""
+        kept = await self._journal_keep(entry)
+        task = asyncio.get_running_loop().create_task(self._keep_writing(entry, kept=kept))
+        self._writers[task] = kept
+        task.add_done_callback(self._forget)
+        return kept
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._writers.pop(task, None)
+
+    async def _journal_keep(self, entry: UnwrittenOutcome) -> bool:
+        if self.journal is None:
+            return False
+        try:
+            await _on_disk(self.journal.keep, entry)
+        except JournalFullError as exc:
+            log.error("chat.reply_journal_full", reply_id=str(entry.reply_id), error=str(exc))
+            return False
+        except OSError as exc:
+            log.error(
+                "chat.reply_journal_failed",
+                reply_id=str(entry.reply_id),
+                journal=str(self.journal.path),
+                error=str(exc),
+            )
+            return False
+        return True
+
+    async def _keep_writing(self, entry: UnwrittenOutcome, *, kept: bool) -> None:
+        await _write_when_possible(entry, delay=1.0)
+        if kept and self.journal is not None:
+            try:
+                await _on_disk(self.journal.written, entry.reply_id)
+            except OSError as exc:
+                # Written all the same: a replay finds it there and counts it as written.
+                log.warning(
+                    "chat.reply_journal_failed", journal=str(self.journal.path), error=str(exc)
+                )
+
+    def start_replay(self) -> None:
+        """Replay the journals of stopped processes now and every ``JOURNAL_SCAN_S``, in
+        the background, until :meth:`close`."""
+        if self.journal is not None and self._replayer is None:
+            self._replayer = asyncio.get_running_loop().create_task(
+                self.replay(), name="switchboard-journal-replay"
+            )
+
+    async def replay(self) -> None:
+        """:meth:`replay_orphans` now and every ``JOURNAL_SCAN_S``, until cancelled."""
+        while True:
+            await self.replay_orphans()
+            await asyncio.sleep(JOURNAL_SCAN_S)
+
+    async def replay_orphans(self) -> int:
+        """Write every outcome the journals of stopped processes (of this database, in this
+        journal's directory) still hold, waiting for the database as long as it takes;
+        returns how many journals were replayed. Each outcome lands once, even when a
+        replay is cut short and done again."""
+        journal = self.journal
+        if journal is None:
+            return 0
+        replayed = 0
+        orphans = claim_orphans(journal.directory, database=journal.database, skip=journal.path)
+        while (orphan := await _on_disk(next, orphans, None)) is not None:
+            await self._replay_file(orphan)
+            replayed += 1
+        return replayed
+
+    async def _replay_file(self, orphan: JournalFile) -> None:
+        count = len(orphan.unwritten)
+        owner = str(orphan.header.instance) if orphan.header is not None else None
+        if count:
+            log.warning(
+                "chat.reply_journal_replaying", journal=str(orphan.path), owner=owner, count=count
+            )
+        try:
+            for entry, _ in list(orphan.unwritten.values()):
+                await _write_when_possible(entry, delay=0.0)
+                await _on_disk(orphan.append, Written(reply_id=entry.reply_id))
+            await _on_disk(orphan.remove)
+        finally:
+            orphan.close()
+        if count:
+            log.info("chat.reply_journal_replayed", journal=str(orphan.path), count=count)
+
+    async def close(self, timeout_s: float) -> None:
+        """A last chance for the backlog (a process closing): what is still unwritten after
+        ``timeout_s`` stays in the journal for the next start, and the log says how many
+        (and how many, never journaled, are lost)."""
+        if self._replayer is not None:
+            self._replayer.cancel()
+            await asyncio.wait([self._replayer])
+            self._replayer = None
+        if self._writers:
+            _, pending = await asyncio.wait(set(self._writers), timeout=timeout_s)
+            lost = sum(1 for task in pending if not self._writers.get(task, False))
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+            if lost:
+                log.error("chat.reply_backlog_lost", count=lost)
+        left = self.journal.close() if self.journal is not None else 0
+        if left and self.journal is not None:
+            log.warning(
+                "chat.reply_backlog_left",
+                count=left,
+                journal=str(self.journal.path),
+                detail="the next process to start on this journal directory writes them",
+            )
+
+
 class ReplyRecorder:
     """Ends one exchange's pending reply, exactly once.
 
-    The write is retried with backoff for up to ``retry_s`` while the database is
-    unreachable (it only ever finishes a pending row, so retrying is safe), holding the
-    reply until it lands. If it never does, :class:`ReplyNotRecordedError` says exactly
-    that, with the ids and the reply's text.
+    The write is retried with backoff for up to the backlog's ``retry_s`` while the
+    database is unreachable (it only ever finishes a pending row, so retrying is safe),
+    holding the reply until it lands. If it never does, the outcome goes to the
+    ``backlog`` (the journal first) and :class:`ReplyNotRecordedError` says exactly that,
+    with the ids and the reply's text.
     """
 
-    def __init__(self, exchange: Exchange, *, retry_s: float = 30.0) -> None:
+    def __init__(self, exchange: Exchange, backlog: OutcomeBacklog) -> None:
         self.exchange = exchange
         self.finished = False
-        self._retry_s = retry_s
+        self._backlog = backlog
         config = exchange.config
         self._config_ref = (
             ConfigRef(id=config.id, name=config.name, version=config.version)
@@ -178,87 +405,45 @@ class ReplyRecorder:
             raise RuntimeError("this reply has already been recorded")
         self.finished = True
         self._observe(outcome)
-        write = asyncio.ensure_future(self._write(outcome))
-        cancelled = False
-        while True:
-            try:
-                stored = await asyncio.shield(write)
-            except asyncio.CancelledError:
-                if write.done():
-                    raise
-                cancelled = True
-                continue
-            break
-        if cancelled:
-            raise asyncio.CancelledError
-        return stored
+        return await _to_the_end(asyncio.ensure_future(self._write(outcome)))
 
     async def _write(self, outcome: ReplyOutcome) -> MessageOut:
-        deadline = time.monotonic() + self._retry_s
+        entry = UnwrittenOutcome(
+            reply_id=self.exchange.assistant_message.id,
+            conversation_id=self.exchange.assistant_message.conversation_id,
+            owner_instance=self.exchange.instance_id,
+            config=self._config_ref,
+            outcome=outcome,
+        )
+        deadline = time.monotonic() + self._backlog.retry_s
         delay, attempt = 0.05, 1
         while True:
             try:
-                return await self._finish(outcome, attempt)
+                return await write_outcome(entry, retried=attempt > 1)
             except Exception as exc:
                 if as_database_error(exc) is None:
                     raise
                 if time.monotonic() + delay > deadline:
                     log.error("chat.reply_not_recorded", error=str(exc), attempts=attempt)
-                    self._write_later(outcome)
-                    raise self._not_recorded(outcome) from exc
+                    # Kept (on disk first) before the client is told it will be written.
+                    kept = await self._backlog.keep(entry)
+                    raise self._not_recorded(outcome, kept=kept) from exc
                 log.warning("chat.reply_write_retry", error=str(exc), attempt=attempt)
             await asyncio.sleep(delay)
             delay, attempt = min(delay * 2, 2.0), attempt + 1
 
-    async def _finish(self, outcome: ReplyOutcome, attempt: int) -> MessageOut:
-        reply_id = self.exchange.assistant_message.id
-        try:
-            return await messages.finish_exchange(
-                reply_id,
-                outcome,
-                config=self._config_ref,
-                owner_instance=self.exchange.instance_id,
-            )
-        except ConflictError:
-            try:
-                current = await messages.get_message(reply_id)
-            except NotFoundError:
-                raise conversation_gone(self.exchange.assistant_message.conversation_id) from None
-            if attempt > 1 and (current.status, current.content) == (
-                outcome.status,
-                outcome.content,
-            ):
-                # An earlier attempt landed but its answer was lost with the connection.
-                return current
-            raise
-
-    def _write_later(self, outcome: ReplyOutcome) -> None:
-        """Keep the outcome and write it once the database is back, so the reply does not
-        stay pending (and its conversation busy) after its client was told."""
-        task = asyncio.get_running_loop().create_task(self._keep_writing(outcome))
-        _BACKLOG.add(task)
-        task.add_done_callback(_BACKLOG.discard)
-
-    async def _keep_writing(self, outcome: ReplyOutcome) -> None:
-        delay, attempt = 1.0, 2
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await self._finish(outcome, attempt)
-            except Exception as exc:
-                if as_database_error(exc) is None:
-                    log.warning("chat.reply_backlog_dropped", error=repr(exc))
-                    return
-                delay, attempt = min(delay * 2, 10.0), attempt + 1
-                continue
-            log.info("chat.reply_backlog_written", attempts=attempt)
-            return
-
-    def _not_recorded(self, outcome: ReplyOutcome) -> ReplyNotRecordedError:
+    def _not_recorded(self, outcome: ReplyOutcome, *, kept: bool) -> ReplyNotRecordedError:
+        promise = (
+            "this gateway keeps writing it until the database is back (it is kept on disk, "
+            "so a restart of the gateway does not lose it)"
+            if kept
+            else "this gateway keeps writing it until the database is back, but could not "
+            "keep it on disk (the outcome journal is full or unwritable), so it is lost if "
+            "the gateway stops first"
+        )
         return ReplyNotRecordedError(
             "your message is stored, but the database did not take the reply's outcome yet; "
-            "the reply is in details.content, and this gateway keeps writing it until the "
-            "database is back",
+            f"the reply is in details.content, and {promise}",
             details={
                 "user_message_id": str(self.exchange.user_message.id),
                 "assistant_message_id": str(self.exchange.assistant_message.id),
@@ -266,6 +451,7 @@ class ReplyRecorder:
                 "status": outcome.status,
                 "content": outcome.content,
                 "error_code": outcome.error_code,
+                "kept_on_disk": kept,
             },
             retry_after_s=5,
         )

@@ -19,6 +19,7 @@ from functions.core.chat.idempotency import Replay, outcome_error, wait_for_outc
 from functions.core.chat.locks import ConversationLocks
 from functions.core.chat.recorder import (
     ConversationGoneError,
+    OutcomeBacklog,
     ReplyNotRecordedError,
     ReplyRecorder,
 )
@@ -63,13 +64,14 @@ class ChatService:
         exchanges: Exchanges | None = None,
         *,
         in_flight: InFlight | None = None,
-        outcome_retry_s: float = 30.0,
+        backlog: OutcomeBacklog | None = None,
     ) -> None:
         self._llm = llm
         self._locks = ConversationLocks()
         self.exchanges = exchanges or Exchanges()
         self._in_flight = in_flight or InFlight(grace_s=0)
-        self._outcome_retry_s = outcome_retry_s
+        # Outcomes the database did not take in time (the runtime's, with its journal).
+        self._backlog = backlog or OutcomeBacklog()
 
     async def send(self, request: SendRequest) -> MessageOut:
         """Send and wait for the whole reply. Raises the LLM's error after recording it.
@@ -93,7 +95,7 @@ class ChatService:
 
     async def _generate(self, exchange: Exchange, request: SendRequest) -> MessageOut:
         """The model's whole reply for a claimed exchange, recorded however it ends."""
-        recorder = ReplyRecorder(exchange, retry_s=self._outcome_retry_s)
+        recorder = ReplyRecorder(exchange, self._backlog)
         parts: list[str] = []  # what arrived, kept if the send is cut short
         with self._in_flight.guard(exchange.assistant_message.conversation_id) as guard:
             try:
@@ -153,7 +155,7 @@ class ChatService:
         self, exchange: Exchange, request: SendRequest
     ) -> AsyncGenerator[ChatEvent, None]:
         """A claimed exchange's events, recorded however the stream ends."""
-        recorder = ReplyRecorder(exchange, retry_s=self._outcome_retry_s)
+        recorder = ReplyRecorder(exchange, self._backlog)
         parts: list[str] = []
         try:
             yield MessageStarted(

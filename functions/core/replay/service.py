@@ -38,7 +38,7 @@ import msgspec
 
 from functions.core.chat.exchanges import DEFAULT_HISTORY_CAP, Exchanges, upstream_request
 from functions.core.chat.prompt import build_prompt, history_limit
-from functions.core.chat.recorder import ReplyRecorder
+from functions.core.chat.recorder import OutcomeBacklog, ReplyRecorder
 from functions.core.chat.schemas import SendRequest
 from functions.core.chat.service import UNFINISHED
 from functions.core.chat.targets import Target
@@ -175,12 +175,12 @@ class ReplayService:
         exchanges: Exchanges | None = None,
         *,
         history_cap: int = DEFAULT_HISTORY_CAP,
-        outcome_retry_s: float = 30.0,
+        backlog: OutcomeBacklog | None = None,
     ) -> None:
         self._llm = llm
         self._exchanges = exchanges or Exchanges(history_cap=history_cap)
         self._history_cap = history_cap
-        self._outcome_retry_s = outcome_retry_s
+        self._backlog = backlog or OutcomeBacklog()
 
     @classmethod
     def of(cls, runtime: Runtime) -> ReplayService:
@@ -189,7 +189,7 @@ class ReplayService:
             runtime.require_llm(),
             runtime.exchanges,
             history_cap=runtime.settings.history_max_messages,
-            outcome_retry_s=runtime.settings.outcome_retry_s,
+            backlog=runtime.backlog,
         )
 
     async def replay(
@@ -461,7 +461,7 @@ class ReplayService:
                 request_id=request_id,
             )
         )
-        recorder = ReplyRecorder(exchange, retry_s=self._outcome_retry_s)
+        recorder = ReplyRecorder(exchange, self._backlog)
         parts: list[str] = []
         try:
             result = await self._call(prompt, target, request_id, parts)
