@@ -9,7 +9,8 @@ under test join it). Tests that need several connections use ``pg_engine`` /
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from piccolo.engine.postgres import PostgresEngine
 from functions.core.db.engine import engine_from_url, use_engine
 from functions.core.db.migrate import migrate
 from functions.core.db.tables import ALL_TABLES, ConfigEpoch
+from tests.support import process
 from tests.support.databases import (
     create_postgres_database,
     drop_postgres_database,
@@ -32,6 +34,37 @@ for _name in [name for name in os.environ if name.startswith("SWITCHBOARD_")]:
         del os.environ[_name]
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Orphans of the servers tests start stay this process's descendants, so the check
+    # below sees them; a cancelled run kills what it started before it ends.
+    process.adopt_orphans()
+    if threading.current_thread() is threading.main_thread():
+        process.kill_registered_on_sigterm()
+
+
+@pytest.hookimpl(hookwrapper=True, trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
+    """Fail the session when a process a test started outlives the tests (after every
+    fixture's teardown); kill it and name it. Under pytest-xdist each worker checks its
+    own; the message reaches the controller as the worker's reason to stop."""
+    yield
+    config = session.config
+    if config.pluginmanager.hasplugin("dsession"):
+        return  # xdist's controller: its descendants are the workers themselves
+    leftovers = [process.describe(child) for child in process.leftover_descendants()]
+    if not leftovers:
+        return
+    process.kill_registered()
+    message = "processes outlived the tests that started them (killed now): " + "; ".join(leftovers)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["shouldfail"] = message
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(message, red=True)
 
 
 @pytest.fixture(scope="session")

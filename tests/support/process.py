@@ -1,33 +1,146 @@
-"""A service under test as a real subprocess on a real port (start, stop, restart, logs).
+"""Every process a test starts, and a service under test as a real subprocess on a real
+port (start, stop, restart, logs).
 
-The child's output goes to a temporary file rather than a pipe: a pipe nobody reads fills
+Each process starts in a session (and so a process group) of its own, registered here
+until it is stopped, so that what it started in turn (uvicorn's workers, a flow run's
+subprocess) goes with it: :func:`start`, :func:`start_async` and :func:`run` are the only
+ways tests start processes. Whatever is still registered is killed at exit and on
+SIGTERM (:func:`kill_registered`), and ``tests/conftest.py`` fails the session if any
+descendant outlives it (:func:`leftover_descendants`).
+
+Waits are for a loaded machine (load 10-25 on 2 cores): :func:`scaled` stretches them by
+``SWITCHBOARD_TEST_TIMEOUT_SCALE`` (default 1).
+
+A service's output goes to a temporary file rather than a pipe: a pipe nobody reads fills
 up and stalls the server. It is quoted when the service fails to start.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import contextlib
+import ctypes
+import ctypes.util
+import functools
 import http.client
 import os
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import IO, Any
+
+import psutil
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
-START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 5.0
+TIMEOUT_SCALE_VARIABLE = "SWITCHBOARD_TEST_TIMEOUT_SCALE"
+PR_SET_CHILD_SUBREAPER = 36
+
+
+@functools.cache
+def timeout_scale() -> float:
+    """``SWITCHBOARD_TEST_TIMEOUT_SCALE`` (default 1): how much slower than a quiet
+    machine this one may be. Read once; a bad value is an error, not a silent 1."""
+    raw = os.environ.get(TIMEOUT_SCALE_VARIABLE, "1")
+    try:
+        scale = float(raw)
+    except ValueError:
+        raise ValueError(f"{TIMEOUT_SCALE_VARIABLE}={raw!r}: expected a number >= 1") from None
+    if not scale >= 1:
+        raise ValueError(f"{TIMEOUT_SCALE_VARIABLE}={raw!r}: expected a number >= 1")
+    return scale
+
+
+def scaled(seconds: float) -> float:
+    """A wait of ``seconds`` on a quiet machine, stretched for this one."""
+    return seconds * timeout_scale()
+
+
+# Generous: a Python process importing the gateway on a machine at load 20 takes tens of
+# seconds to answer its first request; a deadline only bounds a hang.
+START_TIMEOUT_S = scaled(120.0)
+STOP_TIMEOUT_S = scaled(15.0)
+RUN_TIMEOUT_S = scaled(180.0)
 
 _LIVE: set[ServiceProcess] = set()
+# Process groups started here and not yet stopped: leader pid -> command, for the message.
+_GROUPS: dict[int, str] = {}
 
 
 class ServiceStartError(RuntimeError):
     """The service exited, or did not answer its health path in time."""
+
+
+def start(command: Sequence[str], **popen: Any) -> subprocess.Popen[Any]:
+    """``subprocess.Popen(command, **popen)`` in a new session, registered until
+    :func:`stop` or :func:`kill_group`."""
+    process: subprocess.Popen[Any] = subprocess.Popen(command, start_new_session=True, **popen)
+    _GROUPS[process.pid] = shlex.join(command)
+    return process
+
+
+async def start_async(*command: str, **options: Any) -> asyncio.subprocess.Process:
+    """``asyncio.create_subprocess_exec`` in a new session, registered like :func:`start`."""
+    process = await asyncio.create_subprocess_exec(*command, start_new_session=True, **options)
+    _GROUPS[process.pid] = shlex.join(command)
+    return process
+
+
+def kill_group(leader: int) -> None:
+    """SIGKILL the process group ``leader`` started, whatever is left of it, and forget it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(leader, signal.SIGKILL)
+    _GROUPS.pop(leader, None)
+
+
+def stop(process: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT_S) -> int:
+    """SIGTERM the process (its own shutdown, as a deploy would), wait up to ``timeout``,
+    then SIGKILL its whole group: the process if it lingers, and anything it left."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout)
+    kill_group(process.pid)
+    return process.wait(timeout)
+
+
+def run(
+    command: Sequence[str],
+    *,
+    timeout: float = RUN_TIMEOUT_S,
+    check: bool = False,
+    input: str | bytes | None = None,
+    capture_output: bool = False,
+    **popen: Any,
+) -> subprocess.CompletedProcess[Any]:
+    """``subprocess.run`` in a group of its own: on a timeout, and after the command ends,
+    its whole group is killed, so nothing it started outlives it."""
+    if capture_output:
+        popen.setdefault("stdout", subprocess.PIPE)
+        popen.setdefault("stderr", subprocess.PIPE)
+    if input is not None:
+        popen.setdefault("stdin", subprocess.PIPE)
+    process = start(command, **popen)
+    try:
+        stdout, stderr = process.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        kill_group(process.pid)
+        exc.stdout, exc.stderr = process.communicate()
+        raise
+    finally:
+        kill_group(process.pid)
+    code = process.wait()
+    if check and code != 0:
+        raise subprocess.CalledProcessError(code, list(command), stdout, stderr)
+    return subprocess.CompletedProcess(list(command), code, stdout, stderr)
 
 
 def switchboard_cli(
@@ -36,13 +149,12 @@ def switchboard_cli(
     """``switchboard ARGS`` in a process of its own, on ``database_url`` and no other
     ``SWITCHBOARD_*`` setting from this environment."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
-    return subprocess.run(
+    return run(
         [sys.executable, "-m", "functions.cli", *args],
         cwd=REPO_ROOT,
         env={**env, "SWITCHBOARD_DATABASE_URL": database_url, "PYTHONPATH": str(REPO_ROOT)},
         capture_output=True,
         text=True,
-        timeout=60,
         check=check,
     )
 
@@ -116,7 +228,7 @@ class ServiceProcess:
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        self._proc = subprocess.Popen(
+        self._proc = start(
             self.command(),
             cwd=REPO_ROOT,
             env=env,
@@ -152,24 +264,19 @@ class ServiceProcess:
         return True
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """SIGTERM, wait, then SIGKILL if it lingers. Safe to call twice."""
-        self._end(signal.SIGTERM, timeout)
+        """SIGTERM, wait, then SIGKILL what is left of its group. Safe to call twice."""
+        if self._proc is not None:
+            stop(self._proc, timeout)
+        self._forget()
 
     def kill(self) -> None:
-        """SIGKILL at once: a crash rather than a shutdown."""
-        self._end(signal.SIGKILL, STOP_TIMEOUT_S)
+        """SIGKILL at once, the process and what it started: a crash, not a shutdown."""
+        if self._proc is not None:
+            kill_group(self._proc.pid)
+            self._proc.wait(STOP_TIMEOUT_S)
+        self._forget()
 
-    def _end(self, sig: signal.Signals, timeout: float) -> None:
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
+    def _forget(self) -> None:
         self._proc = None
         _LIVE.discard(self)
 
@@ -197,7 +304,52 @@ class ServiceProcess:
         self.close()
 
 
-@atexit.register
-def _kill_leftovers() -> None:
-    for service in list(_LIVE):
-        service.kill()
+def leftover_descendants() -> list[psutil.Process]:
+    """This process's live descendants (zombies are dead; they only wait to be reaped)."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.status() != psutil.STATUS_ZOMBIE:
+                found.append(child)
+    return found
+
+
+def describe(process: psutil.Process) -> str:
+    """``pid command line`` for a message naming a process."""
+    try:
+        return f"{process.pid} {shlex.join(process.cmdline())}"
+    except psutil.Error:
+        return f"{process.pid} (gone)"
+
+
+def kill_registered() -> None:
+    """SIGKILL every group started here and every descendant left: a test that was cut
+    short (a timeout, an interrupt) must not leave servers behind it."""
+    for leader in list(_GROUPS):
+        kill_group(leader)
+    for child in leftover_descendants():
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    _LIVE.clear()
+
+
+def adopt_orphans() -> None:
+    """Make this process the reaper of its descendants' orphans (Linux): a server whose
+    parent died stays a descendant, so :func:`leftover_descendants` still finds it."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def kill_registered_on_sigterm() -> None:
+    """On SIGTERM (a cancelled CI job), kill what tests started, then end as SIGTERM would."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        kill_registered()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+atexit.register(kill_registered)

@@ -1,0 +1,78 @@
+"""A process that outlives the tests fails the session, named, and is killed.
+
+An inner pytest session (in a process of its own, with this suite's ``tests/conftest.py``
+as a plugin) runs a test that leaves two processes behind: one it started in a session of
+its own, and an orphan whose parent exited before it. Both must be found, named in the
+output, killed, and the session must fail, in one process and under pytest-xdist.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.support import process
+from tests.support.process import REPO_ROOT
+
+LEAKY_TEST = """
+import subprocess
+import sys
+
+SLEEP = [sys.executable, "-c", "import time; time.sleep(600)", "{marker}"]
+
+def test_leaves_processes_behind():
+    subprocess.Popen(SLEEP, start_new_session=True)
+    subprocess.run(["sh", "-c", '"$@" &', "sh", *SLEEP], check=True)
+"""
+
+
+def _sleepers(marker: str) -> list[psutil.Process]:
+    found = []
+    for candidate in psutil.process_iter(["cmdline", "status"]):
+        if marker in (candidate.info["cmdline"] or []) and (
+            candidate.info["status"] != psutil.STATUS_ZOMBIE
+        ):
+            found.append(candidate)
+    return found
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_leaked_process_fails_the_session_and_is_killed(tmp_path: Path, workers: str) -> None:
+    marker = f"leak-{uuid.uuid4().hex}"
+    (tmp_path / "test_leaky.py").write_text(LEAKY_TEST.format(marker=marker))
+    try:
+        result = process.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-p",
+                "tests.conftest",
+                "-p",
+                "no:cacheprovider",
+                "-n",
+                workers,
+                "--rootdir",
+                str(tmp_path),
+                "-c",
+                "/dev/null",
+                str(tmp_path / "test_leaky.py"),
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=process.scaled(120),
+        )
+        output = result.stdout + result.stderr
+        assert result.returncode != 0, output
+        assert "1 passed" in output, output  # the test itself passed: the leak failed it
+        assert "processes outlived the tests" in output, output
+        assert output.count(marker) >= 2, output  # both named, the orphan too
+        assert _sleepers(marker) == [], "the leaked processes were not killed"
+    finally:
+        for sleeper in _sleepers(marker):
+            sleeper.kill()
