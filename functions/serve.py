@@ -12,9 +12,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 import httpx
@@ -32,6 +33,9 @@ FUNCTIONS = ("chat", "configs", "keys", "upstreams")
 DEV_KEY_FILE = Path(".switchboard/dev-admin-key")
 PR_SET_PDEATHSIG = 1
 SHUTDOWN_MARGIN_S = 5
+# How often a worker checks that its supervisor is still its parent, where the kernel
+# cannot be asked to signal it (not Linux).
+PARENT_WATCH_INTERVAL_S = 1.0
 SIMULATOR_MODEL = "sim-model"
 DEFAULT_CONFIG = "default"
 
@@ -71,11 +75,63 @@ def bind_or_exit(host: str, port: int) -> socket.socket:
     return sock
 
 
+def set_parent_death_signal(sig: signal.Signals) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent exits (elsewhere: nothing).
+
+    The kernel keeps its promise whatever ends the parent, SIGKILL included, where no
+    handler or atexit of the parent's can run.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, sig)
+    except (OSError, AttributeError):  # not Linux
+        pass
+
+
+def end_with_parent(parent_pid: int, interval: float = PARENT_WATCH_INTERVAL_S) -> None:
+    """SIGTERM this process (a worker's graceful drain) once ``parent_pid`` is no longer
+    its parent: at once through the kernel on Linux, else within ``interval`` from a
+    watchdog thread. A parent that died before this call is noticed here, at once."""
+    set_parent_death_signal(signal.SIGTERM)
+
+    def orphaned() -> bool:
+        return os.getppid() != parent_pid
+
+    def watch() -> None:
+        while not orphaned():
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if orphaned():
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+class WorkerConfig(uvicorn.Config):
+    """uvicorn's configuration for ``--workers N``: each worker ends with its supervisor.
+
+    A supervisor killed with SIGKILL cannot stop its workers, which would otherwise serve
+    on, orphaned, for as long as the machine runs (48 of them still answered an hour on).
+    The config is what uvicorn hands each worker process, and :meth:`load` is the first
+    thing a worker does with it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.supervisor_pid = os.getpid()
+
+    def load(self) -> None:
+        if os.getpid() != self.supervisor_pid:  # in a worker, not the supervisor
+            end_with_parent(self.supervisor_pid)
+        super().load()
+
+
 def server_config(settings: Settings, *, function: str | None, workers: int) -> uvicorn.Config:
     """uvicorn's configuration: the app, the limits of ``functions.http_limits``, the drain."""
     from functions.http_limits import HttpLimits, attach
 
-    config = uvicorn.Config(
+    config = (WorkerConfig if workers > 1 else uvicorn.Config)(
         app_factory(function),
         factory=True,
         workers=workers,
@@ -164,13 +220,10 @@ def _die_with_parent() -> None:
     """In the child, before exec: ask Linux to SIGTERM us when the parent exits.
 
     uvicorn re-raises the signal that stopped it, so the parent may never reach atexit;
-    this way the simulator cannot outlive ``switchboard dev`` however it ends.
+    this way the simulator cannot outlive ``switchboard dev`` however it ends (elsewhere
+    than Linux, atexit still covers a clean exit).
     """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: atexit still covers a clean exit
-        pass
+    set_parent_death_signal(signal.SIGTERM)
 
 
 def start_simulator(host: str = "127.0.0.1") -> tuple[subprocess.Popen[bytes], str]:

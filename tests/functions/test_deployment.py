@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
+import psutil
 import pytest
 
 from functions.core.db.engine import engine_from_url, use_engine
@@ -16,6 +20,7 @@ from functions.core.db.migrate import migrate
 from functions.core.keys import service as keys
 from functions.core.keys.schemas import ApiKeyCreate
 from functions.core.runtime import POOL_RETRY_S
+from tests.support import process
 from tests.support.databases import (
     create_postgres_database,
     drop_postgres_database,
@@ -23,7 +28,7 @@ from tests.support.databases import (
     with_database,
 )
 from tests.support.gateway import GatewayProcess
-from tests.support.process import free_port
+from tests.support.process import REPO_ROOT, free_port, scaled
 from tests.support.simulator import SimulatorProcess
 
 
@@ -149,3 +154,83 @@ async def test_several_workers_share_one_metrics_page(
     ]
     assert sum(float(line.rsplit(" ", 1)[1]) for line in healthz) >= 20
     assert "switchboard_llm_upstream_state{" in text
+
+
+def _gone(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE  # dead, waiting to be reaped
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _workers(supervisor: psutil.Process) -> list[psutil.Process]:
+    """uvicorn's workers (multiprocessing's spawned children, not its resource tracker)."""
+    found = []
+    for child in supervisor.children():
+        with contextlib.suppress(psutil.Error):
+            if any("spawn_main" in part for part in child.cmdline()):
+                found.append(child)
+    return found
+
+
+async def test_workers_end_when_their_supervisor_is_killed(
+    fresh_db: str, simulators: dict[str, SimulatorProcess]
+) -> None:
+    """SIGKILL leaves the supervisor no chance to stop its workers: they end by themselves
+    (the kernel's parent-death signal, a watchdog elsewhere) and the port goes quiet."""
+    with GatewayProcess(fresh_db, [simulators["sim-model"].base_url], workers=2) as app:
+        assert app.pid is not None
+        supervisor = psutil.Process(app.pid)
+        deadline = time.monotonic() + scaled(60)
+        while len(workers := _workers(supervisor)) < 2:
+            assert time.monotonic() < deadline, "the two workers never started"
+            await asyncio.sleep(0.1)
+        descendants = supervisor.children(recursive=True)
+        supervisor.kill()  # the supervisor alone, as the OOM killer or `kill -9` would
+        deadline = time.monotonic() + scaled(30)
+        while alive := [p for p in descendants if not _gone(p)]:
+            assert time.monotonic() < deadline, f"orphans still alive: {alive} of {workers}"
+            await asyncio.sleep(0.1)
+        async with httpx.AsyncClient(timeout=5) as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.get(f"{app.root_url}/healthz")
+
+
+WATCHED_CHILD = """
+import os, sys, time
+import functions.serve as serve
+serve.set_parent_death_signal = lambda sig: None  # the watchdog alone, as off Linux
+serve.end_with_parent(os.getppid(), interval=0.1)
+print("armed", flush=True)
+time.sleep(600)
+"""
+PARENT = f"""
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", {WATCHED_CHILD!r}])
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_without_the_kernels_signal_a_watchdog_ends_the_orphan() -> None:
+    parent = process.start(
+        [sys.executable, "-c", PARENT],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    try:
+        assert parent.stdout is not None
+        child = psutil.Process(int(parent.stdout.readline()))
+        assert parent.stdout.readline().strip() == "armed"
+        parent.kill()
+        parent.wait(scaled(10))
+        deadline = time.monotonic() + scaled(10)
+        while not _gone(child):
+            assert time.monotonic() < deadline, "the orphan outlived its parent"
+            time.sleep(0.05)
+    finally:
+        process.stop(parent)
+        if parent.stdout is not None:
+            parent.stdout.close()
