@@ -112,7 +112,7 @@ async def run(
 
         # Warm both paths (connections, prepared statements, imports) before measuring.
         warm = await start_run(
-            dataset, configs_named=["bench"], scorers=specs, options=options, owner=owner
+            dataset, llm=llm, configs_named=["bench"], scorers=specs, options=options, owner=owner
         )
         evaluator = Evaluator(runtime.chat, warm, dataset)
         await evaluator._load_configs()
@@ -125,7 +125,12 @@ async def run(
 
         async def core() -> None:
             run = await start_run(
-                dataset, configs_named=["bench"], scorers=specs, options=options, owner=owner
+                dataset,
+                llm=llm,
+                configs_named=["bench"],
+                scorers=specs,
+                options=options,
+                owner=owner,
             )
             await Evaluator(runtime.chat, run, dataset).evaluate()
 
@@ -157,7 +162,12 @@ async def run(
     async def per_item_tasks() -> None:
         async with open_runtime(settings, configure_logs=False) as flow_runtime:
             run = await start_run(
-                dataset, configs_named=["bench"], scorers=specs, options=options, owner=owner
+                dataset,
+                llm=flow_runtime.require_llm(),
+                configs_named=["bench"],
+                scorers=specs,
+                options=options,
+                owner=owner,
             )
             evaluator = Evaluator(flow_runtime.chat, run, dataset)
             await evaluator._load_configs()

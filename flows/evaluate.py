@@ -11,6 +11,11 @@ The report is stored with the run (``switchboard evals show RUN``), published as
 artifacts (a Markdown summary and a table) and returned (``switchboard flows run evaluate``
 prints it). Progress: a bar in a terminal, a progress artifact in the Prefect UI.
 
+Honest endings: a configuration whose model no upstream serves stops the flow before a run
+is created (naming the served models); a run in which some configuration answered no
+item is stored as ``failed``, its report published all the same, and the flow fails
+(``flows run`` exits non-zero).
+
 One task sends every item, not a task per item. ``bench/bench_evaluate.py`` (1,000 items
 at concurrency 32 against the simulator, 2 cores) measured this process's CPU per item:
 0.6 ms for the bare LLM client call, 2.4 ms through the core runner (the stored exchange,
@@ -40,18 +45,22 @@ from pydantic import Field
 
 from flows import progress
 from flows.run_log import RunLog, run_log
-from functions.core.errors import InvalidInputError
+from functions.core.errors import InvalidInputError, SwitchboardError
 from functions.core.evals import service
 from functions.core.evals.datasets import Dataset, load_dataset
 from functions.core.evals.report import RunReport, build_report
 from functions.core.evals.runner import Evaluator, RunCounts, RunOptions, start_run
-from functions.core.evals.schemas import EvalResultOut, EvalRunOut, ScorerSpec
+from functions.core.evals.schemas import EvalResultOut, EvalRunOut, RunStatus, ScorerSpec
 from functions.core.flow_metrics import report_flow_run
 from functions.core.runtime import open_runtime
 from functions.core.settings import load_settings
 
 if TYPE_CHECKING:
+    from prefect import Task
+    from prefect.client.schemas.objects import State, TaskRun
+
     from functions.core.chat.service import ChatService
+    from functions.core.llm.client import LLMClient
 
 NAME = "evaluate"
 ARTIFACT_KEY = "evaluation"
@@ -64,6 +73,19 @@ PROGRESS_EVERY_S = 1.0
 Concurrency = Annotated[int, Field(ge=1, le=256)]
 Retries = Annotated[int, Field(ge=0, le=20)]
 Timeout = Annotated[float, Field(gt=0, le=86_400)]
+
+
+class EvaluationFailedError(SwitchboardError):
+    """The run ended, but some configuration answered no item: nothing to compare."""
+
+    code = "evaluation_failed"
+
+
+async def _worth_retrying(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """A database hiccup is worth another attempt; a refusal (an unknown configuration, a
+    model nobody serves, a dataset changed under a resume) would only come again, later."""
+    failure = await state.aresult(raise_on_failure=False)
+    return not (isinstance(failure, SwitchboardError) and failure.status_code < 500)
 
 
 class EvaluationReport(msgspec.Struct, kw_only=True):
@@ -106,6 +128,7 @@ def parse_scorers(texts: list[str] | None) -> list[ScorerSpec]:
     description="Check the dataset and scorers; create the run or take up the one to resume.",
     retries=DATABASE_RETRIES,
     retry_delay_seconds=DATABASE_RETRY_DELAYS_S,
+    retry_condition_fn=_worth_retrying,
     timeout_seconds=DATABASE_TIMEOUT_S,
     cache_policy=NO_CACHE,
     persist_result=False,
@@ -113,6 +136,7 @@ def parse_scorers(texts: list[str] | None) -> list[ScorerSpec]:
 async def prepare_run(
     dataset: Dataset,
     *,
+    llm: LLMClient,
     configs: list[str],
     scorers: list[ScorerSpec],
     options: RunOptions,
@@ -122,6 +146,7 @@ async def prepare_run(
 ) -> EvalRunOut:
     return await start_run(
         dataset,
+        llm=llm,
         configs_named=configs,
         scorers=scorers,
         options=options,
@@ -203,15 +228,19 @@ async def evaluate_items(
     persist_result=False,
 )
 async def report_run(run_id: uuid.UUID) -> RunReport:
+    """The run's report, stored with it: ``complete``, ``interrupted`` (results missing) or
+    ``failed`` (every item has a result but some configuration answered none)."""
     run = await service.get_run(run_id)
     results = await service.results_of(run_id)
-    complete = len(results) == run.items * len(run.configs)
-    report = build_report(
-        msgspec.structs.replace(run, status="complete" if complete else run.status), results
-    )
-    await service.finish_run(
-        run_id, "complete" if complete else "interrupted", report=msgspec.to_builtins(report)
-    )
+    report = build_report(run, results)
+    failure = None
+    if len(results) < run.items * len(run.configs):
+        status: RunStatus = "interrupted"
+    else:
+        failure = report.failure()
+        status = "failed" if failure else "complete"
+    report = msgspec.structs.replace(report, status=status)
+    await service.finish_run(run_id, status, report=msgspec.to_builtins(report), error=failure)
     return report
 
 
@@ -289,6 +318,7 @@ async def evaluate(
                 progress.step(f"checking {len(data.items)} item(s) and the configurations")
                 run = await prepare_run(
                     data,
+                    llm=runtime.require_llm(),
                     configs=config,
                     scorers=specs,
                     options=options,
@@ -330,4 +360,10 @@ async def evaluate(
                 report = await report_run(run.id)
             await _publish(report, log)
             log.info("eval.finished", run_id=str(run.id), sent=counts.sent, errors=counts.errors)
+            failure = report.failure() if report.status == "failed" else None
+            if failure is not None:
+                raise EvaluationFailedError(
+                    f"run {run.id} failed: {failure}; its report: switchboard evals show {run.id}",
+                    details={"run_id": str(run.id)},
+                )
         return EvaluationReport(run_id=str(run.id), resumed=resumed, counts=counts, report=report)

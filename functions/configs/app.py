@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import msgspec
 from litestar import Litestar, Router, delete, get, patch, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
@@ -15,6 +16,7 @@ from functions.core.configs.schemas import (
     LLMConfigCreate,
     LLMConfigOut,
     LLMConfigPatch,
+    LLMConfigSaved,
     LLMConfigSpec,
 )
 from functions.core.keys.schemas import Principal
@@ -24,7 +26,7 @@ from functions.core.settings import Settings
 from functions.core.web.app import build_app
 from functions.core.web.auth import ADMIN, provide_principal, require_admin
 from functions.core.web.docs import Cursor, errors
-from functions.core.web.state import settings_of
+from functions.core.web.state import runtime_of, settings_of
 
 NamePath = Annotated[
     str,
@@ -44,11 +46,17 @@ Limit = Annotated[int, QueryParameter(ge=1, le=200, description="Page size")]
     opt=ADMIN,
 )
 async def create_config(
-    data: JSONBody[LLMConfigCreate], principal: NamedDependency[Principal]
-) -> LLMConfigOut:
-    """A name in use is a 409, archived or not (an archived one says how to unarchive it)."""
+    data: JSONBody[LLMConfigCreate], principal: NamedDependency[Principal], state: State
+) -> LLMConfigSaved:
+    """A name in use is a 409, archived or not (an archived one says how to unarchive it).
+    A model no upstream serves is stored all the same, with a note in ``warnings``."""
     require_admin(principal)
-    return await service.create_config(data)
+    return await _saved(state, await service.create_config(data))
+
+
+async def _saved(state: State, config: LLMConfigOut) -> LLMConfigSaved:
+    warnings = await service.model_warnings(config, runtime_of(state).llm)
+    return LLMConfigSaved(**msgspec.structs.asdict(config), warnings=warnings)
 
 
 @get("/", summary="List configurations (latest version of each)", responses=errors())
@@ -104,13 +112,16 @@ async def list_versions(
     opt=ADMIN,
 )
 async def update_config(
-    name: NamePath, data: JSONBody[LLMConfigSpec], principal: NamedDependency[Principal]
-) -> LLMConfigOut:
+    name: NamePath,
+    data: JSONBody[LLMConfigSpec],
+    principal: NamedDependency[Principal],
+    state: State,
+) -> LLMConfigSaved:
     """Stores version N+1 from the whole body: a field left out takes its default (to
     change some fields and keep the rest, use PATCH). Messages keep pointing at theirs.
-    An archived name is a 409: unarchive it first."""
+    An archived name is a 409: unarchive it first. ``warnings`` as for a create."""
     require_admin(principal)
-    return await service.update_config(name, data)
+    return await _saved(state, await service.update_config(name, data))
 
 
 @patch(
@@ -120,12 +131,16 @@ async def update_config(
     opt=ADMIN,
 )
 async def patch_config(
-    name: NamePath, data: JSONBody[LLMConfigPatch], principal: NamedDependency[Principal]
-) -> LLMConfigOut:
+    name: NamePath,
+    data: JSONBody[LLMConfigPatch],
+    principal: NamedDependency[Principal],
+    state: State,
+) -> LLMConfigSaved:
     """Stores version N+1: the latest version with the fields in the body changed (`null`
-    clears one that may be empty). An archived name is a 409: unarchive it first."""
+    clears one that may be empty). An archived name is a 409: unarchive it first.
+    ``warnings`` as for a create."""
     require_admin(principal)
-    return await service.patch_config(name, data)
+    return await _saved(state, await service.patch_config(name, data))
 
 
 @delete("/{name:str}", status_code=200, summary="Archive", responses=errors(403, 404), opt=ADMIN)
@@ -168,5 +183,6 @@ router = Router(
 
 
 def create_app(settings: Settings | None = None, *, llm: LLMClient | None = None) -> Litestar:
-    """``llm``: a client to share (tests, one process serving several apps); unused here."""
-    return build_app("configs", [router], settings=settings, uses_llm=False, llm=llm)
+    """``llm``: a client to share (tests, one process serving several apps); it tells
+    whether a configuration's model is served (a warning when it is not)."""
+    return build_app("configs", [router], settings=settings, uses_llm=True, llm=llm)

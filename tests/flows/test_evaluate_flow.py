@@ -20,13 +20,24 @@ from typing import Any
 import msgspec
 import pytest
 from prefect import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    TaskRunFilter,
+    TaskRunFilterName,
+)
+from prefect.context import SyncClientContext
 
-from flows.evaluate import EvaluationReport, evaluate
+from flows.evaluate import EvaluationFailedError, EvaluationReport, evaluate
 from functions.core.configs import service as configs
 from functions.core.configs.schemas import LLMConfigCreate
+from functions.core.db import conf
+from functions.core.db.engine import use_engine
 from functions.core.evals import service
 from functions.core.evals.datasets import load_dataset
+from functions.core.llm.errors import ModelNotServedError
 from tests.core.evals.judge_upstream import JUDGE_MODEL, JudgeUpstream
 from tests.flows.conftest import prefect_env, run_flow
 from tests.support.process import REPO_ROOT
@@ -141,6 +152,35 @@ async def test_a_bad_dataset_stops_the_flow_before_anything_runs(
     assert "/v1/chat/completions" not in (await eval_sim.stats_async())["paths"]
 
 
+async def test_a_model_nobody_serves_fails_the_flow_at_once_naming_the_served_ones(
+    flows_db: str, flow_env: Callable[..., None], eval_sim: SimulatorProcess
+) -> None:
+    await create_configs("alpha")
+    await create_configs("typo", model="llama-3-8b")
+    flow_env(database_url=flows_db, llm_urls=eval_sim.base_url)
+    eval_sim.reset()
+    previous = conf.DB
+    try:
+        with SyncClientContext.get_or_create():
+            state = await evaluate(dataset=str(SAMPLE), config=["alpha", "typo"], return_state=True)
+    finally:
+        if previous is not None:
+            use_engine(previous)
+    assert state.is_failed()
+    with pytest.raises(ModelNotServedError, match=r"typo@1 \(model 'llama-3-8b'\).*sim-model"):
+        await state.result()
+    async with get_client() as client:
+        (prepared,) = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            ),
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="prepare-run")),
+        )
+    assert prepared.run_count == 1  # a refusal is not retried: it would only come later
+    assert (await service.list_runs()).data == []
+    assert "/v1/chat/completions" not in (await eval_sim.stats_async())["paths"]
+
+
 async def test_retry_failed_sends_again_only_the_items_whose_attempt_failed(
     flows_db: str, flow_env: Callable[..., None], eval_sim: SimulatorProcess, tmp_path: Path
 ) -> None:
@@ -152,22 +192,18 @@ async def test_retry_failed_sends_again_only_the_items_whose_attempt_failed(
     )
     flow_env(database_url=flows_db, llm_urls=eval_sim.base_url)
     eval_sim.reset()
-    eval_sim.set_healthy(False)  # every attempt fails
+    run_id = uuid.uuid4()
+    eval_sim.set_healthy(False)  # every attempt fails: chat 500, /health 503
     try:
-        first: EvaluationReport = (
-            await run_flow(evaluate, dataset=str(data), config=["alpha"], retries=0)
-        ).result
+        await failing_run(evaluate, dataset=str(data), config=["alpha"], run_id=str(run_id))
     finally:
         eval_sim.set_healthy(True)
-    assert (first.counts.sent, first.counts.errors) == (3, 3)
-    run_id = uuid.UUID(first.run_id)
+    assert (await eval_sim.stats_async())["paths"]["/v1/chat/completions"] >= 3
+    assert len(await service.results_of(run_id)) == 3
 
-    # Resuming alone sends nothing: every item has a result, a failed one.
+    # Resuming alone sends nothing: every item has a result, a failed one; still failed.
     eval_sim.reset()
-    resumed: EvaluationReport = (
-        await run_flow(evaluate, dataset=str(data), config=["alpha"], run_id=str(run_id))
-    ).result
-    assert (resumed.resumed, resumed.counts.sent) == (True, 0)
+    await failing_run(evaluate, dataset=str(data), config=["alpha"], run_id=str(run_id))
     assert "/v1/chat/completions" not in (await eval_sim.stats_async())["paths"]
 
     # Retrying the failed ones sends exactly those, once each, and they now succeed.
@@ -182,6 +218,27 @@ async def test_retry_failed_sends_again_only_the_items_whose_attempt_failed(
     assert sorted(result.item_id for result in results) == ["q0", "q1", "q2"]
     assert all(result.error_code is None and result.output for result in results)
     assert (await service.get_run(run_id)).status == "complete"
+
+
+async def failing_run(flow: Any, **parameters: Any) -> None:
+    """Run the evaluation flow, which must fail because a configuration answered no item:
+    the run is stored ``failed``, with its report and the reason."""
+    previous = conf.DB
+    try:
+        with SyncClientContext.get_or_create(), pytest.raises(EvaluationFailedError) as failed:
+            await flow(**parameters)
+    finally:
+        if previous is not None:
+            use_engine(previous)
+    run_id = uuid.UUID(failed.value.details["run_id"])
+    assert "no successful item for alpha@1 (3 error(s): " in failed.value.message
+    assert f"switchboard evals show {run_id}" in failed.value.message
+    run = await service.get_run(run_id)
+    assert (run.status, run.runner, run.finished_at) == ("failed", None, None)
+    assert run.error is not None
+    assert run.error.startswith("no successful item for alpha@1")
+    assert run.report is not None
+    assert run.report["status"] == "failed"
 
 
 async def cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:

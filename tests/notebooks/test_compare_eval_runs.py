@@ -15,6 +15,7 @@ from functions.core.evals.datasets import load_dataset
 from functions.core.evals.report import compare_runs
 from functions.core.evals.runner import Evaluator, RunOptions, start_run
 from functions.core.evals.schemas import EvalRunOut, ScorerSpec
+from functions.core.llm.client import LLMClient
 from tests.core.evals.conftest import write_jsonl
 from tests.core.replay.conftest import make_config
 from tests.notebooks.conftest import assert_clean_run, execute
@@ -35,7 +36,7 @@ SCORERS = [
 ]
 
 
-async def seed_runs(chat: ChatService, tmp_path: Path) -> list[EvalRunOut]:
+async def seed_runs(chat: ChatService, llm: LLMClient, tmp_path: Path) -> list[EvalRunOut]:
     await make_config("alpha", system_prompt="Be brief.")
     await make_config("beta", system_prompt="Be thorough.", temperature=0.9)
     lines = [
@@ -48,6 +49,7 @@ async def seed_runs(chat: ChatService, tmp_path: Path) -> list[EvalRunOut]:
     for config in ("alpha", "beta"):
         run = await start_run(
             dataset,
+            llm=llm,
             configs_named=[config],
             scorers=msgspec.convert(SCORERS, list[ScorerSpec]),
             options=RunOptions(concurrency=4),
@@ -63,10 +65,11 @@ async def test_the_two_latest_runs_compared(
     pg: Engine[Any],
     pg_url: str,
     chat: ChatService,
+    llm: LLMClient,
     jupyter_home: Path,
     tmp_path: Path,
 ) -> None:
-    a, b = await seed_runs(chat, tmp_path)
+    a, b = await seed_runs(chat, llm, tmp_path)
 
     run = await execute("compare_eval_runs", tmp_path, jupyter_home, database_url=pg_url)
 

@@ -121,3 +121,10 @@ class LLMConfigOut(Output, kw_only=True):
         """The sampling fields to send, ``overrides`` winning; unset ones left out."""
         chosen = {name: getattr(self, name) for name in SAMPLING_FIELDS} | (overrides or {})
         return {name: value for name, value in chosen.items() if value is not None}
+
+
+class LLMConfigSaved(LLMConfigOut, kw_only=True):
+    """A version just stored, and what its writer should know about it (for example that
+    no upstream serves its model: stored all the same, but sends fail until one does)."""
+
+    warnings: list[str] = msgspec.field(default_factory=list)

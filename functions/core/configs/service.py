@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -27,6 +27,8 @@ from functions.core.db.engine import write_transaction
 from functions.core.db.sql import fetch, page_end, size_sql
 from functions.core.db.tables import LLMConfig
 from functions.core.errors import ConflictError, InvalidInputError, NotFoundError
+from functions.core.llm.errors import LLMError, ModelNotServedError
+from functions.core.logging import get_logger
 from functions.core.schemas import (
     DEFAULT_PAGE_BYTES,
     Page,
@@ -35,7 +37,11 @@ from functions.core.schemas import (
     encode_cursor,
 )
 
+if TYPE_CHECKING:
+    from functions.core.llm.client import LLMClient
+
 MAX_PAGE_SIZE = 200
+log = get_logger(__name__)
 
 _COLUMNS = tuple(getattr(LLMConfig, name) for name in LLMConfigOut.__struct_fields__)
 
@@ -144,6 +150,34 @@ async def create_config(data: LLMConfigCreate) -> LLMConfigOut:
             )
         config_id = await _insert_version(data.name, 1, data)
     return await get_config_by_id(config_id)
+
+
+async def model_warnings(config: LLMConfigOut, llm: LLMClient | None) -> list[str]:
+    """What the writer of ``config`` should know before a send fails: its model is served
+    by no upstream (the send path's own rule, ``LLMClient.require_model``), or no model
+    list can be read to tell. Stored all the same: a model may be loaded later."""
+    if llm is None:
+        return []
+    try:
+        await llm.require_model(config.model)
+    except ModelNotServedError as exc:
+        served = ", ".join(exc.details.get("known_models", [])) or "none"
+        warning = (
+            f"no LLM upstream serves model {config.model!r} (served: {served}): sends with "
+            f"{config.name!r} fail with model_not_served until it is served or "
+            "the configuration names a served model"
+        )
+    except LLMError as exc:
+        warning = (
+            f"could not check that model {config.model!r} is served: {exc.message}; "
+            f"sends with {config.name!r} fail until an upstream serves it"
+        )
+    else:
+        return []
+    log.warning(
+        "config.model_not_served", config=config.name, version=config.version, model=config.model
+    )
+    return [warning]
 
 
 async def _latest_editable(name: str) -> LLMConfigOut:

@@ -6,8 +6,13 @@ failed (no output after its retries) counts as a score of 0 and a failure for ev
 scorer, so errors never make a configuration look better; a scorer that failed on an item
 (its own error) leaves that item out of that scorer's numbers and is counted.
 
-Comparisons pair the items both configurations scored (see :mod:`.stats` for the tests).
+Comparisons pair the items both configurations answered (see :mod:`.stats` for the
+tests): a pair where either side failed (no output after its retries) never ran on one
+side, so it is left out of the tests, and counted (``left_out``), never scored as a tie.
 The first configuration of a run is the baseline; each other one is compared with it.
+
+A run in which some configuration answered no item at all has failed
+(:meth:`RunReport.failure`): there is nothing to say about that configuration but its errors.
 """
 
 from __future__ import annotations
@@ -76,22 +81,32 @@ class ScorerComparison(msgspec.Struct, kw_only=True):
 class Comparison(msgspec.Struct, kw_only=True):
     baseline: str
     candidate: str
+    # Items both sides answered: the pairs the tests ran on.
     items: int
     overall: Overall
     scorers: list[ScorerComparison]
+    # Items both sides have a result for, left out because either side failed.
+    left_out: int = 0
 
     def headline(self) -> str:
         if self.overall in ("better", "worse"):
             which = [s.name for s in self.scorers if s.verdict == self.overall]
-            return f"{self.candidate} is {self.overall} than {self.baseline} on {', '.join(which)}"
-        if self.overall == "mixed":
-            return f"{self.candidate} vs {self.baseline}: better on some scorers, worse on others"
-        if self.overall == "not enough data":
-            return f"{self.candidate} vs {self.baseline}: not enough paired items to compare"
-        return (
-            f"{self.candidate} vs {self.baseline}: no significant difference "
-            f"on {self.items} paired item(s)"
-        )
+            said = f"{self.candidate} is {self.overall} than {self.baseline} on {', '.join(which)}"
+        elif self.overall == "mixed":
+            said = f"{self.candidate} vs {self.baseline}: better on some scorers, worse on others"
+        elif self.overall == "not enough data":
+            said = (
+                f"{self.candidate} vs {self.baseline}: not enough paired items to compare "
+                f"({self.items} answered by both)"
+            )
+        else:
+            said = (
+                f"{self.candidate} vs {self.baseline}: no significant difference "
+                f"on {self.items} paired item(s)"
+            )
+        if self.left_out:
+            said += f"; {self.left_out} pair(s) left out (an error on either side)"
+        return said
 
 
 class RunReport(msgspec.Struct, kw_only=True):
@@ -158,6 +173,18 @@ class RunReport(msgspec.Struct, kw_only=True):
                         f"broken {_ids(s.broken_items, s.broken)}"
                     )
         return "\n".join(lines) + "\n"
+
+    def failure(self) -> str | None:
+        """Why the run failed: the configurations that answered no item (None if each
+        answered at least one)."""
+        empty = [
+            f"{c.config} ({c.errors} error(s): {_codes(c.error_codes).strip('()')})"
+            for c in self.configs
+            if c.items and not c.completed
+        ]
+        if not empty:
+            return None
+        return f"no successful item for {', '.join(empty)}"
 
     def table(self) -> list[dict[str, object]]:
         """One row per configuration and scorer (the Prefect table artifact)."""
@@ -324,11 +351,15 @@ def compare(
     candidate: str,
     b_results: Sequence[EvalResultOut],
 ) -> Comparison:
-    """B (``candidate``) against A (``baseline``) on the items both have, scorer by scorer."""
+    """B (``candidate``) against A (``baseline``) on the items both answered, scorer by
+    scorer; the items where either side failed are left out, and counted."""
     types = {**scorer_types(a_results), **scorer_types(b_results)}
     a_table, b_table = scores_of(a_results, types), scores_of(b_results, types)
-    a_items = {r.item_id for r in a_results}
-    paired_items = [r.item_id for r in b_results if r.item_id in a_items]
+    a_failed = {r.item_id: r.error_code is not None for r in a_results}
+    both_have = [r for r in b_results if r.item_id in a_failed]
+    paired_items = [
+        r.item_id for r in both_have if r.error_code is None and not a_failed[r.item_id]
+    ]
     tests: list[tuple[str, PairedTest, list[str], list[str]]] = []
     for name, kind in types.items():
         a_scores, b_scores = a_table.get(name, {}), b_table.get(name, {})
@@ -364,6 +395,7 @@ def compare(
         items=len(paired_items),
         overall=_overall([s.verdict for s in scorers]),
         scorers=scorers,
+        left_out=len(both_have) - len(paired_items),
     )
 
 

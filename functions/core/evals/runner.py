@@ -18,6 +18,10 @@ system turn), the item's earlier turns as history (the configuration's
 - **Resume**: only pairs without a result are sent; a result is written once the item is
   scored, so a process killed mid-run loses at most the items in flight, which the next
   run sends again.
+- **Served models first**: a run (new or resumed) starts only if an upstream serves the
+  model of each of its configurations and judges, by the send path's own rule
+  (``LLMClient.require_model``); otherwise nothing is created or sent, and the error names
+  the models that are served.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ from functions.core.evals.scorers import (
     effective_scorers,
     score_output,
 )
-from functions.core.llm.errors import LLMError
+from functions.core.llm.errors import LLMError, ModelNotServedError
 from functions.core.logging import get_logger
 from functions.core.messages.schemas import StoredTurn, Turn
 
@@ -68,6 +72,7 @@ if TYPE_CHECKING:
 
     from functions.core.chat.service import ChatService
     from functions.core.configs.schemas import LLMConfigOut
+    from functions.core.llm.client import LLMClient
     from functions.core.messages.schemas import MessageOut
 
 log = get_logger(__name__)
@@ -158,9 +163,33 @@ def check_scorers(dataset: Dataset, scorers: Sequence[ScorerSpec]) -> None:
         raise DatasetError(dataset.source, errors[:MAX_REPORTED_ERRORS])
 
 
+async def check_served(llm: LLMClient, targets: Sequence[EvalTarget]) -> None:
+    """Every configuration's model is served, as a send would find it: else one
+    :class:`ModelNotServedError` naming each configuration that is not, its model, and
+    the models that are served (``LLMUnavailableError`` when no model list can be read)."""
+    unserved: list[str] = []
+    served: set[str] = set()
+    for target in targets:
+        config = await configs.get_config(target.name, target.version)
+        try:
+            await llm.require_model(config.model)
+        except ModelNotServedError as exc:
+            served.update(exc.details.get("known_models", []))
+            unserved.append(f"{target.label} (model {config.model!r})")
+    if unserved:
+        shown = ", ".join(sorted(served)) or "none"
+        raise ModelNotServedError(
+            f"no LLM upstream serves the model of {', '.join(unserved)}; the models served "
+            f"are: {shown}. Point the configuration at one of them (PUT /v1/configs/NAME) "
+            "or serve its model",
+            details={"configs": unserved, "known_models": sorted(served)},
+        )
+
+
 async def start_run(
     dataset: Dataset,
     *,
+    llm: LLMClient,
     configs_named: Sequence[str],
     scorers: Sequence[ScorerSpec],
     options: RunOptions,
@@ -170,7 +199,8 @@ async def start_run(
 ) -> EvalRunOut:
     """A new run, or the run ``run_id`` to resume (refused if its dataset changed).
 
-    A new run pins every configuration (and judge) to its current version.
+    A new run pins every configuration (and judge) to its current version. Either way,
+    nothing starts unless ``llm`` serves every model involved (:func:`check_served`).
     """
     if run_id is not None:
         try:
@@ -179,13 +209,17 @@ async def start_run(
             if exc.code != "not_found":
                 raise
         else:
-            return _check_resume(run, dataset, configs_named)
+            _check_resume(run, dataset, configs_named)
+            judged = [await service.resolve_target(label) for label in run_judges(run).values()]
+            await check_served(llm, [*run.configs, *judged])
+            return run
     check_scorers(dataset, scorers)
     targets = await service.resolve_targets(configs_named)
-    judges = {
-        text: (await service.resolve_target(text)).label
-        for text in judge_configs(scorers, dataset.items)
+    judged_targets = {
+        text: await service.resolve_target(text) for text in judge_configs(scorers, dataset.items)
     }
+    await check_served(llm, [*targets, *judged_targets.values()])
+    judges = {text: target.label for text, target in judged_targets.items()}
     parameters: dict[str, Any] = {**msgspec.to_builtins(options), "judges": judges}
     return await service.create_run(
         name=name,
@@ -222,6 +256,11 @@ def _check_resume(run: EvalRunOut, dataset: Dataset, configs_named: Sequence[str
     return run
 
 
+def run_judges(run: EvalRunOut) -> dict[str, str]:
+    """The run's judges: each as its scorers name it, and the version it was pinned to."""
+    return {str(text): str(label) for text, label in dict(run.parameters.get("judges", {})).items()}
+
+
 def run_options(run: EvalRunOut) -> RunOptions:
     fields = {k: v for k, v in run.parameters.items() if k in RunOptions.__struct_fields__}
     return msgspec.convert(fields, RunOptions)
@@ -254,7 +293,7 @@ class Evaluator:
     async def _load_configs(self) -> None:
         for target in self.run.configs:
             self._configs[target.id] = await configs.get_config(target.name, target.version)
-        for text, label in dict(self.run.parameters.get("judges", {})).items():
+        for text, label in run_judges(self.run).items():
             target = await service.resolve_target(label)
             self._judges[text] = target
             self._configs[target.id] = await configs.get_config(target.name, target.version)

@@ -189,6 +189,14 @@ class LLMClient:
                 raise failures[0]
         return list(merged.values())
 
+    async def require_model(self, model: str) -> None:
+        """Raise as a send would when no upstream serves ``model``
+        (:class:`ModelNotServedError`, naming the served models in
+        ``details["known_models"]``, or :class:`LLMUnavailableError` when no model list
+        can be read), fetching the lists first if they must be; nothing is sent."""
+        await self._models.prepare(model)
+        self._pool.serving(model)
+
     async def health(self) -> list[UpstreamHealth]:
         """Probe every upstream (``/health``, ``/v1/models``, ``/metrics``, ``/version``).
 

@@ -155,17 +155,7 @@ class UpstreamPool:
         all that are up are at their cap.
         """
         now = self._clock()
-        serving = [u for u in self.upstreams if u.serves(model)]
-        if not serving and any(u.models is None for u in self.upstreams):
-            raise LLMUnavailableError(
-                f"no reachable LLM upstream is known to serve model {model!r}",
-                details={"model": model},
-            )
-        if not serving:
-            raise ModelNotServedError(
-                f"no LLM upstream serves model {model!r}",
-                details={"model": model, "known_models": sorted(self.known_models())},
-            )
+        serving = self.serving(model)
         usable = [u for u in serving if self._usable(u, now)]
         if not usable:
             raise LLMUnavailableError(
@@ -193,6 +183,27 @@ class UpstreamPool:
         chosen.in_flight += 1
         chosen.requests_total += 1
         return Lease(chosen, trial=trial)
+
+    def serving(self, model: str | None) -> list[Upstream]:
+        """The upstreams that list ``model``, whatever their health: the one rule for
+        whether a model is served, used by every send and by checks before one.
+
+        Raises :class:`ModelNotServedError` (naming the models that are served) when every
+        list is known and none holds it, :class:`LLMUnavailableError` when some list could
+        not be read yet.
+        """
+        serving = [u for u in self.upstreams if u.serves(model)]
+        if not serving and any(u.models is None for u in self.upstreams):
+            raise LLMUnavailableError(
+                f"no reachable LLM upstream is known to serve model {model!r}",
+                details={"model": model},
+            )
+        if not serving:
+            raise ModelNotServedError(
+                f"no LLM upstream serves model {model!r}",
+                details={"model": model, "known_models": sorted(self.known_models())},
+            )
+        return serving
 
     def _usable(self, upstream: Upstream, now: float) -> bool:
         state = upstream.state(now)

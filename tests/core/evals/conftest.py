@@ -8,7 +8,7 @@ the database is emptied after each one (:func:`pg`).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,26 +93,37 @@ def faults() -> BodyFaults:
     return BodyFaults()
 
 
-MakeChat = Callable[..., ChatService]
+class MakeChat:
+    """``make_chat(url, ...)``: a ChatService over a client built as production builds it;
+    ``make_chat.llm(chat)`` is that client (a run checks its models are served)."""
+
+    def __init__(self, faults: BodyFaults) -> None:
+        self._faults = faults
+        self._clients: dict[int, LLMClient] = {}
+
+    def __call__(self, *urls: str, **overrides: Any) -> ChatService:
+        overrides.setdefault("llm_max_retries", 0)  # the run's own retries are under test
+        settings = llm_settings(*urls, **overrides)
+        http = build_http_client(settings)
+        http.event_hooks = {"request": [self._faults], "response": []}
+        client = LLMClient(http, settings, owns_http=True, retry_backoff_s=0.01)
+        chat = ChatService(client)
+        self._clients[id(chat)] = client
+        return chat
+
+    def llm(self, chat: ChatService) -> LLMClient:
+        return self._clients[id(chat)]
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
 
 
 @pytest.fixture
 async def make_chat(faults: BodyFaults) -> AsyncIterator[MakeChat]:
-    """``make_chat(url, ...)``: a ChatService over a client built as production builds it."""
-    created: list[LLMClient] = []
-
-    def make(*urls: str, **overrides: Any) -> ChatService:
-        overrides.setdefault("llm_max_retries", 0)  # the run's own retries are under test
-        settings = llm_settings(*urls, **overrides)
-        http = build_http_client(settings)
-        http.event_hooks = {"request": [faults], "response": []}
-        client = LLMClient(http, settings, owns_http=True, retry_backoff_s=0.01)
-        created.append(client)
-        return ChatService(client)
-
-    yield make
-    for client in created:
-        await client.aclose()
+    maker = MakeChat(faults)
+    yield maker
+    await maker.close()
 
 
 async def make_config(name: str, **fields: Any) -> LLMConfigOut:

@@ -51,13 +51,16 @@ async def test_a_killed_run_resumes_without_losing_or_repeating_an_item(
         [{"id": f"item-{i:02}", "prompt": f"question {i} 🙂"} for i in range(ITEMS)],
     )
     dataset = load_dataset(path)
-    run = await start_run(
-        dataset,
-        configs_named=["alpha"],
-        scorers=[],
-        options=RunOptions(concurrency=CONCURRENCY),
-        owner=await service.evaluation_owner(),
-    )
+    settings = llm_settings(slow_sim.base_url, llm_max_retries=0)
+    async with LLMClient.from_settings(settings) as client:
+        run = await start_run(
+            dataset,
+            llm=client,
+            configs_named=["alpha"],
+            scorers=[],
+            options=RunOptions(concurrency=CONCURRENCY),
+            owner=await service.evaluation_owner(),
+        )
     slow_sim.reset()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")},

@@ -24,6 +24,7 @@ from functions.core.evals.report import build_report
 from functions.core.evals.runner import Evaluator, RunOptions, start_run
 from functions.core.evals.schemas import EvalResultOut, ScorerSpec
 from functions.core.liveness.service import Lease
+from functions.core.llm.errors import ModelNotServedError
 from tests.core.evals.conftest import BodyFaults, MakeChat, make_config, write_jsonl
 from tests.core.evals.judge_upstream import JUDGE_MODEL, JudgeUpstream, expected_judge_score
 from tests.support.simulator import SimulatorProcess
@@ -54,6 +55,7 @@ def scorers(**extra: Any) -> list[ScorerSpec]:
 
 
 async def run_once(
+    make_chat: MakeChat,
     chat: ChatService,
     path: Path,
     configs: list[str],
@@ -66,6 +68,7 @@ async def run_once(
     owner = await service.evaluation_owner()
     run = await start_run(
         dataset,
+        llm=make_chat.llm(chat),
         configs_named=configs,
         scorers=specs,
         options=RunOptions(**{**FAST, **options}),
@@ -125,7 +128,7 @@ async def test_two_configs_every_scorer_and_a_judge(
     probe = write_jsonl(
         tmp_path / "probe.jsonl", [{"id": f"i{n}", "prompt": p} for n, p in enumerate(PROMPTS)]
     )
-    _, probed = await run_once(chat, probe, ["alpha", "beta"], [])
+    _, probed = await run_once(make_chat, chat, probe, ["alpha", "beta"], [])
     said = {(r.item_id, r.config): r.output for r in probed}
     assert len(said) == 12
     assert all(said.values())
@@ -147,7 +150,9 @@ async def test_two_configs_every_scorer_and_a_judge(
     items[3]["scorers"] = [{"type": "numeric", "tolerance": 0.5}]
     path = write_jsonl(tmp_path / "data.jsonl", items)
     faults_before = len(judge.prompts)
-    run_id, results = await run_once(chat, path, ["alpha", "beta@1"], scorers(), concurrency=4)
+    run_id, results = await run_once(
+        make_chat, chat, path, ["alpha", "beta@1"], scorers(), concurrency=4
+    )
 
     assert len(results) == 12
     assert {(r.item_id, r.config) for r in results} == set(said)
@@ -223,7 +228,7 @@ async def test_upstream_failures_are_retried_or_recorded_item_by_item(
     )
     specs = msgspec.convert([{"type": "regex", "pattern": "."}], list[ScorerSpec])
     run_id, results = await run_once(
-        chat, path, ["alpha"], specs, retries=2, item_timeout_s=0.5, concurrency=5
+        make_chat, chat, path, ["alpha"], specs, retries=2, item_timeout_s=0.5, concurrency=5
     )
     by_item = {r.item_id: r for r in results}
     assert len(results) == 5
@@ -259,7 +264,7 @@ async def test_a_non_transient_failure_is_not_retried(
     await make_config("huge", max_tokens=100_000)
     chat = make_chat(sim.base_url)
     path = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "prompt": "hello"}])
-    _, (result,) = await run_once(chat, path, ["huge"], [], retries=3)
+    _, (result,) = await run_once(make_chat, chat, path, ["huge"], [], retries=3)
     assert result.error_code == "context_length_exceeded"
     assert result.attempts == 1
     assert faults.sent_with("hello") == 1
@@ -278,6 +283,7 @@ async def test_resume_sends_only_the_items_without_a_result(
     owner = await service.evaluation_owner()
     run = await start_run(
         dataset,
+        llm=make_chat.llm(chat),
         configs_named=["alpha", "beta"],
         scorers=[],
         options=RunOptions(concurrency=3),
@@ -322,15 +328,22 @@ async def test_a_resumed_run_keeps_its_dataset_and_configurations(
     pg: Engine[Any], sim: SimulatorProcess, make_chat: MakeChat, tmp_path: Path
 ) -> None:
     await make_config("alpha")
+    llm = make_chat.llm(make_chat(sim.base_url))
     path = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "prompt": "hi"}])
     owner = await service.evaluation_owner()
     run = await start_run(
-        load_dataset(path), configs_named=["alpha"], scorers=[], options=RunOptions(), owner=owner
+        load_dataset(path),
+        llm=llm,
+        configs_named=["alpha"],
+        scorers=[],
+        options=RunOptions(),
+        owner=owner,
     )
     changed = write_jsonl(tmp_path / "e.jsonl", [{"id": "a", "prompt": "hello"}])
     with pytest.raises(ConflictError, match="another dataset"):
         await start_run(
             load_dataset(changed),
+            llm=llm,
             configs_named=["alpha"],
             scorers=[],
             options=RunOptions(),
@@ -340,6 +353,7 @@ async def test_a_resumed_run_keeps_its_dataset_and_configurations(
     with pytest.raises(ConflictError, match="keeps its configurations"):
         await start_run(
             load_dataset(path),
+            llm=llm,
             configs_named=["beta"],
             scorers=[],
             options=RunOptions(),
@@ -348,6 +362,7 @@ async def test_a_resumed_run_keeps_its_dataset_and_configurations(
         )
     same = await start_run(
         load_dataset(path),
+        llm=llm,
         configs_named=["alpha@1"],
         scorers=[],
         options=RunOptions(),
@@ -358,7 +373,7 @@ async def test_a_resumed_run_keeps_its_dataset_and_configurations(
 
 
 async def test_run_scorers_are_checked_against_every_item_first(
-    pg: Engine[Any], tmp_path: Path
+    pg: Engine[Any], sim: SimulatorProcess, make_chat: MakeChat, tmp_path: Path
 ) -> None:
     await make_config("alpha")
     path = write_jsonl(
@@ -371,6 +386,7 @@ async def test_run_scorers_are_checked_against_every_item_first(
     with pytest.raises(DatasetError) as caught:
         await start_run(
             load_dataset(path),
+            llm=make_chat.llm(make_chat(sim.base_url)),
             configs_named=["alpha"],
             scorers=specs,
             options=RunOptions(),
@@ -383,11 +399,14 @@ async def test_run_scorers_are_checked_against_every_item_first(
     assert (await service.list_runs()).data == []
 
 
-async def test_one_process_runs_a_run_at_a_time(pg: Engine[Any], tmp_path: Path) -> None:
+async def test_one_process_runs_a_run_at_a_time(
+    pg: Engine[Any], sim: SimulatorProcess, make_chat: MakeChat, tmp_path: Path
+) -> None:
     await make_config("alpha")
     path = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "prompt": "hi"}])
     run = await start_run(
         load_dataset(path),
+        llm=make_chat.llm(make_chat(sim.base_url)),
         configs_named=["alpha"],
         scorers=[],
         options=RunOptions(),
@@ -407,3 +426,28 @@ async def test_one_process_runs_a_run_at_a_time(pg: Engine[Any], tmp_path: Path)
     finished = await service.finish_run(run.id, "complete", report={"ok": True})
     assert (finished.status, finished.runner, finished.report) == ("complete", None, {"ok": True})
     assert finished.finished_at is not None
+
+
+async def test_a_model_nobody_serves_stops_the_run_before_it_starts(
+    pg: Engine[Any], sim: SimulatorProcess, make_chat: MakeChat, tmp_path: Path
+) -> None:
+    await make_config("alpha")
+    await make_config("typo", model="llama-3-8b")
+    chat = make_chat(sim.base_url)
+    path = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "prompt": "hi"}])
+    with pytest.raises(ModelNotServedError) as refused:
+        await start_run(
+            load_dataset(path),
+            llm=make_chat.llm(chat),
+            configs_named=["alpha", "typo"],
+            scorers=[],
+            options=RunOptions(),
+            owner=await service.evaluation_owner(),
+        )
+    # The rule a send applies (and its code), naming what is wrong and what is served.
+    assert refused.value.code == "model_not_served"
+    assert "typo@1 (model 'llama-3-8b')" in refused.value.message
+    assert "the models served are: sim-model" in refused.value.message
+    assert "alpha@1" not in refused.value.message
+    assert (await service.list_runs()).data == []
+    assert "/v1/chat/completions" not in (await sim.stats_async())["paths"]
