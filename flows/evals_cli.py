@@ -146,7 +146,7 @@ def from_history(owner: str, config: str | None, since: str | None, limit: int, 
     an item; the stored reply is its expected answer. Run a candidate configuration on it:
     switchboard flows run evaluate --dataset FILE --config CANDIDATE."""
     from functions.core.evals import service
-    from functions.core.evals.datasets import encode_items
+    from functions.core.evals.datasets import write_dataset
     from functions.core.evals.history import HistoryDataset, dataset_from_history
 
     moment = _since(since)
@@ -156,6 +156,6 @@ def from_history(owner: str, config: str | None, since: str | None, limit: int, 
         return await dataset_from_history(key, config=config, since=moment, limit=limit)
 
     built = with_database(settings_or_exit(), build)
-    out.write_bytes(encode_items(built.items))
-    skipped = f" ({built.skipped} skipped: tool calls)" if built.skipped else ""
+    write_dataset(out, built.items)
+    skipped = f" ({built.skipped} skipped: tool calls, or a NUL)" if built.skipped else ""
     click.echo(f"wrote {len(built.items)} item(s) to {out}{skipped}", err=True)

@@ -24,6 +24,7 @@ from functions.core.chat.schemas import (
     ReplyFailed,
     SendRequest,
     event_name,
+    message_chars_problem,
 )
 from functions.core.chat.service import ChatService
 from functions.core.conversations import service as conversations
@@ -226,11 +227,9 @@ async def send_message(
             details={"field": "Idempotency-Key", "source": "header"},
         )
     limit = settings_of(request.app.state).max_message_chars
-    if len(data.content) > limit:
+    if (too_long := message_chars_problem(data.content, limit)) is not None:
         raise PayloadTooLargeError(
-            f"content is {len(data.content)} characters; the limit is {limit} "
-            "(SWITCHBOARD_MAX_MESSAGE_CHARS)",
-            details={"field": "content", "limit_chars": limit},
+            f"content {too_long}", details={"field": "content", "limit_chars": limit}
         )
     send = SendRequest(
         owner=principal.key_id,

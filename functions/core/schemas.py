@@ -80,6 +80,19 @@ def _check_items(
 _SAFE = frozenset({bool, type(None)})
 
 
+def _check_fields(struct: msgspec.Struct) -> None:
+    for name, encoded in zip(
+        struct.__struct_fields__, struct.__struct_encode_fields__, strict=True
+    ):
+        value = getattr(struct, name)
+        kind = type(value)
+        if kind is str:  # most fields, checked here without a call
+            if "\x00" in value:
+                check_value(value, encoded)
+        elif kind not in _SAFE and not isinstance(value, msgspec.Struct):
+            check_value(value, encoded)
+
+
 class Input(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Base for request bodies and service inputs.
 
@@ -89,16 +102,15 @@ class Input(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """
 
     def __post_init__(self) -> None:
-        for name, encoded in zip(
-            self.__struct_fields__, self.__struct_encode_fields__, strict=True
-        ):
-            value = getattr(self, name)
-            kind = type(value)
-            if kind is str:  # most fields, checked here without a call
-                if "\x00" in value:
-                    check_value(value, encoded)
-            elif kind not in _SAFE and not isinstance(value, msgspec.Struct):
-                check_value(value, encoded)
+        _check_fields(self)
+
+
+class FrozenInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """:class:`Input`, immutable: for what is read once and then passed around (a
+    dataset's items, scorer definitions). The same checks, on the same occasions."""
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
 
 
 class Output(msgspec.Struct, kw_only=True):

@@ -25,6 +25,14 @@ from functions.core.schemas import Input, Output
 MAX_CONTENT_CHARS = 400_000
 
 
+def message_chars_problem(text: str, limit: int) -> str | None:
+    """What is wrong with a turn's text under SWITCHBOARD_MAX_MESSAGE_CHARS (``limit``), or
+    None: the one rule for a turn wherever it comes from (a send, a dataset's item)."""
+    if len(text) <= limit:
+        return None
+    return f"is {len(text)} characters; the limit is {limit} (SWITCHBOARD_MAX_MESSAGE_CHARS)"
+
+
 class MessageSend(Input, kw_only=True):
     """The user's message; sampling fields override the conversation's config for this reply."""
 

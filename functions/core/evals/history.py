@@ -8,7 +8,9 @@ is ``expected``. Run through a candidate configuration, the items show what it w
 answered to what users actually asked. The configuration's system prompt is not part of an
 item: the configuration under test supplies its own.
 
-Exchanges with tool calls are skipped (a dataset item is a plain chat), and counted.
+Exchanges with tool calls are skipped (a dataset item is a plain chat), and counted; so
+are those holding a NUL (SQLite stored them before the API refused them), which a dataset
+refuses as the API does.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from functions.core.errors import InvalidInputError
 from functions.core.evals.schemas import DatasetItem, DatasetMessage
 from functions.core.messages import service as messages
 from functions.core.messages.schemas import StoredTurn, Turn
+from functions.core.schemas import InputValueError
 
 if TYPE_CHECKING:
     from functions.core.messages.schemas import MessageOut
@@ -79,25 +82,29 @@ def item_from(
     stored: list[StoredTurn], reply_seq: int, conversation_id: uuid.UUID
 ) -> DatasetItem | None:
     """The item for the reply at ``reply_seq``: the counted history before it, then what
-    asked for it; None when that is not a plain chat."""
+    asked for it; None when that is not a plain chat, or holds what a dataset may not (a
+    NUL that SQLite stored before the API refused it)."""
     counted = counted_history([turn for turn in stored if turn.seq <= reply_seq])
     if len(counted) < 2 or counted[-1].role != "assistant":
         return None
     asked, reply = counted[:-1], counted[-1]
     if not _plain(asked) or asked[-1].role != "user":
         return None
-    return DatasetItem(
-        id=f"{conversation_id}/{reply_seq}",
-        messages=[
-            DatasetMessage(
-                role=turn.role,
-                content=turn.parts if turn.parts is not None else turn.content,
-                name=turn.name,
-            )
-            for turn in asked
-        ],
-        expected=reply.content,
-    )
+    try:
+        return DatasetItem(
+            id=f"{conversation_id}/{reply_seq}",
+            messages=[
+                DatasetMessage(
+                    role=turn.role,
+                    content=turn.parts if turn.parts is not None else turn.content,
+                    name=turn.name,
+                )
+                for turn in asked
+            ],
+            expected=reply.content,
+        )
+    except InputValueError:
+        return None
 
 
 async def dataset_from_history(

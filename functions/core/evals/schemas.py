@@ -3,6 +3,10 @@
 Scorer definitions are one tagged union (``type`` names the scorer): a dataset line's
 ``scorers`` and a run's scorers decode into the same Structs, and a typo in a parameter is
 an error naming it (``forbid_unknown_fields``), never a scorer silently using a default.
+
+Dataset items and scorers are :class:`~functions.core.schemas.FrozenInput`: what a dataset
+brings (a NUL, an integer beyond 64 bits, JSON nested too deep) is refused by the same
+checks as an HTTP body, before it can reach a send or a database.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import msgspec
 from msgspec import Meta
 
 from functions.core.messages.schemas import Role
-from functions.core.schemas import Output
+from functions.core.schemas import FrozenInput, Output
 
 ItemId = Annotated[str, Meta(min_length=1, max_length=200)]
 ScorerName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
@@ -23,19 +27,15 @@ NonNegative = Annotated[float, Meta(ge=0)]
 Fraction = Annotated[float, Meta(ge=0, le=1)]
 
 
-class DatasetMessage(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
-):
+class DatasetMessage(FrozenInput, frozen=True, kw_only=True, omit_defaults=True):
     """One turn of an item's chat, in OpenAI's shape (``content`` a string or parts)."""
 
     role: Role
     content: str | list[dict[str, Any]] = ""
-    name: str | None = None
+    name: Annotated[str, Meta(min_length=1, max_length=256)] | None = None
 
 
-class _Scorer(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="type"
-):
+class _Scorer(FrozenInput, frozen=True, kw_only=True, tag_field="type"):
     # Shown in reports; two scorers of one type need names of their own.
     name: ScorerName | None = None
 
@@ -150,9 +150,7 @@ def scorer_name(spec: ScorerSpec) -> str:
     return spec.name or str(type(spec).__struct_config__.tag)
 
 
-class DatasetItem(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
-):
+class DatasetItem(FrozenInput, frozen=True, kw_only=True, omit_defaults=True):
     """One line of a dataset: a chat (``messages``) or a ``prompt``, and what to expect."""
 
     id: ItemId

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import stat
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +16,7 @@ from functions.core.evals.datasets import (
     item_turns,
     load_dataset,
     parse_dataset,
+    write_dataset,
 )
 from functions.core.evals.schemas import DatasetItem, DatasetMessage
 from functions.core.messages.schemas import Turn
@@ -158,3 +162,151 @@ def test_items_written_out_omit_what_they_do_not_set() -> None:
     assert encode_items([item]) == (
         '{"id":"x","messages":[{"role":"user","content":"서울?"}],"expected":"서울"}\n'.encode()
     )
+
+
+NUL = "\x00"
+TEXT_PART = {"type": "text", "text": "hi"}
+
+# (a line, the field its error names): every place a dataset carries text or JSON.
+REFUSED_LINES = [
+    ({"id": f"a{NUL}", "prompt": "p"}, "id"),
+    ({"id": "a", "prompt": f"p{NUL}"}, "prompt"),
+    ({"id": "a", "messages": [{"role": "user", "content": f"x{NUL}"}]}, "messages[0].content"),
+    (
+        {"id": "a", "messages": [{"role": "user", "content": [{"type": "text", "text": NUL}]}]},
+        "messages[0].content[0].text",
+    ),
+    (
+        {"id": "a", "messages": [{"role": "user", "content": [{**TEXT_PART, f"k{NUL}": 1}]}]},
+        "messages[0].content[0]",
+    ),
+    (
+        {"id": "a", "messages": [{"role": "user", "content": "x", "name": f"n{NUL}"}]},
+        "messages[0].name",
+    ),
+    ({"id": "a", "prompt": "p", "expected": f"e{NUL}"}, "expected"),
+    ({"id": "a", "prompt": "p", "metadata": {"m": ["ok", NUL]}}, "metadata.m[1]"),
+    ({"id": "a", "prompt": "p", "metadata": {"n": 2**64}}, "metadata.n"),
+    (
+        {"id": "a", "prompt": "p", "scorers": [{"type": "contains", "value": NUL}]},
+        "scorers[0].value",
+    ),
+    (
+        {
+            "id": "a",
+            "prompt": "p",
+            "scorers": [{"type": "python", "callable": "m.f", "params": {"k": NUL}}],
+        },
+        "scorers[0].params.k",
+    ),
+    ({"id": "a", "prompt": "x" * 400_001}, "prompt"),
+    ({"id": "a", "messages": [{"role": "user", "content": "x" * 400_001}]}, "messages[0].content"),
+]
+
+
+@pytest.mark.parametrize(("line", "field"), REFUSED_LINES)
+def test_what_the_api_refuses_a_dataset_refuses_naming_its_line_and_field(
+    tmp_path: Path, line: dict[str, Any], field: str
+) -> None:
+    """A NUL anywhere, an integer beyond 64 bits, a turn longer than a send may be: refused
+    by the checks an HTTP body gets, with the line and the field, before anything runs."""
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"id": "fine", "prompt": "ok"}, line])
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(path)
+    assert [(error.line, error.field) for error in caught.value.errors] == [(2, field)]
+    assert f"line 2, {field}: " in str(caught.value)
+
+
+def test_a_turn_is_bounded_by_the_deployments_message_limit(tmp_path: Path) -> None:
+    """``max_message_chars`` is SWITCHBOARD_MAX_MESSAGE_CHARS: the limit a send has."""
+    parts = [{"type": "text", "text": "12345"}, {"type": "image_url", "image_url": {}}, TEXT_PART]
+    lines = [
+        {"id": "short", "prompt": "x" * 10},
+        {"id": "long", "prompt": "x" * 11},
+        {
+            "id": "chat",
+            "messages": [{"role": "system", "content": "y" * 11}, {"role": "user", "content": "q"}],
+        },
+        {"id": "parts", "messages": [{"role": "user", "content": [*parts, TEXT_PART, TEXT_PART]}]},
+        {"id": "fits", "messages": [{"role": "user", "content": parts}]},
+    ]
+    path = write_jsonl(tmp_path / "d.jsonl", lines)
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(path, max_message_chars=10)
+    found = [(error.line, error.field, error.message) for error in caught.value.errors]
+    limit = "the limit is 10 (SWITCHBOARD_MAX_MESSAGE_CHARS)"
+    assert found == [
+        (2, "prompt", f"is 11 characters; {limit}"),
+        (3, "messages[0].content", f"is 11 characters; {limit}"),
+        (4, "messages[0].content", f"is 11 characters; {limit}"),
+    ]
+    assert len(load_dataset(path).items) == 5  # the ceiling of the setting by default
+
+
+@pytest.mark.parametrize("depth", [33, 10_000, 100_000])
+def test_json_nested_too_deep_is_a_line_error_not_a_crash(tmp_path: Path, depth: int) -> None:
+    nested = "[" * depth + "]" * depth
+    path = tmp_path / "deep.jsonl"
+    path.write_text(
+        f'{{"id": "a", "prompt": "p"}}\n{{"id": "b", "prompt": "p", "metadata": {{"m": {nested}}}}}\n'
+    )
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(path)
+    (error,) = caught.value.errors
+    assert error.line == 2
+    assert "deeper than 32 levels" in error.message or "nested too deeply" in error.message
+
+
+@pytest.mark.parametrize(
+    "separator", ["\u2028", "\u2029", "\u0085", "\x1c", "\x1d", "\x1e", "\r", "\x0b", "\x0c"]
+)
+def test_line_separators_inside_a_record_keep_it_one_line(tmp_path: Path, separator: str) -> None:
+    """JSON Lines end at \\n only: what ``str.splitlines`` also splits at (U+2028, U+2029,
+    U+0085, ...) is text inside a record, as written by ``encode_items``."""
+    items = [
+        DatasetItem(id="a", prompt=f"one{separator}two", expected=f"x{separator}"),
+        DatasetItem(id="b", messages=[DatasetMessage(role="user", content=f"{separator}q")]),
+    ]
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(encode_items(items))
+    assert load_dataset(path).items == items
+    assert load_dataset(path).lines == [1, 2]
+
+
+def test_a_byte_order_mark_at_the_start_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(
+        b'\xef\xbb\xbf{"id": "a", "prompt": "p"}\r\n\r\n{"id": "b", "prompt": "q"}\r\n'
+    )
+    dataset = load_dataset(path)
+    assert [item.id for item in dataset.items] == ["a", "b"]
+    assert dataset.lines == [1, 3]
+    plain = tmp_path / "plain.jsonl"
+    plain.write_bytes(b'{"id": "a", "prompt": "p"}\n{"id": "b", "prompt": "q"}\n')
+    assert load_dataset(plain).sha256 == dataset.sha256
+    # Only at the start: elsewhere it is not JSON's whitespace.
+    inside = tmp_path / "inside.jsonl"
+    inside.write_bytes(b'{"id": "a", "prompt": "p"}\n\xef\xbb\xbf{"id": "b", "prompt": "q"}\n')
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(inside)
+    assert [error.line for error in caught.value.errors] == [2]
+
+
+def test_a_dataset_is_written_atomically_and_for_its_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "history.jsonl"
+    path.write_text("old\n")
+    path.chmod(0o644)
+    items = [DatasetItem(id="a", prompt="p\u2028q")]
+    write_dataset(path, items)
+    assert path.read_bytes() == encode_items(items)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.jsonl"]
+
+    def failing() -> Iterator[DatasetItem]:
+        yield DatasetItem(id="b", prompt="p")
+        raise RuntimeError("the database went away")
+
+    with pytest.raises(RuntimeError):
+        write_dataset(path, failing())
+    assert path.read_bytes() == encode_items(items)  # the old file, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.jsonl"]

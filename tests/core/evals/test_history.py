@@ -6,15 +6,25 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+from piccolo.engine.base import Engine
 
 from functions.core.chat.schemas import SendRequest
 from functions.core.conversations import service as conversations
 from functions.core.conversations.schemas import ConversationCreate
+from functions.core.db.engine import use_engine
+from functions.core.db.tables import Conversation, Message
 from functions.core.errors import InvalidInputError
-from functions.core.evals.datasets import encode_items, parse_dataset
+from functions.core.evals.datasets import (
+    dataset_lines,
+    encode_items,
+    load_dataset,
+    parse_dataset,
+    write_dataset,
+)
 from functions.core.evals.history import dataset_from_history
 from functions.core.evals.schemas import DatasetMessage
 from functions.core.keys import service as keys
@@ -89,10 +99,56 @@ async def test_items_are_the_counted_history_and_the_stored_reply(
     assert (await dataset_from_history(owner, config="nothing")).items == []
 
     # What is written out reads back as a valid dataset.
-    again = parse_dataset(encode_items(everything.items).decode().splitlines())
+    again = parse_dataset(dataset_lines(encode_items(everything.items).decode()))
     assert again.items == everything.items
 
 
 async def test_the_limit_is_bounded(db: Any) -> None:
     with pytest.raises(InvalidInputError):
         await dataset_from_history(uuid.uuid4(), limit=0)
+
+
+async def test_line_separators_in_history_keep_the_dataset_readable(
+    db: Any, sim: SimulatorProcess, make_chat: MakeChat, tmp_path: Path
+) -> None:
+    """One message with U+2028, U+2029 or U+0085 made every dataset built from its key's
+    history unreadable (the reader split lines as ``str.splitlines`` does)."""
+    await make_config("prod")
+    owner = (await keys.create_key(ApiKeyCreate(name="app"))).id
+    chat = make_chat(sim.base_url)
+    for text in ("one\u2028two", "three\u2029four", "five\u0085six", "seven\x1cend"):
+        await chat.send(says(owner, await new_conversation(owner, "prod"), text))
+    built = await dataset_from_history(owner)
+    out = tmp_path / "history.jsonl"
+    write_dataset(out, built.items)
+    again = load_dataset(out)
+    assert again.items == built.items
+    assert [item.messages[0].content for item in again.items if item.messages] == [
+        "one\u2028two",
+        "three\u2029four",
+        "five\u0085six",
+        "seven\x1cend",
+    ]
+
+
+async def test_a_nul_stored_before_it_was_refused_is_skipped_not_a_crash(
+    sqlite_engine: Engine[Any],
+) -> None:
+    """SQLite keeps a NUL (PostgreSQL refuses it); rows stored before the API refused it
+    are left out of a dataset, and counted, as a dataset would refuse them."""
+    use_engine(sqlite_engine)
+    async with sqlite_engine.transaction() as transaction:
+        owner = (await keys.create_key(ApiKeyCreate(name="app"))).id
+        conversation = await conversations.create_conversation(owner, ConversationCreate())
+        for seq, (role, content) in enumerate(
+            [("user", "fine"), ("assistant", "ok"), ("user", "x\x00y"), ("assistant", "no")],
+            start=1,
+        ):
+            await Message(conversation=conversation.id, seq=seq, role=role, content=content).save()
+        await Conversation.update({Conversation.last_seq: 4}).where(
+            Conversation.id == conversation.id
+        )
+        built = await dataset_from_history(owner)
+        assert [item.expected for item in built.items] == ["ok"]
+        assert built.skipped == 1
+        await transaction.rollback()
