@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -119,13 +120,24 @@ class Faults:
     alice_secret: str
     owner: uuid.UUID
     gateways: list[GatewayProcess] = field(default_factory=list)
+    # The gateways' outcome journals (one directory per test, shared by its gateways, as
+    # by the processes of one deployment): never the working directory's default.
+    journal_dir: Path | None = None
 
     def gateway(self, **env: str) -> GatewayProcess:
         """A started ``switchboard serve`` on this database (stopped when the test ends)."""
         process = GatewayProcess(
             self.url,
             [sim.base_url for sim in self.sims.values()],
-            env={**GATEWAY_ENV, **{f"SWITCHBOARD_{k.upper()}": v for k, v in env.items()}},
+            env={
+                **GATEWAY_ENV,
+                **(
+                    {"SWITCHBOARD_OUTCOME_JOURNAL_DIR": str(self.journal_dir)}
+                    if self.journal_dir
+                    else {}
+                ),
+                **{f"SWITCHBOARD_{k.upper()}": v for k, v in env.items()},
+            },
         )
         self.gateways.append(process)
         return process.start()  # type: ignore[return-value]
@@ -252,7 +264,10 @@ async def wait_until(predicate: Any, *, within: float, interval: float = 0.05) -
 
 @pytest.fixture
 async def faults(
-    cluster: PostgresCluster, faults_url: str, fault_simulators: dict[str, SimulatorProcess]
+    cluster: PostgresCluster,
+    faults_url: str,
+    fault_simulators: dict[str, SimulatorProcess],
+    tmp_path: Path,
 ) -> AsyncIterator[Faults]:
     engine = engine_from_url(faults_url)
     use_engine(engine)
@@ -265,6 +280,7 @@ async def faults(
         admin_secret=admin.secret,
         alice_secret=alice.secret,
         owner=alice.id,
+        journal_dir=tmp_path / "outcomes",
     )
     try:
         yield world
