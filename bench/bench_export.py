@@ -206,15 +206,18 @@ async def child(url: str, fmt: str, out: str, core: int) -> None:
     from functions.core.exports.service import export_history
     from functions.core.runtime import open_runtime
     from functions.core.settings import load_settings
+    from tests.core.exports.conftest import writers_ended
 
     settings = load_settings({"SWITCHBOARD_DATABASE_URL": url}, dotenv=None)
     async with open_runtime(settings, use_llm=False, configure_logs=False):
+        # The export takes what was committed before the oldest write still open on the
+        # server began (another session's, on a shared server): wait for it to end.
+        await writers_ended()
         rss_before = _rss_mb()
         started = time.perf_counter()
         cpu_started = time.process_time()
         result = await export_history(
-            ExportRequest(destination=out, format=fmt, full=True),  # type: ignore[arg-type]
-            settle=timedelta(0),
+            ExportRequest(destination=out, format=fmt, full=True)  # type: ignore[arg-type]
         )
         seconds = time.perf_counter() - started
         cpu = time.process_time() - cpu_started

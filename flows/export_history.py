@@ -30,7 +30,6 @@ from flows import progress
 from flows.run_log import run_log
 from functions.core.exports.schemas import ExportRequest, ExportResult, Selection
 from functions.core.exports.service import export_history as run_export
-from functions.core.exports.service import settle_for
 from functions.core.flow_metrics import report_flow_run
 from functions.core.runtime import open_runtime
 from functions.core.settings import load_settings
@@ -49,8 +48,10 @@ class ExportReport(msgspec.Struct, kw_only=True):
     format: str
     mode: str
     messages: int
-    after: datetime | None
-    through: datetime
+    # The changes exported (``change_seq``): from ``after`` to below ``through``.
+    after: int | None
+    through: int
+    started_at: datetime
     manifest: str
     files: list[dict[str, object]]
     recovered: list[str]
@@ -65,6 +66,7 @@ class ExportReport(msgspec.Struct, kw_only=True):
             messages=manifest.messages,
             after=manifest.watermark.after,
             through=manifest.watermark.through,
+            started_at=manifest.started_at,
             manifest=result.manifest_path,
             files=[msgspec.to_builtins(file) for file in manifest.files],
             recovered=result.recovered,
@@ -72,11 +74,12 @@ class ExportReport(msgspec.Struct, kw_only=True):
 
     def summary(self) -> list[str]:
         """The report for a terminal."""
-        since = "the beginning" if self.after is None else f"{self.after:%Y-%m-%d %H:%M:%S}"
+        since = "the beginning" if self.after is None else f"change {self.after}"
         lines = [
             f"exported {self.messages} message(s) ({self.mode}, {self.format}) to "
             f"{self.destination}",
-            f"  finished after {since} up to {self.through:%Y-%m-%d %H:%M:%S} UTC",
+            f"  every message finished by {self.started_at:%Y-%m-%d %H:%M:%S} UTC "
+            f"(changes from {since} to below {self.through})",
         ]
         lines += [f"  {f['path']}: {f['rows']} rows, {f['bytes']} bytes" for f in self.files]
         lines.append(f"  manifest: {self.manifest}")
@@ -89,7 +92,8 @@ class ExportReport(msgspec.Struct, kw_only=True):
             f"# Export to `{self.destination}`",
             "",
             f"- **{self.messages}** message(s), {self.mode}, {self.format}",
-            f"- finished after `{self.after}` up to `{self.through}`",
+            f"- every message finished by `{self.started_at}` (changes from "
+            f"`{self.after}` to below `{self.through}`)",
             f"- manifest `{self.manifest}`",
         ]
         if self.files:
@@ -110,8 +114,8 @@ class ExportReport(msgspec.Struct, kw_only=True):
     cache_policy=NO_CACHE,
     persist_result=False,
 )
-async def export_task(request: ExportRequest, settle: timedelta) -> ExportResult:
-    return await run_export(request, settle=settle)
+async def export_task(request: ExportRequest) -> ExportResult:
+    return await run_export(request)
 
 
 @flow(
@@ -156,7 +160,7 @@ async def export_history(
             progress.step("opening the database")
             async with open_runtime(settings, use_llm=False):
                 progress.step(f"exporting to {out}")
-                result = await export_task(request, settle_for(settings))
+                result = await export_task(request)
             report = ExportReport.of(result)
             await acreate_markdown_artifact(
                 key=ARTIFACT_KEY, markdown=report.markdown(), description="What the export wrote."

@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from tests.core.exports.conftest import (
     read_rows,
     rows_of,
     seed_history,
+    writers_ended,
 )
 from tests.flows.conftest import prefect_api_url, prefect_env, run_flow
 from tests.support.databases import sqlite_url
@@ -61,18 +62,18 @@ async def test_the_flow_exports_what_is_new_each_run(export_db: Engine[Any], tmp
     history = await seed_history()
     out = tmp_path / "exports"
 
+    await writers_ended()
     first = await run_flow(export_history, out=str(out), format="parquet")
     report: ExportReport = first.result
     assert report.messages == 8
     assert report.mode == "incremental"
     assert report.after is None
-    # Finished just after the first run's window closed (it ends a settle window before
-    # the run's start): the next run's window holds it.
+    # Finished just after the first run: the next run holds it, however soon it starts.
     conversation = next(iter(history.conversations))
-    finished = report.through + timedelta(milliseconds=1)
-    await asyncio.sleep(0.01)
+    finished = datetime.now(UTC)
     await add_message(history, conversation, content="새 소식 📰", created_at=finished,
                       completed_at=finished)  # fmt: skip
+    await writers_ended()
     second = await run_flow(export_history, out=str(out), format="parquet")
 
     assert second.result.messages == 1
@@ -97,6 +98,7 @@ async def test_the_flow_exports_what_is_new_each_run(export_db: Engine[Any], tmp
 
 async def test_filters_are_parameters(export_db: Engine[Any], tmp_path: Path):
     history = await seed_history()
+    await writers_ended()
     ran = await run_flow(
         export_history,
         out=str(tmp_path),
@@ -134,6 +136,7 @@ async def test_a_scheduled_export_into_a_bucket(
     if not bucket.fs.exists("flow-exports"):
         bucket.fs.mkdir("flow-exports")
     history = await seed_history()
+    await writers_ended()
     url = f"s3://flow-exports/{tmp_path.name}"
 
     ran = await run_flow(export_history, out=url)
@@ -162,6 +165,7 @@ async def test_flows_run_export_from_the_command_line(
     use_engine(pg_engine)
     try:
         history = await seed_history()
+        await writers_ended()
         out = tmp_path / "out"
         env = prefect_env(
             tmp_path / "prefect-home",

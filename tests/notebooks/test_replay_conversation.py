@@ -5,7 +5,7 @@ service's own."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from functions.core.keys.schemas import ApiKeyCreate
 from functions.core.llm.client import LLMClient
 from functions.core.messages import service as messages
 from functions.core.replay.service import ReplayService
+from tests.core.exports.conftest import writers_ended
 from tests.core.replay.conftest import FAILS, make_config, seed_conversation
 from tests.notebooks.conftest import assert_clean_run, execute, render_html
 from tests.support.simulator import SimulatorProcess
@@ -106,9 +107,9 @@ async def test_a_conversation_from_an_export_file_replayed_faithfully(
     tmp_path: Path,
 ) -> None:
     _, conversation = await seed(chat)
+    await writers_ended()
     exported = await export_history(
         ExportRequest(destination=str(tmp_path / "exports"), format="csv"),
-        settle=timedelta(0),
         now=datetime.now(UTC),
     )
     manifest = tmp_path / "exports" / exported.manifest_path

@@ -127,6 +127,11 @@ class Message(Table, tablename="message"):
     # Indexed with id by message_created_id_idx, for exports.
     created_at = Timestamptz(default=TimestamptzNow())
     completed_at = Timestamptz(null=True, default=None)
+    # Which change wrote this version of the row, set by a trigger on every insert and
+    # update (the writing transaction's id on PostgreSQL, a counter on SQLite; 0 before the
+    # trigger existed): exports take messages in this order. Indexed with id for finished
+    # messages by message_change_seq_idx.
+    change_seq = BigInt(default=0)
 
 
 class HealthCheck(Table, tablename="health_check"):
@@ -238,10 +243,10 @@ class ExportWatermark(Table, tablename="export_watermark"):
     """How far one export series has got, and which run is exporting it now.
 
     A series is a destination, a format and a selection (``functions.core.exports``): every
-    message whose ``completed_at`` is at or before ``exported_through`` has been exported to
-    it. ``run_*`` is the claim of the run working on it (one at a time, renewed while it
-    runs); ``publishing`` lists the files a committed run was still renaming into place, so
-    the next run finishes the job if that one died.
+    change to its messages below ``exported_seq`` has been exported to it. ``run_*`` is the
+    claim of the run working on it (one at a time, renewed while it runs); ``publishing``
+    lists the files a committed run was still renaming into place, so the next run finishes
+    the job if that one died.
     """
 
     id = UUID(primary_key=True)
@@ -250,6 +255,10 @@ class ExportWatermark(Table, tablename="export_watermark"):
     destination = Varchar(length=1000)
     format = Varchar(length=16)
     selection = JSONB(default={})
+    # Every change to the series' messages below this ``message.change_seq`` is exported.
+    exported_seq = BigInt(null=True, default=None)
+    # The watermark before change order (a completion time): read only by a series' first
+    # run after the upgrade.
     exported_through = Timestamptz(null=True, default=None)
     messages_exported = BigInt(default=0)
     last_run_id = UUID(null=True, default=None)

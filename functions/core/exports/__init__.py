@@ -2,7 +2,7 @@
 
 ``service.export_history`` runs one export (the export flow, ``switchboard flows run
 export``, a notebook); ``schemas`` documents the columns (one row per message, with its
-conversation and its configuration's name and version; ``schema_version`` 1); ``source``
+conversation and its configuration's name and version; ``schema_version`` 2); ``source``
 reads the database, ``writers`` the formats, ``destinations`` folders and buckets,
 ``watermarks`` how far each series has got. The incremental rule, what a failed run
 leaves and what happens to deleted conversations are in ``service``'s docstring.
@@ -20,5 +20,10 @@ Reading a whole destination with DuckDB::
     SELECT * FROM read_json('exports/*.jsonl', format = 'newline_delimited');
     SELECT * FROM read_csv('exports/*.csv', header = true, allow_quoted_nulls = false);
 
-(``allow_quoted_nulls = false`` keeps an empty text, ``""``, apart from a null.)
+(``allow_quoted_nulls = false`` keeps an empty text, ``""``, apart from a null.) A message
+changed after it was exported is exported again, with a larger ``change_seq``; its latest
+version::
+
+    SELECT * FROM read_parquet('exports/*.parquet')
+    QUALIFY row_number() OVER (PARTITION BY message_id ORDER BY change_seq DESC) = 1;
 """

@@ -11,6 +11,7 @@ How each format holds a column (see :class:`Kind`):
   JSON values; CSV holds their compact JSON text; Parquet a ``string`` column annotated with
   Parquet's JSON logical type (DuckDB reads it as ``JSON``). Absent is null, never ``[]``.
 - ``int32``: an integer (Parquet ``int32``).
+- ``int64``: an integer (Parquet ``int64``).
 - ``float64``: a number (Parquet ``double``).
 - ``timestamp``: a time in UTC: RFC 3339 with microseconds and ``Z`` in JSONL and CSV
   (``2026-11-29T23:00:00.123456Z``), Parquet ``timestamp[us, tz=UTC]``.
@@ -31,7 +32,8 @@ import msgspec
 from msgspec import Meta
 
 # Bumped whenever a column is added, removed, renamed or changes meaning or type.
-SCHEMA_VERSION = 1
+# 2: ``change_seq`` (a message exported again after a late change is a new row version).
+SCHEMA_VERSION = 2
 
 Format = Literal["jsonl", "csv", "parquet"]
 FORMATS: tuple[Format, ...] = ("jsonl", "csv", "parquet")
@@ -42,6 +44,7 @@ class Kind(enum.Enum):
     TEXT = "text"
     JSON = "json"
     INT32 = "int32"
+    INT64 = "int64"
     FLOAT64 = "float64"
     TIMESTAMP = "timestamp"
 
@@ -55,7 +58,7 @@ class Column:
 
 
 COLUMNS: tuple[Column, ...] = (
-    Column("schema_version", Kind.INT32, "the version of these columns (1)", nullable=False),
+    Column("schema_version", Kind.INT32, "the version of these columns (2)", nullable=False),
     Column("message_id", Kind.TEXT, "the message's id (UUID)", nullable=False),
     Column("conversation_id", Kind.TEXT, "its conversation's id (UUID)", nullable=False),
     Column("seq", Kind.INT32, "its position in the conversation, from 1", nullable=False),
@@ -80,8 +83,14 @@ COLUMNS: tuple[Column, ...] = (
     Column("upstream_request_id", Kind.TEXT, "the request id sent to vLLM"),
     Column("owner_instance", Kind.TEXT, "the gateway process that generated a reply (UUID)"),
     Column("created_at", Kind.TIMESTAMP, "when the message was stored", nullable=False),
+    Column("completed_at", Kind.TIMESTAMP, "when it was finished", nullable=False),
     Column(
-        "completed_at", Kind.TIMESTAMP, "when it was finished (the export order)", nullable=False
+        "change_seq",
+        Kind.INT64,
+        "the database's change that wrote this version of the message (the export order): a "
+        "message changed after it was exported is exported again, with a larger change_seq; "
+        "its latest version is its row with the largest",
+        nullable=False,
     ),
     Column("owner_key_id", Kind.TEXT, "the API key owning the conversation (UUID)", nullable=False),
     Column(
@@ -150,10 +159,11 @@ class ManifestFile(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class WatermarkRange(msgspec.Struct, frozen=True, kw_only=True):
-    """The messages finished after ``after`` (null: from the beginning) up to ``through``."""
+    """The changes exported: ``change_seq`` from ``after`` (null: from the beginning) to
+    below ``through`` (the next run starts at ``through``)."""
 
-    after: datetime | None
-    through: datetime
+    after: int | None
+    through: int
 
 
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):

@@ -5,21 +5,22 @@ CLI, a notebook). One run:
 
 1. **Claims** its series (destination, format, selection; ``watermarks``), finishing or
    cleaning up after a run that died on it.
-2. **Streams** every finished message after the series' watermark, up to ``now - settle``,
-   from the database in batches (``source``) into one file under a temporary name
-   (``writers``, ``destinations``).
+2. **Streams** every finished message changed since the series' watermark, up to every
+   change committed as the run starts, from the database in batches (``source``) into one
+   file under a temporary name (``writers``, ``destinations``).
 3. **Commits**: moves the watermark and records the files to publish, in one write.
 4. **Publishes**: renames the data file, then the manifest, into place.
 
-The incremental rule. A message is exported once it is finished (``completed_at`` set:
-complete, failed or cancelled; a reply still pending waits for a later run), by the first
-run whose window ``(watermark, now - settle]`` holds its ``completed_at``. Windows never
-overlap, so incremental runs never export a message twice, and a reply that was pending
-during one run is exported by the first run after it finishes, however old its
-``created_at``. ``settle`` (the flow uses the longest a reply can stay pending,
-``liveness.pending_bound``) covers writes still in flight and clocks a little apart
-between gateway hosts, and the one later change a finished message can see: a reply
-retired as ``interrupted`` while its process was cut off, then finished by that process.
+The incremental rule. Every write of a message stamps it with the database's change order
+(``change_seq``; ``source`` explains why no change can appear below a run's window once it
+is read). A message is exported once it is finished (``completed_at`` set: complete,
+failed or cancelled; a reply still pending waits for a later run), by the first run whose
+window ``[watermark, through)`` holds its stamp, ``through`` being read as the run starts:
+a message finished a moment before a run is in it. Windows never overlap, so incremental
+runs never export a version of a message twice. A finished message changed later (a reply
+retired as ``interrupted`` while its process was cut off, then finished by that process)
+is stamped again and exported again by the next run, as a new row version: consumers keep
+each message's row with the largest ``change_seq``.
 
 A failed or killed run publishes nothing and leaves the watermark where it was: its
 temporary files are removed by itself or, if it was killed, by the next run on the series.
@@ -61,18 +62,17 @@ from functions.core.exports.source import (
     DEFAULT_BATCH_ROWS,
     DEFAULT_SCAN_ROWS,
     Window,
+    current_watermark,
     iter_chunks,
 )
 from functions.core.exports.watermarks import Claim, Publish, Series
 from functions.core.exports.writers import Sink, Writer, open_writer
-from functions.core.liveness.service import pending_bound
 from functions.core.logging import get_logger
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Callable
 
     from functions.core.exports.source import Chunk
-    from functions.core.settings import Settings
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -80,12 +80,6 @@ T = TypeVar("T")
 # A run renews its claim every third of this; a run that died is replaced after it (at once
 # when it ran on the same host).
 CLAIM_TTL = timedelta(seconds=60)
-
-
-def settle_for(settings: Settings) -> timedelta:
-    """How long a finished message waits before it is exported: the longest a reply can
-    legitimately stay pending (a late outcome write lands within it)."""
-    return pending_bound(settings)
 
 
 class Tuning(msgspec.Struct, frozen=True, kw_only=True):
@@ -123,7 +117,6 @@ def series_for(request: ExportRequest, destination: Destination) -> Series:
 async def export_history(
     request: ExportRequest,
     *,
-    settle: timedelta,
     storage_options: dict[str, Any] | None = None,
     claim_ttl: timedelta = CLAIM_TTL,
     tuning: Tuning | None = None,
@@ -132,7 +125,7 @@ async def export_history(
     """Export the series' new finished messages (all of them with ``request.full``).
 
     Raises :class:`~functions.core.exports.watermarks.ExportRunningError` while another run
-    exports the same series. ``now`` is for tests; the window ends at ``now - settle``.
+    exports the same series. ``now`` (for tests) names the run's files.
     """
     destination = await asyncio.to_thread(open_destination, request.destination, storage_options)
     series = series_for(request, destination)
@@ -142,11 +135,7 @@ async def export_history(
     run = _Run(request, series, destination, held, claim_ttl, tuning or Tuning(), started)
     try:
         recovered = await run.recover()
-        through = started - settle
-        after = None if request.full else held.exported_through
-        if held.exported_through is not None and through < held.exported_through:
-            through = held.exported_through  # a clock behind the last run: an empty window
-        result = await run.export(Window(after=after, through=through), recovered)
+        result = await run.export(await _window(request, held), recovered)
     except BaseException:
         # Cleaned up even when this task is being cancelled (shielded, then its files
         # thread is let go once the cleanup is done).
@@ -163,6 +152,22 @@ async def export_history(
         manifest=result.manifest_path,
     )
     return result
+
+
+async def _window(request: ExportRequest, held: Claim) -> Window:
+    """The changes this run exports: from the series' watermark (or the beginning) to every
+    change committed now. Read after the claim, so the previous run's watermark is final."""
+    through = await current_watermark()
+    if request.full:
+        return Window(after=None, through=through)
+    # The oldest running transaction never goes back; if it ever did, nothing is exported
+    # twice: the window is empty.
+    after = held.exported_seq
+    if after is not None:
+        return Window(after=after, through=max(through, after))
+    # A series' first run after the upgrade to change order: its time watermark says which of
+    # the rows stored before were exported.
+    return Window(after=None, through=through, legacy_through=held.exported_through)
 
 
 class _Run:

@@ -1,7 +1,28 @@
-"""Reading finished messages for an export: in chunks, in the order they finished.
+"""Reading finished messages for an export: in chunks, in the order they were written.
 
-Messages are read by keyset pagination over the ``message_completed_id_idx`` index
-(``(m.completed_at, m.id) > (…)``), so the cost of a chunk does not depend on how deep into
+Which messages. Every write of a message stamps it with ``change_seq``, the database's change
+order (a trigger; ``piccolo_migrations/core_2026_12_07t18_11_00_message_change_triggers``).
+An export takes the finished messages whose stamp is in ``[after, through)``, where
+``through`` is :func:`current_watermark`, read once as the run starts:
+
+- PostgreSQL: the stamp is the writing transaction's id, and ``through`` the oldest
+  transaction still running (``pg_snapshot_xmin(pg_current_snapshot())``). Every writer
+  below it has ended and every later one gets a larger id, so nothing can appear below
+  ``through`` after it is read: what a run leaves out, the next one takes. A run takes
+  everything committed before the oldest write still in progress began (a send's
+  transactions last milliseconds; a transaction left open anywhere on the cluster holds
+  exports back, never loses a row).
+- SQLite: writers are serialised, so a counter bumped inside the writing transaction is
+  commit order, and ``through`` is the counter's next value.
+
+Chunks are read statement by statement, not in one snapshot: a row changed meanwhile is
+stamped again (past ``through``) and leaves this run's scan for the next run's, which
+exports its new version; a deleted one is gone. Each version a run sees is exported once.
+An export therefore reads committed history only: on PostgreSQL, inside a transaction that
+has written, its own writes are not below ``through`` (:class:`ExportInTransactionError`).
+
+Messages are read by keyset pagination over the ``message_change_seq_idx`` index
+(``(m.change_seq, m.id) > (…)``), so the cost of a chunk does not depend on how deep into
 the history it is, and memory stays flat whatever the history's size. Each page is read in
 two steps: where its chunks end first (the database sums the keys' sizes and hands back
 only each chunk's last key and row number), then each chunk's rows: at most ``batch_rows``
@@ -27,7 +48,7 @@ The column list, the joins and the keyset are one query shape for both engines; 
 value becomes text differs (:class:`_Dialect`).
 
 Only finished messages (``completed_at`` set) are read; a pending reply joins the scan once
-it finishes, at its completion time.
+it finishes (that write stamps it again).
 """
 
 from __future__ import annotations
@@ -35,7 +56,6 @@ from __future__ import annotations
 import contextlib
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -47,19 +67,20 @@ from piccolo.engine.sqlite import SQLiteEngine
 
 from functions.core.db.engine import current_engine
 from functions.core.db.sql import _numbered, fetch, pg_connection
+from functions.core.errors import SwitchboardError
 from functions.core.exports.schemas import COLUMNS, SCHEMA_VERSION, Kind
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+    from datetime import datetime
 
     from functions.core.exports.schemas import Selection
 
-# Before every stored time: where a scan from the beginning starts.
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Before every id: a scan from ``after`` starts at (after, NIL), so it takes the stamp
+# ``after`` itself (the watermark is the first change not yet exported).
 NIL = uuid.UUID(int=0)
-# After every id: a scan after a watermark starts at (watermark, MAX_ID), i.e. strictly after
-# every message finished at the watermark itself (those were exported by then).
-MAX_ID = uuid.UUID(int=2**128 - 1)
+# Before every stamp (the rows stored before stamping hold 0).
+FIRST_SEQ = 0
 
 DEFAULT_SCAN_ROWS = 10_000
 DEFAULT_BATCH_ROWS = 5_000
@@ -95,6 +116,7 @@ _SOURCES: dict[str, str] = {
     "owner_instance": "m.owner_instance",
     "created_at": "m.created_at",
     "completed_at": "m.completed_at",
+    "change_seq": "m.change_seq",
     "owner_key_id": "c.owner_key",
     "conversation_title": "c.title",
     "conversation_metadata": "c.metadata",
@@ -119,8 +141,14 @@ _PG_JOINS = (
     "LEFT JOIN LATERAL (SELECT name, version FROM llm_config WHERE id = m.llm_config "
     "LIMIT 1) l ON true"
 )
-_WHERE = " WHERE (m.completed_at, m.id) > ({}, {}) AND (m.completed_at, m.id) <= ({}, {})"
-_ORDER = " ORDER BY m.completed_at, m.id"
+_WHERE = (
+    " WHERE (m.change_seq, m.id) > ({}, {}) AND (m.change_seq, m.id) <= ({}, {}) "
+    "AND m.completed_at IS NOT NULL"
+)
+# A series' first run after the upgrade to change order: of the rows stored before (stamp
+# 0), only those finished after its old time watermark.
+_LEGACY = " AND (m.change_seq > 0 OR m.completed_at > {})"
+_ORDER = " ORDER BY m.change_seq, m.id"
 # What a message weighs in a chunk: its text and JSON columns, in bytes on either engine.
 _SIZE_COLUMNS = ("m.content", "m.content_parts", "m.tool_calls", "m.error_message")
 
@@ -132,12 +160,39 @@ assert _JSON_COLUMNS == ("content_parts", "tool_calls", "conversation_metadata")
 _ENCODER = msgspec.json.Encoder()
 
 
+class ExportInTransactionError(SwitchboardError):
+    """An export was started inside a PostgreSQL transaction that has written."""
+
+    code = "export_in_transaction"
+
+
 @dataclass(frozen=True)
 class Window:
-    """Messages finished after ``after`` (None: from the beginning) up to ``through``."""
+    """Finished messages whose ``change_seq`` is at least ``after`` (None: from the
+    beginning) and below ``through``; with ``legacy_through``, of the rows stored before
+    stamping only those finished after it."""
 
-    after: datetime | None
-    through: datetime
+    after: int | None
+    through: int
+    legacy_through: datetime | None = None
+
+
+async def current_watermark() -> int:
+    """Where this export's window ends: no change below it can still appear (see the module's
+    docstring)."""
+    if not _dialect().postgres:
+        rows = await fetch("SELECT value + 1 AS through FROM message_change_counter")
+        return int(rows[0]["through"])
+    rows = await fetch(
+        "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS through, "
+        "pg_current_xact_id_if_assigned() IS NOT NULL AS writing"
+    )
+    if rows[0]["writing"]:
+        raise ExportInTransactionError(
+            "an export reads committed history: run it outside a transaction that has written "
+            "(its own writes are not committed yet)"
+        )
+    return int(rows[0]["through"])
 
 
 @dataclass(frozen=True)
@@ -232,7 +287,7 @@ class _SQLite(_Dialect):
             return self.timestamp(sql)
         if kind is Kind.JSON:
             return f"coalesce(json({sql}), 'null')"  # json(): checked and compact
-        if kind is Kind.INT32:
+        if kind in (Kind.INT32, Kind.INT64):
             return f"CAST({sql} AS INTEGER)"
         if kind is Kind.FLOAT64:
             return f"CAST({sql} AS REAL)"
@@ -257,16 +312,17 @@ def _dialect() -> _Dialect:
 
 
 @cache
-def _rows_sql(postgres: bool, shape: Shape, filters: str) -> str:
+def _rows_sql(postgres: bool, shape: Shape, filters: str, legacy: bool) -> str:
     dialect = _Postgres() if postgres else _SQLite()
     # The limit is the number of keys in the chunk, which bounds its rows: it changes no
     # result, but caps the planner's estimate (past the index's statistics it can guess a
     # chunk ten times too large, and PostgreSQL then JIT-compiles every chunk's query).
-    return dialect.select(shape) + _WHERE + filters + _ORDER + " LIMIT {}"
+    where = _WHERE + (_LEGACY if legacy else "")
+    return dialect.select(shape) + where + filters + _ORDER + " LIMIT {}"
 
 
 @cache
-def _ends_sql(postgres: bool) -> str:
+def _ends_sql(postgres: bool, legacy: bool) -> str:
     """Where a page's chunks end: the last key and row number of each, in order.
 
     A row's part is its number of whole ``batch_rows`` before it plus its number of whole
@@ -276,15 +332,16 @@ def _ends_sql(postgres: bool) -> str:
     """
     dialect = _Postgres() if postgres else _SQLite()
     sizes = " + ".join(f"coalesce({dialect.size(column)}, 0)" for column in _SIZE_COLUMNS)
-    order = "OVER (ORDER BY completed_at, id)"
+    order = "OVER (ORDER BY change_seq, id)"
     return (
-        "SELECT completed_at, id, n FROM (SELECT completed_at, id, n, part, "  # noqa: S608
-        "lead(part) OVER (ORDER BY n) AS next_part FROM (SELECT completed_at, id, "
+        "SELECT change_seq, id, n FROM (SELECT change_seq, id, n, part, "  # noqa: S608
+        "lead(part) OVER (ORDER BY n) AS next_part FROM (SELECT change_seq, id, "
         f"row_number() {order} AS n, (row_number() {order} - 1) / {{}} + "
         f"(sum(size) {order} - size) / {{}} AS part "
-        f"FROM (SELECT m.completed_at AS completed_at, m.id AS id, {sizes} AS size "
-        "FROM message m WHERE (m.completed_at, m.id) > ({}, {}) AND m.completed_at <= {} "
-        "ORDER BY m.completed_at, m.id LIMIT {}) page) parts) ends "
+        f"FROM (SELECT m.change_seq AS change_seq, m.id AS id, {sizes} AS size "
+        "FROM message m WHERE (m.change_seq, m.id) > ({}, {}) AND m.change_seq < {} "
+        f"AND m.completed_at IS NOT NULL{_LEGACY if legacy else ''} "
+        "ORDER BY m.change_seq, m.id LIMIT {}) page) parts) ends "
         "WHERE next_part IS NULL OR next_part <> part ORDER BY n"
     )
 
@@ -315,29 +372,39 @@ async def iter_chunks(
     batch_rows: int = DEFAULT_BATCH_ROWS,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
 ) -> AsyncGenerator[Chunk, None]:
-    """Every finished message in ``window`` that ``selection`` takes, oldest finish first,
+    """Every finished message in ``window`` that ``selection`` takes, in change order,
     in ``shape``; never more than ``batch_rows`` rows (and, past the first row, about
     ``batch_bytes`` bytes of text) in one chunk."""
     dialect = _dialect()
     batch_rows = min(batch_rows, dialect.max_batch_rows)
-    ends_sql = _ends_sql(dialect.postgres)
+    legacy = window.legacy_through is not None
+    ends_sql = _ends_sql(dialect.postgres, legacy)
     filters, filter_args = _filters(selection)
-    rows_sql = _rows_sql(dialect.postgres, shape, filters)
-    cursor: tuple[datetime, uuid.UUID] = (
-        (EPOCH, NIL) if window.after is None else (window.after, MAX_ID)
+    rows_sql = _rows_sql(dialect.postgres, shape, filters, legacy)
+    legacy_args = [window.legacy_through] if legacy else []
+    cursor: tuple[int, uuid.UUID] = (
+        FIRST_SEQ if window.after is None else window.after,
+        NIL,
     )
     async with _sqlite_reader(dialect) as sqlite:
         while True:
             ends = await fetch(
-                ends_sql, batch_rows, batch_bytes, cursor[0], cursor[1], window.through, scan_rows
+                ends_sql,
+                batch_rows,
+                batch_bytes,
+                *cursor,
+                window.through,
+                *legacy_args,
+                scan_rows,
             )
             if not ends:
                 return
             before = 0
             for end in ends:
-                key = (end["completed_at"], end["id"])
+                key = (int(end["change_seq"]), end["id"])
                 count = int(end["n"]) - before
-                chunk = await _chunk(sqlite, rows_sql, shape, [*cursor, *key, *filter_args, count])
+                args = [*cursor, *key, *legacy_args, *filter_args, count]
+                chunk = await _chunk(sqlite, rows_sql, shape, args)
                 if chunk.rows:
                     yield chunk
                 cursor, before = key, int(end["n"])

@@ -3,8 +3,10 @@
 A *series* is what an incremental export continues: one destination, one format, one
 selection (owner, configuration, time bounds). Its row in ``export_watermark`` holds:
 
-- ``exported_through``: every message of the series finished at or before this time has
-  been exported (so the next run takes those finished after it);
+- ``exported_seq``: every change to the series' messages below this ``message.change_seq``
+  has been exported (so the next run takes the changes from it on). ``exported_through``,
+  the time watermark used before change order, is read only by a series' first run after
+  that upgrade;
 - a *claim* (``run_id``, host, pid, expiry) held by the one run working on the series,
   renewed while it runs: a second run at the same time is refused, and a run that died
   (its process gone from this host, or its claim expired) is replaced by the next;
@@ -71,6 +73,7 @@ class Claim(msgspec.Struct, frozen=True, kw_only=True):
 
     series: str
     run_id: uuid.UUID
+    exported_seq: int | None
     exported_through: datetime | None
     # A run that died on this series: its temporary files are to be removed, and
     # ``publishing`` (if any) are the files it had committed and not yet renamed.
@@ -85,7 +88,7 @@ class Watermark(msgspec.Struct, frozen=True, kw_only=True):
     destination: str
     format: str
     selection: Selection
-    exported_through: datetime | None
+    exported_seq: int | None
     messages_exported: int
     last_run_id: uuid.UUID | None
     last_run_at: datetime | None
@@ -120,7 +123,8 @@ async def claim(series: Series, run_id: uuid.UUID, *, ttl: timedelta, now: datet
         now,
     )
     rows = await fetch(
-        "SELECT exported_through, run_id, run_host, run_pid, run_expires_at, publishing "
+        "SELECT exported_seq, exported_through, run_id, run_host, run_pid, run_expires_at, "
+        "publishing "
         "FROM export_watermark WHERE series = {}",
         key,
     )
@@ -157,6 +161,7 @@ async def claim(series: Series, run_id: uuid.UUID, *, ttl: timedelta, now: datet
     return Claim(
         series=key,
         run_id=run_id,
+        exported_seq=row["exported_seq"],
         exported_through=row["exported_through"],
         dead_run=held_by,
         publishing=None if publishing is None else msgspec.convert(publishing, list[Publish]),
@@ -179,7 +184,7 @@ async def renew(held: Claim, *, ttl: timedelta, now: datetime) -> None:
 async def commit(
     held: Claim,
     *,
-    through: datetime,
+    through: int,
     messages: int,
     manifest: str,
     publishing: list[Publish],
@@ -187,7 +192,7 @@ async def commit(
 ) -> None:
     """Move the watermark to ``through`` and record the files to publish, in one write."""
     committed = await fetch(
-        "UPDATE export_watermark SET exported_through = {}, "
+        "UPDATE export_watermark SET exported_seq = {}, "
         "messages_exported = messages_exported + {}, last_run_id = {}, last_run_at = {}, "
         "last_manifest = {}, publishing = {}, updated_at = {} "
         "WHERE series = {} AND run_id = {} RETURNING id",
@@ -243,7 +248,7 @@ async def release(held: Claim, *, now: datetime) -> None:
 async def get_watermark(series: Series) -> Watermark | None:
     """A series' progress, or None if it has never run."""
     rows = await fetch(
-        "SELECT series, destination, format, selection, exported_through, messages_exported, "
+        "SELECT series, destination, format, selection, exported_seq, messages_exported, "
         "last_run_id, last_run_at, last_manifest, run_id FROM export_watermark "
         "WHERE series = {}",
         series.key,

@@ -135,6 +135,8 @@ def _parquet_type(kind: Kind) -> Any:
 
     if kind is Kind.INT32:
         return pa.int32()
+    if kind is Kind.INT64:
+        return pa.int64()
     if kind is Kind.FLOAT64:
         return pa.float64()
     if kind is Kind.TIMESTAMP:

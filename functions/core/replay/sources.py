@@ -1,12 +1,14 @@
 """Where a replay's conversation comes from: the database, or an export file.
 
 An export (``functions.core.exports``) holds one row per finished message with its
-conversation's fields (schema version 1). Replay reads any of its formats: JSONL, CSV
+conversation's fields (schema versions 1 and 2). Replay reads any of its formats: JSONL, CSV
 (the byte order mark and header included; an empty unquoted field is null) and Parquet
 (with pyarrow, from the ``flows`` extra). Give it a data file, an export's manifest
 (``*.manifest.json``: every data file it lists) or a folder of exports (every manifest in
 it, so the incremental runs of a series together hold whole conversations). A message
-exported twice (by a ``full`` run after incremental ones) is read once.
+exported twice (by a ``full`` run after incremental ones, or again after a late change) is
+read once: its latest version (the largest ``change_seq``; in version 1 files, the last
+file's).
 
 A conversation must be there from its first message on, without gaps: replaying it from
 the middle would send the model another history than the one its users saw.
@@ -121,6 +123,8 @@ class ExportRow(msgspec.Struct, kw_only=True):
     upstream_request_id: str | None = None
     created_at: datetime
     completed_at: datetime | None = None
+    # Absent (0) in version 1 files.
+    change_seq: int = 0
     owner_key_id: uuid.UUID
     conversation_title: str = ""
     conversation_metadata: Any = None
@@ -130,6 +134,8 @@ class ExportRow(msgspec.Struct, kw_only=True):
 # Columns that are never null: in CSV an empty field there is an empty string.
 _TEXT_NOT_NULL = frozenset({"content", "conversation_title"})
 _JSON_COLUMNS = ("content_parts", "tool_calls", "conversation_metadata")
+# Version 2 added ``change_seq`` only: version 1 files read the same way.
+_READABLE_VERSIONS = ("1", str(SCHEMA_VERSION))
 
 
 def export_files(path: str | Path) -> list[Path]:
@@ -160,12 +166,15 @@ def export_files(path: str | Path) -> list[Path]:
 
 
 def read_export_rows(path: str | Path) -> list[ExportRow]:
-    """Every row of the export(s) at ``path`` (see :func:`export_files`), each message once."""
+    """Every row of the export(s) at ``path`` (see :func:`export_files`), each message once:
+    its latest version."""
     rows: dict[uuid.UUID, ExportRow] = {}
     for file in export_files(path):
         for raw in _raw_rows(file):
             row = _row(raw, file)
-            rows[row.message_id] = row
+            seen = rows.get(row.message_id)
+            if seen is None or row.change_seq >= seen.change_seq:
+                rows[row.message_id] = row
     return list(rows.values())
 
 
@@ -233,9 +242,10 @@ def _row(raw: dict[str, Any], file: Path) -> ExportRow:
         if isinstance(raw.get(column), str | bytes):
             raw[column] = msgspec.json.decode(raw[column])
     version = raw.get("schema_version")
-    if str(version) != str(SCHEMA_VERSION):
+    if str(version) not in _READABLE_VERSIONS:
         raise InvalidInputError(
-            f"{file}: schema_version {version!r}; this replay reads version {SCHEMA_VERSION}",
+            f"{file}: schema_version {version!r}; this replay reads versions "
+            f"{', '.join(_READABLE_VERSIONS)}",
             details={"field": "export_file"},
         )
     try:

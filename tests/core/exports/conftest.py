@@ -1,7 +1,8 @@
 """A seeded history (Korean, emoji, every kind of turn) and readers for every format.
 
 Rows are inserted with fixed SQL, so each test knows exactly what every stored field holds
-and when each message finished. :func:`expected_row` is what an export must hold for a
+and when each message finished; the change each write was stamped with (``change_seq``) is
+read back after it. :func:`expected_row` is what an export must hold for a
 message, built from those values alone; :func:`read_rows` reads an exported file back with
 one reader (the json, csv or pyarrow module, or DuckDB) and normalises its values by the
 documented column kinds, so every reader is held to the same rows.
@@ -9,8 +10,10 @@ documented column kinds, so every reader is held to the same rows.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -19,6 +22,7 @@ from typing import Any
 
 import msgspec
 
+from functions.core.db.engine import current_engine
 from functions.core.db.sql import fetch
 from functions.core.exports.schemas import COLUMNS, SCHEMA_VERSION, Kind
 
@@ -46,7 +50,7 @@ class History:
             for m in self.messages.values()
             if (ids is None and m["completed_at"] is not None) or (ids and m["id"] in ids)
         ]
-        chosen.sort(key=lambda m: (m["completed_at"], str(m["id"])))
+        chosen.sort(key=lambda m: (m["change_seq"], str(m["id"])))
         return [expected_row(self, m) for m in chosen]
 
 
@@ -182,6 +186,7 @@ async def add_message(
         convo["updated_at"],
         conversation,
     )
+    values["change_seq"] = await change_seq(values["id"])
     history.messages[values["id"]] = values
     return values["id"]  # type: ignore[no-any-return]
 
@@ -196,8 +201,43 @@ async def finish(history: History, message: uuid.UUID, *, at: datetime, content:
         message,
     )
     history.messages[message].update(
-        status="complete", content=content, completed_at=at, finish_reason="stop"
+        status="complete",
+        content=content,
+        completed_at=at,
+        finish_reason="stop",
+        change_seq=await change_seq(message),
     )
+
+
+async def change_seq(message: uuid.UUID) -> int:
+    """The change the message's last write was stamped with."""
+    rows = await fetch("SELECT change_seq FROM message WHERE id = {}", message)
+    return int(rows[0]["change_seq"])
+
+
+# However loaded the machine, a test's transactions end within this.
+WRITERS_END_S = 120.0
+
+
+async def writers_ended() -> None:
+    """Wait until every transaction that had begun writing on the PostgreSQL cluster has
+    ended (SQLite: nothing to wait for).
+
+    An export takes every change committed before the oldest write still in progress
+    began; the test database shares its cluster with other test sessions, whose open
+    transactions would otherwise hold an export back (never lose a row).
+    """
+    if current_engine().engine_type != "postgres":
+        return
+    rows = await fetch("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax")
+    begun = int(rows[0]["xmax"])
+    deadline = time.monotonic() + WRITERS_END_S
+    while True:
+        rows = await fetch("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin")
+        if int(rows[0]["xmin"]) >= begun:
+            return
+        assert time.monotonic() < deadline, "a transaction on the cluster stayed open"
+        await asyncio.sleep(0.05)
 
 
 async def seed_history(*, at: datetime = T0) -> History:
@@ -311,6 +351,7 @@ def expected_row(history: History, message: dict[str, Any]) -> dict[str, Any]:
         "owner_instance": _text(message["owner_instance"]),
         "created_at": message["created_at"],
         "completed_at": message["completed_at"],
+        "change_seq": message["change_seq"],
         "owner_key_id": str(convo["owner_key"]),
         "conversation_title": convo["title"],
         "conversation_metadata": convo["metadata"],
@@ -337,7 +378,7 @@ def normalize(name: str, value: Any, *, csv_module: bool = False) -> Any:
         return value.astimezone(UTC)
     if kind is Kind.JSON:
         return json.loads(value) if isinstance(value, str) else value
-    if kind is Kind.INT32:
+    if kind in (Kind.INT32, Kind.INT64):
         return int(value)
     if kind is Kind.FLOAT64:
         return float(value)
@@ -401,6 +442,7 @@ DUCKDB_TYPES = {
     Kind.TEXT: "VARCHAR",
     Kind.JSON: "JSON",
     Kind.INT32: "INTEGER",
+    Kind.INT64: "BIGINT",
     Kind.FLOAT64: "DOUBLE",
     Kind.TIMESTAMP: "TIMESTAMPTZ",
 }

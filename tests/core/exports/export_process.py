@@ -12,7 +12,6 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable
-from datetime import timedelta
 
 from functions.core.exports import writers
 from functions.core.exports.schemas import ExportRequest
@@ -38,7 +37,6 @@ async def main(url: str, destination: str, fmt: str) -> None:
     async with open_runtime(settings, use_llm=False, configure_logs=False):
         await export_history(
             ExportRequest(destination=destination, format=fmt),  # type: ignore[arg-type]
-            settle=timedelta(0),
             tuning=Tuning(scan_rows=50, batch_rows=10),
         )
 

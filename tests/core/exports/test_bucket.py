@@ -15,7 +15,7 @@ from functions.core.exports.destinations import INCOMPLETE, FsspecDestination
 from functions.core.exports.schemas import ExportRequest, Format
 from functions.core.exports.service import Tuning, export_history
 from functions.core.exports.writers import JsonlWriter
-from tests.core.exports.conftest import T0, add_message, read_rows, seed_history
+from tests.core.exports.conftest import T0, add_message, read_rows, seed_history, writers_ended
 from tests.support.process import HOST, ServiceProcess, free_port
 
 NOW = T0 + timedelta(days=1)
@@ -47,9 +47,9 @@ def storage(s3_endpoint: str) -> dict[str, Any]:
 
 
 async def export(url: str, fmt: Format, storage: dict[str, Any], **kwargs: Any) -> Any:
+    await writers_ended()
     return await export_history(
         ExportRequest(destination=url, format=fmt),
-        settle=timedelta(minutes=5),
         storage_options=storage,
         tuning=Tuning(scan_rows=4, batch_rows=3),
         **kwargs,
@@ -68,7 +68,7 @@ def download(bucket: FsspecDestination, tmp_path: Path) -> list[Path]:
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 async def test_an_export_into_a_bucket_reads_back_and_continues(
-    db: Engine[Any], tmp_path: Path, storage: dict[str, Any], fmt: Format
+    shared_db: Engine[Any], tmp_path: Path, storage: dict[str, Any], fmt: Format
 ):
     history = await seed_history()
     url = f"s3://{BUCKET}/history/{fmt}/{tmp_path.name}/"
@@ -98,7 +98,7 @@ async def test_an_export_into_a_bucket_reads_back_and_continues(
 
 
 async def test_a_failed_export_leaves_nothing_in_the_bucket(
-    db: Engine[Any], tmp_path: Path, storage: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    shared_db: Engine[Any], tmp_path: Path, storage: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ):
     await seed_history()
     url = f"s3://{BUCKET}/failed/{tmp_path.name}"

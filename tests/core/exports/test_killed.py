@@ -26,6 +26,7 @@ from tests.core.exports.conftest import (
     manifests,
     rows_of,
     seed_history,
+    writers_ended,
 )
 from tests.support.process import REPO_ROOT
 
@@ -54,6 +55,7 @@ async def test_a_killed_export_leaves_nothing_and_the_next_run_catches_up(
         await add_message(history, conversation, content=f"메시지 {i} 📨", created_at=at,
                           completed_at=at)  # fmt: skip
     out = tmp_path / "out"
+    await writers_ended()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.core.exports.export_process",
         database_url(shared_db), str(out), fmt,
@@ -82,15 +84,13 @@ async def test_a_killed_export_leaves_nothing_and_the_next_run_catches_up(
     series = series_for(ExportRequest(destination=str(out), format=fmt), LocalDestination(out))
     stuck = await watermarks.get_watermark(series)
     assert stuck is not None
-    assert stuck.exported_through is None
+    assert stuck.exported_seq is None
     assert stuck.run_id is not None  # the dead run's claim
 
     # Its process is gone from this host: the next run takes over at once, removes what
     # the dead run left and exports everything, once.
     result = await export_history(
-        ExportRequest(destination=str(out), format=fmt),
-        settle=timedelta(0),
-        now=datetime.now(UTC),
+        ExportRequest(destination=str(out), format=fmt), now=datetime.now(UTC)
     )
     assert result.manifest.messages == len(history.expected()) == MESSAGES + 8
     assert [row["message_id"] for row in rows_of(out, "duckdb")] == [
@@ -100,4 +100,4 @@ async def test_a_killed_export_leaves_nothing_and_the_next_run_catches_up(
     done = await watermarks.get_watermark(series)
     assert done is not None
     assert done.run_id is None
-    assert done.exported_through == result.manifest.watermark.through
+    assert done.exported_seq == result.manifest.watermark.through

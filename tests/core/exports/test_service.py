@@ -1,22 +1,31 @@
-"""Exports on PostgreSQL and SQLite: formats read back alike, incremental runs, atomicity."""
+"""Exports on PostgreSQL and SQLite: formats read back alike, incremental runs, atomicity.
+
+Exports read committed history: the tests write without a wrapping transaction
+(``shared_db``)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from piccolo.engine.base import Engine
 
+from functions.core.db.sql import fetch
 from functions.core.exports import service, watermarks
 from functions.core.exports.destinations import LocalDestination
 from functions.core.exports.schemas import SCHEMA_VERSION, ExportRequest, Format, Selection
 from functions.core.exports.service import Tuning, export_history, series_for
+from functions.core.exports.source import ExportInTransactionError
 from functions.core.exports.watermarks import ExportRunningError
 from functions.core.exports.writers import UTF8_BOM, JsonlWriter
+from functions.core.liveness.service import sweep_interrupted
+from functions.core.messages.schemas import ReplyOutcome
+from functions.core.messages.service import finish_exchange
 from tests.core.exports.conftest import (
     T0,
     add_conversation,
@@ -28,6 +37,7 @@ from tests.core.exports.conftest import (
     read_rows,
     rows_of,
     seed_history,
+    writers_ended,
 )
 
 READERS: dict[Format, tuple[str, ...]] = {
@@ -45,9 +55,9 @@ async def run(
 ) -> service.ExportResult:
     selection = options.pop("selection", Selection())
     full = options.pop("full", False)
+    await writers_ended()
     return await export_history(
         ExportRequest(destination=str(out), format=fmt, full=full, selection=selection),
-        settle=options.pop("settle", timedelta(minutes=5)),
         now=now,
         tuning=options.pop("tuning", SMALL),
         **options,
@@ -59,7 +69,9 @@ def ids(rows: list[dict[str, Any]]) -> list[str]:
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
-async def test_every_reader_reads_the_same_rows(db: Engine[Any], tmp_path: Path, fmt: Format):
+async def test_every_reader_reads_the_same_rows(
+    shared_db: Engine[Any], tmp_path: Path, fmt: Format
+):
     history = await seed_history()
     result = await run(tmp_path, fmt)
 
@@ -78,7 +90,7 @@ async def test_every_reader_reads_the_same_rows(db: Engine[Any], tmp_path: Path,
         assert raw.startswith(UTF8_BOM + b'"schema_version","message_id",')
 
 
-async def test_csv_keeps_null_and_empty_apart(db: Engine[Any], tmp_path: Path):
+async def test_csv_keeps_null_and_empty_apart(shared_db: Engine[Any], tmp_path: Path):
     await seed_history()
     await run(tmp_path, "csv")
     (path,) = data_files(tmp_path)
@@ -88,16 +100,21 @@ async def test_csv_keeps_null_and_empty_apart(db: Engine[Any], tmp_path: Path):
     assert ',"system","",,' in system
 
 
-async def test_manifest_describes_the_files(db: Engine[Any], tmp_path: Path):
+async def test_manifest_describes_the_files(shared_db: Engine[Any], tmp_path: Path):
     await seed_history()
     result = await run(tmp_path, "parquet")
 
     (manifest,) = manifests(tmp_path)
     (path,) = data_files(tmp_path)
-    assert manifest["schema_version"] == SCHEMA_VERSION == 1
+    assert manifest["schema_version"] == SCHEMA_VERSION == 2
     assert manifest["mode"] == "incremental"
     assert manifest["messages"] == 8
-    assert manifest["watermark"] == {"after": None, "through": "2026-11-02T08:55:00Z"}
+    assert manifest["watermark"] == {"after": None, "through": result.manifest.watermark.through}
+    # Every change exported is below the watermark.
+    assert (
+        max(row["change_seq"] for row in read_rows(path, "pyarrow"))
+        < manifest["watermark"]["through"]
+    )
     assert manifest["files"] == [
         {
             "path": path.name,
@@ -116,7 +133,7 @@ async def test_manifest_describes_the_files(db: Engine[Any], tmp_path: Path):
     assert published == sorted([path.name, result.manifest_path])
 
 
-async def test_incremental_runs_export_only_new_messages(db: Engine[Any], tmp_path: Path):
+async def test_incremental_runs_export_only_new_messages(shared_db: Engine[Any], tmp_path: Path):
     history = await seed_history()
     first = await run(tmp_path)
     conversation = next(iter(history.conversations))
@@ -139,7 +156,7 @@ async def test_incremental_runs_export_only_new_messages(db: Engine[Any], tmp_pa
 
 
 async def test_a_reply_pending_during_a_run_is_exported_by_the_next(
-    db: Engine[Any], tmp_path: Path
+    shared_db: Engine[Any], tmp_path: Path
 ):
     history = await seed_history()
     pending = next(m["id"] for m in history.messages.values() if m["status"] == "pending")
@@ -156,21 +173,135 @@ async def test_a_reply_pending_during_a_run_is_exported_by_the_next(
     assert sorted(ids(rows)) == sorted(str(m) for m in history.messages)  # each exactly once
 
 
-async def test_recent_messages_wait_for_the_settle_window(db: Engine[Any], tmp_path: Path):
+async def test_a_message_finished_a_second_before_an_export_is_in_it(
+    shared_db: Engine[Any], tmp_path: Path
+):
     history = await seed_history()
     conversation = next(iter(history.conversations))
-    just_now = NOW - timedelta(minutes=1)
+    just_now = datetime.now(UTC)
     recent = await add_message(history, conversation, created_at=just_now, completed_at=just_now)
-    first = await run(tmp_path, settle=timedelta(minutes=5))
-    second = await run(tmp_path, settle=timedelta(minutes=5), now=NOW + timedelta(minutes=5))
+    await asyncio.sleep(1)
+    first = await run(tmp_path, now=datetime.now(UTC))
+    second = await run(tmp_path, now=datetime.now(UTC))
 
-    assert str(recent) not in ids(rows_of(tmp_path, "json")[: first.manifest.messages])
-    assert second.manifest.messages == 1
+    assert first.manifest.messages == 9
+    assert ids(rows_of(tmp_path, "json"))[-1] == str(recent)
     assert ids(rows_of(tmp_path, "json")) == ids(history.expected())
+    assert second.manifest.messages == 0  # right after: nothing new
+    assert second.manifest.watermark.after == first.manifest.watermark.through
+
+
+async def test_a_reply_retired_then_finished_is_exported_again_as_a_new_version(
+    shared_db: Engine[Any], tmp_path: Path
+):
+    history = await seed_history()
+    conversation = next(iter(history.conversations))
+    owner = uuid.uuid4()  # a process whose lease lapsed while the database was out of reach
+    reply = await add_message(
+        history, conversation, role="assistant", content="", created_at=T0, completed_at=None,
+        owner_instance=owner,
+    )  # fmt: skip
+    retired = await sweep_interrupted(bound=timedelta(minutes=1))
+    assert reply in {r.message_id for r in retired}  # and the seeded pending reply
+    first = await run(tmp_path)
+    # The process lived and has the answer: it finishes the reply the sweep retired.
+    outcome = ReplyOutcome(status="complete", content="살아 있었어요 ✅", finish_reason="stop")
+    await finish_exchange(reply, outcome, owner_instance=owner)
+    second = await run(tmp_path, now=NOW + timedelta(hours=1))
+
+    assert (first.manifest.messages, second.manifest.messages) == (10, 1)
+    versions = [row for row in rows_of(tmp_path, "json") if row["message_id"] == str(reply)]
+    assert [(v["status"], v["error_code"], v["content"]) for v in versions] == [
+        ("failed", "interrupted", ""),
+        ("complete", None, "살아 있었어요 ✅"),
+    ]
+    assert versions[0]["change_seq"] < versions[1]["change_seq"]
+    for fmt in ("csv", "parquet"):  # every format carries the version
+        await run(tmp_path / fmt, fmt)
+        rows = rows_of(tmp_path / fmt, "duckdb")
+        assert [r["change_seq"] for r in rows if r["message_id"] == str(reply)] == [
+            versions[1]["change_seq"]
+        ]
+    # The README's query: the latest version of each message.
+    latest = duckdb_latest(tmp_path / "*.jsonl")
+    assert len(latest) == len(history.messages)
+    assert latest[str(reply)] == ("complete", "살아 있었어요 ✅")
+
+
+async def stamped_before_the_upgrade(engine: Engine[Any]) -> None:
+    """Every message as the migration left the rows stored before it: stamped 0."""
+    if engine.engine_type != "postgres":  # the trigger leaves an explicit stamp alone
+        await fetch("UPDATE message SET change_seq = 0")
+        return
+    await engine.run_ddl("ALTER TABLE message DISABLE TRIGGER message_change_seq")
+    try:
+        await fetch("UPDATE message SET change_seq = 0")
+    finally:
+        await engine.run_ddl("ALTER TABLE message ENABLE TRIGGER message_change_seq")
+
+
+def duckdb_latest(pattern: Path) -> dict[str, tuple[str, str]]:
+    import duckdb
+
+    connection = duckdb.connect()
+    try:
+        rows = connection.sql(
+            f"SELECT message_id, status, content FROM read_json('{pattern}', "
+            "format = 'newline_delimited') QUALIFY row_number() OVER "
+            "(PARTITION BY message_id ORDER BY change_seq DESC) = 1"
+        ).fetchall()
+    finally:
+        connection.close()
+    return {str(row[0]): (row[1], row[2]) for row in rows}
+
+
+async def test_an_export_inside_a_transaction_that_wrote_is_refused(
+    db: Engine[Any], tmp_path: Path
+):
+    await seed_history()
+    request = ExportRequest(destination=str(tmp_path))
+    if db.engine_type == "postgres":
+        with pytest.raises(ExportInTransactionError, match="outside a transaction"):
+            await export_history(request)
+        assert data_files(tmp_path) == []
+    else:  # one writer at a time: the transaction's own writes are all there is
+        assert (await export_history(request)).manifest.messages == 8
+
+
+async def test_a_series_exported_by_time_continues_by_change_order(
+    shared_db: Engine[Any], tmp_path: Path
+):
+    history = await seed_history()
+    # Rows stored before the upgrade are stamped 0, and the series' watermark was a time:
+    # the messages finished at or before it were exported.
+    await stamped_before_the_upgrade(shared_db)
+    series = series_for(ExportRequest(destination=str(tmp_path)), LocalDestination(tmp_path))
+    claim = await watermarks.claim(series, uuid.uuid4(), ttl=timedelta(minutes=1), now=NOW)
+    await watermarks.release(claim, now=NOW)
+    old_watermark = T0 + timedelta(minutes=1)
+    await fetch(
+        "UPDATE export_watermark SET exported_through = {} WHERE series = {}",
+        old_watermark,
+        series.key,
+    )
+    conversation = next(iter(history.conversations))
+    new = await add_message(history, conversation, created_at=NOW, completed_at=NOW)
+
+    first = await run(tmp_path)
+    second = await run(tmp_path, now=NOW + timedelta(hours=1))
+
+    exported = {row["message_id"] for row in rows_of(tmp_path, "json")}
+    assert exported == {
+        str(m["id"])
+        for m in history.messages.values()
+        if m["completed_at"] is not None and (m["id"] == new or m["completed_at"] > old_watermark)
+    }
+    assert first.manifest.messages == len(exported) == 5
+    assert second.manifest.messages == 0
 
 
 async def test_messages_finished_at_the_same_instant_are_all_exported_once(
-    db: Engine[Any], tmp_path: Path
+    shared_db: Engine[Any], tmp_path: Path
 ):
     history = await seed_history()
     conversation = next(iter(history.conversations))
@@ -183,7 +314,7 @@ async def test_messages_finished_at_the_same_instant_are_all_exported_once(
     assert ids(rows_of(tmp_path, "json")) == ids(history.expected())
 
 
-async def test_filters_select_by_owner_config_and_time(db: Engine[Any], tmp_path: Path):
+async def test_filters_select_by_owner_config_and_time(shared_db: Engine[Any], tmp_path: Path):
     history = await seed_history()
     other_config = await add_conversation(history, config_name="다른 설정")
     await add_message(history, other_config, created_at=T0, completed_at=T0)
@@ -212,7 +343,7 @@ async def test_filters_select_by_owner_config_and_time(db: Engine[Any], tmp_path
     assert by_time.manifest.selection == window
 
 
-async def test_each_selection_and_format_is_its_own_series(db: Engine[Any], tmp_path: Path):
+async def test_each_selection_and_format_is_its_own_series(shared_db: Engine[Any], tmp_path: Path):
     history = await seed_history()
     await run(tmp_path, selection=Selection(owner=history.other_owner))
     everything = await run(tmp_path)  # same folder, no filter: its own watermark
@@ -221,7 +352,7 @@ async def test_each_selection_and_format_is_its_own_series(db: Engine[Any], tmp_
 
 
 async def test_full_exports_everything_again_and_moves_the_watermark(
-    db: Engine[Any], tmp_path: Path
+    shared_db: Engine[Any], tmp_path: Path
 ):
     history = await seed_history()
     await run(tmp_path)
@@ -239,7 +370,7 @@ async def test_full_exports_everything_again_and_moves_the_watermark(
 
 
 async def test_a_failed_export_leaves_nothing_and_does_not_move_the_watermark(
-    db: Engine[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    shared_db: Engine[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     history = await seed_history()
     calls = 0
@@ -259,7 +390,7 @@ async def test_a_failed_export_leaves_nothing_and_does_not_move_the_watermark(
     series = series_for(ExportRequest(destination=str(tmp_path)), LocalDestination(tmp_path))
     watermark = await watermarks.get_watermark(series)
     assert watermark is not None
-    assert (watermark.exported_through, watermark.run_id) == (None, None)
+    assert (watermark.exported_seq, watermark.run_id) == (None, None)
 
     monkeypatch.setattr(JsonlWriter, "write", write)
     again = await run(tmp_path)
@@ -267,7 +398,9 @@ async def test_a_failed_export_leaves_nothing_and_does_not_move_the_watermark(
     assert ids(rows_of(tmp_path, "json")) == ids(history.expected())
 
 
-async def test_a_second_run_on_a_series_is_refused_while_one_runs(db: Engine[Any], tmp_path: Path):
+async def test_a_second_run_on_a_series_is_refused_while_one_runs(
+    shared_db: Engine[Any], tmp_path: Path
+):
     await seed_history()
     series = series_for(ExportRequest(destination=str(tmp_path)), LocalDestination(tmp_path))
     running = await watermarks.claim(series, uuid.uuid4(), ttl=timedelta(minutes=1), now=NOW)
@@ -280,7 +413,7 @@ async def test_a_second_run_on_a_series_is_refused_while_one_runs(db: Engine[Any
 
 
 async def test_a_run_killed_after_its_commit_is_finished_by_the_next(
-    db: Engine[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    shared_db: Engine[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     history = await seed_history()
 
@@ -308,7 +441,7 @@ async def test_a_run_killed_after_its_commit_is_finished_by_the_next(
     assert not (tmp_path / "_incomplete").exists()
 
 
-async def test_time_bounds_without_a_zone_are_utc(db: Engine[Any], tmp_path: Path):
+async def test_time_bounds_without_a_zone_are_utc(shared_db: Engine[Any], tmp_path: Path):
     await seed_history()
     naive = await run(tmp_path / "naive", selection=Selection(since=datetime(2026, 11, 1, 9, 1)))
     aware = await run(tmp_path / "aware", selection=Selection(since=T0 + timedelta(minutes=1)))

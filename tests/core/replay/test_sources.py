@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +21,16 @@ from functions.core.keys.schemas import ApiKeyCreate
 from functions.core.replay.service import ReplayService
 from functions.core.replay.sources import export_files, load_conversation, read_export
 from tests.core.evals.conftest import BodyFaults
+from tests.core.exports.conftest import writers_ended
 from tests.core.replay.conftest import FAILS, make_config, seed_conversation
 
 TEXTS = ['He said "안녕, 세상",\nthen left; =SUM(A1) 😀', f"{FAILS} and then", "마지막 질문?"]
 
 
 async def export(out: Path, fmt: Format = "jsonl", **selection: Any) -> Path:
+    await writers_ended()  # an export takes what was committed before it
     result = await export_history(
         ExportRequest(destination=str(out), format=fmt, selection=Selection(**selection)),
-        settle=timedelta(0),
         now=datetime.now(UTC),
     )
     return out / result.manifest_path
@@ -37,7 +38,7 @@ async def export(out: Path, fmt: Format = "jsonl", **selection: Any) -> Path:
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
 async def test_an_export_file_holds_the_conversation_as_the_database_does(
-    db: Engine[Any],
+    shared_db: Engine[Any],
     chat: ChatService,
     replayer: ReplayService,
     faults: BodyFaults,
@@ -80,7 +81,7 @@ async def test_an_export_file_holds_the_conversation_as_the_database_does(
 
 
 async def test_a_conversation_split_over_incremental_exports_needs_them_all(
-    db: Engine[Any], chat: ChatService, tmp_path: Path
+    shared_db: Engine[Any], chat: ChatService, tmp_path: Path
 ) -> None:
     await make_config("prod")
     owner = (await keys.create_key(ApiKeyCreate(name="app"))).id
