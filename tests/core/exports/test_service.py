@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ from functions.core.exports.writers import UTF8_BOM, JsonlWriter
 from functions.core.liveness.service import sweep_interrupted
 from functions.core.messages.schemas import ReplyOutcome
 from functions.core.messages.service import finish_exchange
+from functions.core.replay.sources import read_export_rows
 from tests.core.exports.conftest import (
     T0,
     add_conversation,
@@ -226,6 +228,20 @@ async def test_a_reply_retired_then_finished_is_exported_again_as_a_new_version(
     latest = duckdb_latest(tmp_path / "*.jsonl")
     assert len(latest) == len(history.messages)
     assert latest[str(reply)] == ("complete", "살아 있었어요 ✅")
+    # Replay too, whatever order the files come in, a version 1 file (no change_seq) among
+    # them: the newer version is in the first file here, the older in a version 1 file.
+    older, newer = data_files(tmp_path)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "a.jsonl").write_bytes(newer.read_bytes())
+    as_version_1 = [
+        json.dumps({k: v for k, v in {**row, "schema_version": 1}.items() if k != "change_seq"})
+        for row in map(json.loads, older.read_text().splitlines())
+    ]
+    (mixed / "b.jsonl").write_text("\n".join(as_version_1) + "\n")
+    read = {row.message_id: row for row in read_export_rows(mixed)}
+    assert len(read) == len(history.messages)
+    assert (read[reply].status, read[reply].content) == ("complete", "살아 있었어요 ✅")
 
 
 async def stamped_before_the_upgrade(engine: Engine[Any]) -> None:
