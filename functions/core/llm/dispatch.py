@@ -5,6 +5,11 @@ started the work: the connection failed before the request was sent (refused, co
 timeout), or it answered 503 before any of the body was used. A retry prefers an upstream
 this request has not tried yet, and goes there without waiting. Nothing is retried once a
 response has been accepted, nor after a connection broke with the request already sent.
+
+Every answer feeds the pool's passive health (:func:`health_of`): a server error counts as
+a failure, like a connection that could not be made, so an engine that died behind a live
+HTTP server is ejected after ``eject_after`` of them in a row; a healthy answer resets the
+count.
 """
 
 from __future__ import annotations
@@ -76,6 +81,17 @@ def encode_body(request: ChatRequest, *, stream: bool) -> bytes:
     if stream:
         payload["stream_options"] = _INCLUDE_USAGE
     return msgspec.json.encode(payload)
+
+
+def health_of(status: int) -> bool | None:
+    """What an answer's status says of the upstream's health: False for a server error (a
+    dead engine behind a live vLLM server answers every chat 500), True for any other
+    answer (a 4xx is the request's fault, and so is vLLM's 501, a feature it lacks), None
+    for 503: vLLM's "try again later", retried at once, a busy server and not a broken one.
+    """
+    if status == 503:
+        return None
+    return status < 500 or status == 501
 
 
 class _RetryableError(Exception):
@@ -211,7 +227,11 @@ class Dispatcher:
                 f"the connection to {upstream.id} broke before an answer: {type(exc).__name__}",
                 details=details,
             ) from exc
-        self._pool.record_response(upstream)
+        healthy = health_of(response.status_code)
+        if healthy:
+            self._pool.record_response(upstream)
+        elif healthy is False and self._pool.record_failure(upstream):
+            self._ejected(upstream, f"HTTP {response.status_code}")
         if 200 <= response.status_code < 300:
             return response
         error_body = await _read_error_body(response, deadline)
@@ -229,9 +249,7 @@ class Dispatcher:
         self, upstream: Upstream, exc: httpx.HTTPError, details: dict[str, Any]
     ) -> LLMError:
         if self._pool.record_connect_failure(upstream):
-            log.warning(
-                "llm_upstream_ejected", upstream=upstream.id, failures=upstream.consecutive_failures
-            )
+            self._ejected(upstream, type(exc).__name__)
         if isinstance(exc, httpx.ConnectTimeout):
             return LLMTimeoutError(
                 f"connecting to {upstream.id} timed out after {self._connect_s}s",
@@ -239,6 +257,14 @@ class Dispatcher:
                 details=details,
             )
         return LLMUnavailableError(f"cannot connect to {upstream.id}", details=details)
+
+    def _ejected(self, upstream: Upstream, reason: str) -> None:
+        log.warning(
+            "llm_upstream_ejected",
+            upstream=upstream.id,
+            failures=upstream.consecutive_failures,
+            reason=reason,
+        )
 
     def _backoff(self, attempt: int, deadline: float) -> float:
         ceiling = min(self._backoff_max_s, self._backoff_s * 2 ** (attempt - 1))

@@ -3,9 +3,11 @@
 Pure bookkeeping, no I/O: the client reports what happened (connect failure, a response,
 model lists) and asks for an upstream. Routing picks, among upstreams that are up and list
 the model, the one with the fewest requests in flight (ties rotate, so equal upstreams
-share the load). Passive health: ``eject_after`` consecutive connect failures eject an
-upstream for ``cooldown_s``; after that it is half-open and exactly one request at a time
-may try it, and the first that gets any response brings it back. Active health:
+share the load). Passive health: ``eject_after`` consecutive failures (a connection that
+could not be made, or a server error answer: an engine dead behind a live HTTP server
+answers every chat with a 500) eject an upstream for ``cooldown_s``; after that it is
+half-open and exactly one request at a time may try it, and the first that gets a healthy
+answer brings it back (as any healthy answer resets the count). Active health:
 :meth:`UpstreamPool.mark_down` / :meth:`UpstreamPool.mark_up`, for a health-check flow.
 """
 
@@ -226,13 +228,19 @@ class UpstreamPool:
             lease.upstream.trial_in_flight = False
 
     def record_connect_failure(self, upstream: Upstream) -> bool:
-        """The upstream could not be reached; returns True when this ejected it.
+        """The upstream could not be reached; returns True when this ejected it
+        (see :meth:`record_failure`)."""
+        upstream.connect_failures_total += 1
+        return self.record_failure(upstream)
+
+    def record_failure(self, upstream: Upstream) -> bool:
+        """The upstream failed a request (unreachable, or a server error answer); returns
+        True when this ejected it.
 
         It is ejected after ``eject_after`` failures in a row, or at once when it already
         was (a failed half-open trial starts a new cooldown).
         """
         upstream.consecutive_failures += 1
-        upstream.connect_failures_total += 1
         was_ejected = upstream.ejected_until is not None
         if was_ejected or upstream.consecutive_failures >= self._eject_after:
             upstream.ejected_until = self._clock() + self._cooldown_s
@@ -241,7 +249,8 @@ class UpstreamPool:
         return False
 
     def record_response(self, upstream: Upstream) -> None:
-        """The upstream answered (any status): it is reachable, so it is back in rotation."""
+        """The upstream answered, and not with a server error: it works, so it is back in
+        rotation and its failures are forgotten."""
         upstream.consecutive_failures = 0
         upstream.ejected_until = None
 

@@ -1,4 +1,5 @@
-"""Several upstreams: load spread, passive ejection and return, model routing, mark down/up."""
+"""Several upstreams: load spread, passive ejection (unreachable, or an engine dead behind a
+live HTTP server) and return, model routing, mark down/up."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from functions.core.llm.client import LLMClient
-from functions.core.llm.errors import LLMOverloadedError
+from functions.core.llm.errors import LLMError, LLMOverloadedError
 from tests.core.llm.conftest import Faults, MakeClient, chat_request, sim_stats, wait_for_stats
 from tests.support.simulator import SimulatorProcess, async_running_simulator
 
@@ -28,10 +29,11 @@ async def sim_pair() -> AsyncIterator[tuple[SimulatorProcess, SimulatorProcess]]
 async def pair(
     sim_pair: tuple[SimulatorProcess, SimulatorProcess],
 ) -> tuple[SimulatorProcess, SimulatorProcess]:
-    """Two identical simulators, running (a test may have stopped one) with zeroed counters."""
+    """Two identical simulators, running (a test may have stopped one), healthy, with zeroed
+    counters."""
     for sim in sim_pair:
         await asyncio.to_thread(sim.start)
-        await asyncio.to_thread(sim.reset)
+        await sim.fresh()
     return sim_pair
 
 
@@ -83,6 +85,60 @@ async def test_a_dead_upstream_is_ejected_and_comes_back(
     urls = await served_by(client, 4)
     assert b.base_url in urls
     assert client.stats().upstreams[1].state == "up"
+
+
+async def test_an_engine_dead_behind_a_live_server_is_ejected_after_consecutive_5xx(
+    make_client: MakeClient, pair: tuple[SimulatorProcess, SimulatorProcess]
+) -> None:
+    a, b = pair
+    # b's HTTP server answers, its engine is dead: chat 500, /health 503 (vLLM >= 0.11).
+    await asyncio.to_thread(b.set_healthy, False)
+    client = make_client(
+        a.base_url, b.base_url, llm_eject_after_failures=3, llm_eject_cooldown_s=60
+    )
+    outcomes: list[str] = []
+    for _ in range(20):
+        try:
+            outcomes.append((await client.chat(chat_request())).upstream_url)
+        except LLMError as exc:  # a 500 is not retried: the engine may have started on it
+            outcomes.append(f"failed at {exc.details['upstream_url']}")
+    # Exactly the threshold's sends failed; every send after the third went to a.
+    assert outcomes.count(f"failed at {b.base_url}") == 3
+    last_failure = max(i for i, outcome in enumerate(outcomes) if outcome.startswith("failed"))
+    assert set(outcomes[last_failure + 1 :]) == {a.base_url}
+    assert last_failure < 6  # round robin: b's third turn came within six sends
+    assert await chats(b) == 3
+    stats_b = client.stats().upstreams[1]
+    assert (stats_b.state, stats_b.ejections_total, stats_b.connect_failures_total) == (
+        "ejected",
+        1,
+        0,
+    )
+
+
+async def test_an_answer_resets_the_count_of_consecutive_5xx(
+    make_client: MakeClient, fresh: SimulatorProcess, faults: Faults
+) -> None:
+    client = make_client(fresh.base_url, llm_eject_after_failures=3, llm_eject_cooldown_s=60)
+
+    async def fail(times: int) -> None:
+        faults.add({"X-Sim-Fault": "500"}, times=times)
+        for _ in range(times):
+            with pytest.raises(LLMError):
+                await client.chat(chat_request())
+
+    await fail(2)
+    assert client.stats().upstreams[0].consecutive_failures == 2
+    assert (await client.chat(chat_request())).content  # an answer: the count starts over
+    assert client.stats().upstreams[0].consecutive_failures == 0
+    await fail(2)
+    assert client.stats().upstreams[0].state == "up"
+    # A 4xx is an answer too: the request's fault, not the upstream's.
+    with pytest.raises(LLMError):
+        await client.chat(chat_request(max_tokens=100_000))
+    assert client.stats().upstreams[0].consecutive_failures == 0
+    await fail(3)
+    assert client.stats().upstreams[0].state == "ejected"
 
 
 async def test_a_failed_trial_ejects_again(
