@@ -160,12 +160,15 @@ class PrefectServer:
         return httpx.Client(base_url=self.api_url, timeout=10)
 
 
-def start_prefect_server(home: Path) -> PrefectServer:
+def start_prefect_server(home: Path, **extra: str) -> PrefectServer:
+    """``prefect server start`` (API only, its SQLite database in ``home``) on a free port,
+    with ``extra`` environment variables; waits until its API answers."""
     port = free_port()
     env = prefect_env(
         home,
         PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'server.db'}",
         PREFECT_UI_ENABLED="false",
+        **extra,
     )
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop_by_pid's caller
     process = subprocess.Popen(
@@ -219,6 +222,31 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
     finally:
         stop_by_pid(server.process)
         server.log.close()
+
+
+SWITCHBOARD = [sys.executable, "-m", "functions.cli"]
+
+
+def switchboard_env(database_url: str, llm_url: str) -> dict[str, str]:
+    """The settings of a ``switchboard flows`` subprocess: a database and one upstream."""
+    return {
+        "SWITCHBOARD_DATABASE_URL": database_url,
+        "SWITCHBOARD_LLM_URLS": llm_url,
+        "SWITCHBOARD_LOG_FORMAT": "json",
+    }
+
+
+def call(api: httpx.Client, method: str, path: str, body: Any = None) -> Any:
+    """One API call, retried while the server says 503: Prefect's server on SQLite answers
+    that when its database is busy (its scheduler fills the schedules), and its own
+    clients retry too."""
+    for _ in range(20):
+        response = api.request(method, path, json=body)
+        if response.status_code != 503:
+            break
+        time.sleep(0.25)
+    response.raise_for_status()
+    return response.json()
 
 
 async def wait_for(

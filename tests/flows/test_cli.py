@@ -32,17 +32,19 @@ from functions.core.db import conf
 from functions.core.db.engine import engine_from_url, use_engine
 from functions.core.db.migrate import migrate
 from tests.flows.conftest import (
+    SWITCHBOARD,
     PrefectServer,
+    call,
     prefect_api_url,
     prefect_env,
     stop_by_pid,
+    switchboard_env,
     wait_for,
 )
 from tests.support.databases import sqlite_url
 from tests.support.process import REPO_ROOT
 from tests.support.simulator import SimulatorProcess
 
-SWITCHBOARD = [sys.executable, "-m", "functions.cli"]
 DEPLOYMENTS = {"health-check/switchboard": 60.0, "maintenance/switchboard": 300.0}
 
 
@@ -53,14 +55,6 @@ def upstream() -> Iterator[SimulatorProcess]:
         yield sim.start()
     finally:
         sim.close()
-
-
-def switchboard_env(database_url: str, llm_url: str) -> dict[str, str]:
-    return {
-        "SWITCHBOARD_DATABASE_URL": database_url,
-        "SWITCHBOARD_LLM_URLS": llm_url,
-        "SWITCHBOARD_LOG_FORMAT": "json",
-    }
 
 
 def test_list_shows_every_flow_and_its_schedule() -> None:
@@ -140,19 +134,6 @@ def test_serve_and_deploy_need_a_prefect_api_url(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "set PREFECT_API_URL" in result.stderr
-
-
-def call(api: httpx.Client, method: str, path: str, body: Any = None) -> Any:
-    """One API call, retried while the server says 503: Prefect's server on SQLite answers
-    that when its database is busy (its scheduler fills the schedules), and its own
-    clients retry too."""
-    for _ in range(20):
-        response = api.request(method, path, json=body)
-        if response.status_code != 503:
-            break
-        time.sleep(0.25)
-    response.raise_for_status()
-    return response.json()
 
 
 def deployment(api: httpx.Client, name: str) -> dict[str, Any]:

@@ -120,6 +120,17 @@ def test_state_is_on_volumes_and_services_check_their_health(services: dict[str,
     assert services["alloy"]["volumes"][1]["source"] == "/var/run/docker.sock"
 
 
+def test_the_prefect_server_is_the_prefect_the_flows_are_tested_with(
+    services: dict[str, Any],
+) -> None:
+    # The flows (and tests/flows/test_scheduler.py) run the installed Prefect; the server's
+    # image must be that release, not a floating tag that moves on without the tests.
+    from importlib.metadata import version
+
+    image = services["prefect-server"]["image"]
+    assert image == f"prefecthq/prefect:{version('prefect')}-python3.11", image
+
+
 def test_env_example_is_safe_to_keep_as_switchboard_s_own_env_file() -> None:
     # `switchboard` reads .env too, and refuses SWITCHBOARD_ names it does not know.
     example = REPO / ".env.example"
