@@ -11,7 +11,8 @@ parameters (the Prefect UI's form) to export elsewhere, such as ``s3://bucket/pr
     switchboard flows run export --out ./exports --since 2026-11-01T00:00:00Z --config default
 
 Bucket credentials and endpoint come from the usual AWS variables (``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` for an S3-compatible store) or files.
+``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` for an S3-compatible store) or files, never
+from the URL: one with credentials, a query or a fragment is refused.
 What the run exported is its ``export-report`` artifact and, beside the data, its manifest.
 """
 
@@ -28,6 +29,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import progress
 from flows.run_log import run_log
+from functions.core.exports.destinations import check_destination
 from functions.core.exports.schemas import ExportRequest, ExportResult, Selection
 from functions.core.exports.service import export_history as run_export
 from functions.core.flow_metrics import report_flow_run
@@ -149,6 +151,9 @@ async def export_history(
     """
     settings = load_settings()
     async with report_flow_run(settings, "export"):
+        # Before anything: a URL carrying a secret is refused, never retried, stored or logged
+        # (a failed run, so a deployment given one alerts).
+        check_destination(out)
         request = ExportRequest(
             destination=out,
             format=format,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -17,6 +16,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta
+
+from functions.core import url_secrets
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -214,9 +215,6 @@ def _describe(exc: msgspec.ValidationError, raw: Mapping[str, object]) -> str:
     return f"invalid settings: {text}"
 
 
-_URL_USERINFO = re.compile(r"//[^/?#@]*@")
-
-
 def _check_llm_url(llm_url: str) -> None:
     """An http(s) URL with a host, a valid port, and no credentials or query in it.
 
@@ -224,9 +222,9 @@ def _check_llm_url(llm_url: str) -> None:
     (``SWITCHBOARD_LLM_API_KEY``), and a password in a URL ends up in logs, metrics labels
     and readiness reports. The message never repeats the password.
     """
-    shown = _URL_USERINFO.sub("//***@", llm_url)
+    shown = url_secrets.shown(llm_url)
     name = env_name("llm_urls")
-    if shown != llm_url:
+    if url_secrets.has_credentials(llm_url):
         raise SettingsError(
             f"invalid {name} entry {shown!r}: credentials in the URL are not supported; "
             f"put the token in {env_name('llm_api_key')} (sent as Authorization: Bearer)"
@@ -241,12 +239,9 @@ def _check_llm_url(llm_url: str) -> None:
             f"invalid {name} entry {shown!r}: "
             "expected an http(s) base URL such as http://127.0.0.1:8000/v1"
         )
-    if parts.query or parts.fragment:
-        # A query may hold a token as surely as userinfo may (``?key=...``), and would be
-        # shown wherever the upstream is named: refused, and never repeated.
-        base = llm_url.split("?", 1)[0].split("#", 1)[0]
+    if url_secrets.has_query(llm_url):
         raise SettingsError(
-            f"invalid {name} entry {base + '?…'!r}: a query or fragment in the URL is not "
+            f"invalid {name} entry {shown!r}: a query or fragment in the URL is not "
             f"supported; give the base URL only, and a token in {env_name('llm_api_key')}"
         )
 

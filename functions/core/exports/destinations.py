@@ -12,7 +12,9 @@ temporary file: those end in ``.partial`` and live one folder down.
 
 Bucket credentials and endpoints come from the usual places for the library (for S3:
 ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` or the AWS config
-files), or from ``storage_options`` passed to :func:`open_destination`.
+files), or from ``storage_options`` passed to :func:`open_destination`; never from the URL
+(:func:`check_destination`), which is stored with the series' watermark, written in each
+manifest, logged, and kept by Prefect with the flow run's parameters.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
+
+from functions.core import url_secrets
+from functions.core.errors import InvalidInputError
 
 if TYPE_CHECKING:
     import uuid
@@ -170,8 +175,34 @@ class FsspecDestination(Destination):
         )
 
 
+def check_destination(url: str) -> None:
+    """Refuse a destination URL that carries a secret (credentials, a query or a fragment),
+    without repeating it (:mod:`functions.core.url_secrets`).
+
+    A folder path is not a URL: ``?`` and ``#`` are characters of its name.
+    """
+    if "://" not in url:
+        return
+    shown = url_secrets.shown(url)
+    if url_secrets.has_credentials(url):
+        raise InvalidInputError(
+            f"invalid destination {shown!r}: credentials in the URL are not supported; give "
+            "them in the environment (for S3: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) "
+            "or a Prefect block",
+            details={"field": "destination"},
+        )
+    if url_secrets.has_query(url):
+        raise InvalidInputError(
+            f"invalid destination {shown!r}: a query or fragment in the URL is not supported "
+            "(it may carry a token); give the bucket and prefix only",
+            details={"field": "destination"},
+        )
+
+
 def open_destination(url: str, storage_options: dict[str, Any] | None = None) -> Destination:
-    """The destination a folder path, ``file://`` URL or bucket URL names."""
+    """The destination a folder path, ``file://`` URL or bucket URL names (checked with
+    :func:`check_destination`)."""
+    check_destination(url)
     if url.startswith("file://"):
         return LocalDestination(Path(url.removeprefix("file://")))
     if "://" in url:
