@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from tests.support import process
 from tests.support.databases import create_postgres_database, drop_postgres_database
 
 SWITCHBOARD = [sys.executable, "-m", "functions.cli"]
@@ -27,9 +28,7 @@ def run(
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
     env.update({"SWITCHBOARD_DATABASE_URL": url, "SWITCHBOARD_LOG_FORMAT": "json"})
     env.update(extra_env or {})
-    return subprocess.run(
-        [*SWITCHBOARD, *args], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
+    return process.run([*SWITCHBOARD, *args], env=env, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module", params=["postgres", "sqlite"])
@@ -62,19 +61,17 @@ def dump(url: str) -> str:
             connection.close()
     pg_dump = shutil.which("pg_dump")
     assert pg_dump, "pg_dump is needed to check what PostgreSQL stores"
-    return subprocess.run(
-        [pg_dump, "--data-only", url], capture_output=True, text=True, check=True, timeout=60
+    return process.run(
+        [pg_dump, "--data-only", url], capture_output=True, text=True, check=True
     ).stdout
 
 
 def test_help_lists_every_command() -> None:
-    result = subprocess.run(
-        [*SWITCHBOARD, "--help"], capture_output=True, text=True, check=True, timeout=60
-    )
+    result = process.run([*SWITCHBOARD, "--help"], capture_output=True, text=True, check=True)
     for command in ("db", "keys", "configs", "sim-vllm"):
         assert command in result.stdout
-    keys_help = subprocess.run(
-        [*SWITCHBOARD, "keys", "--help"], capture_output=True, text=True, check=True, timeout=60
+    keys_help = process.run(
+        [*SWITCHBOARD, "keys", "--help"], capture_output=True, text=True, check=True
     ).stdout
     for command in ("create", "list", "revoke"):
         assert command in keys_help

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import process
+
 ROOT = Path(__file__).resolve().parent.parent
 
 FUNCTION_MODULES = [
@@ -37,12 +39,11 @@ APPS = ["functions.gateway", "functions.chat.app", "functions.configs.app", "fun
 
 
 def _python(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return process.run(
         [sys.executable, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
         check=False,
     )
 

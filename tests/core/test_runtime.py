@@ -16,6 +16,7 @@ from functions.core.configs.schemas import LLMConfigCreate
 from functions.core.db.migrate import migrate
 from functions.core.runtime import open_runtime
 from functions.core.settings import Settings
+from tests.support import process
 from tests.support.databases import (
     create_postgres_database,
     drop_postgres_database,
@@ -64,7 +65,7 @@ async def test_the_readme_script_sends_and_stores_a_message(
             "SWITCHBOARD_LLM_URLS": sim.base_url,
             "SWITCHBOARD_LOG_FORMAT": "json",
         }
-        process = await asyncio.create_subprocess_exec(
+        child = await process.start_async(
             sys.executable,
             "-c",
             script,
@@ -73,8 +74,11 @@ async def test_the_readme_script_sends_and_stores_a_message(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0, err.decode()
+        try:
+            out, err = await asyncio.wait_for(child.communicate(), process.scaled(60))
+        finally:
+            process.kill_group(child.pid)
+    assert child.returncode == 0, err.decode()
     conversation_id, status, content = out.decode().strip().split(" ", 2)
     assert status == "complete"
     assert content

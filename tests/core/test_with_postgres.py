@@ -4,9 +4,10 @@ no PostgreSQL answers on 127.0.0.1:5432."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
+
+from tests.support import process
 
 SCRIPT = Path(__file__).parents[2] / "scripts" / "with-postgres.sh"
 PROBE = (
@@ -22,12 +23,12 @@ PROBE = (
 
 def test_a_throwaway_cluster_is_started_used_and_removed() -> None:
     env = {**os.environ, "SWITCHBOARD_TEST_FORCE_INITDB": "1"}
-    result = subprocess.run(
+    result = process.run(
         [str(SCRIPT), sys.executable, "-c", PROBE],
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=process.scaled(120),
         check=False,
     )
     assert result.returncode == 0, result.stderr
@@ -40,12 +41,12 @@ def test_a_throwaway_cluster_is_started_used_and_removed() -> None:
 
 def test_the_command_exit_code_is_passed_through() -> None:
     env = {**os.environ, "SWITCHBOARD_TEST_FORCE_INITDB": "1"}
-    result = subprocess.run(
+    result = process.run(
         [str(SCRIPT), sys.executable, "-c", "raise SystemExit(7)"],
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=process.scaled(120),
         check=False,
     )
     assert result.returncode == 7

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from functions.core.web.offline_docs import STATIC_DOCS
+from tests.support import process
 from tests.support.gateway import GatewayProcess
 from tests.support.process import HOST, REPO_ROOT, free_port
 
@@ -45,13 +45,12 @@ _REFERENCES = re.compile(r"""(?:src|href|data-url)\s*=\s*["']([^"']+)["']""")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     url = f"sqlite:///{tmp_path_factory.mktemp('docs') / 'docs.sqlite'}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
-    subprocess.run(
+    process.run(
         [sys.executable, "-m", "functions.cli", "db", "migrate"],
         cwd=REPO_ROOT,
         env={**env, "SWITCHBOARD_DATABASE_URL": url, "PYTHONPATH": str(REPO_ROOT)},
         capture_output=True,
         check=True,
-        timeout=60,
     )
     with GatewayProcess(url, [f"http://{HOST}:{free_port()}/v1"]) as app:
         yield app

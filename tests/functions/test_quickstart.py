@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.support import process
 from tests.support.process import REPO_ROOT, free_port
 
 
@@ -27,7 +28,7 @@ def test_dev_migrates_creates_a_key_starts_a_simulator_and_serves(tmp_path: Path
     env |= {"SWITCHBOARD_PORT": str(port), "PYTHONPATH": str(REPO_ROOT)}
     log = tmp_path / "dev.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(
+        dev = process.start(
             [sys.executable, "-m", "functions.cli", "dev"],
             cwd=tmp_path,
             env=env,
@@ -35,9 +36,9 @@ def test_dev_migrates_creates_a_key_starts_a_simulator_and_serves(tmp_path: Path
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + process.START_TIMEOUT_S
         while not _listening(port):
-            assert process.poll() is None, log.read_text()
+            assert dev.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
         output = log.read_text()
@@ -62,14 +63,15 @@ def test_dev_migrates_creates_a_key_starts_a_simulator_and_serves(tmp_path: Path
         # The quick start's simulator keeps no prompt for anyone to read.
         stats = httpx.get(f"http://127.0.0.1:{simulator_port}/sim/stats").json()
         assert stats["last_chat_request"] is None
+        # Stopping the quick start (the process alone) stops the simulator it started.
+        dev.send_signal(signal.SIGTERM)
+        dev.wait(process.STOP_TIMEOUT_S)
+        deadline = time.monotonic() + process.scaled(10)
+        while _listening(simulator_port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _listening(simulator_port)
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=20)
-    # Stopping the quick start stops the simulator it started.
-    deadline = time.monotonic() + 10
-    while _listening(simulator_port) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _listening(simulator_port)
+        process.stop(dev)
 
 
 # --- the traps a new user meets ------------------------------------------------------
@@ -91,14 +93,14 @@ class Dev:
 
     def __enter__(self) -> Dev:
         with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
+            self.process = process.start(
                 [sys.executable, "-m", "functions.cli", "dev"],
                 cwd=self.directory,
                 env=_env(self.port),
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + process.START_TIMEOUT_S
         while not _listening(self.port):
             assert self.process.poll() is None, self.output
             assert time.monotonic() < deadline, self.output
@@ -107,8 +109,7 @@ class Dev:
 
     def __exit__(self, *_: object) -> None:
         assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=20)
+        process.stop(self.process)
 
     @property
     def output(self) -> str:
@@ -127,14 +128,12 @@ class Dev:
 
 
 def _cli(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return process.run(
         [sys.executable, "-m", "functions.cli", *args],
         cwd=directory,
         env=_env(free_port()),
         capture_output=True,
         text=True,
-        timeout=60,
-        check=False,
     )
 
 
@@ -192,14 +191,12 @@ def test_dev_on_a_busy_port_says_so_in_one_line_and_creates_nothing(tmp_path: Pa
         port = taken.getsockname()[1]
         for args in (["dev"], ["serve"], ["dev", "--port", str(port)]):
             env = _env(port) if args != ["dev", "--port", str(port)] else _env(free_port())
-            result = subprocess.run(
+            result = process.run(
                 [sys.executable, "-m", "functions.cli", *args],
                 cwd=tmp_path,
                 env=env,
                 capture_output=True,
                 text=True,
-                timeout=60,
-                check=False,
             )
             assert result.returncode == 4, result
             assert result.stderr.count("\n") == 1, result.stderr
@@ -214,12 +211,11 @@ def test_dev_prints_the_commands_for_its_port_and_make_passes_the_port(tmp_path:
         assert f"export SB=http://127.0.0.1:{dev.port} KEY=$(cat .switchboard/dev-admin-key)" in (
             dev.output
         )
-    made = subprocess.run(
+    made = process.run(
         ["make", "-n", "dev", "PORT=8081"],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
         check=True,
     )
     assert "switchboard dev --port 8081" in made.stdout

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from tests.functions.conftest import Api
+from tests.support import process
 
 EXAMPLES_PER_OPERATION = 8
 SEED = 20261129
@@ -119,7 +119,7 @@ async def test_schemathesis_finds_nothing(api: Api, tmp_path: Path) -> None:
     secret = api.admin.headers["authorization"].removeprefix("Bearer ")
     started = time.perf_counter()
     # Blocking is fine here: the gateway is another process, and nothing else runs meanwhile.
-    result = subprocess.run(  # noqa: ASYNC221
+    result = process.run(
         [
             str(Path(sys.executable).parent / "st"),
             "--no-color",
@@ -139,7 +139,7 @@ async def test_schemathesis_finds_nothing(api: Api, tmp_path: Path) -> None:
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=process.scaled(240),
         env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
         check=False,
     )

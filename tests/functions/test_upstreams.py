@@ -6,7 +6,6 @@ verdicts are recorded with the service the health-check flow uses.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,6 +21,7 @@ from functions.core.llm.client import LLMClient
 from functions.core.settings import Settings
 from functions.upstreams.app import create_app
 from tests.core.health.support import probed
+from tests.support import process
 from tests.support.databases import sqlite_url
 from tests.support.inprocess import InProcessGateway, inprocess_gateway, inprocess_settings
 from tests.support.process import REPO_ROOT
@@ -125,12 +125,11 @@ def test_runs_alone_as_its_own_function() -> None:
 def test_imports_no_flow_library() -> None:
     """It reads what the flows record; it never loads Prefect (a fresh interpreter)."""
     code = "import functions.upstreams.app, sys; print(' '.join(sorted(sys.modules)))"
-    result = subprocess.run(
+    result = process.run(
         [sys.executable, "-W", "error", "-c", code],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
         check=False,
     )
     assert result.returncode == 0, result.stderr

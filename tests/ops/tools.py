@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from tests.support import process
+
 REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "monitoring"
 VENV_BIN = Path(sys.executable).parent
@@ -58,7 +60,7 @@ def debian_tool(command: str, package: str) -> str:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "--no-install-recommends", package]
     for attempt in (install, ["apt-get", "update"], install):
-        result = subprocess.run(
+        result = process.run(
             attempt, capture_output=True, text=True, env=env, timeout=APT_TIMEOUT_S, check=False
         )
         if attempt is install and result.returncode == 0:
@@ -70,7 +72,7 @@ def debian_tool(command: str, package: str) -> str:
 
 
 def run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=120, check=False, **kwargs)
+    return process.run(args, capture_output=True, text=True, timeout=process.scaled(120), **kwargs)
 
 
 def env_file(tmp: Path, **overrides: str) -> Path:
