@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -106,9 +107,12 @@ def _log_events(text: str, event: str) -> list[dict[str, Any]]:
     return found
 
 
-@pytest.mark.parametrize("stop", ["sigterm", "kill -9"])
+@pytest.mark.parametrize(
+    ("stop", "successor"),
+    [("sigterm", "after the database is back"), ("kill -9", "while the database is down")],
+)
 async def test_a_backlog_left_at_a_stop_is_written_by_the_next_start(
-    faults: Faults, stop: str
+    faults: Faults, stop: str, successor: str
 ) -> None:
     gateway = faults.gateway(outcome_retry_s=str(RETRY_S), send_lock_timeout_s="3")
     await faults.configure(gateway)
@@ -117,6 +121,7 @@ async def test_a_backlog_left_at_a_stop_is_written_by_the_next_start(
         told = await _told_not_recorded(faults, client, conversations)
 
     assert len(_journals(faults)) == 1
+    stopping = time.monotonic()
     if stop == "sigterm":
         gateway.stop(timeout=120)
         # A graceful stop says what it leaves for the next start.
@@ -125,17 +130,23 @@ async def test_a_backlog_left_at_a_stop_is_written_by_the_next_start(
         assert _log_events(gateway.log_text(), "chat.reply_backlog_lost") == []
     else:
         gateway.kill()
+    stopped_s = time.monotonic() - stopping
     assert len(_journals(faults)) == 1
 
-    await asyncio.to_thread(faults.cluster.start)
     ids = list(told)
-    # Nothing wrote the replies yet: the old process is gone, its lease with it.
-    rows = await faults.query(
-        "SELECT id, status FROM message WHERE id::text = ANY($1::text[])", ids
-    )
-    assert {row["status"] for row in rows} == {"pending"}
-
-    successor = faults.gateway()
+    if successor == "while the database is down":
+        # It starts, finds the journal, and waits for the database to write it.
+        started = faults.gateway()
+        await asyncio.sleep(3 * RETRY_S)
+        await asyncio.to_thread(faults.cluster.start)
+    else:
+        await asyncio.to_thread(faults.cluster.start)
+        # Nothing wrote the replies yet: the old process is gone, its lease with it.
+        rows = await faults.query(
+            "SELECT id, status FROM message WHERE id::text = ANY($1::text[])", ids
+        )
+        assert {row["status"] for row in rows} == {"pending"}
+        started = faults.gateway()
 
     async def written() -> bool:
         rows = await faults.query(
@@ -144,7 +155,10 @@ async def test_a_backlog_left_at_a_stop_is_written_by_the_next_start(
         return all(row["status"] == "complete" for row in rows)
 
     replayed_s = await wait_until(written, within=REPLAYED_WITHIN_S, interval=0.2)
-    print(f"\n{stop}: {len(ids)} journaled replies written {replayed_s:.2f} s after the start")
+    print(
+        f"\n{stop} ({stopped_s:.1f} s to stop), next gateway {successor}: {len(ids)} "
+        f"journaled replies written {replayed_s:.2f} s after it was ready and the database up"
+    )
 
     for i, conversation in enumerate(conversations):
         sent = [f"json {i}"] if i < PER_KIND else [f"sse {i - PER_KIND}"]
@@ -157,12 +171,12 @@ async def test_a_backlog_left_at_a_stop_is_written_by_the_next_start(
     assert interrupted == []
     # The journal is done with: removed, and replayed by nobody again.
     assert _journals(faults) == []
-    replays = _log_events(successor.log_text(), "chat.reply_journal_replayed")
+    replays = _log_events(started.log_text(), "chat.reply_journal_replayed")
     assert [event["count"] for event in replays] == [2 * PER_KIND]
-    assert _log_events(successor.log_text(), "chat.reply_backlog_dropped") == []
+    assert _log_events(started.log_text(), "chat.reply_backlog_dropped") == []
 
     # Every conversation takes its next send at once.
-    async with faults.client(successor) as client:
+    async with faults.client(started) as client:
         again = await asyncio.gather(
             *(json_send(client, conv, "after", max_tokens=2) for conv in conversations)
         )

@@ -204,7 +204,9 @@ class OutcomeBacklog:
         except JournalFullError as exc:
             log.error("chat.reply_journal_full", reply_id=str(entry.reply_id), error=str(exc))
             return False
-        except OSError as exc:
+        except Exception as exc:
+            # A disk that refuses the write (or anything else): the client is told the
+            # truth, and the outcome is still written while this process runs.
             log.error(
                 "chat.reply_journal_failed",
                 reply_id=str(entry.reply_id),

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import stat
 import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -26,18 +28,18 @@ from functions.core.chat.journal import (
     journal_directory,
     read_records,
 )
-from functions.core.chat.recorder import OutcomeBacklog
+from functions.core.chat.recorder import OutcomeBacklog, ReplyNotRecordedError, ReplyRecorder
 from functions.core.conversations import service as conversations
+from functions.core.db.engine import engine_from_url, use_engine
 from functions.core.db.sql import fetch
 from functions.core.messages import service as messages
-from functions.core.messages.schemas import ConfigRef, ReplyOutcome
+from functions.core.messages.schemas import ConfigRef, Exchange, MessageOut, ReplyOutcome
 from functions.core.settings import load_settings
 from tests.core.chat.conftest import Party, new_party
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from functions.core.messages.schemas import Exchange
 
 DATABASE = "postgresql://127.0.0.1:5432/journal-tests"
 
@@ -349,3 +351,92 @@ async def test_replay_never_overwrites_a_reply_that_ended_otherwise(
     assert await replayer.replay_orphans() == 1
     assert await _stored(ended) == ("cancelled", "partial", None)
     assert os.listdir(tmp_path) == []
+
+
+# What the client is told depends on the journal: a recorder whose database is down.
+
+
+@pytest.fixture
+def database_down(tmp_path: Path) -> Iterator[None]:
+    """Every table pointed at a database that cannot be opened (its file is missing)."""
+    from functions.core.db import conf
+
+    previous = conf.DB
+    use_engine(engine_from_url(f"sqlite:///{tmp_path}/gone/switchboard.sqlite"))
+    try:
+        yield
+    finally:
+        if previous is not None:
+            use_engine(previous)
+
+
+def _exchange() -> Exchange:
+    conversation_id = uuid.uuid4()
+    now = datetime.now(UTC)
+    question = MessageOut(
+        id=uuid.uuid4(),
+        conversation_id=conversation_id,
+        seq=1,
+        role="user",
+        content="question",
+        status="complete",
+        created_at=now,
+    )
+    reply = MessageOut(
+        id=uuid.uuid4(),
+        conversation_id=conversation_id,
+        seq=2,
+        role="assistant",
+        content="",
+        status="pending",
+        created_at=now,
+    )
+    return Exchange(
+        turns=[question],
+        assistant_message=reply,
+        prompt=[],
+        config=None,
+        model="m",
+        instance_id=uuid.uuid4(),
+    )
+
+
+@pytest.mark.parametrize("journal_room", ["room", "full"])
+async def test_the_client_is_told_whether_its_reply_survives_a_stop(
+    database_down: None, tmp_path: Path, journal_room: str
+) -> None:
+    journal = OutcomeJournal(
+        tmp_path,
+        database=DATABASE,
+        instance=uuid.uuid4(),
+        max_bytes=1024 * 1024 if journal_room == "room" else 64,
+    )
+    backlog = OutcomeBacklog(retry_s=0.2, journal=journal)
+    exchange = _exchange()
+    outcome = ReplyOutcome(status="complete", content="the whole answer")
+    with pytest.raises(ReplyNotRecordedError) as raised:
+        await ReplyRecorder(exchange, backlog).record(outcome)
+    error = raised.value
+    assert error.details is not None
+    assert error.details["content"] == "the whole answer"
+    kept = journal_room == "room"
+    assert error.details["kept_on_disk"] is kept
+    if kept:
+        assert "kept on disk, so a restart of the gateway does not lose it" in error.message
+        # On disk before the client was told: what the next process would replay.
+        records, _ = read_records(journal.path.read_bytes())
+        assert [one.reply_id for one in records if isinstance(one, UnwrittenOutcome)] == [
+            exchange.assistant_message.id
+        ]
+    else:
+        assert "lost if the gateway stops first" in error.message
+    await backlog.close(0)
+    if kept:
+        [orphan] = orphans(tmp_path)
+        [(entry, _)] = orphan.unwritten.values()
+        assert entry.reply_id == exchange.assistant_message.id
+        assert entry.owner_instance == exchange.instance_id
+        assert entry.outcome == outcome
+        orphan.close()
+    else:
+        assert os.listdir(tmp_path) == []
