@@ -14,7 +14,14 @@ from litestar.openapi.spec import Example
 from litestar.params import Body, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Stream
 
-from functions.core.chat.idempotency import Idempotency, request_hash
+from functions.core.chat.idempotency import (
+    Idempotency,
+    InProgressError,
+    KeyReusedError,
+    ReplayedFailureError,
+    request_hash,
+)
+from functions.core.chat.recorder import ReplyNotRecordedError
 from functions.core.chat.schemas import (
     ChatEvent,
     MessageSend,
@@ -33,12 +40,21 @@ from functions.core.conversations.schemas import (
     ConversationOut,
     ConversationUpdate,
 )
-from functions.core.errors import InvalidInputError, PayloadTooLargeError
+from functions.core.db.errors import SchemaMissingError
+from functions.core.errors import InvalidInputError, PayloadTooLargeError, SwitchboardError
 from functions.core.keys.schemas import Principal
+from functions.core.liveness.inflight import ShuttingDownError
 from functions.core.llm.client import LLMClient
+from functions.core.llm.errors import (
+    LLMAuthError,
+    LLMBadRequestError,
+    ModelNotFoundError,
+    ModelNotServedError,
+)
 from functions.core.messages import service as messages
+from functions.core.messages.claim import ConversationBusyError
 from functions.core.messages.schemas import MessageOut, Turn
-from functions.core.schemas import Page
+from functions.core.schemas import END, Page
 from functions.core.settings import Settings
 from functions.core.web.app import build_app
 from functions.core.web.auth import provide_principal
@@ -76,6 +92,40 @@ ChatEvents = event_stream(
     {"message": MessageStarted, "delta": ReplyDelta, "done": ReplyDone, "error": ReplyFailed},
 )
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# What a send can answer besides what every route can, documented under each status.
+SEND_ERRORS: dict[type[SwitchboardError], str] = {
+    LLMBadRequestError: "vLLM refused the request as invalid (its message says why)",
+    ModelNotServedError: (
+        "no upstream serves the configuration's model (`details.known_models` lists those "
+        "served): PUT the configuration with one of them"
+    ),
+    ModelNotFoundError: "the upstream that listed the model no longer serves it",
+    ConversationBusyError: (
+        "a reply is being generated in this conversation: retry after `Retry-After`"
+    ),
+    KeyReusedError: (
+        "this `Idempotency-Key` was used with another body or conversation: a new send "
+        "needs a new key"
+    ),
+    InProgressError: (
+        "the first send with this `Idempotency-Key` is still being answered: retry with "
+        "the same key after `Retry-After` to get its result"
+    ),
+    ReplayedFailureError: (
+        "the first send with this `Idempotency-Key` ended without a reply "
+        "(`details.first_error`): send again with a new key. Streamed, the same replay is a "
+        "200 whose events are `message`, then `error` with this code"
+    ),
+    LLMAuthError: "vLLM refused the gateway's own API key: the gateway is misconfigured",
+    ReplyNotRecordedError: (
+        "the reply was generated but the database did not take it: its text is in "
+        "`details`, your message is stored, and this gateway keeps writing the reply"
+    ),
+    ShuttingDownError: (
+        "this gateway process is stopping (a deploy or a restart): retry, another process answers"
+    ),
+    SchemaMissingError: "the database is not migrated: run `switchboard db migrate`",
+}
 _encoder = msgspec.json.Encoder()
 
 
@@ -186,10 +236,14 @@ async def _event_stream(
             description=(
                 "With `stream: true`: server-sent events `message` (both stored messages), "
                 "`delta` (`{text}`), then `done` (`{message}`, the stored reply with usage) "
-                "or `error` (`{error: {code, message, details, request_id}, message}`)."
+                "or `error` (`{error: {code, message, details, request_id}, message}`). "
+                "Once the stream has begun, every failure is an `error` event, never a "
+                "status: the model's errors, `shutting_down`, `reply_not_recorded`; and a "
+                "send replayed with an `Idempotency-Key` whose first send failed is a 200 "
+                "with `message`, then `error` (`idempotent_request_failed`)."
             ),
         ),
-        **errors(404, 409, 413, 415, 502, 504),
+        **errors(404, 409, 413, 415, 502, 504, codes=SEND_ERRORS),
     },
 )
 async def send_message(
@@ -205,7 +259,7 @@ async def send_message(
             name="Idempotency-Key",
             min_length=1,
             max_length=255,
-            pattern=r"^[\x21-\x7e]+$",
+            pattern=r"^[\x21-\x7e]+" + END,
             description=(
                 "Retry safely: the same key and body again return the first send's result "
                 "(or its current state) instead of storing the message twice. Visible ASCII, "
@@ -218,7 +272,8 @@ async def send_message(
 
     On failure the reply is stored as ``failed`` and the error names its cause:
     ``llm_unavailable`` (503), ``llm_timeout`` (504), ``context_length_exceeded`` (400),
-    ``llm_error`` (502).
+    ``llm_error`` (502). With an ``Idempotency-Key``, a retry of a send gets that send's
+    result (or a 409 saying where it stands) instead of storing the message twice.
     """
     conversation = parse_id(conversation_id, "conversation")
     if idempotency_key is not None and len(request.headers.getall("idempotency-key")) > 1:

@@ -4,6 +4,10 @@ that says what the server does. In process, on PostgreSQL and SQLite."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
+import sys
 import uuid
 from typing import Any
 
@@ -14,6 +18,7 @@ import pytest
 from functions.core.web.docs import NO_NUL
 from tests.functions.conftest import INPROCESS_MODEL
 from tests.support.inprocess import InProcessGateway
+from tests.support.process import REPO_ROOT
 
 
 async def config(gateway: InProcessGateway, name: str, **fields: Any) -> dict[str, Any]:
@@ -306,6 +311,68 @@ async def test_the_openapi_document_says_what_the_server_does(
     assert list(metrics) == ["text/plain; version=1.0.0"]
     assert "post" in document["paths"]["/v1/configs/{name}/unarchive"]
     assert "patch" in document["paths"]["/v1/configs/{name}"]
+
+
+# Errors the send route's code defines that never answer a send, and why.
+NOT_SEND_ANSWERS = {
+    "idempotency_race": "a claim lost to a send with the same key: that send is replayed",
+    "stale_configuration_view": "the configuration changed meanwhile: it is resolved again",
+    "migration_failed": "raised by `switchboard db migrate` alone",
+    "forbidden": "admin routes alone; a send needs a chat key",
+}
+# Every SwitchboardError class the chat function's code can raise, as (status, code): those
+# loaded by importing it alone (this interpreter has every module loaded).
+SEND_PATH_ERRORS = """
+import json, functions.chat.app
+from functions.core.errors import SwitchboardError
+def walk(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from walk(sub)
+print(json.dumps(sorted({(c.status_code, c.code) for c in walk(SwitchboardError)})))
+"""
+
+
+async def send_path_errors() -> set[tuple[int, str]]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        SEND_PATH_ERRORS,
+        cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    return {(status, code) for status, code in json.loads(out)}
+
+
+async def test_every_error_a_send_can_answer_is_documented_on_its_route(
+    inprocess: InProcessGateway,
+) -> None:
+    document = (await inprocess.admin.get("/schema/openapi.json")).json()
+    send = document["paths"]["/v1/conversations/{conversation_id}/messages"]["post"]
+    responses = send["responses"]
+    raised = await send_path_errors()
+    codes = {code for _, code in raised}
+    assert set(NOT_SEND_ANSWERS) <= codes  # each exception still names a real error
+    for code in ("shutting_down", "reply_not_recorded", "idempotent_request_failed"):
+        assert code in codes
+    for status, code in sorted(raised):
+        if code in NOT_SEND_ANSWERS:
+            continue
+        assert str(status) in responses, (status, code)
+        described = responses[str(status)]["description"]
+        assert re.search(rf"(?<![\w]){code}(?![\w])", described), (status, code, described)
+    assert "403" not in responses  # not an admin route: "forbidden" cannot happen
+    # Once a stream has begun, failures are events; a replayed failed key too.
+    streamed = responses["200"]["description"]
+    for code in ("shutting_down", "reply_not_recorded", "idempotent_request_failed"):
+        assert code in streamed
+    examples = responses["409"]["content"]["application/json"]["examples"].values()
+    shown = {example["value"]["error"]["code"] for example in examples}
+    assert {"idempotency_key_reused", "idempotent_request_in_progress"} <= shown
+    assert "idempotent_request_failed" in shown
 
 
 def _flat(schema: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ schemas:
   no NUL in any string a caller sends;
 - an event stream documents each event (:func:`event_stream`).
 - :func:`errors` documents every error status a route can answer, in Switchboard's one
-  error shape.
+  error shape, and the codes particular to a route (each with an example).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example, OpenAPIType, Reference, Schema
 from litestar.params import PathParameter, QueryParameter
 
-from functions.core.errors import InvalidInputError
+from functions.core.errors import InvalidInputError, SwitchboardError
 from functions.core.schemas import Input, Output
 from functions.core.web.schemas import ErrorBody
 
@@ -74,8 +74,7 @@ ALWAYS = (400, 500)
 SECURED = (*ALWAYS, 401, 503)
 
 
-def _example(status: int) -> Example:
-    code, message = _EXAMPLE_CODES[status]
+def _example(code: str, message: str) -> Example:
     return Example(
         summary=code,
         value={
@@ -89,17 +88,29 @@ def _example(status: int) -> Example:
     )
 
 
-def errors(*statuses: int, public: bool = False) -> dict[int, ResponseSpec]:
+def errors(
+    *statuses: int,
+    public: bool = False,
+    codes: Mapping[type[SwitchboardError], str] | None = None,
+) -> dict[int, ResponseSpec]:
     """Response specs for ``statuses`` plus those every route has (:data:`SECURED`, or
-    :data:`ALWAYS` for a ``public`` route), all in the one error shape."""
-    return {
-        status: ResponseSpec(
+    :data:`ALWAYS` for a ``public`` route), all in the one error shape.
+
+    ``codes``: errors particular to the route, each with what it tells the caller; each is
+    listed, with an example, under its own status (added if not named)."""
+    particular: dict[int, list[tuple[str, str]]] = {}
+    for error, meaning in (codes or {}).items():
+        particular.setdefault(error.status_code, []).append((error.code, meaning))
+    specs: dict[int, ResponseSpec] = {}
+    for status in sorted({*(ALWAYS if public else SECURED), *statuses, *particular}):
+        own = particular.get(status, [])
+        listed = "".join(f"\n- `{code}`: {meaning}" for code, meaning in own)
+        specs[status] = ResponseSpec(
             data_container=ErrorBody,
-            description=_MEANINGS[status],
-            examples=[_example(status)],
+            description=_MEANINGS[status] + (f"\n\nOn this route also:{listed}" if own else ""),
+            examples=[_example(*_EXAMPLE_CODES[status]), *(_example(*pair) for pair in own)],
         )
-        for status in sorted({*(ALWAYS if public else SECURED), *statuses})
-    }
+    return specs
 
 
 # Path parameters that are ids: a UUID, or a 400 naming the parameter.
