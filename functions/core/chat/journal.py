@@ -317,22 +317,26 @@ class OutcomeJournal:
         compaction is tried first), or the ``OSError`` of a disk that refuses it."""
         size = len(frame(entry))
         with self._lock:
-            if self._file is None:
+            journal = self._file
+            if journal is None:
                 header = JournalHeader(
                     database=self.database,
                     instance=self.instance,
                     pid=os.getpid(),
                     created_at=datetime.now(UTC),
                 )
-                self._file = JournalFile.create(self.path, header)
-            journal = self._file
-            if journal.size + size > self.max_bytes and journal.live_bytes < journal.size:
-                journal.rewrite()
-            if journal.size + size > self.max_bytes:
+                used = len(frame(header))
+            else:
+                if journal.size + size > self.max_bytes and journal.live_bytes < journal.size:
+                    journal.rewrite()
+                used = journal.size
+            if used + size > self.max_bytes:
                 raise JournalFullError(
-                    f"the outcome journal {self.path} holds {journal.size} bytes; one more "
+                    f"the outcome journal {self.path} holds {used} bytes; one more "
                     f"outcome ({size} bytes) would pass its bound of {self.max_bytes}"
                 )
+            if journal is None:
+                journal = self._file = JournalFile.create(self.path, header)
             journal.append(entry)
 
     def written(self, reply_id: uuid.UUID) -> None:

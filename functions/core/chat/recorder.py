@@ -397,12 +397,8 @@ class ReplyRecorder:
         return conversation_gone(self.exchange.assistant_message.conversation_id)
 
     async def record(self, outcome: ReplyOutcome) -> MessageOut:
-        """Write ``outcome`` even while the surrounding task is being cancelled.
-
-        The write runs as a task of its own and is awaited through every cancellation
-        (``asyncio.shield`` alone gives up at the first one; an anyio shield does not stop
-        a plain ``task.cancel()``); a cancellation that arrived meanwhile is raised after.
-        """
+        """Write ``outcome`` even while the surrounding task is being cancelled: the write
+        runs as a task of its own, awaited to its end (:func:`_to_the_end`)."""
         if self.finished:
             raise RuntimeError("this reply has already been recorded")
         self.finished = True

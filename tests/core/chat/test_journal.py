@@ -242,6 +242,15 @@ def test_past_its_bound_the_journal_compacts_then_refuses(tmp_path: Path) -> Non
     assert [p.name for p in tmp_path.iterdir()] == [journal.path.name]
 
 
+def test_an_outcome_larger_than_the_bound_is_refused_without_a_file(tmp_path: Path) -> None:
+    journal = journal_in(tmp_path / "small", max_bytes=1024)
+    with pytest.raises(JournalFullError):
+        journal.keep(entry("x" * 1000))
+    assert not (tmp_path / "small").exists()
+    journal.keep(entry("fits"))
+    assert journal.close() == 1
+
+
 def test_the_directory_defaults_beside_the_sqlite_file_or_under_switchboard(
     tmp_path: Path,
 ) -> None:
