@@ -15,6 +15,11 @@ Bucket credentials and endpoints come from the usual places for the library (for
 files), or from ``storage_options`` passed to :func:`open_destination`; never from the URL
 (:func:`check_destination`), which is stored with the series' watermark, written in each
 manifest, logged, and kept by Prefect with the flow run's parameters.
+
+What an export writes holds every tenant's conversations: in a local folder, its files
+(temporary ones included) are created readable and writable by their owner only (0600),
+and the folders it creates (the destination, ``_incomplete/``) accessible to them only
+(0700). An existing folder keeps its mode.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ if TYPE_CHECKING:
 
 INCOMPLETE = "_incomplete"
 PARTIAL_SUFFIX = ".partial"
+FILE_MODE = 0o600
+FOLDER_MODE = 0o700
 
 
 class Destination:
@@ -74,6 +81,18 @@ def _fsync(file: BinaryIO) -> None:
     os.fsync(file.fileno())
 
 
+def _make_folders(folder: Path) -> None:
+    """``folder`` and any missing parent, each created 0700 (``mkdir(parents=True)`` gives
+    the parents the default mode)."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for created in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another run made it meanwhile
+            created.mkdir(mode=FOLDER_MODE)
+
+
 class LocalDestination(Destination):
     """A folder on this machine (created if missing)."""
 
@@ -86,16 +105,17 @@ class LocalDestination(Destination):
 
     def open(self, path: str) -> tuple[BinaryIO, Callable[[BinaryIO], None] | None]:
         target = self._path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # "x": a temporary name is never shared; another run's file is never truncated.
-        return target.open("xb"), _fsync
+        _make_folders(target.parent)
+        # O_EXCL: a temporary name is never shared; another run's file is never truncated.
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        return os.fdopen(fd, "wb"), _fsync
 
     def publish(self, temp: str, final: str) -> bool:
         source, target = self._path(temp), self._path(final)
         if not source.exists():
             return False
-        target.parent.mkdir(parents=True, exist_ok=True)
-        source.replace(target)
+        _make_folders(target.parent)
+        source.replace(target)  # the file keeps its mode (0600)
         # The rename itself must survive a crash, not only the file's bytes.
         fd = os.open(target.parent, os.O_RDONLY)
         try:

@@ -1,7 +1,9 @@
-"""Destinations: a URL carrying a secret is refused before anything is stored or written."""
+"""Destinations: a URL carrying a secret is refused before anything is stored or written;
+what an export writes in a folder is its owner's only."""
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +12,11 @@ from piccolo.engine.base import Engine
 
 from functions.core.db.sql import fetch
 from functions.core.errors import InvalidInputError
-from functions.core.exports.destinations import LocalDestination, open_destination
+from functions.core.exports.destinations import INCOMPLETE, LocalDestination, open_destination
 from functions.core.exports.schemas import ExportRequest
 from functions.core.exports.service import export_history
 from functions.core.settings import SettingsError, load_settings
-from tests.core.exports.conftest import seed_history, writers_ended
+from tests.core.exports.conftest import data_files, seed_history, writers_ended
 
 SECRET_URLS = [
     "s3://AKIAEXAMPLE:hunter2@bucket/history",
@@ -66,3 +68,44 @@ def test_a_folder_path_may_hold_question_marks_and_hashes(tmp_path: Path):
     destination = open_destination(str(folder))
     assert isinstance(destination, LocalDestination)
     assert destination.url == str(folder)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+async def test_export_files_are_the_owners_only_temporary_ones_too(
+    shared_db: Engine[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: Any
+):
+    await seed_history()
+    await writers_ended()
+    root = tmp_path / "new" / "exports"  # neither folder exists yet
+    seen: dict[str, int] = {}
+    publish = LocalDestination.publish
+
+    def publish_and_look(self: LocalDestination, temp: str, final: str) -> bool:
+        # Before the rename: the temporary file and the folders holding it.
+        seen[temp] = mode(self.root / temp)
+        seen[INCOMPLETE] = mode(self.root / INCOMPLETE)
+        seen["run folder"] = mode((self.root / temp).parent)
+        return publish(self, temp, final)
+
+    monkeypatch.setattr(LocalDestination, "publish", publish_and_look)
+    result = await export_history(ExportRequest(destination=str(root), format=fmt))
+
+    assert len(seen) == 4  # the data file, the manifest, two folders
+    assert set(seen.values()) <= {0o600, 0o700}
+    assert seen[INCOMPLETE] == seen["run folder"] == 0o700
+    assert [mode(root.parent), mode(root)] == [0o700, 0o700]
+    (data,) = data_files(root)
+    assert mode(data) == mode(root / result.manifest_path) == 0o600
+
+
+async def test_an_existing_folder_keeps_its_mode(shared_db: Engine[Any], tmp_path: Path):
+    await seed_history()
+    await writers_ended()
+    tmp_path.chmod(0o755)  # noqa: ASYNC240 - the test's setup
+    result = await export_history(ExportRequest(destination=str(tmp_path)))
+    assert mode(tmp_path) == 0o755
+    assert mode(tmp_path / result.manifest_path) == 0o600
