@@ -28,6 +28,10 @@ T = TypeVar("T")
 # a database's JSON parser or a recursion limit.
 MAX_JSON_DEPTH = 32
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# The end of a name pattern, for Python (msgspec, Litestar) and the OpenAPI document
+# (ECMAScript) alike: Python's ``$`` also matches before a final newline, so "name\n"
+# would pass; ``\Z`` is Python's true end but no ECMAScript. ``(?!\n)$`` is the end in both.
+END = r"(?!\n)$"
 
 
 class InputValueError(ValueError):

@@ -20,7 +20,7 @@ from functions.core.web.auth import ADMIN, provide_principal, require_admin
 from functions.core.web.docs import Cursor, IdPath, errors
 
 
-@post("/", summary="Create an API key", responses=errors(403, 413, 415), opt=ADMIN)
+@post("/", summary="Create an API key", responses=errors(403, 409, 413, 415), opt=ADMIN)
 async def create_key(
     data: JSONBody[ApiKeyCreate], principal: NamedDependency[Principal]
 ) -> ApiKeyCreated:

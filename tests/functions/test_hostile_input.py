@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import socket
 import time
 import uuid
@@ -564,3 +565,52 @@ async def test_several_authorization_or_idempotency_headers_are_refused(
         error = assert_error(response, 400, "validation_error")
         assert error["details"]["field"] == "Idempotency-Key"
         assert await row_counts() == before
+
+
+def patterns_in(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        found = [value["pattern"]] if isinstance(value.get("pattern"), str) else []
+        return found + [p for item in value.values() for p in patterns_in(item)]
+    if isinstance(value, list):
+        return [p for item in value for p in patterns_in(item)]
+    return []
+
+
+PROBES = ["a", "abc", "support-bot", "billing-service", "x.1_2:3", "Key-1"]
+
+
+async def test_no_documented_pattern_admits_a_trailing_newline_it_would_not_end_with(
+    inprocess: InProcessGateway,
+) -> None:
+    """Python's ``$`` also matches before a final newline: a pattern ending in it admits
+    "name\\n" where the OpenAPI document's (ECMAScript's) ``$`` does not. Every pattern
+    must read alike in both: what it admits followed by a newline, it admits at the true
+    end too."""
+    document = (await inprocess.admin.get("/schema/openapi.json")).json()
+    patterns = set(patterns_in(document))
+    assert len(patterns) >= 4, patterns
+    for pattern in patterns:
+        true_end = pattern[:-1] + r"\Z" if pattern.endswith("$") else pattern
+        for probe in PROBES:
+            text = probe + "\n"
+            assert bool(re.search(pattern, text)) == bool(re.search(true_end, text)), pattern
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/configs", {"name": "trailing\n", "model": INPROCESS_MODEL}),
+        ("GET", "/v1/configs/base%0A", None),
+        ("GET", "/v1/configs/base%0A/versions", None),
+        ("PUT", "/v1/configs/base%0A", {"model": INPROCESS_MODEL}),
+    ],
+)
+async def test_a_name_with_a_trailing_newline_is_refused(
+    inprocess: InProcessGateway, method: str, path: str, body: dict[str, Any] | None
+) -> None:
+    await world(inprocess)
+    before = await row_counts()
+    response = await inprocess.admin.request(method, path, json=body)
+    error = assert_error(response, 400, "validation_error")
+    assert error["details"]["field"] == "name"
+    assert await row_counts() == before

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
+
 import pytest
 
+from functions.core.keys.schemas import KEY_NAME_PATTERN, is_printable_name, mixed_scripts
 from tests.functions.conftest import Api
+from tests.support.inprocess import InProcessGateway
 
 REFUSED = [
     "two\nlines",
@@ -55,3 +60,108 @@ async def test_printable_names_in_any_script_are_kept(api: Api) -> None:
         response = await api.admin.post("/v1/keys", json={"name": name})
         assert response.status_code == 201, response.text
         assert response.json()["name"] == name
+
+
+# Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt, Unicode 14 and 15).
+DEFAULT_IGNORABLE = [
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160),
+    (0x17B4, 0x17B5), (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E),
+    (0x2060, 0x206F), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+]  # fmt: skip
+
+
+def refused_anywhere(char: str) -> bool:
+    """The rule, said again from Unicode's data: an assigned character Python does not
+    print, or a default-ignorable one."""
+    code = ord(char)
+    return any(a <= code <= b for a, b in DEFAULT_IGNORABLE) or (
+        unicodedata.category(char) != "Cn" and not char.isprintable()
+    )
+
+
+def test_the_pattern_is_the_rule_for_every_code_point() -> None:
+    """Every code point, beside a letter and alone: the pattern (what the OpenAPI document
+    shows) admits exactly what the rule allows, and the service checks with it."""
+    pattern = re.compile(KEY_NAME_PATTERN)
+    for code in range(0x110000):
+        if 0xD800 <= code <= 0xDFFF:
+            continue  # not characters: no JSON carries one (the service refuses them)
+        char = chr(code)
+        allowed = not refused_anywhere(char)
+        assert (pattern.search("a" + char) is not None) == allowed, hex(code)
+        assert is_printable_name("a" + char) == allowed, hex(code)
+        visible = allowed and not (char.isspace() or char in "\u2800" or 0x300 <= code <= 0x36F)
+        if pattern.search(char) is not None:
+            assert visible, hex(code)
+    assert not is_printable_name("a\ud800")
+    assert not is_printable_name("name\n")
+    assert pattern.search("name\n") is None
+
+
+# (name, whether the pattern admits it): the sample the service must agree with.
+SAMPLE = [
+    ("billing-service", True),
+    ("Ωmega", False),  # Greek and Latin letters
+    ("Ομάδα", True),
+    ("команда 7", True),
+    ("p\u0430ypal", False),  # a Cyrillic a (U+0430) among Latin letters
+    ("cafe\u0301", True),
+    ("x\u034f", False),
+    ("x\ufe0f", False),
+    ("x\U000e0100", False),
+    ("x\U000e01ef", False),
+    ("x\u180b", False),
+    ("x\u2065", False),
+    ("trailing\n", False),
+    ("\u0301", False),
+    ("\u2800", False),
+    ("\U0001f680 launch", True),
+    ("\U000f0000", False),
+    ("x\u0378", True),  # not assigned yet: shown as a box, not hidden
+]
+
+
+@pytest.mark.parametrize(("name", "admitted"), SAMPLE)
+async def test_the_service_accepts_what_the_documented_pattern_admits(
+    inprocess: InProcessGateway, name: str, admitted: bool
+) -> None:
+    document = (await inprocess.admin.get("/schema/openapi.json")).json()
+    pattern = document["components"]["schemas"]["ApiKeyCreate"]["properties"]["name"]["pattern"]
+    assert pattern == KEY_NAME_PATTERN
+    assert (re.search(pattern, name) is not None) == admitted or mixed_scripts(name)
+    response = await inprocess.admin.post("/v1/keys", json={"name": name})
+    if admitted:
+        assert response.status_code == 201, response.text
+        assert response.json()["name"] == name
+    else:
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["details"]["field"] == "name"
+
+
+async def test_a_name_that_looks_like_an_active_keys_is_a_409(
+    inprocess: InProcessGateway,
+) -> None:
+    first = await inprocess.admin.post("/v1/keys", json={"name": "billing"})
+    assert first.status_code == 201, first.text
+    for lookalike in (
+        "Billing",
+        "BILLING",
+        "\uff42\uff49\uff4c\uff4c\uff49\uff4e\uff47",
+        "\U0001d41billing",  # a mathematical bold b
+    ):
+        response = await inprocess.admin.post("/v1/keys", json={"name": lookalike})
+        assert response.status_code == 409, response.text
+        error = response.json()["error"]
+        assert error["details"] == {"field": "name", "key_id": first.json()["id"]}
+        assert "looks like" in error["message"]
+    # The same name again is a rotation: allowed.
+    again = await inprocess.admin.post("/v1/keys", json={"name": "billing"})
+    assert again.status_code == 201, again.text
+    for key in (first.json(), again.json()):
+        revoked = await inprocess.admin.delete(f"/v1/keys/{key['id']}")
+        assert revoked.status_code in (200, 204), revoked.text
+    # Once no active key looks like it, the name is free.
+    later = await inprocess.admin.post("/v1/keys", json={"name": "Billing"})
+    assert later.status_code == 201, later.text

@@ -9,9 +9,9 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from functions.core.schemas import Input, Output
+from functions.core.schemas import END, Input, Output
 
-CONFIG_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,99}$"
+CONFIG_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,99}" + END
 ConfigName = Annotated[
     str,
     Meta(

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 # Past this many, the rest of a broken file is not worth reading.
 MAX_REPORTED_ERRORS = 50
-_AT_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_AT_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`\Z")
 
 
 class LineError(msgspec.Struct, frozen=True, kw_only=True):

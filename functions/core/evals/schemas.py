@@ -19,10 +19,10 @@ import msgspec
 from msgspec import Meta
 
 from functions.core.messages.schemas import Role
-from functions.core.schemas import FrozenInput, Output
+from functions.core.schemas import END, FrozenInput, Output
 
 ItemId = Annotated[str, Meta(min_length=1, max_length=200)]
-ScorerName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
+ScorerName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}" + END)]
 NonNegative = Annotated[float, Meta(ge=0)]
 Fraction = Annotated[float, Meta(ge=0, le=1)]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 import uuid
 from datetime import datetime
@@ -10,51 +11,96 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from functions.core.schemas import Input, Output
+from functions.core.schemas import END, Input, Output
 
 Scope = Literal["admin", "chat"]
 
-# What a key's name may not hold, as it is shown in `keys list`, logs and terminals:
-# control characters (line breaks, escape sequences, NUL), invisible formatting (bidi
-# overrides that reverse how a line reads, zero-width characters), separators other than
-# the plain space, surrogates and private use: what Python's ``str.isprintable`` refuses
-# (Unicode categories Cc, Cf, Zl, Zp, Zs but U+0020, Cs, Co). As a pattern for msgspec and
-# the OpenAPI document it covers the Basic Multilingual Plane but surrogates (an ECMAScript
-# pattern has no escape beyond the BMP, and regex engines refuse surrogate ranges; a JSON
-# body with a lone one is not valid UTF-8 anyway); the service checks the whole name with
-# :func:`is_printable_name`.
-NOT_PRINTABLE = (
-    r"\x00-\x1f\x7f-\xa0\xad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u1680"
-    r"\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u2066-\u206f\u3000\ue000-\uf8ff\ufeff"
-    r"\ufff9-\ufffb"
-)
+# What a key's name may not hold anywhere, as it is shown in `keys list`, logs and
+# terminals: control characters (line breaks, escape sequences, NUL), invisible formatting
+# (bidi overrides that reverse how a line reads, zero-width characters), separators other
+# than the plain space, private use: the assigned characters Python's ``str.isprintable``
+# refuses (Unicode categories Cc, Cf, Zl, Zp, Zs but U+0020, Co) in Unicode 14; and every
+# Default_Ignorable_Code_Point (DerivedCoreProperties.txt: U+034F, the variation selectors
+# FE00-FE0F and E0100-E01EF, fillers, tags...), which render as nothing, so two names could
+# differ by them invisibly. tests/functions/test_key_names.py derives the table again from
+# ``unicodedata`` and checks every code point against the pattern and the service.
+_REFUSED = (
+    (0x0000, 0x001F), (0x007F, 0x00A0), (0x00AD, 0x00AD), (0x034F, 0x034F),
+    (0x0600, 0x0605), (0x061C, 0x061C), (0x06DD, 0x06DD), (0x070F, 0x070F),
+    (0x0890, 0x0891), (0x08E2, 0x08E2), (0x115F, 0x1160), (0x1680, 0x1680),
+    (0x17B4, 0x17B5), (0x180B, 0x180F), (0x2000, 0x200F), (0x2028, 0x202F),
+    (0x205F, 0x206F), (0x3000, 0x3000), (0x3164, 0x3164), (0xE000, 0xF8FF),
+    (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFFB),
+    (0x110BD, 0x110BD), (0x110CD, 0x110CD), (0x13430, 0x13438), (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF), (0xF0000, 0xFFFFD), (0x100000, 0x10FFFD),
+)  # fmt: skip
+
+
+def _in_class(ranges: tuple[tuple[int, int], ...]) -> str:
+    """Code point ranges as the inside of a character class that Python and ECMAScript
+    (the OpenAPI document's dialect, with the ``u`` flag JSON Schema asks for) read alike:
+    ``\\uXXXX`` escapes in the Basic Multilingual Plane, the characters themselves beyond
+    it (Python's ``\\U`` escape is not ECMAScript's ``\\u{}``)."""
+
+    def one(code: int) -> str:
+        return f"\\u{code:04x}" if code <= 0xFFFF else chr(code)
+
+    return "".join(one(a) if a == b else f"{one(a)}-{one(b)}" for a, b in ranges)
+
+
+NOT_PRINTABLE = _in_class(_REFUSED)
 # Printable, yet nothing shows: blanks that are letters or symbols to Unicode (Hangul
 # fillers, the blank Braille pattern), and combining marks (with nothing to combine with).
 _BLANKS = frozenset("\u115f\u1160\u3164\uffa0\u2800\u17b4\u17b5")
 BLANK = "".join(f"\\u{ord(char):04x}" for char in sorted(_BLANKS))  # as pattern escapes
 COMBINING = r"\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
+# The rule itself: the service matches names with this pattern, and the OpenAPI document
+# shows it. ``(?!\n)$``: Python's ``$`` also matches before a final newline.
 KEY_NAME_PATTERN = (
-    rf"^[^{NOT_PRINTABLE}]*[^\s{NOT_PRINTABLE}{BLANK}{COMBINING}][^{NOT_PRINTABLE}]*$"
+    rf"^[^{NOT_PRINTABLE}]*[^\s{NOT_PRINTABLE}{BLANK}{COMBINING}][^{NOT_PRINTABLE}]*{END}"
 )
+_KEY_NAME = re.compile(KEY_NAME_PATTERN)
+# Surrogates are not characters: a name holding one (from an argument that is not UTF-8)
+# could not be stored. JSON cannot carry one, so the pattern need not say it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 KEY_NAME_MAX = 100
 KEY_NAME_RULE = (
     f"a key's name is 1 to {KEY_NAME_MAX} printable characters, at least one of them "
-    "visible (not only spaces, blanks or accents): no control characters, line breaks or "
-    "invisible formatting characters"
+    "visible (not only spaces, blanks or accents): no control characters, line breaks, "
+    "invisible formatting or default-ignorable characters (such as variation selectors)"
 )
-
-
-def _visible(char: str) -> bool:
-    return not char.isspace() and char not in _BLANKS and unicodedata.category(char)[0] != "M"
+# Scripts whose letters pass for one another (Latin a, Cyrillic U+0430, Greek U+03B1): a
+# name uses letters of one of them at most, as in UTS #39's "moderately restrictive" profile.
+LOOKALIKE_SCRIPTS = ("LATIN", "GREEK", "CYRILLIC")
 
 
 def is_printable_name(name: str) -> bool:
-    """Whether ``name`` is a key name (see :data:`KEY_NAME_RULE`)."""
+    """Whether ``name`` is a key name (see :data:`KEY_NAME_RULE`): it matches
+    :data:`KEY_NAME_PATTERN`, the documented pattern."""
     return (
         0 < len(name) <= KEY_NAME_MAX
-        and name.isprintable()
-        and any(_visible(char) for char in name)
+        and _KEY_NAME.search(name) is not None
+        and _SURROGATE.search(name) is None
     )
+
+
+def mixed_scripts(name: str) -> list[str]:
+    """The scripts of :data:`LOOKALIKE_SCRIPTS` whose letters ``name`` mixes (read in
+    NFKC, so full-width and mathematical letters count as theirs), or none."""
+    found: list[str] = []
+    for char in unicodedata.normalize("NFKC", name):
+        if unicodedata.category(char)[0] == "L":
+            script = unicodedata.name(char, "").partition(" ")[0]
+            if script in LOOKALIKE_SCRIPTS and script not in found:
+                found.append(script)
+    return found if len(found) > 1 else []
+
+
+def name_skeleton(name: str) -> str:
+    """What a name looks like, for telling look-alikes apart: NFKC (full-width, ligature
+    and mathematical letters as plain ones), case-folded, runs of spaces as one."""
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+    return " ".join(folded.split())
 
 
 KeyName = Annotated[
@@ -65,8 +111,12 @@ KeyName = Annotated[
         # Documented, not enforced here: the service checks the whole rule and says it in
         # words (a failed pattern would quote the regex to the client).
         extra_json_schema={"pattern": KEY_NAME_PATTERN},
-        description="Printable characters only (no control, line-break or invisible "
-        "formatting characters), at least one visible (not a space, blank or accent).",
+        description="Printable characters only (no control, line-break, invisible "
+        "formatting or default-ignorable characters), at least one visible (not a space, "
+        "blank or accent): the pattern is the whole rule for the characters. Also refused: "
+        "letters of more than one of Latin, Greek and Cyrillic (look-alikes), and (409) a "
+        "name that looks like another active key's (the same once NFKC-normalised and "
+        "case-folded) but is not the same.",
         examples=["billing-service"],
     ),
 ]

@@ -17,7 +17,12 @@ import msgspec
 
 from functions.core.db.sql import fetch
 from functions.core.db.tables import ApiKey
-from functions.core.errors import AuthenticationError, InvalidInputError, NotFoundError
+from functions.core.errors import (
+    AuthenticationError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+)
 from functions.core.keys import revocations
 from functions.core.keys.cache import principals
 from functions.core.keys.schemas import (
@@ -27,6 +32,8 @@ from functions.core.keys.schemas import (
     ApiKeyOut,
     Principal,
     is_printable_name,
+    mixed_scripts,
+    name_skeleton,
 )
 
 if TYPE_CHECKING:
@@ -64,10 +71,18 @@ async def create_key(data: ApiKeyCreate) -> ApiKeyCreated:
     """
     if not is_printable_name(data.name):
         raise InvalidInputError(f"invalid name: {KEY_NAME_RULE}", details={"field": "name"})
+    name = data.name.strip()
+    if scripts := mixed_scripts(name):
+        raise InvalidInputError(
+            f"invalid name: it mixes {' and '.join(s.title() for s in scripts)} letters, "
+            "which look alike: write it in one of them",
+            details={"field": "name"},
+        )
+    await _refuse_lookalike(name)
     secret = new_secret()
     scopes = sorted(set(data.scopes))
     row = ApiKey(
-        name=data.name.strip(),
+        name=name,
         prefix=secret[:PREFIX_LENGTH],
         key_hash=hash_secret(secret),
         scopes=scopes,
@@ -75,6 +90,22 @@ async def create_key(data: ApiKeyCreate) -> ApiKeyCreated:
     await row.save()
     key = await _get(row.id)
     return ApiKeyCreated(**msgspec.structs.asdict(key), secret=secret)
+
+
+async def _refuse_lookalike(name: str) -> None:
+    """Refuse a name that looks like an active key's without being it (``Admin``, or
+    ``admin`` in full-width letters, beside ``admin``), so ``keys list`` and ``--owner
+    NAME`` never show or pick one for the other. The same name again is allowed: a key is
+    rotated by creating its successor before revoking it."""
+    skeleton = name_skeleton(name)
+    rows = await ApiKey.select(ApiKey.id, ApiKey.name).where(ApiKey.revoked_at.is_null())
+    for row in rows:
+        if row["name"] != name and name_skeleton(row["name"]) == skeleton:
+            raise ConflictError(
+                f"the name looks like that of active key {row['id']}: choose a name that "
+                "differs visibly (not only in case or letter width), or revoke that key",
+                details={"field": "name", "key_id": str(row["id"])},
+            )
 
 
 async def list_keys(*, include_revoked: bool = True) -> list[ApiKeyOut]:

@@ -20,7 +20,7 @@ from litestar.handlers import BaseRouteHandler
 from functions.core.errors import InvalidInputError, InvalidJsonError
 from functions.core.schemas import InputValueError
 
-_AT = re.compile(r"^(?P<problem>.*?) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
+_AT = re.compile(r"(?P<problem>.*?) - at `\$(?P<path>[^`]*)`", re.DOTALL)
 _LONE_SURROGATE = re.compile(
     rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
     rb"|(?<![0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
@@ -59,7 +59,7 @@ def _is_utf8(body: bytes) -> bool:
 
 def _invalid(exc: msgspec.ValidationError) -> InvalidInputError:
     cause = exc.__cause__
-    match = _AT.match(str(exc))
+    match = _AT.fullmatch(str(exc))
     problem, path = (match["problem"], match["path"]) if match else (str(exc), "")
     if isinstance(cause, InputValueError):
         field, problem = _field(path, cause.field), cause.problem
@@ -91,7 +91,7 @@ def _invalid(exc: msgspec.ValidationError) -> InvalidInputError:
 
 
 _PATH_PART = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
-_INTEGRAL_FLOAT = re.compile(r"^Expected `int[^`]*`, got `float`$")
+_INTEGRAL_FLOAT = re.compile(r"Expected `int[^`]*`, got `float`")
 
 
 def _integral_float_at(value: Any, path: str) -> tuple[Any, str | int] | None:
@@ -123,8 +123,8 @@ def _with_integral_floats(body: bytes, type_: Any, exc: msgspec.ValidationError)
     (strings stay refused for numbers), and decode again."""
     value: Any = None
     for _ in range(64):
-        match = _AT.match(str(exc))
-        if match is None or not _INTEGRAL_FLOAT.match(match["problem"]):
+        match = _AT.fullmatch(str(exc))
+        if match is None or not _INTEGRAL_FLOAT.fullmatch(match["problem"]):
             raise exc
         if value is None:
             value = msgspec.json.decode(body)

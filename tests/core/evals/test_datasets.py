@@ -199,6 +199,10 @@ REFUSED_LINES = [
         },
         "scorers[0].params.k",
     ),
+    (
+        {"id": "a", "prompt": "p", "scorers": [{"type": "contains", "value": "x", "name": "n\n"}]},
+        "scorers[0].name",
+    ),
     ({"id": "a", "prompt": "x" * 400_001}, "prompt"),
     ({"id": "a", "messages": [{"role": "user", "content": "x" * 400_001}]}, "messages[0].content"),
 ]

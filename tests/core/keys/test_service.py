@@ -99,17 +99,3 @@ async def test_a_name_built_in_python_is_checked_by_the_service(db: object, name
         await service.create_key(ApiKeyCreate(name=name))
     assert info.value.details == {"field": "name"}
     assert name not in {key.name for key in await service.list_keys()}
-
-
-def test_the_pattern_refuses_what_python_does_not_print_in_the_bmp() -> None:
-    import re
-    import unicodedata
-
-    from functions.core.keys.schemas import NOT_PRINTABLE
-
-    allowed = re.compile(f"[^{NOT_PRINTABLE}]")
-    for code in range(0x10000):
-        char = chr(code)
-        if unicodedata.category(char) in ("Cn", "Cs"):
-            continue  # unassigned or surrogates: the service refuses them (str.isprintable)
-        assert bool(allowed.fullmatch(char)) == char.isprintable(), hex(code)
