@@ -124,11 +124,12 @@ class Faults:
     # by the processes of one deployment): never the working directory's default.
     journal_dir: Path | None = None
 
-    def gateway(self, **env: str) -> GatewayProcess:
+    def gateway(self, *, workers: int = 1, **env: str) -> GatewayProcess:
         """A started ``switchboard serve`` on this database (stopped when the test ends)."""
         process = GatewayProcess(
             self.url,
             [sim.base_url for sim in self.sims.values()],
+            workers=workers,
             env={
                 **GATEWAY_ENV,
                 **(
