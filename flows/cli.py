@@ -238,8 +238,10 @@ def _run_once(scheduled: ScheduledFlow, parameters: dict[str, Any], *, as_json: 
     if as_json:
         echo_json(msgspec.to_builtins(report))
     else:
+        from functions.cli import echo_escaped
+
         for line in report.summary():
-            click.echo(line)
+            echo_escaped(line)
 
 
 # --- serve and deploy ----------------------------------------------------------------

@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING
 import click
 import msgspec
 
-from functions.cli import EXIT_USAGE, echo_json, fail, printable, settings_or_exit, with_database
+from functions.cli import (
+    EXIT_USAGE,
+    echo_escaped,
+    echo_json,
+    fail,
+    printable,
+    settings_or_exit,
+    with_database,
+)
 
 if TYPE_CHECKING:
     from functions.core.evals.report import Comparison, RunReport
@@ -98,16 +106,16 @@ def show_run(run: str, other: str | None, as_json: bool, markdown: bool) -> None
         )
         return
     if markdown:
-        click.echo(report.markdown())
+        echo_escaped(report.markdown())
     else:
         for line in report.summary():
-            click.echo(line)
+            echo_escaped(line)
     if comparisons:
         # The other run's configurations against this one's first, on the items both have.
         across = msgspec.structs.replace(report, configs=[], comparisons=comparisons)
         click.echo("")
         for line in across.summary()[1:]:
-            click.echo(line)
+            echo_escaped(line)
 
 
 @click.group("datasets")

@@ -38,7 +38,7 @@ EXIT_SERVE = 4
 
 
 def fail(message: str, code: int) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    echo_escaped(f"error: {message}", err=True)
     sys.exit(code)
 
 
@@ -106,6 +106,13 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def echo_escaped(text: str, *, err: bool = False) -> None:
+    """Echo lines that show stored data (names, models, item ids, upstream messages) with
+    each line :func:`printable`: an escape sequence kept in the database cannot rewrite
+    the terminal, while the text's own line breaks stay."""
+    click.echo("\n".join(printable(line) for line in text.split("\n")), err=err)
 
 
 def echo_json(value: Any) -> None:
@@ -208,7 +215,7 @@ def keys_create(name: str, admin: bool, as_json: bool) -> None:
         echo_json(created)
         return
     click.echo(f"id:     {created.id}")
-    click.echo(f"name:   {created.name}")
+    click.echo(f"name:   {printable(created.name)}")
     click.echo(f"scopes: {','.join(created.scopes)}")
     click.echo(f"secret: {created.secret}")
     click.echo("Store the secret now: it is not stored and cannot be shown again.", err=True)
@@ -281,7 +288,8 @@ def configs_list(as_json: bool, include_archived: bool) -> None:
     for config in found:
         default = "yes" if config.is_default else ""
         archived = " (archived)" if config.archived_at else ""
-        click.echo(f"{config.name:24}  {config.version:<7}  {default:7}  {config.model}{archived}")
+        name, model = printable(config.name), printable(config.model)
+        click.echo(f"{name:24}  {config.version:<7}  {default:7}  {model}{archived}")
 
 
 class _LazyCommand(click.Command):

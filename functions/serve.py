@@ -420,7 +420,7 @@ def _state_banner(
     settings: Settings, state: LocalState, *, llm_url: str, served: list[str] | None
 ) -> None:
     """Where the data is, the default configuration and the key, and what dev changed."""
-    from functions.cli import warn_if_readable_by_others
+    from functions.cli import echo_escaped, warn_if_readable_by_others
     from functions.core.db.engine import describe_url
 
     def note(text: str) -> None:
@@ -432,7 +432,7 @@ def _state_banner(
         click.echo(f"                created {path} (readable by you only)")
     warn_if_readable_by_others(settings)
     config = state.config
-    click.echo(f"default config: {config.name} (version {config.version}, model {config.model})")
+    echo_escaped(f"default config: {config.name} (version {config.version}, model {config.model})")
     if state.config_note:
         note(state.config_note)
     if served is not None and config.model not in served:

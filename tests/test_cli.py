@@ -225,6 +225,40 @@ def test_list_escapes_a_name_stored_before_names_were_checked(tmp_path: Path) ->
     assert len(listed.stdout.strip().splitlines()) == 2  # the header and one key
 
 
+async def test_configs_list_escapes_stored_names_and_models(tmp_path: Path) -> None:
+    """A model may hold any text but NUL (it is the upstream's name for it), and a name
+    may predate the name rule: neither rewrites the terminal that lists them."""
+    from functions.core.configs import service as configs
+    from functions.core.configs.schemas import LLMConfigCreate
+    from functions.core.db.engine import engine_from_url, use_engine
+
+    url = f"sqlite:///{tmp_path / 'configs.sqlite'}"
+    assert run(url, "db", "migrate").returncode == 0
+    use_engine(engine_from_url(url))
+    await configs.create_config(LLMConfigCreate(name="base", model="m\x1b]0;owned\x07\x1b[2J"))
+    connection = sqlite3.connect(tmp_path / "configs.sqlite")
+    with connection:
+        connection.execute("UPDATE llm_config SET name = ?", ("old\x1b[31m\rfake",))
+    connection.close()
+    listed = run(url, "configs", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "\x1b" not in listed.stdout
+    assert "\r" not in listed.stdout
+    assert "old\\x1b[31m\\rfake" in listed.stdout
+    assert "m\\x1b]0;owned\\x07\\x1b[2J" in listed.stdout
+    assert len(listed.stdout.strip().splitlines()) == 2  # the header and one configuration
+
+
+def test_messages_that_echo_stored_text_keep_their_lines_and_lose_escapes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from functions.cli import echo_escaped
+
+    echo_escaped("line 1: item '\x1b[2Jx'\n  line 2: \u202eevil", err=True)
+    shown = capsys.readouterr().err
+    assert shown == "line 1: item '\\x1b[2Jx'\n  line 2: \\u202eevil\n"
+
+
 def test_serve_refuses_credentials_in_an_llm_url_in_one_line(tmp_path: Path) -> None:
     result = run(
         f"sqlite:///{tmp_path / 'x.sqlite'}",
