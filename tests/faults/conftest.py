@@ -253,6 +253,31 @@ async def new_conversation(client: httpx.AsyncClient, config: str | None = None)
     return str(response.json()["id"])
 
 
+async def sends_in_flight(
+    faults: Faults, client: httpx.AsyncClient, conversations: list[str], *, max_tokens: int
+) -> tuple[list[asyncio.Task[httpx.Response]], list[Stream], list[asyncio.Task[Stream]]]:
+    """A non-streamed send (``json i``) to each conversation of the first half and a streamed
+    one (``sse i``) to each of the second, on the slow model; returns once every reply is
+    being generated (the simulator counts them all in flight)."""
+    per_kind = len(conversations) // 2
+    sim = faults.sims[SLOW_MODEL]
+    before = (await sim.stats_async())["chat_in_flight"]
+    sent = [
+        asyncio.create_task(json_send(client, conv, f"json {i}", max_tokens=max_tokens))
+        for i, conv in enumerate(conversations[:per_kind])
+    ]
+    seen = [Stream() for _ in range(per_kind)]
+    streamed = [
+        asyncio.create_task(
+            stream_send(client, conv, f"sse {i}", seen=seen[i], max_tokens=max_tokens)
+        )
+        for i, conv in enumerate(conversations[per_kind:])
+    ]
+    await asyncio.wait_for(asyncio.gather(*(s.first_delta.wait() for s in seen)), 60)
+    await sim.wait_for_async(lambda stats: stats["chat_in_flight"] >= before + 2 * per_kind)
+    return sent, seen, streamed
+
+
 async def wait_until(predicate: Any, *, within: float, interval: float = 0.05) -> float:
     """Await ``predicate()`` until it is true; return how long that took."""
     started = time.monotonic()

@@ -23,7 +23,7 @@ from tests.faults.conftest import (
     Stream,
     json_send,
     new_conversation,
-    stream_send,
+    sends_in_flight,
     wait_until,
 )
 
@@ -47,21 +47,9 @@ async def _told_not_recorded(
     """Sends whose replies end during an outage longer than the retry: every client is
     told ``reply_not_recorded``, kept on disk. Returns what each client received, by
     assistant message id."""
-    sim = faults.sims["slow-model"]
-    before = (await sim.stats_async())["chat_in_flight"]
-    sent = [
-        asyncio.create_task(json_send(client, conv, f"json {i}", max_tokens=REPLY_TOKENS))
-        for i, conv in enumerate(conversations[:PER_KIND])
-    ]
-    seen = [Stream() for _ in range(PER_KIND)]
-    streamed = [
-        asyncio.create_task(
-            stream_send(client, conv, f"sse {i}", seen=seen[i], max_tokens=REPLY_TOKENS)
-        )
-        for i, conv in enumerate(conversations[PER_KIND:])
-    ]
-    await asyncio.wait_for(asyncio.gather(*(s.first_delta.wait() for s in seen)), 60)
-    await sim.wait_for_async(lambda stats: stats["chat_in_flight"] >= before + 2 * PER_KIND)
+    sent, seen, streamed = await sends_in_flight(
+        faults, client, conversations, max_tokens=REPLY_TOKENS
+    )
     await asyncio.sleep(2 * ITL_S)
     await asyncio.to_thread(faults.cluster.stop, "fast")
     responses = await asyncio.gather(*sent)

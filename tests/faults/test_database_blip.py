@@ -25,7 +25,7 @@ from tests.faults.conftest import (
     Stream,
     json_send,
     new_conversation,
-    stream_send,
+    sends_in_flight,
 )
 
 PER_KIND = 4
@@ -41,21 +41,9 @@ async def _in_flight(
     faults: Faults, client: httpx.AsyncClient, conversations: list[str]
 ) -> tuple[list[asyncio.Task[httpx.Response]], list[Stream], list[asyncio.Task[Stream]]]:
     """``PER_KIND`` non-streamed and ``PER_KIND`` streamed sends, all generating."""
-    sim = faults.sims["slow-model"]
-    before = (await sim.stats_async())["chat_in_flight"]
-    sent = [
-        asyncio.create_task(json_send(client, conv, f"json {i}", max_tokens=REPLY_TOKENS))
-        for i, conv in enumerate(conversations[:PER_KIND])
-    ]
-    seen = [Stream() for _ in range(PER_KIND)]
-    streamed = [
-        asyncio.create_task(
-            stream_send(client, conv, f"sse {i}", seen=seen[i], max_tokens=REPLY_TOKENS)
-        )
-        for i, conv in enumerate(conversations[PER_KIND:])
-    ]
-    await asyncio.wait_for(asyncio.gather(*(s.first_delta.wait() for s in seen)), 10)
-    await sim.wait_for_async(lambda stats: stats["chat_in_flight"] >= before + 2 * PER_KIND)
+    sent, seen, streamed = await sends_in_flight(
+        faults, client, conversations, max_tokens=REPLY_TOKENS
+    )
     await asyncio.sleep(10 * ITL_S)
     return sent, seen, streamed
 

@@ -11,35 +11,13 @@ import httpx
 
 from tests.faults.conftest import (
     Faults,
-    Stream,
     json_send,
     new_conversation,
-    stream_send,
+    sends_in_flight,
     wait_until,
 )
 
 PER_KIND = 3
-
-
-async def _in_flight(
-    faults: Faults, client: httpx.AsyncClient, conversations: list[str], max_tokens: int
-) -> tuple[list[asyncio.Task[httpx.Response]], list[Stream], list[asyncio.Task[Stream]]]:
-    sim = faults.sims["slow-model"]
-    before = (await sim.stats_async())["chat_in_flight"]
-    sent = [
-        asyncio.create_task(json_send(client, conv, f"json {i}", max_tokens=max_tokens))
-        for i, conv in enumerate(conversations[:PER_KIND])
-    ]
-    seen = [Stream() for _ in range(PER_KIND)]
-    streamed = [
-        asyncio.create_task(
-            stream_send(client, conv, f"sse {i}", seen=seen[i], max_tokens=max_tokens)
-        )
-        for i, conv in enumerate(conversations[PER_KIND:])
-    ]
-    await asyncio.wait_for(asyncio.gather(*(s.first_delta.wait() for s in seen)), 10)
-    await sim.wait_for_async(lambda stats: stats["chat_in_flight"] >= before + 2 * PER_KIND)
-    return sent, seen, streamed
 
 
 async def test_sigterm_ends_replies_longer_than_the_grace_as_shutdown(faults: Faults) -> None:
@@ -48,7 +26,7 @@ async def test_sigterm_ends_replies_longer_than_the_grace_as_shutdown(faults: Fa
     await faults.configure(gateway)
     async with faults.client(gateway) as client:
         conversations = [await new_conversation(client) for _ in range(2 * PER_KIND)]
-        sent, seen, streamed = await _in_flight(faults, client, conversations, max_tokens=150)
+        sent, seen, streamed = await sends_in_flight(faults, client, conversations, max_tokens=150)
         assert gateway.pid is not None
         os.kill(gateway.pid, signal.SIGTERM)
         signalled = time.monotonic()
@@ -105,7 +83,7 @@ async def test_sigterm_lets_replies_shorter_than_the_grace_finish(faults: Faults
     await faults.configure(gateway)
     async with faults.client(gateway) as client:
         conversations = [await new_conversation(client) for _ in range(2 * PER_KIND)]
-        sent, seen, streamed = await _in_flight(faults, client, conversations, max_tokens=20)
+        sent, seen, streamed = await sends_in_flight(faults, client, conversations, max_tokens=20)
         assert gateway.pid is not None
         os.kill(gateway.pid, signal.SIGTERM)
         signalled = time.monotonic()
