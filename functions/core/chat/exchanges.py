@@ -25,7 +25,13 @@ from functions.core.chat.prompt import build_prompt, history_limit
 from functions.core.chat.targets import ConfigView
 from functions.core.conversations import service as conversations
 from functions.core.conversations.schemas import ConversationCreate
-from functions.core.errors import InvalidInputError, NotFoundError
+from functions.core.db.errors import as_database_error
+from functions.core.errors import (
+    ConflictError,
+    DatabaseUnavailableError,
+    InvalidInputError,
+    NotFoundError,
+)
 from functions.core.liveness.service import Lease, pending_bound
 from functions.core.llm.schemas import ChatMessage, ChatRequest
 from functions.core.messages.claim import (
@@ -109,7 +115,7 @@ class Exchanges:
             window = resolved.config.history_window if resolved.config else None
             key = request.idempotency
             try:
-                claimed = await claim(
+                claimed = await self._claim(
                     ClaimRequest(
                         owner=request.owner,
                         conversation_id=conversation_id,
@@ -126,7 +132,8 @@ class Exchanges:
                         history_limit=history_limit(request.prompt, window, self._history_cap),
                         idempotency_key=key.key if key else None,
                         request_hash=key.request_hash if key else None,
-                    )
+                    ),
+                    request,
                 )
             except IdempotencyRaceError:
                 # The first send with this key is stored now: replay it.
@@ -150,16 +157,42 @@ class Exchanges:
                 # The reply being waited for may be this very send's first attempt.
                 await self._check_replay(request)
                 continue
-            return _exchange(
-                instance_id=self.lease.instance_id,
-                request=request,
-                conversation_id=conversation_id,
-                resolved=resolved,
-                claimed=claimed,
-                turn_ids=turn_ids,
-                reply_id=reply_id,
-                now=now,
-            )
+            try:
+                return _exchange(
+                    instance_id=self.lease.instance_id,
+                    request=request,
+                    conversation_id=conversation_id,
+                    resolved=resolved,
+                    claimed=claimed,
+                    turn_ids=turn_ids,
+                    reply_id=reply_id,
+                    now=now,
+                )
+            except BaseException:
+                # Stored, but no caller will ever answer it.
+                self.lease.retire_later(reply_id)
+                raise
+
+    async def _claim(self, claim_request: ClaimRequest, request: SendRequest) -> Claim:
+        """The claim, with this process's books kept (``Lease.replies``): the reply counts
+        as answered here from before the claim can commit. A refused claim stored nothing.
+        Any other failure leaves its outcome unknown (the claim may have committed and only
+        its answer been lost with the connection): the reply is retired in the background
+        if it was stored, and the client is told its message may be stored."""
+        reply_id = claim_request.reply_id
+        self.lease.replies.proposed(reply_id)
+        try:
+            claimed = await claim(claim_request)
+        except (ConflictError, NotFoundError):
+            self.lease.replies.abandoned(reply_id)
+            raise
+        except BaseException as exc:
+            self.lease.retire_later(reply_id)
+            if isinstance(exc, Exception) and as_database_error(exc) is not None:
+                raise unconfirmed_send(claim_request, request) from exc
+            raise
+        self.lease.replies.claimed(reply_id)
+        return claimed
 
     def llm_request(self, exchange: Exchange, request: SendRequest) -> ChatRequest:
         """The upstream request for a claimed exchange: its prompt, model and sampling."""
@@ -203,6 +236,37 @@ class Exchanges:
         )
         self._directory.remember(created.id, request.owner, created.config)
         return created.id
+
+
+def unconfirmed_send(claim_request: ClaimRequest, request: SendRequest) -> DatabaseUnavailableError:
+    """The 503 for a send whose claim's outcome is unknown: its message may be stored."""
+    turn_ids = [str(turn_id) for turn_id in claim_request.turn_ids]
+    details: dict[str, Any] = {
+        "conversation_id": str(claim_request.conversation_id),
+        "user_message_id": turn_ids[-1],
+        "assistant_message_id": str(claim_request.reply_id),
+        "message_ids": turn_ids,
+        "stored": "unknown",
+    }
+    if request.idempotency is not None:
+        details["idempotency_key"] = request.idempotency.key
+        retry = (
+            "retrying with the same Idempotency-Key is safe: it stores nothing twice and "
+            "answers with what became of this send"
+        )
+    else:
+        retry = (
+            "a retry without an Idempotency-Key would store it again: look for "
+            "details.user_message_id in the conversation first, or send with an "
+            "Idempotency-Key to retry safely"
+        )
+    return DatabaseUnavailableError(
+        "the database connection broke while your message was being stored, so it may or "
+        "may not be stored (details has the ids it was given); if it is, it gets no reply "
+        f"and is marked failed within seconds; {retry}",
+        details=details,
+        retry_after_s=1,
+    )
 
 
 def _check_turns(request: SendRequest) -> None:

@@ -8,6 +8,12 @@ by the next send to the conversation (the claim checks the lease), and by
 :func:`sweep_interrupted`, which every serving process runs at start and periodically (the
 maintenance flow calls it too). Whatever the leases say, no reply stays pending longer
 than the longest a reply can take plus a margin (``pending_bound``).
+
+A live process's own pending replies are its to judge: it knows which it is answering
+(``Lease.replies``, see ``liveness.replies``). One it is not answering (a claim that
+committed while its answer was lost with the connection) is retired at once, in the
+background, by the send that lost it (:meth:`Lease.retire_later`), and by the process's
+periodic sweep (:func:`retire_abandoned`) if that could not reach the database.
 """
 
 from __future__ import annotations
@@ -16,14 +22,16 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from functions.core.db.errors import as_database_error
 from functions.core.db.sql import fetch
+from functions.core.liveness.replies import OwnReplies
 from functions.core.logging import get_logger
 
 if TYPE_CHECKING:
@@ -32,6 +40,17 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 INTERRUPTED_MESSAGE = "the process generating this reply stopped"
+ABANDONED_MESSAGE = (
+    "the send that stored this message never learned that it was stored (its database "
+    "connection broke, or it was cancelled, at that moment), so no reply was generated; "
+    "send it again"
+)
+# How long a send that lost its claim's answer keeps trying to retire what it may have
+# stored: long enough for a commit still in flight on the server to land, and for a short
+# outage; the periodic sweep covers anything later.
+ORPHAN_RETRY_S = 10.0
+# Rows retired by one statement (a bound on its parameters).
+RETIRE_BATCH = 500
 # Past the last moment a live process could still write a reply's outcome.
 PENDING_MARGIN = timedelta(seconds=60)
 # Lapsed leases are kept this long (for a person looking at what died), then pruned.
@@ -50,13 +69,16 @@ def pending_bound(settings: Settings) -> timedelta:
 
 
 class Lease:
-    """This process's lease; ``instance_id`` is what its pending replies name."""
+    """This process's lease; ``instance_id`` is what its pending replies name, and
+    ``replies`` says which of them it is still answering."""
 
     def __init__(self, ttl_s: float) -> None:
         self.instance_id = uuid.uuid4()
         self.ttl = timedelta(seconds=ttl_s)
+        self.replies = OwnReplies()
         self._renewed_at: datetime | None = None
         self._task: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[bool]] = set()
 
     async def renew(self) -> None:
         now = datetime.now(UTC)
@@ -83,8 +105,24 @@ class Lease:
     def start(self) -> None:
         self._task = asyncio.create_task(self._heartbeat(), name="switchboard-lease")
 
+    def retire_later(self, reply_id: uuid.UUID) -> None:
+        """In the background, retire ``reply_id`` if its claim stored it: the claim's outcome
+        is unknown and nobody here will answer it (best effort; the sweep covers the rest)."""
+        self.replies.abandoned(reply_id)
+        task = asyncio.get_running_loop().create_task(
+            retire_orphan(reply_id, self.instance_id), name="switchboard-retire-orphan"
+        )
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
     async def stop(self, *, release: bool) -> None:
-        """Stop renewing; ``release`` deletes the lease (a clean exit, replies recorded)."""
+        """Stop renewing; ``release`` deletes the lease (a clean exit, replies recorded).
+
+        A released lease makes every sweep retire what this process left pending, so
+        retirements still running in the background are not waited for.
+        """
+        for task in list(self._retiring):
+            task.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -154,7 +192,8 @@ async def sweep_interrupted(
     """Retire every pending reply whose process is gone, or that outlived ``bound``.
 
     ``spare``: the sweeping process's own instance, alive by definition (its lease may
-    have lapsed while the database was out of reach; its replies are still its own).
+    have lapsed while the database was out of reach; its replies are still its own, and
+    :func:`retire_abandoned` judges them one by one).
     """
     now = now or datetime.now(UTC)
     rows = await fetch(
@@ -170,10 +209,95 @@ async def sweep_interrupted(
         spare or uuid.UUID(int=0),
         now,
     )
-    retired = [Retired(message_id=row["id"], conversation_id=row["conversation"]) for row in rows]
+    retired = _retired(rows)
     if retired:
         log.warning("replies.retired_interrupted", count=len(retired))
     return retired
+
+
+async def _retire_own(
+    reply_ids: list[uuid.UUID], instance_id: uuid.UUID, now: datetime
+) -> list[Retired]:
+    """Retire those of ``reply_ids`` that are still pending and name ``instance_id``."""
+    retired: list[Retired] = []
+    for start in range(0, len(reply_ids), RETIRE_BATCH):
+        batch = reply_ids[start : start + RETIRE_BATCH]
+        rows = await fetch(
+            # Only placeholders are joined in; every value goes in as a parameter.
+            "UPDATE message SET status = 'failed', error_code = 'interrupted', "  # noqa: S608
+            "error_message = {}, completed_at = {} WHERE status = 'pending' AND "
+            "owner_instance = {} AND id IN (" + ", ".join(["{}"] * len(batch)) + ") "
+            "RETURNING id, conversation",
+            ABANDONED_MESSAGE,
+            now,
+            instance_id,
+            *batch,
+        )
+        retired += _retired(rows)
+    return retired
+
+
+async def retire_orphan(reply_id: uuid.UUID, instance_id: uuid.UUID) -> bool:
+    """Retire one reply of this process that nobody here answers, if it was stored.
+
+    Called when a claim's outcome is unknown (its answer was lost with its connection).
+    Tried for ``ORPHAN_RETRY_S`` with backoff: the database may be away a moment, and a
+    claim cut off mid-flight may still commit on the server a moment later. Returns
+    whether a pending row was retired.
+    """
+    deadline = time.monotonic() + ORPHAN_RETRY_S
+    delay = 0.1
+    while True:
+        try:
+            retired = await _retire_own([reply_id], instance_id, datetime.now(UTC))
+        except Exception as exc:
+            if as_database_error(exc) is None:
+                log.exception("reply.orphan_retire_failed", message_id=str(reply_id))
+                return False
+            retired = []
+        if retired:
+            log.warning(
+                "reply.orphan_retired",
+                message_id=str(reply_id),
+                conversation_id=str(retired[0].conversation_id),
+            )
+            return True
+        if time.monotonic() + delay > deadline:
+            return False
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
+async def retire_abandoned(lease: Lease, *, now: datetime | None = None) -> list[Retired]:
+    """Retire this process's pending replies that it is not answering (``lease.replies``).
+
+    A live process's replies are spared by every other sweep while its lease is alive, so
+    this is the only way one it lost track of is freed before ``pending_bound``.
+    """
+    read_at = time.monotonic()
+    rows = await fetch(
+        "SELECT id FROM message WHERE status = 'pending' AND owner_instance = {}",
+        lease.instance_id,
+    )
+    orphans = lease.replies.settle({_uuid(row["id"]) for row in rows}, read_at)
+    if not orphans:
+        return []
+    retired = await _retire_own(orphans, lease.instance_id, now or datetime.now(UTC))
+    if retired:
+        log.warning("replies.retired_abandoned", count=len(retired))
+    return retired
+
+
+def _retired(rows: list[dict[str, Any]]) -> list[Retired]:
+    """What an ``UPDATE ... RETURNING id, conversation`` retired."""
+    return [
+        Retired(message_id=_uuid(row["id"]), conversation_id=_uuid(row["conversation"]))
+        for row in rows
+    ]
+
+
+def _uuid(value: uuid.UUID | str) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(value)
 
 
 async def prune(*, now: datetime | None = None, idempotency_window: timedelta) -> None:
@@ -212,6 +336,9 @@ class Sweeper:
                     await self._lease.renew()
                     spare = self._lease.instance_id
                 await sweep_interrupted(bound=self._bound, spare=spare)
+                if self._lease is not None:
+                    # Spared above as a live process; judged here reply by reply.
+                    await retire_abandoned(self._lease)
                 await prune(idempotency_window=self._window)
             except Exception as exc:
                 if as_database_error(exc) is None:
