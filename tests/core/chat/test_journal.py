@@ -381,24 +381,20 @@ def database_down(tmp_path: Path) -> Iterator[None]:
 
 def _exchange() -> Exchange:
     conversation_id = uuid.uuid4()
-    now = datetime.now(UTC)
-    question = MessageOut(
-        id=uuid.uuid4(),
-        conversation_id=conversation_id,
-        seq=1,
-        role="user",
-        content="question",
-        status="complete",
-        created_at=now,
-    )
-    reply = MessageOut(
-        id=uuid.uuid4(),
-        conversation_id=conversation_id,
-        seq=2,
-        role="assistant",
-        content="",
-        status="pending",
-        created_at=now,
+    question, reply = (
+        MessageOut(
+            id=uuid.uuid4(),
+            conversation_id=conversation_id,
+            seq=seq,
+            role=role,
+            content=content,
+            status=status,
+            created_at=datetime.now(UTC),
+        )
+        for seq, role, content, status in [
+            (1, "user", "question", "complete"),
+            (2, "assistant", "", "pending"),
+        ]
     )
     return Exchange(
         turns=[question],
