@@ -185,6 +185,9 @@ class _Bar:
         self._started = True
         self._bar.update(self._task, description=description)
 
+    def status(self, description: str) -> None:
+        self._bar.update(self._task, description=description)
+
     def finish(self, description: str) -> None:
         total = next(task.total for task in self._bar.tasks if task.id == self._task) or 1
         self._bar.update(self._task, completed=total, total=total, description=description)

@@ -54,6 +54,7 @@ class ExportReport(msgspec.Struct, kw_only=True):
     after: int | None
     through: int
     started_at: datetime
+    seconds: float
     manifest: str
     files: list[dict[str, object]]
     recovered: list[str]
@@ -69,6 +70,7 @@ class ExportReport(msgspec.Struct, kw_only=True):
             after=manifest.watermark.after,
             through=manifest.watermark.through,
             started_at=manifest.started_at,
+            seconds=(manifest.finished_at - manifest.started_at).total_seconds(),
             manifest=result.manifest_path,
             files=[msgspec.to_builtins(file) for file in manifest.files],
             recovered=result.recovered,
@@ -77,9 +79,10 @@ class ExportReport(msgspec.Struct, kw_only=True):
     def summary(self) -> list[str]:
         """The report for a terminal."""
         since = "the beginning" if self.after is None else f"change {self.after}"
+        rate = self.messages / self.seconds if self.seconds > 0 else 0.0
         lines = [
             f"exported {self.messages} message(s) ({self.mode}, {self.format}) to "
-            f"{self.destination}",
+            f"{self.destination} in {self.seconds:.1f} s ({rate:,.0f} rows/s)",
             f"  every message finished by {self.started_at:%Y-%m-%d %H:%M:%S} UTC "
             f"(changes from {since} to below {self.through})",
         ]
@@ -117,7 +120,8 @@ class ExportReport(msgspec.Struct, kw_only=True):
     persist_result=False,
 )
 async def export_task(request: ExportRequest) -> ExportResult:
-    return await run_export(request)
+    counter = progress.rows_counter(f"exporting to {request.destination}")
+    return await run_export(request, on_rows=counter)
 
 
 @flow(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -18,6 +19,7 @@ from piccolo.engine.base import Engine
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
+from flows import progress
 from flows.deployments import by_name
 from flows.export_history import ARTIFACT_KEY, ExportReport, export_history
 from functions.core.db.engine import use_engine
@@ -94,6 +96,36 @@ async def test_the_flow_exports_what_is_new_each_run(export_db: Engine[Any], tmp
         )
     assert [a.key for a in artifacts] == [ARTIFACT_KEY]
     assert "**1** message(s)" in str(artifacts[0].data)
+
+
+class Recorder:
+    """A progress reporter that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.shown: list[str] = []
+
+    def plan(self, total: int) -> None:
+        self.shown.append(f"plan {total}")
+
+    def step(self, description: str) -> None:
+        self.shown.append(f"step {description}")
+
+    def status(self, description: str) -> None:
+        self.shown.append(f"status {description}")
+
+
+async def test_progress_shows_rows_and_rate(export_db: Engine[Any], tmp_path: Path):
+    await seed_history()
+    await writers_ended()
+    recorder = Recorder()
+    with progress.reporting_to(recorder):
+        ran = await run_flow(export_history, out=str(tmp_path))
+    statuses = [line for line in recorder.shown if line.startswith("status ")]
+    assert statuses
+    assert re.fullmatch(rf"status exporting to {re.escape(str(tmp_path))}: 8 rows, [\d,]+ rows/s",
+                        statuses[-1])  # fmt: skip
+    assert recorder.shown.index(f"step exporting to {tmp_path}") < recorder.shown.index(statuses[0])
+    assert re.search(r"in [\d.]+ s \([\d,]+ rows/s\)", ran.result.summary()[0])
 
 
 async def test_filters_are_parameters(export_db: Engine[Any], tmp_path: Path):

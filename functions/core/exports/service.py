@@ -121,11 +121,13 @@ async def export_history(
     claim_ttl: timedelta = CLAIM_TTL,
     tuning: Tuning | None = None,
     now: datetime | None = None,
+    on_rows: Callable[[int], None] | None = None,
 ) -> ExportResult:
     """Export the series' new finished messages (all of them with ``request.full``).
 
     Raises :class:`~functions.core.exports.watermarks.ExportRunningError` while another run
-    exports the same series. ``now`` (for tests) names the run's files.
+    exports the same series. ``now`` (for tests) names the run's files. ``on_rows`` is
+    called with the rows written so far after each chunk (a progress display).
     """
     destination = await asyncio.to_thread(open_destination, request.destination, storage_options)
     series = series_for(request, destination)
@@ -133,6 +135,7 @@ async def export_history(
     run_id = uuid.uuid4()
     held = await watermarks.claim(series, run_id, ttl=claim_ttl, now=started)
     run = _Run(request, series, destination, held, claim_ttl, tuning or Tuning(), started)
+    run.on_rows = on_rows
     try:
         recovered = await run.recover()
         result = await run.export(await _window(request, held), recovered)
@@ -191,6 +194,7 @@ class _Run:
         self.tuning = tuning
         self.started = started
         self.committed = False
+        self.on_rows: Callable[[int], None] | None = None
         self._renewed = time.monotonic()
         # One thread does this run's file work, in order: one file is written by one thread.
         self._files = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-files")
@@ -301,6 +305,8 @@ class _Run:
                 await self._keep_claim()
                 following = asyncio.ensure_future(anext(chunks))
                 await self._io(writer.write, chunk)
+                if self.on_rows is not None:
+                    self.on_rows(writer.rows)
         finally:
             if following is not None:
                 following.cancel()

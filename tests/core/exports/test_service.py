@@ -175,6 +175,15 @@ async def test_a_reply_pending_during_a_run_is_exported_by_the_next(
     assert sorted(ids(rows)) == sorted(str(m) for m in history.messages)  # each exactly once
 
 
+async def test_rows_written_are_reported_as_the_export_goes(shared_db: Engine[Any], tmp_path: Path):
+    await seed_history()
+    reported: list[int] = []
+    result = await run(tmp_path, on_rows=reported.append)
+    assert len(reported) > 1  # small chunks: several reports
+    assert reported == sorted(set(reported))
+    assert reported[-1] == result.manifest.messages == 8
+
+
 async def test_a_message_finished_a_second_before_an_export_is_in_it(
     shared_db: Engine[Any], tmp_path: Path
 ):
