@@ -25,11 +25,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import click
 import msgspec
 
+from flows import catalog
 from functions.cli import EXIT_REFUSED, EXIT_USAGE, echo_json, fail, settings_or_exit
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
+    from flows.catalog import CatalogFlow
     from flows.deployments import ScheduledFlow
     from functions.core.settings import Settings
 
@@ -37,7 +39,9 @@ TELEMETRY_OFF = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1
 
 
 def _scheduled() -> tuple[ScheduledFlow, ...]:
-    """Every flow (importing Prefect, with telemetry off), or one line saying what is missing."""
+    """Every flow (importing Prefect, with telemetry off), or one line saying what is missing.
+
+    Only for running, serving or deploying: listing and help read ``flows.catalog``."""
     for name, value in TELEMETRY_OFF.items():
         os.environ.setdefault(name, value)
     try:
@@ -74,14 +78,14 @@ def list_flows(as_json: bool) -> None:
     settings = settings_or_exit()
     rows = [
         {
-            "name": scheduled.name,
-            "deployment": scheduled.deployment_name,
-            "every_s": _every_s(scheduled, settings),
-            "tags": list(scheduled.tags),
-            "parameters": list(scheduled.flow.parameters.properties),
-            "description": scheduled.description,
+            "name": each.name,
+            "deployment": each.deployment,
+            "every_s": each.interval_s(settings),
+            "tags": list(each.tags),
+            "parameters": list(each.parameters),
+            "description": each.description,
         }
-        for scheduled in _scheduled()
+        for each in catalog.load()
     ]
     if as_json:
         echo_json(rows)
@@ -97,28 +101,23 @@ def list_flows(as_json: bool) -> None:
 
 class _FlowCommands(click.Group):
     """``flows run NAME``: one command per flow, its options made from the flow's
-    parameters (the schema the Prefect UI's form shows), built only when asked for."""
+    parameters (the schema the Prefect UI's form shows, read from ``flows.catalog``),
+    built only when asked for."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return [scheduled.name for scheduled in _scheduled()]
+        return [each.name for each in catalog.load()]
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        for scheduled in _scheduled():
-            if scheduled.name == cmd_name:
-                return _run_command(scheduled)
-        return None
+        found = catalog.find(cmd_name)
+        return None if found is None else _run_command(found)
 
 
 _TYPES: dict[str, click.ParamType[Any]] = {"number": click.FLOAT, "integer": click.INT}
 
 
-def _every_s(scheduled: ScheduledFlow, settings: Settings) -> float | None:
-    interval = scheduled.interval(settings)
-    return None if interval is None else interval.total_seconds()
-
-
 def _option(name: str, schema: dict[str, Any], *, required: bool = False) -> click.Option:
-    kinds = [choice.get("type") for choice in schema.get("anyOf", [schema])]
+    choices = schema.get("anyOf", [schema])
+    kinds = [choice.get("type") for choice in choices]
     flag = "--" + name.replace("_", "-")
     help_text = " ".join(str(schema.get("description", "")).split())
     if "array" in kinds:  # a list parameter: the option is given once per value
@@ -126,15 +125,16 @@ def _option(name: str, schema: dict[str, Any], *, required: bool = False) -> cli
     if "boolean" in kinds:
         no_flag = "--no-" + name.replace("_", "-")
         return click.Option([f"{flag}/{no_flag}", name], default=None, help=help_text)
-    kind = next((_TYPES[k] for k in kinds if k in _TYPES), click.STRING)
+    kind: click.ParamType[Any] = next((_TYPES[k] for k in kinds if k in _TYPES), click.STRING)
+    if enum := next((choice["enum"] for choice in choices if "enum" in choice), None):
+        kind = click.Choice([str(value) for value in enum])
     return click.Option([flag, name], type=kind, default=None, required=required, help=help_text)
 
 
-def _run_command(scheduled: ScheduledFlow) -> click.Command:
-    properties: dict[str, dict[str, Any]] = scheduled.flow.parameters.properties
-    required = set(scheduled.flow.parameters.required or ())
+def _run_command(entry: CatalogFlow) -> click.Command:
     options = [
-        _option(name, schema, required=name in required) for name, schema in properties.items()
+        _option(name, schema, required=name in entry.required)
+        for name, schema in entry.parameters.items()
     ]
     as_json = click.Option(["--json", "as_json"], is_flag=True, help="Print the report as JSON.")
 
@@ -144,14 +144,14 @@ def _run_command(scheduled: ScheduledFlow) -> click.Command:
             for name, value in values.items()
             if value is not None and value != ()
         }
-        _run_once(scheduled, chosen, as_json=as_json)
+        _run_once(entry.name, chosen, as_json=as_json)
 
     return click.Command(
-        scheduled.name,
+        entry.name,
         params=[*options, as_json],
         callback=run,
-        help=f"{scheduled.description}\n\nOptions left out take their SWITCHBOARD_* setting.",
-        short_help=scheduled.description,
+        help=f"{entry.description}\n\nOptions left out take their SWITCHBOARD_* setting.",
+        short_help=entry.description,
     )
 
 
@@ -193,7 +193,9 @@ class _Bar:
         self._bar.update(self._task, completed=total, total=total, description=description)
 
 
-def _run_once(scheduled: ScheduledFlow, parameters: dict[str, Any], *, as_json: bool) -> None:
+def _run_once(name: str, parameters: dict[str, Any], *, as_json: bool) -> None:
+    settings = settings_or_exit()  # a bad setting stops here, in one line
+    [scheduled] = [each for each in _scheduled() if each.name == name]
     from prefect.context import SyncClientContext
     from prefect.settings import PREFECT_API_URL
     from rich.console import Console
@@ -209,7 +211,6 @@ def _run_once(scheduled: ScheduledFlow, parameters: dict[str, Any], *, as_json: 
     from flows import progress
     from functions.core.logging import configure_logging
 
-    settings = settings_or_exit()  # a bad setting stops here, in one line
     api = PREFECT_API_URL.value()
     starting = f"connecting to {api}" if api else "starting a temporary Prefect API"
     failure: BaseException | None = None
@@ -250,6 +251,11 @@ def _run_once(scheduled: ScheduledFlow, parameters: dict[str, Any], *, as_json: 
 # --- serve and deploy ----------------------------------------------------------------
 
 
+def _when(entry: CatalogFlow, settings: Settings) -> str:
+    every = entry.interval_s(settings)
+    return "on demand" if every is None else f"every {every:g} s"
+
+
 @flows.command("serve")
 def serve_flows() -> None:
     """Register every flow as a scheduled deployment on PREFECT_API_URL and run them here.
@@ -263,10 +269,8 @@ def serve_flows() -> None:
     from flows.deployments import pause_schedules, serve_all
 
     click.echo(f"serving {len(scheduled)} deployment(s) on {url}:", err=True)
-    for each in scheduled:
-        every = _every_s(each, settings)
-        when = "on demand" if every is None else f"every {every:g} s"
-        click.echo(f"  {each.deployment_name:28} {when}", err=True)
+    for each in catalog.load():
+        click.echo(f"  {each.deployment:28} {_when(each, settings)}", err=True)
     try:
         asyncio.run(serve_all(settings))
     except KeyboardInterrupt:
@@ -290,7 +294,7 @@ def deploy_flows(pool: str) -> None:
     workers where switchboard[flows] is installed and SWITCHBOARD_* is set:
     `prefect worker start --pool NAME`. No image is built and no code is pushed.
     """
-    scheduled = _scheduled()
+    _scheduled()  # Prefect, with telemetry off, or one line saying it is missing
     settings = settings_or_exit()
     url = _require_api_url("deploy")
     from flows.deployments import deploy_all
@@ -300,10 +304,8 @@ def deploy_flows(pool: str) -> None:
     except ValueError as exc:
         hint = f" (create it: `prefect work-pool create {pool} --type process`)"
         fail(f"{exc}{hint if 'work pool' in str(exc) else ''}", EXIT_REFUSED)
-    for each, deployment_id in zip(scheduled, ids, strict=True):
-        every = _every_s(each, settings)
-        when = "on demand" if every is None else f"every {every:g} s"
-        click.echo(f"{each.deployment_name:28} {when}  {deployment_id}")
+    for each, deployment_id in zip(catalog.load(), ids, strict=True):
+        click.echo(f"{each.deployment:28} {_when(each, settings)}  {deployment_id}")
     click.echo(
         f"registered on {url} for work pool {pool!r}: start workers with "
         f"`prefect worker start --pool {pool}`",

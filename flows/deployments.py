@@ -23,6 +23,7 @@ from prefect.deployments.runner import adeploy
 from prefect.exceptions import ObjectNotFound
 from prefect.types.entrypoint import EntrypointType
 
+from flows.catalog import interval_s
 from flows.evaluate import evaluate
 from flows.export_history import EVERY as EXPORT_EVERY
 from flows.export_history import export_history
@@ -55,10 +56,9 @@ class ScheduledFlow:
     every: timedelta | None = None  # a fixed interval, for a flow with no setting for one
 
     def interval(self, settings: Settings) -> timedelta | None:
-        if self.setting is None:
-            return self.every
-        seconds: float = getattr(settings, self.setting)
-        return timedelta(seconds=seconds)
+        every_s = None if self.every is None else self.every.total_seconds()
+        seconds = interval_s(settings, self.setting, every_s)
+        return None if seconds is None else timedelta(seconds=seconds)
 
     @property
     def description(self) -> str:

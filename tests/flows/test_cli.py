@@ -67,6 +67,51 @@ def test_list_shows_every_flow_and_its_schedule() -> None:
     assert listed["health-check/switchboard"]["parameters"] == ["send_completion", "retention_days"]
 
 
+def test_the_catalog_is_what_the_flows_say() -> None:
+    # `flows list` and `flows run X --help` read the catalog, not the flows (no Prefect).
+    from flows.catalog import CATALOG_FILE, generate
+
+    assert generate() == CATALOG_FILE.read_bytes(), (
+        "flows/catalog.json is out of date: run `python -m flows.catalog`"
+    )
+
+
+# Well under Prefect's import alone (10 to 13 s on a busy machine, 3 s idle).
+WITHOUT_PREFECT_S = 6.0
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["flows", "--help"],
+        ["flows", "list"],
+        ["flows", "list", "--json"],
+        ["flows", "run", "--help"],
+        ["flows", "run", "export", "--help"],
+        ["flows", "run", "evaluate", "--help"],
+    ],
+    ids=" ".join,
+)
+def test_listing_and_help_do_not_import_prefect(tmp_path: Path, command: list[str]) -> None:
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "functions.cli", *command],
+        cwd=tmp_path,
+        env=prefect_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    took = time.monotonic() - started
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()]
+    assert "flows.catalog" in imported  # the import log is what this reads
+    assert [name for name in imported if name.split(".")[0] == "prefect"] == []
+    assert result.stdout.startswith(("Usage:", "NAME", "["))
+    assert took < WITHOUT_PREFECT_S, f"{' '.join(command)} took {took:.1f} s"
+
+
 async def test_run_needs_no_prefect_server(tmp_path: Path, upstream: SimulatorProcess) -> None:
     work, home, prefect_home = (tmp_path / name for name in ("work", "home", "prefect-home"))
     for folder in (work, home, prefect_home):
