@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import ctypes
 import ctypes.util
@@ -33,6 +34,8 @@ FUNCTIONS = ("chat", "configs", "keys", "upstreams")
 DEV_KEY_FILE = Path(".switchboard/dev-admin-key")
 PR_SET_PDEATHSIG = 1
 SHUTDOWN_MARGIN_S = 5
+# How long `serve` waits to learn whether the database is migrated before it serves anyway.
+MIGRATION_CHECK_S = 5.0
 # How often a worker checks that its supervisor is still its parent, where the kernel
 # cannot be asked to signal it (not Linux).
 PARENT_WATCH_INTERVAL_S = 1.0
@@ -175,13 +178,36 @@ def run_server(
         fail("the server did not start: the lines above say why", EXIT_SERVE)
 
 
-def warn_if_no_database(settings: Settings) -> None:
-    from functions.core.db.engine import sqlite_file_missing
+def warn_if_not_migrated(settings: Settings) -> None:
+    """One line before serving a database that cannot serve yet: a SQLite file that does
+    not exist, or migrations not applied. The server starts all the same (readiness fails
+    and /v1 answers 503 until `switchboard db migrate`); a database that cannot be reached
+    in time is left for readiness to report."""
+    from functions.core.db.engine import describe_url, sqlite_file_missing
+    from functions.core.db.migrate import known_migrations, pending_migrations
+    from functions.core.runtime import open_runtime
 
     if (missing := sqlite_file_missing(settings.database_url)) is not None:
         click.echo(
             f"warning: no SQLite database at {missing}: readiness fails and /v1 answers 503 "
             "until `switchboard db migrate` creates it",
+            err=True,
+        )
+        return
+
+    async def pending() -> list[str]:
+        async with asyncio.timeout(MIGRATION_CHECK_S), open_runtime(settings, use_llm=False):
+            return await pending_migrations()
+
+    try:
+        waiting = asyncio.run(pending())
+    except Exception:  # unreachable or slow: readiness says so once serving
+        return
+    if waiting:
+        click.echo(
+            f"warning: {describe_url(settings.database_url)} is not migrated "
+            f"({len(waiting)} of {len(known_migrations())} migration(s) not applied): "
+            "readiness fails and /v1 answers 503 until `switchboard db migrate` is run",
             err=True,
         )
 
@@ -197,7 +223,7 @@ def serve(function: str | None, host: str | None, port: int | None, workers: int
 
     settings = settings_or_exit()
     sock = bind_or_exit(host or settings.host, settings.port if port is None else port)
-    warn_if_no_database(settings)
+    warn_if_not_migrated(settings)
     run_server(settings, function=function, sock=sock, workers=workers)
 
 

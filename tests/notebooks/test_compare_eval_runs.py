@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
+from papermill.exceptions import PapermillExecutionError
 from piccolo.engine.base import Engine
 
 from functions.core.chat.service import ChatService
@@ -101,3 +103,26 @@ async def test_the_two_latest_runs_compared(
         for item in items
     }
     assert len(run.data("image/png")) == 1
+
+
+async def test_a_single_run_says_to_run_a_second_one_without_a_traceback(
+    pg: Engine[Any], pg_url: str, llm: LLMClient, jupyter_home: Path, tmp_path: Path
+) -> None:
+    await make_config("alpha")
+    dataset = load_dataset(write_jsonl(tmp_path / "one.jsonl", [{"id": "q", "prompt": "hi"}]))
+    only = await start_run(
+        dataset,
+        llm=llm,
+        configs_named=["alpha"],
+        scorers=[],
+        options=RunOptions(),
+        owner=await service.evaluation_owner(),
+    )
+
+    with pytest.raises(PapermillExecutionError) as stopped:
+        await execute("compare_eval_runs", tmp_path, jupyter_home, database_url=pg_url)
+
+    said = f"only one evaluation run ({str(only.id)[:8]}): run a second evaluation first"
+    assert said in stopped.value.evalue
+    # The message alone: no frames, no "Traceback" for a user who did nothing wrong.
+    assert [line for line in stopped.value.traceback if line.strip()] == [stopped.value.evalue]

@@ -3,12 +3,15 @@ code cell holds the parameters (papermill's ``parameters`` tag)."""
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 import nbformat
 import pytest
 
 from tests.notebooks.conftest import NOTEBOOKS
+from tests.support.process import REPO_ROOT
 
 PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
 
@@ -33,3 +36,19 @@ def test_committed_without_outputs(path: Path) -> None:
     assert "widgets" not in notebook.metadata
     assert code[0].metadata.get("tags") == ["parameters"]
     assert "record_path" in code[0].source
+
+
+def test_the_readme_example_makes_out_and_git_ignores_what_it_writes() -> None:
+    """Executed notebooks hold real conversation text: they go to out/, which the README's
+    headless example creates before papermill writes there, and which git ignores."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    example = readme.split("# Headless:", 1)[1].split("```", 1)[0]
+    written = re.findall(r"\bout/[\w.-]+", example)
+    assert written
+    assert "mkdir -p out" in example
+    assert example.index("mkdir -p out") < example.index(written[0])
+    for path in written:
+        checked = subprocess.run(
+            ["git", "check-ignore", "--no-index", "-q", path], cwd=REPO_ROOT, check=False
+        )
+        assert checked.returncode == 0, f"{path} is not ignored by git"
