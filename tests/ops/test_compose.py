@@ -112,6 +112,10 @@ def test_state_is_on_volumes_and_services_check_their_health(services: dict[str,
         assert any(
             v["type"] == "volume" and v["target"] == target for v in services[name]["volumes"]
         )
+    # Every function's outcome journal (under its working directory) on one shared volume.
+    for name in ("chat", "configs", "keys", "upstreams"):
+        journals = [v for v in services[name]["volumes"] if v["source"] == "outcome-journals"]
+        assert [(v["type"], v["target"]) for v in journals] == [("volume", "/home/switchboard")]
     for name in ("postgres", "sim", "vllm", "proxy", "prefect-server"):
         assert services[name]["healthcheck"]["test"], name
     assert services["migrate"]["command"] == ["switchboard", "db", "migrate"]
