@@ -293,6 +293,9 @@ async def stored_state() -> Any:
         "FROM conversation ORDER BY last_seq, title"
     )
     message_rows = await fetch("SELECT * FROM message ORDER BY conversation, seq")
+    for row in message_rows:
+        # The engine's own change order (a transaction id, a counter): exports' business.
+        del row["change_seq"]
     # Conversation creation times come from the services' clocks, not the scenario's.
     return {"conversations": conversations_rows, "messages": message_rows}
 
