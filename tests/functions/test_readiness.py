@@ -21,6 +21,7 @@ from tests.support.databases import create_postgres_database, drop_postgres_data
 from tests.support.gateway import GatewayProcess
 from tests.support.process import free_port
 from tests.support.simulator import async_running_simulator
+from tests.support.timing import scaled
 
 
 async def empty_database(backend: str, tmp_path: Path) -> str:
@@ -81,7 +82,7 @@ async def test_readiness_calls_no_upstream_and_reports_the_recorded_check(
                 assert check["steering"] is True
                 assert check["error"] == verdict.error
                 assert (ready["status"], ready["llm"]["status"]) == ("degraded", "down")
-                deadline = time.monotonic() + 10
+                deadline = time.monotonic() + scaled(30)
                 while (await readyz(client))["llm"]["upstreams"][0]["state"] != "down":
                     assert time.monotonic() < deadline
                     await asyncio.sleep(0.1)
@@ -97,7 +98,7 @@ async def test_readiness_calls_no_upstream_and_reports_the_recorded_check(
                 assert float(stamp[1]) == pytest.approx(verdict.checked_at.timestamp())
 
                 await health.record([probed(sim.base_url, is_simulator=True)])
-                deadline = time.monotonic() + 10
+                deadline = time.monotonic() + scaled(30)
                 while (ready := await readyz(client))["llm"]["upstreams"][0]["state"] != "up":
                     assert time.monotonic() < deadline
                     await asyncio.sleep(0.1)

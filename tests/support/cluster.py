@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Literal
 
 from tests.support.process import HOST, free_port
+from tests.support.timing import scaled
 
 OWNER = "postgres"
-PG_CTL_TIMEOUT_S = 30
+PG_CTL_TIMEOUT_S = int(scaled(60))
 
 StopMode = Literal["smart", "fast", "immediate"]
 
@@ -167,7 +168,7 @@ class PostgresCluster:
             except (ClusterError, subprocess.TimeoutExpired):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + scaled(10)
             while _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
         shutil.rmtree(self.datadir, ignore_errors=True)

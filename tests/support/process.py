@@ -8,8 +8,8 @@ ways tests start processes. Whatever is still registered is killed at exit and o
 SIGTERM (:func:`kill_registered`), and ``tests/conftest.py`` fails the session if any
 descendant outlives it (:func:`leftover_descendants`).
 
-Waits are for a loaded machine (load 10-25 on 2 cores): :func:`scaled` stretches them by
-``SWITCHBOARD_TEST_TIMEOUT_SCALE`` (default 1).
+Waits are for a loaded machine (load 10-25 on 2 cores): generous, and stretched further by
+:func:`tests.support.timing.scaled`.
 
 A service's output goes to a temporary file rather than a pipe: a pipe nobody reads fills
 up and stalls the server. It is quoted when the service fails to start.
@@ -22,7 +22,6 @@ import atexit
 import contextlib
 import ctypes
 import ctypes.util
-import functools
 import http.client
 import os
 import shlex
@@ -39,29 +38,11 @@ from typing import IO, Any
 
 import psutil
 
+from tests.support.timing import scaled
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
-TIMEOUT_SCALE_VARIABLE = "SWITCHBOARD_TEST_TIMEOUT_SCALE"
 PR_SET_CHILD_SUBREAPER = 36
-
-
-@functools.cache
-def timeout_scale() -> float:
-    """``SWITCHBOARD_TEST_TIMEOUT_SCALE`` (default 1): how much slower than a quiet
-    machine this one may be. Read once; a bad value is an error, not a silent 1."""
-    raw = os.environ.get(TIMEOUT_SCALE_VARIABLE, "1")
-    try:
-        scale = float(raw)
-    except ValueError:
-        raise ValueError(f"{TIMEOUT_SCALE_VARIABLE}={raw!r}: expected a number >= 1") from None
-    if not scale >= 1:
-        raise ValueError(f"{TIMEOUT_SCALE_VARIABLE}={raw!r}: expected a number >= 1")
-    return scale
-
-
-def scaled(seconds: float) -> float:
-    """A wait of ``seconds`` on a quiet machine, stretched for this one."""
-    return seconds * timeout_scale()
 
 
 # Generous: a Python process importing the gateway on a machine at load 20 takes tens of

@@ -30,6 +30,7 @@ from tests.support.process import (
     ServiceStartError,
     free_port,
 )
+from tests.support.timing import scaled
 
 __all__ = [
     "SimulatorProcess",
@@ -38,6 +39,11 @@ __all__ = [
     "free_port",
     "running_simulator",
 ]
+
+
+# How long a wait for the simulator's counters may take: the state waited for should come
+# at once, so this only bounds a hang on a loaded machine.
+WAIT_S = 10.0
 
 
 class SimulatorStartError(ServiceStartError):
@@ -111,10 +117,11 @@ class SimulatorProcess(ServiceProcess):
         self._request_json("POST", "/sim/health", {"healthy": healthy})
 
     def wait_for(
-        self, predicate: Any, within: float = 5.0, interval: float = 0.02
+        self, predicate: Any, within: float = WAIT_S, interval: float = 0.02
     ) -> dict[str, Any]:
-        """Poll ``stats()`` until ``predicate(stats)`` is true (at most ``within`` seconds)."""
-        deadline = time.monotonic() + within
+        """Poll ``stats()`` until ``predicate(stats)`` is true (at most ``within`` seconds
+        on a quiet machine, :func:`scaled` on this one)."""
+        deadline = time.monotonic() + scaled(within)
         while True:
             stats = self.stats()
             if predicate(stats):
@@ -136,10 +143,10 @@ class SimulatorProcess(ServiceProcess):
         return self
 
     async def wait_for_async(
-        self, predicate: Any, within: float = 5.0, interval: float = 0.02
+        self, predicate: Any, within: float = WAIT_S, interval: float = 0.02
     ) -> dict[str, Any]:
         """``wait_for`` that lets the test's own event loop keep running meanwhile."""
-        deadline = time.monotonic() + within
+        deadline = time.monotonic() + scaled(within)
         while True:
             stats = await self.stats_async()
             if predicate(stats):
