@@ -18,6 +18,9 @@ several times slower.) This protocol adds, per connection:
 - at most ``max_connections`` open connections per worker: one more is answered 503 and
   closed as soon as it opens, before anything is read from it.
 
+What is not HTTP/1.1 is a JSON 400, in the head or in a chunked body alike (a body's
+handler is then told the client left).
+
 The body's size is the app's to bound (``SWITCHBOARD_MAX_BODY_BYTES``, 413); reading is
 paused once 64 KiB of it wait unread, so a body never piles up here.
 """
@@ -302,8 +305,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_timers()
         if self._refused is None or self.transport.is_closing():
             return
-        if self.cycle is None or self.cycle.response_complete:
-            # Never in the middle of a response (a pipelined request behind it).
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            self.transport.write(self._refused)
+        elif not cycle.response_started and not self.pipeline:
+            # A body that breaks HTTP (a malformed chunk) while its handler waits for it:
+            # the handler is told the client left (its answer, if any, goes nowhere), and
+            # the client gets this one. Never in the middle of a response, nor ahead of an
+            # earlier pipelined request's.
+            cycle.disconnected = True
+            cycle.message_event.set()
             self.transport.write(self._refused)
         self.transport.close()
 

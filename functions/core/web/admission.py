@@ -104,9 +104,9 @@ def check_parameters(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
 
 
 def check_media_type(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
-    """A body is JSON, sent as it is: another declared type, or any content coding, is a 415
-    (read as JSON anyway, a form or a compressed body would only fail more confusingly).
-    No Content-Type at all is taken as JSON."""
+    """A body is JSON, sent as it is: another declared type, any content coding, or a
+    transfer coding but chunked alone, is a 415 (read as JSON anyway, a form or a
+    compressed body would only fail more confusingly). No Content-Type is taken as JSON."""
     headers = connection.headers
     encoding = headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
@@ -114,6 +114,15 @@ def check_media_type(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
             f"request bodies are read as sent: drop Content-Encoding {encoding!r} and send "
             "the JSON uncompressed",
             details={"header": "content-encoding", "got": encoding},
+        )
+    # A transfer coding is a content coding too (``gzip, chunked``: the server undoes the
+    # chunks, not the gzip); only chunked alone is read.
+    transfer = ", ".join(headers.getall("transfer-encoding", []))
+    if transfer and transfer.strip().lower() != "chunked":
+        raise UnsupportedMediaTypeError(
+            f"request bodies are read as sent: Transfer-Encoding {transfer!r} is not read "
+            "(only chunked alone is); send the JSON uncompressed",
+            details={"header": "transfer-encoding", "got": transfer},
         )
     declared = headers.get("content-type")
     if declared is None:
