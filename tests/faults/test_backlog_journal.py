@@ -30,6 +30,8 @@ from tests.faults.conftest import (
 if TYPE_CHECKING:
     import httpx
 
+    from tests.support.gateway import GatewayProcess
+
 PER_KIND = 5  # non-streamed and streamed sends each
 REPLY_TOKENS = 20  # 2 s: the outage starts once every reply is generating
 RETRY_S = 2.0
@@ -141,18 +143,45 @@ async def test_a_backlog_left_at_a_stop_is_written_by_the_next_start(
         assert {row["status"] for row in rows} == {"pending"}
         started = faults.gateway(workers=2 if successor == "with two workers" else 1)
 
+    written_s = await _written_as_told(faults, started, conversations, told)
+    print(
+        f"\n{stop} ({stopped_s:.1f} s to stop), next gateway {successor}: {len(ids)} "
+        f"journaled replies written {written_s:.2f} s after it was ready and the database up"
+    )
+    replays = _log_events(started.log_text(), "chat.reply_journal_replayed")
+    assert [event["count"] for event in replays] == [2 * PER_KIND]
+
+
+async def test_a_backlog_its_process_writes_itself_leaves_no_journal(faults: Faults) -> None:
+    """No stop: the database comes back, the gateway writes its own backlog, and its
+    journal is deleted (nothing is left for anyone to replay)."""
+    gateway = faults.gateway(outcome_retry_s=str(RETRY_S), send_lock_timeout_s="3")
+    await faults.configure(gateway)
+    async with faults.client(gateway, timeout=120) as client:
+        conversations = [await new_conversation(client) for _ in range(2 * PER_KIND)]
+        told = await _told_not_recorded(faults, client, conversations)
+    assert len(_journals(faults)) == 1
+    await asyncio.to_thread(faults.cluster.start)
+    written_s = await _written_as_told(faults, gateway, conversations, told)
+    print(f"\nno stop: the backlog written {written_s:.2f} s after the database was up")
+    assert _log_events(gateway.log_text(), "chat.reply_journal_replayed") == []
+    assert len(_log_events(gateway.log_text(), "chat.reply_backlog_written")) == 2 * PER_KIND
+
+
+async def _written_as_told(
+    faults: Faults, gateway: GatewayProcess, conversations: list[str], told: dict[str, str]
+) -> float:
+    """Wait until every told reply is stored; then check each is stored once, complete,
+    with the text its client received, and the journal is gone. Returns the wait."""
+    ids = list(told)
+
     async def written() -> bool:
         rows = await faults.query(
             "SELECT status FROM message WHERE id::text = ANY($1::text[])", ids
         )
         return all(row["status"] == "complete" for row in rows)
 
-    replayed_s = await wait_until(written, within=REPLAYED_WITHIN_S, interval=0.2)
-    print(
-        f"\n{stop} ({stopped_s:.1f} s to stop), next gateway {successor}: {len(ids)} "
-        f"journaled replies written {replayed_s:.2f} s after it was ready and the database up"
-    )
-
+    waited_s = await wait_until(written, within=REPLAYED_WITHIN_S, interval=0.2)
     for i, conversation in enumerate(conversations):
         sent = [f"json {i}"] if i < PER_KIND else [f"sse {i - PER_KIND}"]
         rows = await faults.assert_paired(conversation, sent)
@@ -163,14 +192,17 @@ async def test_a_backlog_left_at_a_stop_is_written_by_the_next_start(
     interrupted = await faults.query("SELECT id FROM message WHERE error_code = 'interrupted'")
     assert interrupted == []
     # The journal is done with: removed, and replayed by nobody again.
-    assert _journals(faults) == []
-    replays = _log_events(started.log_text(), "chat.reply_journal_replayed")
-    assert [event["count"] for event in replays] == [2 * PER_KIND]
-    assert _log_events(started.log_text(), "chat.reply_backlog_dropped") == []
+    await wait_until(lambda: _no_journal(faults), within=REPLAYED_WITHIN_S)
+    assert _log_events(gateway.log_text(), "chat.reply_backlog_dropped") == []
 
     # Every conversation takes its next send at once.
-    async with faults.client(started) as client:
+    async with faults.client(gateway) as client:
         again = await asyncio.gather(
             *(json_send(client, conv, "after", max_tokens=2) for conv in conversations)
         )
     assert [response.status_code for response in again] == [201] * len(conversations)
+    return waited_s
+
+
+async def _no_journal(faults: Faults) -> bool:
+    return _journals(faults) == []
