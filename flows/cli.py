@@ -26,9 +26,21 @@ import click
 import msgspec
 
 from flows import catalog
-from functions.cli import EXIT_REFUSED, EXIT_USAGE, echo_json, fail, settings_or_exit
+from functions.cli import (
+    EXIT_DATABASE,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    echo_json,
+    fail,
+    printable,
+    settings_or_exit,
+    with_database,
+)
+from functions.core.errors import InvalidInputError, NotFoundError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from rich.progress import Progress, TaskID
 
     from flows.catalog import CatalogFlow
@@ -193,8 +205,91 @@ class _Bar:
         self._bar.update(self._task, completed=total, total=total, description=description)
 
 
+# --- checks before Prefect starts ----------------------------------------------------
+
+
+def _preflight(name: str, parameters: dict[str, Any], settings: Settings) -> None:
+    """Refuse here, in about a second, what the run would refuse only after Prefect has
+    started (seconds to a minute on a busy machine) and its tasks have retried: exit 2 for
+    a usage error (a destination that cannot be a folder, a dataset that cannot be read,
+    a configuration that does not exist), 3 for a database that cannot be reached or is
+    not migrated."""
+    if name == "export" and (refused := _destination_refusal(parameters.get("out"))):
+        fail(refused, EXIT_USAGE)
+    if name == "evaluate" and (refused := _dataset_refusal(parameters["dataset"])):
+        fail(refused, EXIT_USAGE)
+    if database := with_database(settings, lambda: _database_refusal(name, parameters)):
+        code, message = database
+        fail(message, code)
+
+
+def _destination_refusal(out: str | None) -> str | None:
+    from functions.core.exports.destinations import LocalDestination, open_destination
+
+    if out is None:
+        return None
+    try:
+        destination = open_destination(out)
+    except InvalidInputError as exc:
+        return exc.message
+    except (ValueError, ImportError) as exc:  # fsspec: a protocol it does not know
+        return f"invalid destination {printable(out)!r}: {exc}"
+    if not isinstance(destination, LocalDestination):
+        return None  # a bucket: its credentials and permissions are the run's to find out
+    return _folder_refusal(out, destination.root)
+
+
+def _folder_refusal(out: str, root: Path) -> str | None:
+    # The folder is created by the run, with its missing parents: the nearest existing
+    # one must be a folder this process may create folders in.
+    existing = root
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot export to {printable(out)}: {existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot export to {printable(out)}: {existing} is not writable by this user"
+    return None
+
+
+def _dataset_refusal(path: str) -> str | None:
+    from functions.core.evals.datasets import load_dataset
+
+    try:
+        load_dataset(path)
+    except InvalidInputError as exc:  # missing, not UTF-8, or invalid lines (every one named)
+        return exc.message
+    except OSError as exc:  # a folder, or not readable by this user
+        return f"cannot read the dataset {printable(path)}: {exc.strerror}"
+    return None
+
+
+async def _database_refusal(name: str, parameters: dict[str, Any]) -> tuple[int, str] | None:
+    """Whether the database is migrated, and the configurations the run names exist."""
+    from functions.core.configs.service import get_config
+    from functions.core.db.engine import current_engine
+    from functions.core.db.migrate import migration_status
+    from functions.core.evals.service import resolve_targets
+
+    status = await migration_status(current_engine())
+    if pending := [migration for migration, applied in status.items() if not applied]:
+        return EXIT_DATABASE, (
+            f"the database is not migrated ({len(pending)} of {len(status)} migration(s) "
+            "pending): run `switchboard db migrate`"
+        )
+    try:
+        if name == "evaluate":
+            await resolve_targets(parameters.get("config", []))
+        if name == "export" and (config := parameters.get("config")) is not None:
+            await get_config(config)
+    except (InvalidInputError, NotFoundError) as exc:
+        return EXIT_USAGE, exc.message
+    return None
+
+
 def _run_once(name: str, parameters: dict[str, Any], *, as_json: bool) -> None:
     settings = settings_or_exit()  # a bad setting stops here, in one line
+    _preflight(name, parameters, settings)
     [scheduled] = [each for each in _scheduled() if each.name == name]
     from prefect.context import SyncClientContext
     from prefect.settings import PREFECT_API_URL

@@ -80,6 +80,28 @@ def test_the_catalog_is_what_the_flows_say() -> None:
 WITHOUT_PREFECT_S = 6.0
 
 
+def without_prefect(
+    command: list[str], cwd: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """``switchboard COMMAND``, which must neither import Prefect nor take long."""
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "functions.cli", *command],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    took = time.monotonic() - started
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()]
+    assert "flows.catalog" in imported  # the import log is what this reads
+    assert [name for name in imported if name.split(".")[0] == "prefect"] == []
+    assert took < WITHOUT_PREFECT_S, f"{' '.join(command)} took {took:.1f} s"
+    return result
+
+
 @pytest.mark.parametrize(
     "command",
     [
@@ -93,23 +115,54 @@ WITHOUT_PREFECT_S = 6.0
     ids=" ".join,
 )
 def test_listing_and_help_do_not_import_prefect(tmp_path: Path, command: list[str]) -> None:
-    started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "functions.cli", *command],
-        cwd=tmp_path,
-        env=prefect_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    took = time.monotonic() - started
+    result = without_prefect(command, tmp_path, prefect_env(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
-    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()]
-    assert "flows.catalog" in imported  # the import log is what this reads
-    assert [name for name in imported if name.split(".")[0] == "prefect"] == []
     assert result.stdout.startswith(("Usage:", "NAME", "["))
-    assert took < WITHOUT_PREFECT_S, f"{' '.join(command)} took {took:.1f} s"
+
+
+@pytest.mark.parametrize(
+    ("command", "code", "says"),
+    [
+        (
+            ["export", "--format", "xml"],
+            2,
+            "Invalid value for '--format': 'xml' is not one of 'jsonl', 'csv', 'parquet'",
+        ),
+        (["export", "--out", "a-file/exports"], 2, "a-file is a file, not a folder"),
+        (["export", "--out", "s4://bucket/x"], 2, "invalid destination 's4://bucket/x'"),
+        (["export", "--out", "out", "--config", "nope"], 2, "no configuration 'nope'"),
+        (["evaluate", "--dataset", "missing.jsonl", "--config", "a"], 2, "no dataset at"),
+        (["evaluate", "--dataset", ".", "--config", "a"], 2, "cannot read the dataset ."),
+        (["evaluate", "--dataset", "bad.jsonl", "--config", "a"], 2, "line 1:"),
+        (["evaluate", "--dataset", "good.jsonl", "--config", "nope"], 2, "no configuration"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else str(value),
+)
+def test_run_refuses_a_mistake_before_prefect_starts(
+    flows_db: str, tmp_path: Path, command: list[str], code: int, says: str
+) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    (tmp_path / "bad.jsonl").write_text('{"id": "1"}\n')
+    (tmp_path / "good.jsonl").write_text('{"id": "1", "prompt": "hi"}\n')
+    env = prefect_env(tmp_path, SWITCHBOARD_DATABASE_URL=flows_db)
+    result = without_prefect(["flows", "run", *command], tmp_path, env)
+    assert result.returncode == code, result.stderr[-3000:]
+    assert says in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_on_an_unmigrated_database_says_to_migrate(tmp_path: Path) -> None:
+    # A database that exists with none (or not all) of the tables: the run would fail on
+    # its first query, after Prefect's start and the tasks' retries.
+    with sqlite3.connect(tmp_path / "old.sqlite") as db:
+        db.execute("CREATE TABLE unrelated (x INTEGER)")
+    env = prefect_env(tmp_path, SWITCHBOARD_DATABASE_URL=sqlite_url(tmp_path, "old.sqlite"))
+    for flow in (["export", "--out", "out"], ["health-check"], ["maintenance"]):
+        result = without_prefect(["flows", "run", *flow], tmp_path, env)
+        assert result.returncode == 3, result.stderr[-3000:]
+        assert "the database is not migrated" in result.stderr
+        assert "run `switchboard db migrate`" in result.stderr
 
 
 async def test_run_needs_no_prefect_server(tmp_path: Path, upstream: SimulatorProcess) -> None:
