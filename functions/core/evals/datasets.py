@@ -7,8 +7,9 @@ are none: a run of a thousand items should not stop at item 600 over a typo.
 
 An item is checked as the HTTP API checks a send: its fields are
 :class:`~functions.core.schemas.FrozenInput` (no NUL, no integer beyond 64 bits, JSON at most
-:data:`~functions.core.schemas.MAX_JSON_DEPTH` deep) and each turn's text is within
-SWITCHBOARD_MAX_MESSAGE_CHARS (``max_message_chars``), so what the API refuses cannot be
+:data:`~functions.core.schemas.MAX_JSON_DEPTH` deep) and the text of each turn a user
+could send is within SWITCHBOARD_MAX_MESSAGE_CHARS (``max_message_chars``; a reply in an
+item's history within the ceiling of that setting), so what the API refuses cannot be
 sent, or stored, through an evaluation.
 
 Lines end at ``\\n`` only (JSON Lines): a record may hold U+2028, U+2029 or U+0085, which
@@ -123,12 +124,19 @@ def _check_item(item: DatasetItem, max_message_chars: int) -> list[tuple[str | N
 
 def _check_turns(item: DatasetItem, max_message_chars: int) -> list[tuple[str | None, str]]:
     problems: list[tuple[str | None, str]] = []
-    texts = [("prompt", item.prompt or "")] + [
-        (f"messages[{index}].content", _text_of(message))
+    # What a user could send is bounded as a send is; a reply in the item's history is the
+    # model's, which the setting does not bound in chat either (a dataset built from
+    # history holds them), so only by the ceiling any setting may have.
+    texts = [("prompt", item.prompt or "", max_message_chars)] + [
+        (
+            f"messages[{index}].content",
+            _text_of(message),
+            MAX_CONTENT_CHARS if message.role == "assistant" else max_message_chars,
+        )
         for index, message in enumerate(item.messages or [])
     ]
-    for where, text in texts:
-        if (too_long := message_chars_problem(text, max_message_chars)) is not None:
+    for where, text, limit in texts:
+        if (too_long := message_chars_problem(text, limit)) is not None:
             problems.append((where, too_long))
     if item.messages is not None:
         if not item.messages:

@@ -205,6 +205,16 @@ REFUSED_LINES = [
     ),
     ({"id": "a", "prompt": "x" * 400_001}, "prompt"),
     ({"id": "a", "messages": [{"role": "user", "content": "x" * 400_001}]}, "messages[0].content"),
+    (
+        {
+            "id": "a",
+            "messages": [
+                {"role": "assistant", "content": "x" * 400_001},
+                {"role": "user", "content": "q"},
+            ],
+        },
+        "messages[0].content",
+    ),
 ]
 
 
@@ -233,6 +243,14 @@ def test_a_turn_is_bounded_by_the_deployments_message_limit(tmp_path: Path) -> N
         },
         {"id": "parts", "messages": [{"role": "user", "content": [*parts, TEXT_PART, TEXT_PART]}]},
         {"id": "fits", "messages": [{"role": "user", "content": parts}]},
+        {
+            "id": "history",  # a reply is the model's: bounded by the ceiling only
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "z" * 1000},
+                {"role": "user", "content": "q"},
+            ],
+        },
     ]
     path = write_jsonl(tmp_path / "d.jsonl", lines)
     with pytest.raises(DatasetError) as caught:
@@ -244,7 +262,7 @@ def test_a_turn_is_bounded_by_the_deployments_message_limit(tmp_path: Path) -> N
         (3, "messages[0].content", f"is 11 characters; {limit}"),
         (4, "messages[0].content", f"is 11 characters; {limit}"),
     ]
-    assert len(load_dataset(path).items) == 5  # the ceiling of the setting by default
+    assert len(load_dataset(path).items) == 6  # the ceiling of the setting by default
 
 
 @pytest.mark.parametrize("depth", [33, 10_000, 100_000])
