@@ -145,7 +145,7 @@ async def test_a_bad_dataset_stops_the_flow_before_anything_runs(
     code, _, err = await cli(
         "flows", "run", "evaluate", "--dataset", str(bad), "--config", "alpha", env=env
     )
-    assert code == 1
+    assert code == 2  # a usage error, found before Prefect starts
     assert "1 problem(s), nothing was run" in err
     assert "line 2: Object contains unknown field `promt`" in err
     assert (await service.list_runs()).data == []
