@@ -26,6 +26,7 @@ import fcntl
 import os
 import struct
 import threading
+import time
 import uuid
 import zlib
 from datetime import UTC, datetime
@@ -47,6 +48,10 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 SUFFIX = ".journal"
+# A journal being created or compacted, before it takes its name.
+SCRATCH = ".new"
+# A scratch file this old whose lock is free was left by a process that died mid-way.
+SCRATCH_STALE_S = 60.0
 _FRAME = struct.Struct(">II")  # the record's length, then its CRC-32
 
 
@@ -154,18 +159,34 @@ class JournalFile:
 
     @classmethod
     def create(cls, path: Path, header: JournalHeader) -> JournalFile:
-        """A new, locked file holding ``header`` (readable by this user only)."""
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        """A new file at ``path`` holding ``header``, readable by this user only, and
+        locked before it takes its name: a replayer never finds it unlocked and empty."""
+        journal = cls._scratch(path, header)
+        try:
+            os.replace(journal.path, path)
+        except BaseException:
+            journal.remove()
+            raise
+        journal.path = path
+        _fsync_dir(path.parent)
+        return journal
+
+    @classmethod
+    def _scratch(cls, path: Path, header: JournalHeader) -> JournalFile:
+        """A locked file beside ``path`` (named ``<path>.new``) holding ``header``."""
+        scratch = path.with_name(path.name + SCRATCH)
+        scratch.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            scratch.unlink()  # this process's own, left by a failed attempt
+        fd = os.open(scratch, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            journal = cls(path, fd, header, 0)
+            journal = cls(scratch, fd, header, 0)
             journal._write(frame(header))
-            _fsync_dir(path.parent)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
-                path.unlink()
+                scratch.unlink()
             raise
         return journal
 
@@ -223,17 +244,14 @@ class JournalFile:
         """
         if self.header is None:
             raise RuntimeError("a journal without its header cannot be compacted")
-        scratch = self.path.with_name(self.path.name + ".compacting")
-        with contextlib.suppress(FileNotFoundError):
-            scratch.unlink()
-        fresh = JournalFile.create(scratch, self.header)
+        fresh = JournalFile._scratch(self.path, self.header)
         try:
             for entry, _ in self.unwritten.values():
                 fresh.append(entry)
+            os.replace(fresh.path, self.path)
         except BaseException:
             fresh.remove()
             raise
-        os.replace(scratch, self.path)
         os.close(self._fd)
         self._fd, self.size = fresh._fd, fresh.size
         fresh._fd = -1
@@ -375,6 +393,7 @@ def claim_orphans(
     still locked by their owner or another replayer."""
     try:
         paths = sorted(directory.glob(f"*{SUFFIX}"))
+        _remove_stale_scratch(directory)
     except OSError:
         return
     for path in paths:
@@ -392,3 +411,19 @@ def claim_orphans(
             journal.close()
             continue
         yield journal
+
+
+def _remove_stale_scratch(directory: Path) -> None:
+    """Scratch files of processes that died creating or compacting a journal: nothing in
+    them is needed (a compacted journal is whole at its own name until it is replaced)."""
+    for scratch in directory.glob(f"*{SUFFIX}{SCRATCH}"):
+        try:
+            # Young ones may be between their creation and their lock.
+            if time.time() - scratch.stat().st_mtime < SCRATCH_STALE_S:
+                continue
+        except FileNotFoundError:
+            continue
+        leftover = JournalFile.claim(scratch)
+        if leftover is not None:
+            log.info("chat.journal_scratch_removed", file=str(scratch))
+            leftover.remove()

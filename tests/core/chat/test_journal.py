@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -17,9 +18,11 @@ import pytest
 
 from functions.core.chat.exchanges import Exchanges
 from functions.core.chat.journal import (
+    SCRATCH_STALE_S,
     SUFFIX,
     JournalFile,
     JournalFullError,
+    JournalHeader,
     OutcomeJournal,
     UnwrittenOutcome,
     Written,
@@ -202,6 +205,25 @@ def test_a_live_owners_journal_is_never_claimed_and_a_claimed_one_only_once(
     second.remove()
     assert orphans(tmp_path) == []
     assert os.listdir(tmp_path) == []
+
+
+def test_scratch_files_of_dead_processes_are_removed_once_stale(tmp_path: Path) -> None:
+    """A journal is created (and compacted) under a scratch name, locked, then renamed: a
+    process that died in between leaves the scratch file, which nothing needs."""
+    header = JournalHeader(
+        database=DATABASE, instance=uuid.uuid4(), pid=os.getpid(), created_at=datetime.now(UTC)
+    )
+    live = JournalFile._scratch(tmp_path / f"{uuid.uuid4()}{SUFFIX}", header)
+    dead = JournalFile._scratch(tmp_path / f"{uuid.uuid4()}{SUFFIX}", header)
+    dead.close()  # its process died: the lock is gone
+    young = JournalFile._scratch(tmp_path / f"{uuid.uuid4()}{SUFFIX}", header)
+    young.close()
+    old = time.time() - SCRATCH_STALE_S - 1
+    for scratch in (live.path, dead.path):
+        os.utime(scratch, (old, old))
+    assert orphans(tmp_path) == []  # never read as journals
+    assert sorted(os.listdir(tmp_path)) == sorted([live.path.name, young.path.name])
+    live.close()
 
 
 def test_journals_of_another_database_are_left_alone(tmp_path: Path) -> None:
