@@ -216,7 +216,7 @@ def _preflight(name: str, parameters: dict[str, Any], settings: Settings) -> Non
     not migrated."""
     if name == "export" and (refused := _destination_refusal(parameters.get("out"))):
         fail(refused, EXIT_USAGE)
-    if name == "evaluate" and (refused := _dataset_refusal(parameters["dataset"])):
+    if name == "evaluate" and (refused := _dataset_refusal(parameters["dataset"], settings)):
         fail(refused, EXIT_USAGE)
     if database := with_database(settings, lambda: _database_refusal(name, parameters)):
         code, message = database
@@ -252,11 +252,11 @@ def _folder_refusal(out: str, root: Path) -> str | None:
     return None
 
 
-def _dataset_refusal(path: str) -> str | None:
+def _dataset_refusal(path: str, settings: Settings) -> str | None:
     from functions.core.evals.datasets import load_dataset
 
     try:
-        load_dataset(path)
+        load_dataset(path, max_message_chars=settings.max_message_chars)
     except InvalidInputError as exc:  # missing, not UTF-8, or invalid lines (every one named)
         return exc.message
     except OSError as exc:  # a folder, or not readable by this user

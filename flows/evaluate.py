@@ -303,7 +303,8 @@ async def evaluate(
     """
     settings = load_settings()
     async with report_flow_run(settings, "evaluate"):
-        data = load_dataset(dataset)  # every bad line named before anything else happens
+        # Every bad line named before anything else happens; a turn as long as a send's.
+        data = load_dataset(dataset, max_message_chars=settings.max_message_chars)
         specs = parse_scorers(scorer)
         options = RunOptions(
             concurrency=concurrency, retries=retries, item_timeout_s=item_timeout_s

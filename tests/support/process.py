@@ -125,15 +125,20 @@ def run(
 
 
 def switchboard_cli(
-    database_url: str, *args: str, check: bool = False
+    database_url: str, *args: str, check: bool = False, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``switchboard ARGS`` in a process of its own, on ``database_url`` and no other
-    ``SWITCHBOARD_*`` setting from this environment."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
+    ``SWITCHBOARD_*`` setting from this environment than those in ``env``."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
     return run(
         [sys.executable, "-m", "functions.cli", *args],
         cwd=REPO_ROOT,
-        env={**env, "SWITCHBOARD_DATABASE_URL": database_url, "PYTHONPATH": str(REPO_ROOT)},
+        env={
+            **inherited,
+            "SWITCHBOARD_DATABASE_URL": database_url,
+            "PYTHONPATH": str(REPO_ROOT),
+            **(env or {}),
+        },
         capture_output=True,
         text=True,
         check=check,

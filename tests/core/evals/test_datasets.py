@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from functions.core.db.engine import engine_from_url, use_engine
+from functions.core.db.tables import EvalRun, Message
 from functions.core.errors import InvalidInputError
 from functions.core.evals.datasets import (
     DatasetError,
@@ -21,6 +23,8 @@ from functions.core.evals.datasets import (
 from functions.core.evals.schemas import DatasetItem, DatasetMessage
 from functions.core.messages.schemas import Turn
 from tests.core.evals.conftest import write_jsonl
+from tests.support.databases import create_postgres_database, drop_postgres_database, sqlite_url
+from tests.support.process import switchboard_cli
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -332,3 +336,48 @@ def test_a_dataset_is_written_atomically_and_for_its_owner_only(tmp_path: Path) 
         write_dataset(path, failing())
     assert path.read_bytes() == encode_items(items)  # the old file, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.jsonl"]
+
+
+@pytest.mark.parametrize("engine", ["postgres", "sqlite"])
+async def test_flows_run_refuses_a_hostile_dataset_before_any_run_on_either_engine(
+    tmp_path: Path, engine: str
+) -> None:
+    """What crashed an evaluation on PostgreSQL (a NUL) or was stored on SQLite (a NUL, a
+    20 MB prompt): a usage error naming each line and field, and nothing written."""
+    url = (
+        await create_postgres_database("switchboard_datasets")
+        if engine == "postgres"
+        else sqlite_url(tmp_path, "datasets.sqlite")
+    )
+    try:
+        assert switchboard_cli(url, "db", "migrate").returncode == 0
+        lines = [
+            {"id": "ok", "prompt": "fine"},
+            *(line for line, _ in REFUSED_LINES if "x" * 400_001 not in str(line)),
+            {"id": "huge", "prompt": "x" * 20_000_000},
+        ]
+        path = write_jsonl(tmp_path / "hostile.jsonl", lines)
+        result = switchboard_cli(
+            url, "flows", "run", "evaluate", "--dataset", str(path), "--config", "any"
+        )
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+        assert "\x00" not in result.stderr
+        expected = [field for line, field in REFUSED_LINES if "x" * 400_001 not in str(line)]
+        for number, field in enumerate([*expected, "prompt"], start=2):
+            assert f"line {number}, {field}: " in result.stderr, (number, field)
+        # The deployment's own limit, as a send has it.
+        short = write_jsonl(tmp_path / "short.jsonl", [{"id": "a", "prompt": "x" * 1001}])
+        limited = switchboard_cli(
+            url,
+            "flows", "run", "evaluate", "--dataset", str(short), "--config", "any",
+            env={"SWITCHBOARD_MAX_MESSAGE_CHARS": "1000"},
+        )  # fmt: skip
+        assert limited.returncode == 2, limited.stderr[-3000:]
+        assert "line 1, prompt: is 1001 characters; the limit is 1000" in limited.stderr
+        use_engine(engine_from_url(url))
+        assert await EvalRun.count() == 0
+        assert await Message.count() == 0
+    finally:
+        if engine == "postgres":
+            await drop_postgres_database(url)
