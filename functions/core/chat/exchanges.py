@@ -128,6 +128,9 @@ class Exchanges:
                         reply_model=resolved.model,
                         instance_id=self.lease.instance_id,
                         now=now,
+                        # This process's bound goes with its reply: whoever judges the
+                        # reply later (a sweep, another send) uses it, not their own.
+                        stale_after=now + self._pending_bound,
                         stale_before=now - self._pending_bound,
                         history_limit=history_limit(request.prompt, window, self._history_cap),
                         idempotency_key=key.key if key else None,

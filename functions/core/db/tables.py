@@ -124,6 +124,10 @@ class Message(Table, tablename="message"):
     # The process (``process_lease.id``) generating a pending reply: while its lease is
     # alive the reply is really being generated; once it lapses the reply is retired.
     owner_instance = UUID(null=True, default=None)
+    # When a reply still pending is certainly abandoned, whatever the leases say: its
+    # creation plus its owner's bound (the owner's timeouts, never a sweeper's). NULL for
+    # replies stored before it existed: those are judged by the sweeper's bound.
+    stale_after = Timestamptz(null=True, default=None)
     # Indexed with id by message_created_id_idx, for exports.
     created_at = Timestamptz(default=TimestamptzNow())
     completed_at = Timestamptz(null=True, default=None)

@@ -7,7 +7,9 @@ lease lapses within ``lease_ttl_s`` and its pending replies are retired as ``int
 by the next send to the conversation (the claim checks the lease), and by
 :func:`sweep_interrupted`, which every serving process runs at start and periodically (the
 maintenance flow calls it too). Whatever the leases say, no reply stays pending longer
-than the longest a reply can take plus a margin (``pending_bound``).
+than the longest a reply can take plus a margin (``pending_bound``): its owner's, which
+the claim stores with the reply (``message.stale_after``), so that a process or a flow
+with shorter timeouts never judges another's reply by its own.
 
 A live process's own pending replies are its to judge: it knows which it is answering
 (``Lease.replies``, see ``liveness.replies``). One it is not answering (a claim that
@@ -189,7 +191,12 @@ class Retired(msgspec.Struct, frozen=True, kw_only=True):
 async def sweep_interrupted(
     *, bound: timedelta, now: datetime | None = None, spare: uuid.UUID | None = None
 ) -> list[Retired]:
-    """Retire every pending reply whose process is gone, or that outlived ``bound``.
+    """Retire every pending reply whose process is gone, or that outlived its bound.
+
+    A reply's bound is its owner's (``message.stale_after``, stored by the claim from the
+    owner's timeouts): a sweeper with shorter timeouts never retires a reply its owner may
+    still be generating. ``bound`` (the sweeper's) applies only to replies stored without
+    one, before there was one.
 
     ``spare``: the sweeping process's own instance, alive by definition (its lease may
     have lapsed while the database was out of reach; its replies are still its own, and
@@ -199,11 +206,13 @@ async def sweep_interrupted(
     rows = await fetch(
         "UPDATE message SET status = 'failed', error_code = 'interrupted', "
         "error_message = {}, completed_at = {} "
-        "WHERE status = 'pending' AND (created_at < {} OR (owner_instance IS NOT NULL AND "
+        "WHERE status = 'pending' AND (stale_after < {} "
+        "OR (stale_after IS NULL AND created_at < {}) OR (owner_instance IS NOT NULL AND "
         "owner_instance <> {} AND NOT EXISTS (SELECT 1 FROM process_lease l "
         "WHERE l.id = message.owner_instance AND l.expires_at > {}))) "
         "RETURNING id, conversation",
         INTERRUPTED_MESSAGE,
+        now,
         now,
         now - bound,
         spare or uuid.UUID(int=0),

@@ -2,12 +2,13 @@
 
 Under the conversation's row lock: take sequence numbers, check the caller's view of the
 conversation's configuration, refuse while the previous reply is pending (or retire it
-when the caller says it is stale), read the newest stored messages, insert the new turns
-and a pending reply. Nothing else: the caller (``functions.core.chat``) has already chosen
-the configuration and decides what the history means.
+when its own bound, its owner's, has passed or its owner's lease lapsed), read the newest
+stored messages, insert the new turns and a pending reply that carries its own bound.
+Nothing else: the caller (``functions.core.chat``) has already chosen the configuration
+and decides what the history means.
 
 PostgreSQL runs it as one function call (one round trip; see
-``functions/core/db/plpgsql/switchboard_claim_v1.sql``), SQLite as the same statements in
+``functions/core/db/plpgsql/switchboard_claim_v2.sql``), SQLite as the same statements in
 one write transaction. Failures are typed errors on both: the function raises its own
 SQLSTATE codes, mapped here by code.
 """
@@ -68,8 +69,12 @@ class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
     # The process generating the reply (its lease says whether it is alive).
     instance_id: uuid.UUID
     now: datetime
-    # A pending previous reply created before this, or whose process's lease lapsed, is
-    # retired instead of waited for.
+    # When this reply, if still pending, is certainly abandoned: ``now`` plus the bound of
+    # the process generating it (its own timeouts). The previous reply is judged by its
+    # own (or retired if its process's lease lapsed), never by the caller's timeouts.
+    stale_after: datetime
+    # A previous reply stored without a bound of its own (before there was one) is retired
+    # if it was created before this.
     stale_before: datetime
     # How many of the newest stored messages to return (None: all).
     history_limit: int | None
@@ -174,8 +179,8 @@ async def claim(request: ClaimRequest) -> Claim:
 async def _claim_in_one_call(request: ClaimRequest) -> Claim:
     try:
         rows = await fetch(
-            "SELECT switchboard_claim_v1({}, {}, {}, {}, {}::jsonb, {}, {}, {}, {}, {}, {}, {}, "
-            "{}, {}, {}) AS claim",
+            "SELECT switchboard_claim_v2({}, {}, {}, {}, {}::jsonb, {}, {}, {}, {}, {}, {}, {}, "
+            "{}, {}, {}, {}) AS claim",
             request.conversation_id,
             request.owner,
             request.config_name,
@@ -191,6 +196,7 @@ async def _claim_in_one_call(request: ClaimRequest) -> Claim:
             request.history_limit,
             request.idempotency_key,
             request.request_hash,
+            request.stale_after,
             savepoint=True,
         )
     except asyncpg.PostgresError as exc:
@@ -224,8 +230,8 @@ async def _claim_stepwise(request: ClaimRequest) -> Claim:
         if bumped[0]["config_name"] != request.config_name or epoch != request.config_epoch:
             raise _error("SB412", conversation_id)
         previous = await fetch(
-            "SELECT id, created_at, owner_instance, EXISTS (SELECT 1 FROM process_lease "
-            "WHERE id = message.owner_instance AND expires_at > {}) AS owner_alive "
+            "SELECT id, created_at, stale_after, owner_instance, EXISTS (SELECT 1 FROM "
+            "process_lease WHERE id = message.owner_instance AND expires_at > {}) AS owner_alive "
             "FROM message WHERE conversation = {} AND seq = {} AND status = 'pending'",
             now,
             conversation_id,
@@ -233,9 +239,9 @@ async def _claim_stepwise(request: ClaimRequest) -> Claim:
         )
         if previous:
             pending = previous[0]
-            if pending["created_at"] > request.stale_before and (
-                pending["owner_instance"] is None or pending["owner_alive"]
-            ):
+            bound = pending["stale_after"]
+            young = pending["created_at"] > request.stale_before if bound is None else bound > now
+            if young and (pending["owner_instance"] is None or pending["owner_alive"]):
                 raise busy_error(conversation_id)
             await fetch(
                 "UPDATE message SET status = 'failed', error_code = 'interrupted', "
@@ -283,16 +289,18 @@ async def _claim_stepwise(request: ClaimRequest) -> Claim:
                 None,
                 None,
                 None,
+                None,
             ]
         values += [request.reply_id, conversation_id, last + count + 1, "assistant", ""]
         values += [None, None, None, None, "pending", now, None]
         values += [request.reply_config_id, request.reply_model, request.instance_id]
+        values += [request.stale_after]
         # Only placeholders are joined in; every value goes in as a parameter.
-        placeholders = ", ".join(["(" + ", ".join(["{}"] * 15) + ")"] * (count + 1))
+        placeholders = ", ".join(["(" + ", ".join(["{}"] * 16) + ")"] * (count + 1))
         await fetch(
             "INSERT INTO message (id, conversation, seq, role, content, content_parts, "  # noqa: S608
             "tool_calls, tool_call_id, name, status, created_at, completed_at, llm_config, "
-            "model, owner_instance) VALUES " + placeholders,
+            "model, owner_instance, stale_after) VALUES " + placeholders,
             *values,
         )
         if request.idempotency_key is not None:

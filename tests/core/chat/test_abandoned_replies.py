@@ -55,6 +55,7 @@ async def claim_unheard(party: Party, lease: Lease, text: str) -> ClaimRequest:
         reply_model=party.config.model,
         instance_id=lease.instance_id,
         now=now,
+        stale_after=now + BOUND,
         stale_before=now - BOUND,
         history_limit=None,
     )
@@ -164,6 +165,7 @@ def test_the_503_of_an_unknown_claim_names_the_ids_and_how_to_retry() -> None:
         reply_model=None,
         instance_id=uuid.uuid4(),
         now=now,
+        stale_after=now + BOUND,
         stale_before=now - BOUND,
         history_limit=None,
     )

@@ -76,6 +76,7 @@ async def claim_turns(
     *,
     at: datetime = T0,
     stale_before: datetime | None = None,
+    bound: timedelta = timedelta(minutes=15),
     history_limit: int | None = None,
     owner: uuid.UUID | None = None,
     config_name: str | None = "",
@@ -94,7 +95,8 @@ async def claim_turns(
             reply_model="m",
             instance_id=w.lease.instance_id,
             now=at,
-            stale_before=stale_before or at - timedelta(minutes=15),
+            stale_after=at + bound,
+            stale_before=stale_before or at - bound,
             history_limit=history_limit,
         )
     )
@@ -134,6 +136,22 @@ async def stale_pending_is_retired(w: World) -> Any:
     await claim_turns(w, [user("first")])
     later = T0 + timedelta(hours=1)
     return await claim_turns(w, [user("second")], at=later, stale_before=T0 + timedelta(seconds=1))
+
+
+async def the_owners_bound_not_the_callers(w: World) -> Any:
+    # The first reply's process allows it 15 minutes; a caller whose own bound is 1
+    # minute must still wait for it 5 minutes in.
+    await claim_turns(w, [user("first")])
+    later = T0 + timedelta(minutes=5)
+    return await claim_turns(w, [user("second")], at=later, bound=timedelta(minutes=1))
+
+
+async def a_reply_without_a_bound_is_judged_by_the_callers(w: World) -> Any:
+    # Stored before replies carried their bound (or by switchboard_claim_v1).
+    await claim_turns(w, [user("first")])
+    await fetch("UPDATE message SET stale_after = NULL WHERE status = 'pending'")
+    later = T0 + timedelta(minutes=5)
+    return await claim_turns(w, [user("second")], at=later, bound=timedelta(minutes=1))
 
 
 async def many_structured_turns(w: World) -> Any:
@@ -241,6 +259,8 @@ SCENARIOS: dict[str, tuple[Scenario, dict[str, Any]]] = {
     "history": (second_send_sees_history, {}),
     "busy": (busy_while_pending, {}),
     "stale pending": (stale_pending_is_retired, {}),
+    "owner's bound": (the_owners_bound_not_the_callers, {}),
+    "no bound stored": (a_reply_without_a_bound_is_judged_by_the_callers, {}),
     "N structured turns": (many_structured_turns, {}),
     "history limit": (history_limit_reads_the_newest, {}),
     "exact": (exact_mode_reads_nothing, {}),
@@ -334,6 +354,7 @@ async def test_both_engines_store_the_same(
     outcome = on_postgres["outcome"]
     expected_error = {
         "busy": "conversation_busy",
+        "owner's bound": "conversation_busy",
         "other owner": "not_found",
         "stale config name": "stale_configuration_view",
         "stale epoch": "stale_configuration_view",

@@ -129,9 +129,13 @@ async def test_a_pending_reply_past_its_bound_is_retired(db: object) -> None:
     owner, conv_id, _cfg = await setup()
     stuck = await begin(owner, conv_id, "first")
     long_ago = datetime.now(UTC) - exchanges.DEFAULT_PENDING_BOUND - timedelta(minutes=1)
-    await Message.update({Message.created_at: long_ago}).where(
-        Message.id == stuck.assistant_message.id
-    )
+    await Message.update(
+        {
+            Message.created_at: long_ago,
+            # The reply carries its owner's bound: past it, as the creation time says.
+            Message.stale_after: long_ago + exchanges.DEFAULT_PENDING_BOUND,
+        }
+    ).where(Message.id == stuck.assistant_message.id)
     await begin(owner, conv_id, "second")
     retired = await service.get_message(stuck.assistant_message.id)
     assert (retired.status, retired.error.code if retired.error else None) == (
