@@ -36,6 +36,7 @@ RESULTS = Path(__file__).parent / "results"
 START = datetime(2026, 1, 1, tzinfo=UTC)
 PER_CONVERSATION = 10
 CHUNK = 50_000
+SENDS_PER_COMMIT = 100
 
 USER_TEXT = "안녕하세요! 이번 분기 보고서를 요약해 줄 수 있나요? 🙏 Here is the context: "
 REPLY_TEXT = (
@@ -123,9 +124,14 @@ async def seed_postgres(url: str, first: int, last: int) -> None:
             await connection.copy_records_to_table(
                 "conversation", records=conversations, columns=CONVERSATION_COLUMNS
             )
-            await connection.copy_records_to_table(
-                "message", records=messages, columns=MESSAGE_COLUMNS
-            )
+            # A transaction per few sends, as a gateway writes them: an export walks the
+            # messages in commit order, which one huge COPY would leave in random id order.
+            for first_row in range(0, len(messages), SENDS_PER_COMMIT):
+                await connection.copy_records_to_table(
+                    "message",
+                    records=messages[first_row : first_row + SENDS_PER_COMMIT],
+                    columns=MESSAGE_COLUMNS,
+                )
         await connection.execute("ANALYZE message; ANALYZE conversation")
     finally:
         await connection.close()
