@@ -14,6 +14,10 @@ those variables were set otherwise.
 ``flows run`` needs no Prefect server: without ``PREFECT_API_URL`` Prefect starts a
 temporary one for the run (its database in ``PREFECT_HOME``, ``~/.prefect`` by default)
 and stops it on exit; with it, the run is recorded on that server and shows in its UI.
+That temporary API may take 120 s to start (``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``,
+Prefect's default 20 s is too short on a busy machine); every mistake ``flows run`` can
+see without it (options, files, destinations, configurations, the database) is refused
+before it starts.
 """
 
 from __future__ import annotations
@@ -48,13 +52,18 @@ if TYPE_CHECKING:
     from functions.core.settings import Settings
 
 TELEMETRY_OFF = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+# Prefect gives its temporary API 20 s to start; on a busy 2-core machine it took longer
+# (flows run failed 3 times in 3), so `flows run` waits longer unless told otherwise.
+STARTUP_SETTING = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+PREFECT_DEFAULTS = {**TELEMETRY_OFF, STARTUP_SETTING: "120"}
 
 
 def _scheduled() -> tuple[ScheduledFlow, ...]:
-    """Every flow (importing Prefect, with telemetry off), or one line saying what is missing.
+    """Every flow (importing Prefect, with telemetry off and time for its temporary API to
+    start, unless set otherwise), or one line saying what is missing.
 
     Only for running, serving or deploying: listing and help read ``flows.catalog``."""
-    for name, value in TELEMETRY_OFF.items():
+    for name, value in PREFECT_DEFAULTS.items():  # before Prefect reads its settings
         os.environ.setdefault(name, value)
     try:
         from flows.deployments import SCHEDULED
@@ -332,6 +341,13 @@ def _run_once(name: str, parameters: dict[str, Any], *, as_json: bool) -> None:
         except Exception as exc:  # the run's failure, already logged by Prefect
             failure = exc
         shown.finish("failed" if failure else "done")
+    if failure is not None and _temporary_api_did_not_start(failure):
+        fail(
+            f"Prefect's temporary API did not start within {os.environ[STARTUP_SETTING]} s: "
+            f"set {STARTUP_SETTING} higher, or run `prefect server start` and set "
+            "PREFECT_API_URL",
+            EXIT_REFUSED,
+        )
     if failure is not None or report is None:
         fail(f"{scheduled.name} failed: {failure}", EXIT_REFUSED)
     if as_json:
@@ -341,6 +357,14 @@ def _run_once(name: str, parameters: dict[str, Any], *, as_json: bool) -> None:
 
         for line in report.summary():
             echo_escaped(line)
+
+
+def _temporary_api_did_not_start(failure: BaseException) -> bool:
+    # Prefect raises a bare RuntimeError with this text (and the server's whole output),
+    # the only sign of it there is.
+    return isinstance(failure, RuntimeError) and str(failure).startswith(
+        "Timed out while attempting to connect to ephemeral Prefect API server"
+    )
 
 
 # --- serve and deploy ----------------------------------------------------------------

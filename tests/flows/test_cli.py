@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -163,6 +164,53 @@ def test_run_on_an_unmigrated_database_says_to_migrate(tmp_path: Path) -> None:
         assert result.returncode == 3, result.stderr[-3000:]
         assert "the database is not migrated" in result.stderr
         assert "run `switchboard db migrate`" in result.stderr
+
+
+def test_run_gives_prefect_s_temporary_api_time_to_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flows.cli import STARTUP_SETTING, _scheduled
+
+    monkeypatch.delenv(STARTUP_SETTING, raising=False)
+    _scheduled()
+    assert os.environ[STARTUP_SETTING] == "120"  # Prefect's own 20 s failed under load
+    monkeypatch.setenv(STARTUP_SETTING, "7")
+    _scheduled()
+    assert os.environ[STARTUP_SETTING] == "7"  # the user's choice stands
+
+
+async def test_run_names_the_setting_when_the_temporary_api_does_not_start(
+    tmp_path: Path,
+) -> None:
+    database = sqlite_url(tmp_path, "flows-run.sqlite")
+    previous = conf.DB
+    await migrate(engine_from_url(database))
+    if previous is not None:
+        use_engine(previous)
+    env = prefect_env(
+        tmp_path,
+        SWITCHBOARD_DATABASE_URL=database,
+        # No time at all: the API is never found up, however fast the machine.
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0",
+    )
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [*SWITCHBOARD, "flows", "run", "maintenance"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert error == (
+        "error: Prefect's temporary API did not start within 0 s: set "
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS higher, or run `prefect server "
+        "start` and set PREFECT_API_URL"
+    )
+    assert "Traceback" not in result.stderr
 
 
 async def test_run_needs_no_prefect_server(tmp_path: Path, upstream: SimulatorProcess) -> None:
