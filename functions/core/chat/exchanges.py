@@ -89,14 +89,22 @@ class Exchanges:
         """How long a send waits for another reply in its conversation."""
         return self._busy_timeout_s
 
-    async def begin(self, request: SendRequest, *, replay_checked: bool = False) -> Exchange:
+    async def begin(
+        self,
+        request: SendRequest,
+        *,
+        replay_checked: bool = False,
+        deadline: float | None = None,
+    ) -> Exchange:
         """Store the new turns and a pending reply; return them and the prompt to send.
 
         Waits (up to the busy timeout) while another process's reply in the conversation
         is pending; raises :class:`ConversationBusyError` after that. The caller holds the
         conversation's lock (see ``ChatService.send``) or accepts the busy wait.
         ``replay_checked``: the caller has just looked the idempotency key up
-        (:meth:`prepare`), so the first attempt need not look again.
+        (:meth:`prepare`), so the first attempt need not look again. ``deadline``
+        (``time.monotonic()``): when the send's busy budget ends, if the caller already
+        spent part of it waiting for the conversation's lock; the claim is still tried once.
         """
         _check_turns(request)
         if not replay_checked:
@@ -104,7 +112,8 @@ class Exchanges:
         conversation_id = request.conversation_id
         if conversation_id is None:
             conversation_id = await self._start_conversation(request)
-        deadline = time.monotonic() + self._busy_timeout_s
+        if deadline is None:
+            deadline = time.monotonic() + self._busy_timeout_s
         stale_views = 0
         while True:
             await self.lease.ensure()

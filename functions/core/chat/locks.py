@@ -2,13 +2,16 @@
 
 Across processes, the claim refuses while a reply is pending and the send retries until
 ``SWITCHBOARD_SEND_LOCK_TIMEOUT_S``; this lock makes the common single-process case wait
-in order instead of polling, for no longer than that same timeout: a send queued behind
-long replies gets ``409 conversation_busy`` then, as it would across processes.
+in order instead of polling. Both waits share one budget: :meth:`ConversationLocks.hold`
+yields the send's deadline, which the claim's retries keep to (``Exchanges.begin``), so a
+send queued behind long replies gets ``409 conversation_busy`` after that timeout, never
+after the lock's wait and the claim's wait one after the other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -24,8 +27,13 @@ class ConversationLocks:
         self._locks: dict[uuid.UUID, tuple[asyncio.Lock, int]] = {}
 
     @asynccontextmanager
-    async def hold(self, conversation_id: uuid.UUID, timeout_s: float) -> AsyncIterator[None]:
-        """Hold the conversation's lock; :class:`ConversationBusyError` after ``timeout_s``."""
+    async def hold(self, conversation_id: uuid.UUID, timeout_s: float) -> AsyncIterator[float]:
+        """Hold the conversation's lock; :class:`ConversationBusyError` after ``timeout_s``.
+
+        Yields what is left of the budget as a deadline (``time.monotonic()``): whatever
+        the send waits for next (the claim's retries) ends by then.
+        """
+        deadline = time.monotonic() + timeout_s
         lock, users = self._locks.get(conversation_id, (asyncio.Lock(), 0))
         self._locks[conversation_id] = (lock, users + 1)
         try:
@@ -38,7 +46,7 @@ class ConversationLocks:
             else:
                 await lock.acquire()
             try:
-                yield
+                yield deadline
             finally:
                 lock.release()
         finally:

@@ -83,8 +83,9 @@ class ChatService:
         try:
             request, conversation_id = await self.exchanges.prepare(request)
             self._in_flight.check_accepting()
-            async with self._locks.hold(conversation_id, self.exchanges.busy_timeout_s):
-                exchange = await self.exchanges.begin(request, replay_checked=True)
+            # One busy budget for the lock's wait and the claim's (the deadline it yields).
+            async with self._locks.hold(conversation_id, self.exchanges.busy_timeout_s) as until:
+                exchange = await self.exchanges.begin(request, replay_checked=True, deadline=until)
                 return await self._generate(exchange, request)
         except Replay as replay:
             reply = await wait_for_outcome(replay.reply_id, self.exchanges.busy_timeout_s)
@@ -134,8 +135,8 @@ class ChatService:
         try:
             request, conversation_id = await self.exchanges.prepare(request)
             self._in_flight.check_accepting()
-            async with self._locks.hold(conversation_id, self.exchanges.busy_timeout_s):
-                exchange = await self.exchanges.begin(request, replay_checked=True)
+            async with self._locks.hold(conversation_id, self.exchanges.busy_timeout_s) as until:
+                exchange = await self.exchanges.begin(request, replay_checked=True, deadline=until)
                 async with aclosing(self._stream_exchange(exchange, request)) as events:
                     async for event in events:
                         yield event
