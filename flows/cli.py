@@ -74,7 +74,15 @@ def _scheduled() -> tuple[ScheduledFlow, ...]:
     return SCHEDULED
 
 
+# How long `flows serve` and `flows deploy` wait for the Prefect API's first answer.
+API_CHECK_TIMEOUT_S = 10.0
+
+
 def _require_api_url(command: str) -> str:
+    """The Prefect API in ``PREFECT_API_URL``, which must answer: otherwise Prefect's own
+    client would only fail after its retries (30 s), and `flows serve` would first claim
+    to be serving."""
+    import httpx
     from prefect.settings import PREFECT_API_URL
 
     url = PREFECT_API_URL.value()
@@ -83,6 +91,16 @@ def _require_api_url(command: str) -> str:
             f"`switchboard flows {command}` registers deployments on a Prefect server: set "
             "PREFECT_API_URL to its API (http://127.0.0.1:4200/api after `prefect server start`)",
             EXIT_USAGE,
+        )
+    try:
+        # Any answer will do (a busy server's 503, an API that needs a key): only one that
+        # never comes is refused here.
+        httpx.get(f"{str(url).rstrip('/')}/health", timeout=API_CHECK_TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        fail(
+            f"the Prefect API at {url} cannot be reached ({type(exc).__name__}: {exc}): start "
+            "it (`prefect server start`) or set PREFECT_API_URL to one that runs",
+            EXIT_REFUSED,
         )
     return str(url)
 

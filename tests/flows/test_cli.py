@@ -43,7 +43,7 @@ from tests.flows.conftest import (
     wait_for,
 )
 from tests.support.databases import sqlite_url
-from tests.support.process import REPO_ROOT
+from tests.support.process import REPO_ROOT, free_port
 from tests.support.simulator import SimulatorProcess
 
 DEPLOYMENTS = {"health-check/switchboard": 60.0, "maintenance/switchboard": 300.0}
@@ -280,6 +280,27 @@ def test_serve_and_deploy_need_a_prefect_api_url(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "set PREFECT_API_URL" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["serve"], ["deploy", "--pool", "p"]], ids=" ".join)
+def test_serve_and_deploy_say_at_once_that_the_api_cannot_be_reached(
+    tmp_path: Path, command: list[str]
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
+    result = subprocess.run(
+        [*SWITCHBOARD, "flows", *command],
+        cwd=tmp_path,
+        env=prefect_env(tmp_path, PREFECT_API_URL=url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(f"error: the Prefect API at {url} cannot be reached")
+    assert "Connection refused" in result.stderr
+    assert "serving" not in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def deployment(api: httpx.Client, name: str) -> dict[str, Any]:
