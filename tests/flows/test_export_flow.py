@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -225,3 +226,23 @@ async def test_flows_run_export_from_the_command_line(
         }
     finally:
         await truncate_all(pg_engine)
+
+
+@pytest.mark.parametrize(
+    "out", ["s3://AKIAEXAMPLE:hunter2@bucket/history", "s3://bucket/history?token=hunter2"]
+)
+def test_flows_run_export_refuses_a_destination_carrying_a_secret(
+    pg_url: str, tmp_path: Path, out: str
+):
+    env = prefect_env(tmp_path / "prefect-home", SWITCHBOARD_DATABASE_URL=pg_url)
+    started = time.monotonic()
+    refused = subprocess.run(
+        [*SWITCHBOARD, "flows", "run", "export", "--out", out], cwd=REPO_ROOT, env=env,
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stderr
+    assert "invalid destination 's3://" in refused.stderr
+    assert "hunter2" not in refused.stdout + refused.stderr
+    # Refused before Prefect started: it has nothing to keep the URL in.
+    assert not (tmp_path / "prefect-home").exists()
+    assert time.monotonic() - started < 60  # about a second, on a machine that is not loaded
