@@ -212,6 +212,8 @@ class RunReport(msgspec.Struct, kw_only=True):
     def summary(self) -> list[str]:
         """The report for a terminal."""
         lines = [f"run {self.run_id}  {self.dataset}  {self.items} item(s)  {self.status}"]
+        if self.status == "failed" and (why := self.failure()) is not None:
+            lines.append(f"failed: {why}")
         for config in self.configs:
             errors = f"{config.errors} error(s) {_codes(config.error_codes)}".strip()
             lines.append(

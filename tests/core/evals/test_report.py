@@ -7,6 +7,8 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+import msgspec
+
 from functions.core.evals.report import build_report, compare
 from functions.core.evals.schemas import EvalResultOut, EvalRunOut, EvalTarget, ItemScore
 
@@ -81,6 +83,8 @@ def test_a_configuration_that_answered_nothing_fails_the_run() -> None:
     )
     assert "8 pair(s) left out" in comparison.headline()
     assert report.failure() == "no successful item for beta@1 (8 error(s): model_not_served 8)"
+    failed = msgspec.structs.replace(report, status="failed")
+    assert failed.summary()[1] == f"failed: {report.failure()}"
     assert "8 pair(s) left out" in report.markdown()
 
     healthy = build_report(run_of(8), a + [result(B, i, passed=True) for i in range(8)])
