@@ -201,11 +201,11 @@ def keys() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the key as JSON.")
 def keys_create(name: str, admin: bool, as_json: bool) -> None:
     """Create an API key and print its secret, once. Only a hash is stored."""
-    from functions.core.keys.schemas import KEY_NAME_RULE, ApiKeyCreate, is_printable_name
+    from functions.core.keys.schemas import ApiKeyCreate, name_problem
     from functions.core.keys.service import create_key
 
-    if not is_printable_name(name):
-        fail(f"invalid --name '{printable(name)}': {KEY_NAME_RULE}", EXIT_USAGE)
+    if (problem := name_problem(name)) is not None:
+        fail(f"invalid --name '{printable(name)}': {problem}", EXIT_USAGE)
     data = msgspec.convert(
         {"name": name, "scopes": ["admin", "chat"] if admin else ["chat"]}, ApiKeyCreate
     )

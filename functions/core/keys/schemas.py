@@ -6,6 +6,7 @@ import re
 import unicodedata
 import uuid
 from datetime import datetime
+from itertools import combinations
 from typing import Annotated, Literal
 
 import msgspec
@@ -54,12 +55,51 @@ NOT_PRINTABLE = _in_class(_REFUSED)
 _BLANKS = frozenset("\u115f\u1160\u3164\uffa0\u2800\u17b4\u17b5")
 BLANK = "".join(f"\\u{ord(char):04x}" for char in sorted(_BLANKS))  # as pattern escapes
 COMBINING = r"\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
+# Scripts whose letters pass for one another (Latin a, Cyrillic U+0430, Greek U+03B1): a
+# name uses letters of one of them at most, as in UTS #39's "moderately restrictive"
+# profile. Each script's letters in the Basic Multilingual Plane: those Unicode names after
+# it (full-width ones too), in Unicode 14; the test derives them again from ``unicodedata``.
+LOOKALIKE_SCRIPTS: dict[str, tuple[tuple[int, int], ...]] = {
+    "Latin": (
+        (0x0041, 0x005A), (0x0061, 0x007A), (0x00C0, 0x00D6), (0x00D8, 0x00F6),
+        (0x00F8, 0x02AF), (0x1D00, 0x1D25), (0x1D62, 0x1D65), (0x1D6B, 0x1D77),
+        (0x1D79, 0x1D9A), (0x1E00, 0x1EFF), (0x2090, 0x209C), (0x2184, 0x2184),
+        (0x2C60, 0x2C7C), (0x2C7E, 0x2C7F), (0xA722, 0xA76F), (0xA771, 0xA787),
+        (0xA78B, 0xA7CA), (0xA7D0, 0xA7D1), (0xA7D3, 0xA7D3), (0xA7D5, 0xA7D9),
+        (0xA7F5, 0xA7F7), (0xA7FA, 0xA7FF), (0xAB30, 0xAB5A), (0xAB60, 0xAB64),
+        (0xAB66, 0xAB68), (0xFB00, 0xFB06), (0xFF21, 0xFF3A), (0xFF41, 0xFF5A),
+    ),
+    "Greek": (
+        (0x0370, 0x0374), (0x0376, 0x0377), (0x037A, 0x037D), (0x037F, 0x037F),
+        (0x0386, 0x0386), (0x0388, 0x038A), (0x038C, 0x038C), (0x038E, 0x03A1),
+        (0x03A3, 0x03E1), (0x03F0, 0x03F5), (0x03F7, 0x03FF), (0x1D26, 0x1D2A),
+        (0x1D66, 0x1D6A), (0x1F00, 0x1F15), (0x1F18, 0x1F1D), (0x1F20, 0x1F45),
+        (0x1F48, 0x1F4D), (0x1F50, 0x1F57), (0x1F59, 0x1F59), (0x1F5B, 0x1F5B),
+        (0x1F5D, 0x1F5D), (0x1F5F, 0x1F7D), (0x1F80, 0x1FB4), (0x1FB6, 0x1FBC),
+        (0x1FBE, 0x1FBE), (0x1FC2, 0x1FC4), (0x1FC6, 0x1FCC), (0x1FD0, 0x1FD3),
+        (0x1FD6, 0x1FDB), (0x1FE0, 0x1FEC), (0x1FF2, 0x1FF4), (0x1FF6, 0x1FFC),
+        (0xAB65, 0xAB65),
+    ),
+    "Cyrillic": (
+        (0x0400, 0x0481), (0x048A, 0x052F), (0x1C80, 0x1C88), (0x1D2B, 0x1D2B),
+        (0xA640, 0xA66E), (0xA67F, 0xA69B),
+    ),
+}  # fmt: skip
+_LETTERS = {script: _in_class(ranges) for script, ranges in LOOKALIKE_SCRIPTS.items()}
+# For each pair of those scripts: not (a letter of one anywhere and one of the other).
+ONE_SCRIPT = "".join(
+    rf"(?!(?=[\s\S]*[{_LETTERS[a]}])[\s\S]*[{_LETTERS[b]}])"
+    for a, b in combinations(LOOKALIKE_SCRIPTS, 2)
+)
 # The rule itself: the service matches names with this pattern, and the OpenAPI document
 # shows it. ``(?!\n)$``: Python's ``$`` also matches before a final newline.
 KEY_NAME_PATTERN = (
-    rf"^[^{NOT_PRINTABLE}]*[^\s{NOT_PRINTABLE}{BLANK}{COMBINING}][^{NOT_PRINTABLE}]*{END}"
+    rf"^{ONE_SCRIPT}[^{NOT_PRINTABLE}]*[^\s{NOT_PRINTABLE}{BLANK}{COMBINING}]"
+    rf"[^{NOT_PRINTABLE}]*{END}"
 )
 _KEY_NAME = re.compile(KEY_NAME_PATTERN)
+_ONE_SCRIPT = re.compile(ONE_SCRIPT)
+_SCRIPT_LETTER = {script: re.compile(f"[{letters}]") for script, letters in _LETTERS.items()}
 # Surrogates are not characters: a name holding one (from an argument that is not UTF-8)
 # could not be stored. JSON cannot carry one, so the pattern need not say it.
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -69,31 +109,20 @@ KEY_NAME_RULE = (
     "visible (not only spaces, blanks or accents): no control characters, line breaks, "
     "invisible formatting or default-ignorable characters (such as variation selectors)"
 )
-# Scripts whose letters pass for one another (Latin a, Cyrillic U+0430, Greek U+03B1): a
-# name uses letters of one of them at most, as in UTS #39's "moderately restrictive" profile.
-LOOKALIKE_SCRIPTS = ("LATIN", "GREEK", "CYRILLIC")
 
 
-def is_printable_name(name: str) -> bool:
-    """Whether ``name`` is a key name (see :data:`KEY_NAME_RULE`): it matches
-    :data:`KEY_NAME_PATTERN`, the documented pattern."""
-    return (
-        0 < len(name) <= KEY_NAME_MAX
-        and _KEY_NAME.search(name) is not None
-        and _SURROGATE.search(name) is None
-    )
-
-
-def mixed_scripts(name: str) -> list[str]:
-    """The scripts of :data:`LOOKALIKE_SCRIPTS` whose letters ``name`` mixes (read in
-    NFKC, so full-width and mathematical letters count as theirs), or none."""
-    found: list[str] = []
-    for char in unicodedata.normalize("NFKC", name):
-        if unicodedata.category(char)[0] == "L":
-            script = unicodedata.name(char, "").partition(" ")[0]
-            if script in LOOKALIKE_SCRIPTS and script not in found:
-                found.append(script)
-    return found if len(found) > 1 else []
+def name_problem(name: str) -> str | None:
+    """What is wrong with ``name`` as a key's name, in words, or None: a name matches
+    :data:`KEY_NAME_PATTERN` (the documented pattern) and is 1 to 100 characters."""
+    if _ONE_SCRIPT.match(name) is None:
+        mixed = [script for script, letter in _SCRIPT_LETTER.items() if letter.search(name)]
+        return (
+            f"a key's name may not mix {' and '.join(mixed)} letters, which look alike: "
+            "write it in one of them"
+        )
+    if not 0 < len(name) <= KEY_NAME_MAX or _SURROGATE.search(name) is not None:
+        return KEY_NAME_RULE
+    return None if _KEY_NAME.search(name) is not None else KEY_NAME_RULE
 
 
 def name_skeleton(name: str) -> str:
@@ -113,10 +142,9 @@ KeyName = Annotated[
         extra_json_schema={"pattern": KEY_NAME_PATTERN},
         description="Printable characters only (no control, line-break, invisible "
         "formatting or default-ignorable characters), at least one visible (not a space, "
-        "blank or accent): the pattern is the whole rule for the characters. Also refused: "
-        "letters of more than one of Latin, Greek and Cyrillic (look-alikes), and (409) a "
-        "name that looks like another active key's (the same once NFKC-normalised and "
-        "case-folded) but is not the same.",
+        "blank or accent), letters of at most one of Latin, Greek and Cyrillic (they look "
+        "alike): the pattern is the whole rule. A name that looks like another active "
+        "key's (the same once NFKC-normalised and case-folded) but is not the same is a 409.",
         examples=["billing-service"],
     ),
 ]

@@ -26,13 +26,11 @@ from functions.core.errors import (
 from functions.core.keys import revocations
 from functions.core.keys.cache import principals
 from functions.core.keys.schemas import (
-    KEY_NAME_RULE,
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyOut,
     Principal,
-    is_printable_name,
-    mixed_scripts,
+    name_problem,
     name_skeleton,
 )
 
@@ -69,15 +67,9 @@ async def create_key(data: ApiKeyCreate) -> ApiKeyCreated:
     The name is checked here too, whole: a Struct built in Python is not validated, and
     the schema's pattern covers only the Basic Multilingual Plane.
     """
-    if not is_printable_name(data.name):
-        raise InvalidInputError(f"invalid name: {KEY_NAME_RULE}", details={"field": "name"})
+    if (problem := name_problem(data.name)) is not None:
+        raise InvalidInputError(f"invalid name: {problem}", details={"field": "name"})
     name = data.name.strip()
-    if scripts := mixed_scripts(name):
-        raise InvalidInputError(
-            f"invalid name: it mixes {' and '.join(s.title() for s in scripts)} letters, "
-            "which look alike: write it in one of them",
-            details={"field": "name"},
-        )
     await _refuse_lookalike(name)
     secret = new_secret()
     scopes = sorted(set(data.scopes))
