@@ -29,6 +29,7 @@ from prefect.client.schemas.filters import (
     TaskRunFilterName,
 )
 from prefect.context import SyncClientContext
+from prefect.states import State
 
 from flows.evaluate import EvaluationFailedError, EvaluationReport, evaluate
 from functions.core.configs import service as configs
@@ -159,14 +160,7 @@ async def test_a_model_nobody_serves_fails_the_flow_at_once_naming_the_served_on
     await create_configs("typo", model="llama-3-8b")
     flow_env(database_url=flows_db, llm_urls=eval_sim.base_url)
     eval_sim.reset()
-    previous = conf.DB
-    try:
-        with SyncClientContext.get_or_create():
-            state = await evaluate(dataset=str(SAMPLE), config=["alpha", "typo"], return_state=True)
-    finally:
-        if previous is not None:
-            use_engine(previous)
-    assert state.is_failed()
+    state = await failed_state(evaluate, dataset=str(SAMPLE), config=["alpha", "typo"])
     with pytest.raises(ModelNotServedError, match=r"typo@1 \(model 'llama-3-8b'\).*sim-model"):
         await state.result()
     async with get_client() as client:
@@ -220,16 +214,26 @@ async def test_retry_failed_sends_again_only_the_items_whose_attempt_failed(
     assert (await service.get_run(run_id)).status == "complete"
 
 
-async def failing_run(flow: Any, **parameters: Any) -> None:
-    """Run the evaluation flow, which must fail because a configuration answered no item:
-    the run is stored ``failed``, with its report and the reason."""
+async def failed_state(flow: Any, **parameters: Any) -> State[Any]:
+    """Run ``flow`` once here, expecting it to fail (``run_flow`` expects success): its
+    final state; the engine current before is current again after."""
     previous = conf.DB
     try:
-        with SyncClientContext.get_or_create(), pytest.raises(EvaluationFailedError) as failed:
-            await flow(**parameters)
+        with SyncClientContext.get_or_create():
+            state: State[Any] = await flow(**parameters, return_state=True)
     finally:
         if previous is not None:
             use_engine(previous)
+    assert state.is_failed(), state
+    return state
+
+
+async def failing_run(flow: Any, **parameters: Any) -> None:
+    """Run the evaluation flow, which must fail because a configuration answered no item:
+    the run is stored ``failed``, with its report and the reason."""
+    state = await failed_state(flow, **parameters)
+    with pytest.raises(EvaluationFailedError) as failed:
+        await state.result()
     run_id = uuid.UUID(failed.value.details["run_id"])
     assert "no successful item for alpha@1 (3 error(s): " in failed.value.message
     assert f"switchboard evals show {run_id}" in failed.value.message
