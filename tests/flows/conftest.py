@@ -108,10 +108,10 @@ class Ran:
     seconds: float
 
 
-async def run_flow(flow: Callable[..., Awaitable[State[Any]]], **parameters: Any) -> Ran:
-    """Run ``flow`` once here; the engine current before is current again after."""
+async def flow_state(flow: Callable[..., Awaitable[State[Any]]], **parameters: Any) -> State[Any]:
+    """Run ``flow`` once here, whatever its outcome: its final state. The engine current
+    before is current again after."""
     previous = conf.DB
-    started = time.perf_counter()
     try:
         # Prefect's engine otherwise opens a sync API client of its own per run and never
         # closes it (results.py, reading the server's default result storage): a socket
@@ -121,6 +121,13 @@ async def run_flow(flow: Callable[..., Awaitable[State[Any]]], **parameters: Any
     finally:
         if previous is not None:
             use_engine(previous)
+    return state
+
+
+async def run_flow(flow: Callable[..., Awaitable[State[Any]]], **parameters: Any) -> Ran:
+    """Run ``flow`` once here, which must succeed (see :func:`flow_state`)."""
+    started = time.perf_counter()
+    state = await flow_state(flow, **parameters)
     seconds = time.perf_counter() - started
     assert state.is_completed(), state
     return Ran(

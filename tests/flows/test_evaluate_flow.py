@@ -28,19 +28,16 @@ from prefect.client.schemas.filters import (
     TaskRunFilter,
     TaskRunFilterName,
 )
-from prefect.context import SyncClientContext
 from prefect.states import State
 
 from flows.evaluate import EvaluationFailedError, EvaluationReport, evaluate
 from functions.core.configs import service as configs
 from functions.core.configs.schemas import LLMConfigCreate
-from functions.core.db import conf
-from functions.core.db.engine import use_engine
 from functions.core.evals import service
 from functions.core.evals.datasets import load_dataset
 from functions.core.llm.errors import ModelNotServedError
 from tests.core.evals.judge_upstream import JUDGE_MODEL, JudgeUpstream
-from tests.flows.conftest import prefect_env, run_flow
+from tests.flows.conftest import flow_state, prefect_env, run_flow
 from tests.support.process import REPO_ROOT
 from tests.support.simulator import SimulatorProcess, running_simulator
 
@@ -215,15 +212,8 @@ async def test_retry_failed_sends_again_only_the_items_whose_attempt_failed(
 
 
 async def failed_state(flow: Any, **parameters: Any) -> State[Any]:
-    """Run ``flow`` once here, expecting it to fail (``run_flow`` expects success): its
-    final state; the engine current before is current again after."""
-    previous = conf.DB
-    try:
-        with SyncClientContext.get_or_create():
-            state: State[Any] = await flow(**parameters, return_state=True)
-    finally:
-        if previous is not None:
-            use_engine(previous)
+    """Run ``flow`` once here, which must fail: its final state."""
+    state = await flow_state(flow, **parameters)
     assert state.is_failed(), state
     return state
 
