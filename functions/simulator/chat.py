@@ -30,12 +30,23 @@ _PARAM_MISSING = re.compile(r"required field `([A-Za-z_]+)`")
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallPlan:
+    """The one tool call a choice makes: its id and function; its arguments are the
+    choice's pieces."""
+
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class ChoicePlan:
     index: int
     pieces: tuple[str, ...]
-    """The reply's tokens, one per streamed content chunk."""
+    """The reply's tokens, one per streamed content chunk (the tool call's arguments, in
+    fragments, when ``tool_call`` is set)."""
     finish_reason: str
     stop_reason: str | None
+    tool_call: ToolCallPlan | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +162,48 @@ def _plan_choice(
     return ChoicePlan(index, pieces, "length" if limit < length else "stop", None)
 
 
+def _tool_to_call(request: ChatRequest) -> tuple[str, bool] | None:
+    """The function the reply calls and whether it was named, or None for a text reply.
+
+    A model decides for itself; the simulator decides by rule, the same every time: with
+    tools offered and ``tool_choice`` not ``none``, a reply to a user's turn calls the named
+    function, else the first one offered; a reply to anything else (a tool's answer) is
+    text. A named function that was not offered is a 400, as in vLLM.
+    """
+    tools, choice = request.tools, request.tool_choice
+    if not tools or choice == "none":
+        return None
+    if not isinstance(choice, str) and choice is not None:
+        name = choice.function.name
+        if all(tool.function.name != name for tool in tools):
+            raise bad_request(f"Tool '{name}' has not been passed in `tools`.", "tool_choice")
+        return name, True
+    if not request.messages or request.messages[-1].role != "user":
+        return None
+    return tools[0].function.name, False
+
+
+def _plan_tool_call(
+    index: int, request: ChatRequest, *, seed: int, echo: str, limit: int
+) -> ChoicePlan | None:
+    """A choice that calls a function (:func:`_tool_to_call`), or None. Its arguments are
+    a JSON object giving the function's first parameter (``input`` if it declares none)
+    the user's words; ``max_tokens`` cuts them as it cuts text. vLLM ends an auto or
+    required call with ``tool_calls`` and a named one with ``stop``."""
+    called = _tool_to_call(request)
+    if called is None:
+        return None
+    name, named = called
+    tool = next(tool for tool in request.tools or () if tool.function.name == name)
+    properties = (tool.function.parameters or {}).get("properties")
+    field = next(iter(properties), "input") if isinstance(properties, dict) else "input"
+    pieces = tuple(tokenize(msgspec.json.encode({field: echo}).decode()))
+    call = ToolCallPlan(id=f"chatcmpl-tool-{(seed + index) % 2**64:016x}", name=name)
+    if limit < len(pieces):
+        return ChoicePlan(index, pieces[:limit], "length", None, call)
+    return ChoicePlan(index, pieces, "stop" if named else "tool_calls", None, call)
+
+
 def plan_chat(
     request: ChatRequest, *, served: tuple[str, ...], max_model_len: int, reply_tokens: int
 ) -> ChatPlan:
@@ -176,7 +229,8 @@ def plan_chat(
     seed = reply_seed(model, prompt, request.seed, request.temperature, request.top_p)
     echo = _last_user_text(request.messages)
     choices = [
-        _plan_choice(i, seed=seed, echo=echo, length=reply_tokens, limit=limit, stops=stops)
+        _plan_tool_call(i, request, seed=seed, echo=echo, limit=limit)
+        or _plan_choice(i, seed=seed, echo=echo, length=reply_tokens, limit=limit, stops=stops)
         for i in range(n)
     ]
 

@@ -71,6 +71,50 @@ class ChunkEncoder:
 
         ``produced`` is the choice's token count so far, used by ``continuous_usage_stats``.
         """
+        return self._choice(
+            index,
+            b'{"content":' + _encode(text) + b"}",
+            produced=produced,
+            finish_reason=finish_reason,
+            stop_reason=stop_reason,
+        )
+
+    def tool_call_start(self, index: int, call_id: str, name: str) -> bytes:
+        """The first delta of choice ``index``'s tool call: its id, type and name, sent
+        once (vLLM's ``DeltaToolCall``), with empty arguments."""
+        delta = (
+            b'{"tool_calls":[{"id":'
+            + _encode(call_id)
+            + b',"type":"function","index":0,"function":{"name":'
+            + _encode(name)
+            + b',"arguments":""}}]}'
+        )
+        return self._choice(index, delta, produced=0)
+
+    def tool_arguments(
+        self,
+        index: int,
+        text: str,
+        *,
+        produced: int,
+        finish_reason: str | None = None,
+        stop_reason: str | None = None,
+    ) -> bytes:
+        """One fragment of the tool call's arguments (a token), as :meth:`content`."""
+        delta = b'{"tool_calls":[{"index":0,"function":{"arguments":' + _encode(text) + b"}}]}"
+        return self._choice(
+            index, delta, produced=produced, finish_reason=finish_reason, stop_reason=stop_reason
+        )
+
+    def _choice(
+        self,
+        index: int,
+        delta: bytes,
+        *,
+        produced: int,
+        finish_reason: str | None = None,
+        stop_reason: str | None = None,
+    ) -> bytes:
         if finish_reason is None:
             tail = b'"finish_reason":null,"token_ids":null}]'
         else:
@@ -84,9 +128,9 @@ class ChunkEncoder:
         usage = b"," + self._usage(produced) if self._continuous else b""
         return (
             self._head
-            + b'{"index":%d,"delta":{"content":' % index
-            + _encode(text)
-            + b'},"logprobs":null,'
+            + b'{"index":%d,"delta":' % index
+            + delta
+            + b',"logprobs":null,'
             + tail
             + usage
             + b"}\n\n"

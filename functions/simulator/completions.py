@@ -26,7 +26,7 @@ from functions.simulator.asgi import (
     send_bytes,
     send_empty,
 )
-from functions.simulator.chat import ChatPlan, parse_chat_request, plan_chat
+from functions.simulator.chat import ChatPlan, ChoicePlan, parse_chat_request, plan_chat
 from functions.simulator.chunks import DONE, ChunkEncoder
 from functions.simulator.disconnect import DisconnectWatcher
 from functions.simulator.errors import (
@@ -39,7 +39,14 @@ from functions.simulator.errors import (
 )
 from functions.simulator.faults import Fault, FaultKind
 from functions.simulator.overrides import Timing, resolve_fault, resolve_timing, scan_headers
-from functions.simulator.schemas import AssistantMessage, ChatCompletion, Choice, Usage
+from functions.simulator.schemas import (
+    AssistantMessage,
+    ChatCompletion,
+    Choice,
+    FunctionCall,
+    ToolCall,
+    Usage,
+)
 
 if TYPE_CHECKING:
     from functions.simulator.metrics import ModelMetrics
@@ -84,7 +91,7 @@ def _completion_body(plan: ChatPlan, completion_id: str, created: int) -> bytes:
             choices=[
                 Choice(
                     index=choice.index,
-                    message=AssistantMessage(content="".join(choice.pieces)),
+                    message=_message(choice),
                     finish_reason=choice.finish_reason,
                     stop_reason=choice.stop_reason,
                 )
@@ -97,6 +104,15 @@ def _completion_body(plan: ChatPlan, completion_id: str, created: int) -> bytes:
             ),
         )
     )
+
+
+def _message(choice: ChoicePlan) -> AssistantMessage:
+    text = "".join(choice.pieces)
+    call = choice.tool_call
+    if call is None:
+        return AssistantMessage(content=text)
+    function = FunctionCall(name=call.name, arguments=text)
+    return AssistantMessage(content=None, tool_calls=[ToolCall(id=call.id, function=function)])
 
 
 @dataclass(slots=True)
@@ -300,6 +316,11 @@ class ChatCompletions:
         breaks_at = job.fault.after if job.fault.kind in _BREAKING else -1
         # Events of one step go out in one write; with no ITL the whole stream is one write.
         events = [chunks.role(choice.index) for choice in plan.choices]
+        events += [
+            chunks.tool_call_start(choice.index, call.id, call.name)
+            for choice in plan.choices
+            if (call := choice.tool_call) is not None
+        ]
         for step in range(max(plan.longest, 1)):
             if step == breaks_at:
                 return await self._break_stream(job, events)
@@ -311,11 +332,12 @@ class ChatCompletions:
             for choice in plan.choices:
                 pieces = choice.pieces
                 count = len(pieces)
+                emit = chunks.content if choice.tool_call is None else chunks.tool_arguments
                 if step < count - 1:
-                    events.append(chunks.content(choice.index, pieces[step], produced=step + 1))
+                    events.append(emit(choice.index, pieces[step], produced=step + 1))
                 elif step == count - 1 or (step == 0 and count == 0):
                     events.append(
-                        chunks.content(
+                        emit(
                             choice.index,
                             pieces[step] if count else "",
                             produced=count,

@@ -17,6 +17,10 @@ class ContentPart(msgspec.Struct):
 class Message(msgspec.Struct):
     role: str
     content: str | list[ContentPart] | None = None
+    # Tool calling turns are accepted as vLLM accepts them; only their text reaches the
+    # template here.
+    tool_calls: list[dict[str, object]] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
         """The text a chat template would see (non-text parts contribute nothing)."""
@@ -24,6 +28,21 @@ class Message(msgspec.Struct):
         if content is None or isinstance(content, str):
             return content or ""
         return "".join(part.text for part in content if part.text is not None)
+
+
+class FunctionSpec(msgspec.Struct):
+    name: str
+    parameters: dict[str, object] | None = None
+
+
+class Tool(msgspec.Struct):
+    function: FunctionSpec
+    type: str = "function"
+
+
+class NamedToolChoice(msgspec.Struct):
+    function: FunctionSpec
+    type: str = "function"
 
 
 class StreamOptions(msgspec.Struct):
@@ -45,6 +64,9 @@ class ChatRequest(msgspec.Struct):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     request_id: str | None = None
+    tools: list[Tool] | None = None
+    # "none", "auto", "required", or a named function.
+    tool_choice: str | NamedToolChoice | None = None
 
 
 class TokenizeRequest(msgspec.Struct):
@@ -80,14 +102,26 @@ class HealthToggle(msgspec.Struct):
     healthy: bool
 
 
+class FunctionCall(msgspec.Struct, kw_only=True):
+    name: str
+    arguments: str
+
+
+class ToolCall(msgspec.Struct, kw_only=True):
+    id: str
+    type: str = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(msgspec.Struct, kw_only=True):
     role: str = "assistant"
-    content: str
+    # None when the reply is a tool call, as vLLM answers.
+    content: str | None
     refusal: None = None
     annotations: None = None
     audio: None = None
     function_call: None = None
-    tool_calls: tuple[()] = ()
+    tool_calls: list[ToolCall] = msgspec.field(default_factory=list)
     reasoning: None = None
 
 
