@@ -11,9 +11,10 @@ whole ``pending_bound``.
 committed pending row of this process is ever unknown to it (there is no window between
 the commit and the bookkeeping), and marked claimed when the claim returns. It is dropped
 when the claim fails, whatever the failure (a refusal stored nothing; an unknown outcome
-means nobody here will answer it). The sweep (``liveness.service.retire_abandoned``)
-retires this process's pending rows that are not entered, and forgets the entries whose
-replies it finds ended.
+means nobody here will answer it). The lease's bookkeeping
+(``liveness.service.retire_abandoned``) retires this process's pending rows that are not
+entered, and forgets the entries whose replies it finds ended, so the books stay as small
+as the replies in flight.
 """
 
 from __future__ import annotations

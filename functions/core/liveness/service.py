@@ -14,8 +14,9 @@ with shorter timeouts never judges another's reply by its own.
 A live process's own pending replies are its to judge: it knows which it is answering
 (``Lease.replies``, see ``liveness.replies``). One it is not answering (a claim that
 committed while its answer was lost with the connection) is retired at once, in the
-background, by the send that lost it (:meth:`Lease.retire_later`), and by the process's
-periodic sweep (:func:`retire_abandoned`) if that could not reach the database.
+background, by the send that lost it (:meth:`Lease.retire_later`), and by the lease's
+own bookkeeping (:func:`retire_abandoned`, every third of ``lease_ttl_s``) if that could
+not.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ ABANDONED_MESSAGE = (
 )
 # How long a send that lost its claim's answer keeps trying to retire what it may have
 # stored: long enough for a commit still in flight on the server to land, and for a short
-# outage; the periodic sweep covers anything later.
+# outage; the lease's bookkeeping covers anything later.
 ORPHAN_RETRY_S = 10.0
 # Rows retired by one statement (a bound on its parameters).
 RETIRE_BATCH = 500
@@ -79,7 +80,7 @@ class Lease:
         self.ttl = timedelta(seconds=ttl_s)
         self.replies = OwnReplies()
         self._renewed_at: datetime | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._retiring: set[asyncio.Task[bool]] = set()
 
     async def renew(self) -> None:
@@ -105,11 +106,15 @@ class Lease:
             await self.renew()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._heartbeat(), name="switchboard-lease")
+        self._tasks = [
+            asyncio.create_task(self._heartbeat(), name="switchboard-lease"),
+            asyncio.create_task(self._keep_books(), name="switchboard-own-replies"),
+        ]
 
     def retire_later(self, reply_id: uuid.UUID) -> None:
         """In the background, retire ``reply_id`` if its claim stored it: the claim's outcome
-        is unknown and nobody here will answer it (best effort; the sweep covers the rest)."""
+        is unknown and nobody here will answer it (best effort; the lease's bookkeeping
+        covers the rest)."""
         self.replies.abandoned(reply_id)
         task = asyncio.get_running_loop().create_task(
             retire_orphan(reply_id, self.instance_id), name="switchboard-retire-orphan"
@@ -123,13 +128,14 @@ class Lease:
         A released lease makes every sweep retire what this process left pending, so
         retirements still running in the background are not waited for.
         """
-        for task in list(self._retiring):
+        for retiring in list(self._retiring):
+            retiring.cancel()
+        for task in self._tasks:
             task.cancel()
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._tasks = []
         if release:
             try:
                 await fetch("DELETE FROM process_lease WHERE id = {}", self.instance_id)
@@ -141,11 +147,28 @@ class Lease:
             try:
                 await self.renew()
             except Exception as exc:
-                if as_database_error(exc) is None:
-                    log.exception("lease.renew_failed")
-                else:
-                    log.warning("lease.renew_failed", error=str(exc))
+                _report_failure("lease.renew_failed", exc)
             await asyncio.sleep(self.ttl.total_seconds() / 3)
+
+    async def _keep_books(self) -> None:
+        """Every process that sends judges its own replies (a flow as well as a gateway):
+        while its lease is alive, nobody else may. A task of its own, so a slow query here
+        never delays a renewal."""
+        while True:
+            try:
+                await retire_abandoned(self)
+            except Exception as exc:
+                _report_failure("replies.retire_abandoned_failed", exc)
+            await asyncio.sleep(self.ttl.total_seconds() / 3)
+
+
+def _report_failure(event: str, exc: Exception) -> None:
+    """Log a background step's failure: a warning while the database is away, with the
+    traceback otherwise (a bug)."""
+    if as_database_error(exc) is None:
+        log.exception(event)
+    else:
+        log.warning(event, error=str(exc))
 
 
 async def expire_dead_neighbours(lease: Lease) -> int:
@@ -344,14 +367,9 @@ class Sweeper:
                     # before it judges anyone else's.
                     await self._lease.renew()
                     spare = self._lease.instance_id
+                # Its own replies are spared here; its lease's bookkeeping judges them.
                 await sweep_interrupted(bound=self._bound, spare=spare)
-                if self._lease is not None:
-                    # Spared above as a live process; judged here reply by reply.
-                    await retire_abandoned(self._lease)
                 await prune(idempotency_window=self._window)
             except Exception as exc:
-                if as_database_error(exc) is None:
-                    log.exception("sweep.failed")
-                else:
-                    log.warning("sweep.failed", error=str(exc))
+                _report_failure("sweep.failed", exc)
             await asyncio.sleep(self._period_s)

@@ -4,7 +4,7 @@ Every other sweep spares a live process's replies, so the process itself must kn
 of its pending rows it will still answer (``Lease.replies``): a claim that committed while
 its answer was lost left a row naming it that it will never generate. These tests make
 that row the honest way, with a claim whose result the process never hears of, and check
-that the process's sweep retires it, and only it, within a sweep period.
+that the process retires it, and only it, within a beat of its lease.
 """
 
 from __future__ import annotations
@@ -26,14 +26,12 @@ from functions.core.configs import service as configs
 from functions.core.liveness.service import (
     ABANDONED_MESSAGE,
     Lease,
-    Sweeper,
     retire_abandoned,
     sweep_interrupted,
 )
 from functions.core.messages import service as messages
 from functions.core.messages.claim import ClaimRequest, ConversationBusyError, claim
 from functions.core.messages.schemas import ReplyOutcome, Turn
-from functions.core.settings import load_settings
 from tests.core.chat.conftest import Party, new_party, stored_of
 
 BOUND = timedelta(minutes=15)
@@ -125,16 +123,17 @@ async def test_a_refused_claim_leaves_nothing_in_the_books(db: Engine[Any]) -> N
     assert first.assistant_message.id in lease.replies
 
 
-async def test_the_periodic_sweep_frees_a_conversation_within_a_period(
+async def test_the_lease_frees_a_conversation_within_a_beat(
     shared_db: Engine[Any],
 ) -> None:
-    settings = load_settings({"SWITCHBOARD_LEASE_TTL_S": "1"}, dotenv=None)
-    lease = Lease(ttl_s=settings.lease_ttl_s)
+    """Every process that sends has a lease (a flow as well as a gateway): every third of
+    the lease's TTL, it retires what the process lost track of."""
+    lease = Lease(ttl_s=1.5)
     await lease.renew()
     party = await new_party()
-    sweeper = Sweeper(settings, lease)
-    sweeper.start()
+    lease.start()
     try:
+        await asyncio.sleep(0.1)  # the first beat has been: this one waits for the next
         await claim_unheard(party, lease, "lost")
         started = time.monotonic()
         while (await statuses(party))[1][1] == "pending":
@@ -142,8 +141,8 @@ async def test_the_periodic_sweep_frees_a_conversation_within_a_period(
             await asyncio.sleep(0.05)
         took = time.monotonic() - started
     finally:
-        await sweeper.stop()
-    print(f"\nretired by the periodic sweep {took:.2f} s after the claim (period 1 s)")
+        await lease.stop(release=True)
+    print(f"\nretired by the lease's bookkeeping {took:.2f} s after the claim (a beat: 0.5 s)")
     assert await statuses(party) == [
         ("user", "complete", None),
         ("assistant", "failed", ABANDONED_MESSAGE),
