@@ -23,6 +23,7 @@ from functions.core.chat.exchanges import Exchanges, unconfirmed_send
 from functions.core.chat.idempotency import Idempotency
 from functions.core.chat.schemas import SendRequest
 from functions.core.configs import service as configs
+from functions.core.liveness.replies import OwnReplies
 from functions.core.liveness.service import (
     ABANDONED_MESSAGE,
     Lease,
@@ -186,3 +187,23 @@ def test_the_503_of_an_unknown_claim_names_the_ids_and_how_to_retry() -> None:
     bare = unconfirmed_send(request, send)
     assert "idempotency_key" not in bare.details
     assert "would store it again" in bare.message
+
+
+def test_the_books_forget_only_what_ended_before_the_read() -> None:
+    replies = OwnReplies()
+    ended, recorded_late, claiming, lost = (uuid.uuid4() for _ in range(4))
+    replies.proposed(ended)
+    replies.claimed(ended)
+    read_at = time.monotonic()
+    # Claimed after the read: the read could not have seen it pending, it is not over.
+    replies.proposed(recorded_late)
+    replies.claimed(recorded_late)
+    replies.proposed(claiming)  # its claim still running
+    assert replies.settle({lost}, read_at) == [lost]
+    assert (ended in replies, recorded_late in replies, claiming in replies) == (
+        False,
+        True,
+        True,
+    )
+    replies.abandoned(claiming)
+    assert len(replies) == 1
