@@ -56,6 +56,7 @@ TELEMETRY_OFF = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1
 # (flows run failed 3 times in 3), so `flows run` waits longer unless told otherwise.
 STARTUP_SETTING = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 PREFECT_DEFAULTS = {**TELEMETRY_OFF, STARTUP_SETTING: "120"}
+NEEDS_PREFECT = "the flows need Prefect: pip install 'switchboard[flows]'"
 
 
 def _scheduled() -> tuple[ScheduledFlow, ...]:
@@ -70,7 +71,7 @@ def _scheduled() -> tuple[ScheduledFlow, ...]:
     except ImportError as exc:
         if (exc.name or "").split(".")[0] != "prefect":
             raise
-        fail("the flows need Prefect: pip install 'switchboard[flows]'", EXIT_USAGE)
+        fail(NEEDS_PREFECT, EXIT_USAGE)
     return SCHEDULED
 
 
@@ -241,6 +242,12 @@ def _preflight(name: str, parameters: dict[str, Any], settings: Settings) -> Non
     a usage error (a destination that cannot be a folder, a dataset that cannot be read,
     a configuration that does not exist), 3 for a database that cannot be reached or is
     not migrated."""
+    from importlib.util import find_spec
+
+    if find_spec("prefect") is None:  # nor the rest of the flows extra, checked below
+        fail(NEEDS_PREFECT, EXIT_USAGE)
+    if refused := _parameter_refusal(name, parameters):
+        fail(refused, EXIT_USAGE)
     if name == "export" and (refused := _destination_refusal(parameters.get("out"))):
         fail(refused, EXIT_USAGE)
     if name == "evaluate" and (refused := _dataset_refusal(parameters["dataset"], settings)):
@@ -248,6 +255,23 @@ def _preflight(name: str, parameters: dict[str, Any], settings: Settings) -> Non
     if database := with_database(settings, lambda: _database_refusal(name, parameters)):
         code, message = database
         fail(message, code)
+
+
+def _parameter_refusal(name: str, parameters: dict[str, Any]) -> str | None:
+    """The options against the flow's parameter schema (bounds such as ``--concurrency``
+    from 1 to 256), which Prefect would check only once it has started."""
+    from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+    from jsonschema.exceptions import best_match  # type: ignore[import-untyped]
+
+    entry = catalog.find(name)
+    assert entry is not None  # the command was made from it
+    schema = {"type": "object", "properties": entry.parameters, "required": list(entry.required)}
+    # The most telling error (for an optional bound, the bound rather than "not null").
+    error = best_match(Draft202012Validator(schema).iter_errors(parameters))
+    if error is None:
+        return None
+    option = "--" + str(error.absolute_path[0]).replace("_", "-") if error.absolute_path else ""
+    return f"invalid value for {option}: {error.message}"
 
 
 def _destination_refusal(out: str | None) -> str | None:

@@ -136,6 +136,16 @@ def test_listing_and_help_do_not_import_prefect(tmp_path: Path, command: list[st
         (["evaluate", "--dataset", ".", "--config", "a"], 2, "cannot read the dataset ."),
         (["evaluate", "--dataset", "bad.jsonl", "--config", "a"], 2, "line 1:"),
         (["evaluate", "--dataset", "good.jsonl", "--config", "nope"], 2, "no configuration"),
+        (
+            ["evaluate", "--dataset", "good.jsonl", "--config", "a", "--concurrency", "0"],
+            2,
+            "invalid value for --concurrency: 0 is less than the minimum of 1",
+        ),
+        (
+            ["health-check", "--retention-days", "0"],
+            2,
+            "invalid value for --retention-days: 0.0 is less than or equal to the minimum of 0",
+        ),
     ],
     ids=lambda value: " ".join(value) if isinstance(value, list) else str(value),
 )
