@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,9 @@ from functions.core.liveness.service import Lease
 from functions.core.llm.client import LLMClient
 from tests.core.evals.conftest import make_config, write_jsonl
 from tests.core.llm.conftest import llm_settings
-from tests.support.process import REPO_ROOT
+from tests.support.process import REPO_ROOT, kill_group, start_async
 from tests.support.simulator import SimulatorProcess, running_simulator
+from tests.support.timing import scaled
 
 ITEMS = 40
 CONCURRENCY = 4
@@ -70,7 +72,7 @@ async def test_a_killed_run_resumes_without_losing_or_repeating_an_item(
         "PYTHONPATH": str(REPO_ROOT),
     }
     with tempfile.TemporaryFile() as log:
-        process = await asyncio.create_subprocess_exec(
+        process = await start_async(
             sys.executable,
             "-m",
             "tests.core.evals.evaluate_process",
@@ -82,17 +84,17 @@ async def test_a_killed_run_resumes_without_losing_or_repeating_an_item(
             stderr=log,
         )
         try:
-            for _ in range(600):
+            deadline = time.monotonic() + scaled(60)
+            while time.monotonic() < deadline:
                 if len(await service.done_pairs(run.id)) >= 10 or process.returncode is not None:
                     break
                 await asyncio.sleep(0.02)
             assert process.returncode is None, "the run ended before it could be killed"
             os.kill(process.pid, signal.SIGKILL)
-            await asyncio.wait_for(process.wait(), 10)
+            await asyncio.wait_for(process.wait(), scaled(10))
         finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+            kill_group(process.pid)
+            await process.wait()
         log.seek(0)
         output = log.read().decode("utf-8", "replace")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,7 +27,8 @@ from tests.core.exports.conftest import (
     seed_history,
     writers_ended,
 )
-from tests.support.process import REPO_ROOT
+from tests.support.process import REPO_ROOT, kill_group, start_async
+from tests.support.timing import scaled
 
 MESSAGES = 200
 
@@ -56,7 +56,7 @@ async def test_a_killed_export_leaves_nothing_and_the_next_run_catches_up(
                           completed_at=at)  # fmt: skip
     out = tmp_path / "out"
     await writers_ended()
-    process = await asyncio.create_subprocess_exec(
+    process = await start_async(
         sys.executable, "-m", "tests.core.exports.export_process",
         database_url(shared_db), str(out), fmt,
         cwd=REPO_ROOT,
@@ -67,14 +67,14 @@ async def test_a_killed_export_leaves_nothing_and_the_next_run_catches_up(
     assert process.stdout is not None
     written = []
     try:
-        async with asyncio.timeout(60):
+        async with asyncio.timeout(scaled(60)):
             while len(written) < 3:  # three chunks of ten written, dozens to go
                 line = (await process.stdout.readline()).decode()
                 assert line, f"the export ended early: {written}"
                 if line.startswith("chunk "):
                     written.append(line)
     finally:
-        process.send_signal(signal.SIGKILL)
+        kill_group(process.pid)
         await process.communicate()
 
     # Nothing a reader could pick up; the watermark has not moved.
