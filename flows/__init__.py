@@ -10,5 +10,6 @@ Prefect; ``functions/`` never does.
 - ``maintenance``: retire replies whose process died, prune expired leases, idempotency
   keys and health verdicts.
 - ``deployments``: the flows as deployments (schedules, tags, limits); ``cli``: the
-  ``switchboard flows`` command group.
+  ``switchboard flows`` command group; ``catalog``: the flows and their parameters as
+  ``catalog.json`` holds them, for listing and help without importing Prefect.
 """
