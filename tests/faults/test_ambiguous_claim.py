@@ -137,6 +137,8 @@ class ClaimCutter:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, OSError):
                 await task
+        if self._server is not None:
+            await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
