@@ -14,9 +14,7 @@ subprocesses with an environment built by :func:`prefect_env`: a temporary
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,9 +34,10 @@ from prefect.states import State
 from functions.core.db import conf
 from functions.core.db.engine import use_engine
 from tests.conftest import truncate_all
-from tests.support.process import HOST, REPO_ROOT, free_port
+from tests.support.process import HOST, REPO_ROOT, free_port, start, stop
+from tests.support.timing import scaled
 
-PREFECT_SERVER_START_S = 90.0
+PREFECT_SERVER_START_S = scaled(90.0)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -46,7 +45,8 @@ def prefect_harness() -> Iterator[None]:
     """Prefect's temporary API for every in-process flow run: started once (it is slow)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    # Its uvicorn subprocess imports all of Prefect's server: minutes on a loaded machine.
+    with prefect_test_harness(server_startup_timeout=int(scaled(180))):
         yield
 
 
@@ -178,14 +178,13 @@ def start_prefect_server(home: Path, **extra: str) -> PrefectServer:
         **extra,
     )
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop_by_pid's caller
-    process = subprocess.Popen(
+    process = start(  # its own process group: stopped whole, by its pid
         [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)],
         cwd=home,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=log,
-        start_new_session=True,  # its own process group: stopped whole, by its pid
     )
     server = PrefectServer(home=home, port=port, process=process, log=log)
     deadline = time.monotonic() + PREFECT_SERVER_START_S
@@ -207,18 +206,9 @@ def start_prefect_server(home: Path, **extra: str) -> PrefectServer:
 
 
 def stop_by_pid(process: subprocess.Popen[bytes], timeout: float = 15) -> int:
-    """SIGTERM the process's group (its pid), then SIGKILL it if it lingers."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout)
-    # Children that outlived their parent in the group (a flow run's subprocess, say).
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    return process.returncode
+    """SIGTERM the process, then SIGKILL its group: the process if it lingers, and children
+    that outlived it in the group (a flow run's subprocess, say)."""
+    return stop(process, timeout)
 
 
 @pytest.fixture(scope="session")

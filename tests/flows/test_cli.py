@@ -43,7 +43,7 @@ from tests.flows.conftest import (
     wait_for,
 )
 from tests.support.databases import sqlite_url
-from tests.support.process import REPO_ROOT, free_port
+from tests.support.process import REPO_ROOT, free_port, start
 from tests.support.simulator import SimulatorProcess
 
 DEPLOYMENTS = {"health-check/switchboard": 60.0, "maintenance/switchboard": 300.0}
@@ -339,14 +339,13 @@ async def test_serve_registers_scheduled_deployments_and_runs_them(
         **switchboard_env(flows_db, upstream.base_url),
     )
     log = (tmp_path / "serve.log").open("wb")
-    serving = subprocess.Popen(  # noqa: ASYNC220 - started once; the test then polls its API
+    serving = start(  # its own group: started once; the test then polls its API
         [*SWITCHBOARD, "flows", "serve"],
         cwd=REPO_ROOT,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=log,
-        start_new_session=True,
     )
     try:
         with prefect_server.api() as api:

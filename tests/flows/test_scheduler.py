@@ -28,7 +28,7 @@ from tests.flows.conftest import (
     stop_by_pid,
     switchboard_env,
 )
-from tests.support.process import REPO_ROOT
+from tests.support.process import REPO_ROOT, start
 from tests.support.simulator import async_running_simulator
 
 # The shortest interval the settings accept: the first scheduled run is seconds away.
@@ -82,14 +82,13 @@ async def test_the_scheduler_runs_the_health_check_by_itself(flows_db: str, tmp_
                 SWITCHBOARD_HEALTH_CHECK_INTERVAL_S=str(INTERVAL_S),
                 **switchboard_env(flows_db, upstream.base_url),
             )
-            serving = subprocess.Popen(  # noqa: ASYNC220 - started once, then polled
+            serving = start(  # its own group: its runs' subprocesses die with it
                 [*SWITCHBOARD, "flows", "serve"],
                 cwd=REPO_ROOT,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=serve_log,
                 stderr=serve_log,
-                start_new_session=True,  # its own group: its runs' subprocesses die with it
             )
             started = time.monotonic()
             deadline = started + SCHEDULED_RUN_WITHIN_S
