@@ -38,7 +38,7 @@ from functions.core.evals.datasets import load_dataset
 from functions.core.llm.errors import ModelNotServedError
 from tests.core.evals.judge_upstream import JUDGE_MODEL, JudgeUpstream
 from tests.flows.conftest import flow_state, prefect_env, run_flow
-from tests.support.process import REPO_ROOT
+from tests.support.process import REPO_ROOT, kill_group, start_async
 from tests.support.simulator import SimulatorProcess, running_simulator
 
 SAMPLE = REPO_ROOT / "flows" / "datasets" / "sample.jsonl"
@@ -237,7 +237,7 @@ async def failing_run(flow: Any, **parameters: Any) -> None:
 
 async def cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
     """``switchboard ARGS`` in a process of its own."""
-    process = await asyncio.create_subprocess_exec(
+    process = await start_async(
         sys.executable,
         "-m",
         "functions.cli",
@@ -247,7 +247,10 @@ async def cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await process.communicate()
+    try:
+        out, err = await process.communicate()
+    finally:
+        kill_group(process.pid)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
 
@@ -395,7 +398,7 @@ async def test_flows_run_evaluate_killed_mid_run_resumes_with_the_same_run_id(
         "--config", "beta", "--scorer", "similarity", "--run-id", run_id, "--concurrency", "4",
     ]  # fmt: skip
     slow_sim.reset()
-    process = await asyncio.create_subprocess_exec(
+    process = await start_async(
         sys.executable, "-m", "functions.cli", *command, cwd=REPO_ROOT, env=env,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
@@ -411,9 +414,8 @@ async def test_flows_run_evaluate_killed_mid_run_resumes_with_the_same_run_id(
         process.kill()  # SIGKILL: nothing is cleaned up
         await process.wait()
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        kill_group(process.pid)
+        await process.wait()
 
     recorded = await service.done_pairs(uuid.UUID(run_id))
     assert 12 <= len(recorded) < 2 * items

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -38,7 +37,7 @@ from tests.core.exports.conftest import (
 )
 from tests.flows.conftest import prefect_api_url, prefect_env, run_flow
 from tests.support.databases import sqlite_url
-from tests.support.process import HOST, REPO_ROOT, ServiceProcess, free_port
+from tests.support.process import HOST, REPO_ROOT, ServiceProcess, free_port, run
 
 SWITCHBOARD = [sys.executable, "-m", "functions.cli"]
 
@@ -208,14 +207,13 @@ async def test_flows_run_export_from_the_command_line(
         )
         command = [*SWITCHBOARD, "flows", "run", "export", "--format", "jsonl", "--out", str(out)]
         first = await asyncio.to_thread(
-            subprocess.run, [*command, "--json"], cwd=REPO_ROOT, env=env,
-            capture_output=True, text=True, timeout=120, check=False,
+            run, [*command, "--json"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
         )  # fmt: skip
         assert first.returncode == 0, first.stderr
         assert json.loads(first.stdout)["messages"] == 8
         second = await asyncio.to_thread(
-            subprocess.run, [*command, "--config", "기본-설정"], cwd=REPO_ROOT, env=env,
-            capture_output=True, text=True, timeout=120, check=False,
+            run, [*command, "--config", "기본-설정"], cwd=REPO_ROOT, env=env,
+            capture_output=True, text=True,
         )  # fmt: skip
         assert second.returncode == 0, second.stderr
         assert "exported 6 message(s) (incremental, jsonl)" in second.stdout
@@ -236,9 +234,9 @@ def test_flows_run_export_refuses_a_destination_carrying_a_secret(
 ):
     env = prefect_env(tmp_path / "prefect-home", SWITCHBOARD_DATABASE_URL=pg_url)
     started = time.monotonic()
-    refused = subprocess.run(
+    refused = run(
         [*SWITCHBOARD, "flows", "run", "export", "--out", out], cwd=REPO_ROOT, env=env,
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True, text=True,
     )  # fmt: skip
     assert refused.returncode == 2, refused.stderr
     assert "invalid destination 's3://" in refused.stderr
