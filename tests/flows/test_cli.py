@@ -44,6 +44,7 @@ from tests.flows.conftest import (
 )
 from tests.support.databases import sqlite_url
 from tests.support.process import REPO_ROOT, free_port, start
+from tests.support.process import run as run_process
 from tests.support.simulator import SimulatorProcess
 
 DEPLOYMENTS = {"health-check/switchboard": 60.0, "maintenance/switchboard": 300.0}
@@ -86,13 +87,12 @@ def without_prefect(
 ) -> subprocess.CompletedProcess[str]:
     """``switchboard COMMAND``, which must neither import Prefect nor take long."""
     started = time.monotonic()
-    result = subprocess.run(
+    result = run_process(
         [sys.executable, "-X", "importtime", "-m", "functions.cli", *command],
         cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
         check=False,
     )
     took = time.monotonic() - started
@@ -204,13 +204,12 @@ async def test_run_names_the_setting_when_the_temporary_api_does_not_start(
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0",
     )
     result = await asyncio.to_thread(
-        subprocess.run,
+        run_process,
         [*SWITCHBOARD, "flows", "run", "maintenance"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
         check=False,
     )
     assert result.returncode == 1, result.stderr
@@ -236,13 +235,12 @@ async def test_run_needs_no_prefect_server(tmp_path: Path, upstream: SimulatorPr
 
     started = time.monotonic()
     result = await asyncio.to_thread(
-        subprocess.run,
+        run_process,
         [*SWITCHBOARD, "flows", "run", "health-check", "--json"],
         cwd=work,
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
         check=False,
     )
     took = time.monotonic() - started
@@ -279,13 +277,12 @@ def _environ(process: psutil.Process) -> list[str]:
 
 
 def test_serve_and_deploy_need_a_prefect_api_url(tmp_path: Path) -> None:
-    result = subprocess.run(
+    result = run_process(
         [*SWITCHBOARD, "flows", "serve"],
         cwd=tmp_path,
         env=prefect_env(tmp_path),
         capture_output=True,
         text=True,
-        timeout=60,
         check=False,
     )
     assert result.returncode == 2
@@ -297,13 +294,12 @@ def test_serve_and_deploy_say_at_once_that_the_api_cannot_be_reached(
     tmp_path: Path, command: list[str]
 ) -> None:
     url = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
-    result = subprocess.run(
+    result = run_process(
         [*SWITCHBOARD, "flows", *command],
         cwd=tmp_path,
         env=prefect_env(tmp_path, PREFECT_API_URL=url),
         capture_output=True,
         text=True,
-        timeout=60,
         check=False,
     )
     assert result.returncode == 1, result.stderr
@@ -439,13 +435,12 @@ async def test_deploy_to_a_work_pool_and_a_worker_runs_it(
     )
 
     def run(*command: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
+        return run_process(
             list(command),
             cwd=tmp_path,
             env=env,
             capture_output=True,
             text=True,
-            timeout=120,
             check=False,
         )
 
