@@ -18,7 +18,7 @@ import pytest
 from functions.core.web.docs import NO_NUL
 from tests.functions.conftest import INPROCESS_MODEL
 from tests.support.inprocess import InProcessGateway
-from tests.support.process import REPO_ROOT
+from tests.support.process import REPO_ROOT, kill_group, start_async
 
 
 async def config(gateway: InProcessGateway, name: str, **fields: Any) -> dict[str, Any]:
@@ -334,7 +334,7 @@ print(json.dumps(sorted({(c.status_code, c.code) for c in walk(SwitchboardError)
 
 
 async def send_path_errors() -> set[tuple[int, str]]:
-    process = await asyncio.create_subprocess_exec(
+    process = await start_async(
         sys.executable,
         "-c",
         SEND_PATH_ERRORS,
@@ -342,7 +342,10 @@ async def send_path_errors() -> set[tuple[int, str]]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await process.communicate()
+    try:
+        out, err = await process.communicate()
+    finally:
+        kill_group(process.pid)
     assert process.returncode == 0, err.decode()
     return {(status, code) for status, code in json.loads(out)}
 

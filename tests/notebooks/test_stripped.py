@@ -4,13 +4,13 @@ code cell holds the parameters (papermill's ``parameters`` tag)."""
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import nbformat
 import pytest
 
 from tests.notebooks.conftest import NOTEBOOKS
+from tests.support import process
 from tests.support.process import REPO_ROOT
 
 PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
@@ -48,7 +48,5 @@ def test_the_readme_example_makes_out_and_git_ignores_what_it_writes() -> None:
     assert "mkdir -p out" in example
     assert example.index("mkdir -p out") < example.index(written[0])
     for path in written:
-        checked = subprocess.run(
-            ["git", "check-ignore", "--no-index", "-q", path], cwd=REPO_ROOT, check=False
-        )
+        checked = process.run(["git", "check-ignore", "--no-index", "-q", path], cwd=REPO_ROOT)
         assert checked.returncode == 0, f"{path} is not ignored by git"

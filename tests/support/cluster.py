@@ -83,6 +83,8 @@ class PostgresCluster:
         return None
 
     def _run(self, *args: str, timeout: float = PG_CTL_TIMEOUT_S) -> None:
+        # Not process.run, which kills the command's group when it ends: the server that
+        # `pg_ctl start` leaves running is in that group. close() stops it by its pid.
         result = subprocess.run(
             [*self._as_owner, *args],
             capture_output=True,
