@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from functions.core.db.errors import as_database_error
+from functions.core.db.errors import SchemaMissingError, as_database_error
 from functions.core.db.sql import fetch
 from functions.core.liveness.replies import OwnReplies
 from functions.core.logging import get_logger
@@ -143,32 +143,61 @@ class Lease:
                 log.warning("lease.release_failed", error=str(exc))
 
     async def _heartbeat(self) -> None:
+        failures = LoopFailures("lease.renew_failed")
         while True:
             try:
                 await self.renew()
             except Exception as exc:
-                _report_failure("lease.renew_failed", exc)
+                failures.failed(exc)
+            else:
+                failures.succeeded()
             await asyncio.sleep(self.ttl.total_seconds() / 3)
 
     async def _keep_books(self) -> None:
         """Every process that sends judges its own replies (a flow as well as a gateway):
         while its lease is alive, nobody else may. A task of its own, so a slow query here
         never delays a renewal."""
+        failures = LoopFailures("replies.retire_abandoned_failed")
         while True:
             try:
                 await retire_abandoned(self)
             except Exception as exc:
-                _report_failure("replies.retire_abandoned_failed", exc)
+                failures.failed(exc)
+            else:
+                failures.succeeded()
             await asyncio.sleep(self.ttl.total_seconds() / 3)
 
 
-def _report_failure(event: str, exc: Exception) -> None:
-    """Log a background step's failure: a warning while the database is away, with the
-    traceback otherwise (a bug)."""
-    if as_database_error(exc) is None:
-        log.exception(event)
-    else:
-        log.warning(event, error=str(exc))
+class LoopFailures:
+    """How one background loop reports its failures.
+
+    A bug is logged with its traceback every time. The database being away, or not
+    migrated yet, is one warning when it starts and one line when the loop works again:
+    a loop that runs every few seconds must not repeat the same line until an operator
+    acts (an unmigrated database named ``relation "process_lease" does not exist`` every
+    3 s). The state is the loop's own, so two runtimes in one process never share it.
+    """
+
+    def __init__(self, event: str) -> None:
+        self._event = event
+        self._failing = False
+
+    def failed(self, exc: Exception) -> None:
+        error = as_database_error(exc)
+        if error is None:
+            log.exception(self._event)
+            return
+        if not self._failing:
+            if isinstance(error, SchemaMissingError):
+                log.warning("database.not_migrated", step=self._event, error=str(error))
+            else:
+                log.warning(self._event, error=str(exc))
+        self._failing = True
+
+    def succeeded(self) -> None:
+        if self._failing:
+            log.info(self._event.removesuffix("_failed") + "_recovered")
+        self._failing = False
 
 
 async def expire_dead_neighbours(lease: Lease) -> int:
@@ -359,6 +388,7 @@ class Sweeper:
                 await self._task
 
     async def _run(self) -> None:
+        failures = LoopFailures("sweep.failed")
         while True:
             try:
                 spare = None
@@ -371,5 +401,7 @@ class Sweeper:
                 await sweep_interrupted(bound=self._bound, spare=spare)
                 await prune(idempotency_window=self._window)
             except Exception as exc:
-                _report_failure("sweep.failed", exc)
+                failures.failed(exc)
+            else:
+                failures.succeeded()
             await asyncio.sleep(self._period_s)
