@@ -76,3 +76,67 @@ def test_a_leaked_process_fails_the_session_and_is_killed(tmp_path: Path, worker
     finally:
         for sleeper in _sleepers(marker):
             sleeper.kill()
+
+
+TIMED_OUT_TEST = """
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.support import process
+
+SLEEP = [sys.executable, "-c", "import time; time.sleep(600)", "{marker}"]
+
+
+@pytest.fixture
+def server():
+    # A service and the child it started, in one group: the fixture stops them both.
+    started = process.start(["sh", "-c", '"$@" & "$@"', "sh", *SLEEP])
+    yield started
+    process.stop(started)
+
+
+@pytest.mark.timeout(3)
+def test_hangs(server):
+    time.sleep(600)
+"""
+
+
+def test_a_test_that_times_out_still_stops_what_its_fixtures_started(tmp_path: Path) -> None:
+    """pytest-timeout as configured here (SIGALRM) fails the test and lets teardown run:
+    the fixture's group goes, grandchild included, and nothing is left to report."""
+    marker = f"timeout-{uuid.uuid4().hex}"
+    (tmp_path / "test_hangs.py").write_text(TIMED_OUT_TEST.format(marker=marker))
+    try:
+        result = process.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-p",
+                "tests.conftest",
+                "-p",
+                "no:cacheprovider",
+                "-n",
+                "0",
+                "-c",
+                str(REPO_ROOT / "pyproject.toml"),
+                "--rootdir",
+                str(REPO_ROOT),
+                str(tmp_path / "test_hangs.py"),
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=process.scaled(120),
+        )
+        output = result.stdout + result.stderr
+        assert "1 failed" in output, output
+        assert "Timeout" in output, output
+        assert "processes outlived" not in output, output
+        assert _sleepers(marker) == [], "the fixture's processes outlived the timed-out test"
+    finally:
+        for sleeper in _sleepers(marker):
+            sleeper.kill()
