@@ -51,7 +51,8 @@ class MaintenanceReport(msgspec.Struct, kw_only=True):
             f"# Maintenance, {self.ran_at:%Y-%m-%d %H:%M:%S} UTC",
             "",
             f"- **{len(self.retired)}** pending repl(ies) retired as `interrupted` (their "
-            f"process is gone, or they were pending longer than {self.pending_bound_s:g} s)",
+            "process is gone, or they outlived the bound their owner stored with them; "
+            f"{self.pending_bound_s:g} s for replies stored without one)",
             f"- **{self.health_checks_pruned}** health check(s) older than "
             f"{self.health_retention_days:g} day(s) pruned",
             f"- leases lapsed over {liveness.LEASE_KEEP} ago and idempotency keys older than "
