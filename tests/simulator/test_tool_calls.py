@@ -63,9 +63,9 @@ async def test_the_streamed_call_merges_into_the_same_call(client: httpx.AsyncCl
     ]
     assert len(rest) > 2  # the arguments arrive in fragments
     assert all(list(call) == ["index", "function"] for [call] in rest)
-    assert "".join(call["function"]["arguments"] for [call] in rest) == whole["function"][
-        "arguments"
-    ]
+    assert (
+        "".join(call["function"]["arguments"] for [call] in rest) == whole["function"]["arguments"]
+    )
     finishes = [e["choices"][0]["finish_reason"] for e in events[:-1] if e["choices"]]
     assert finishes[-1] == "tool_calls"
     assert not any(delta.get("content") for delta in deltas)

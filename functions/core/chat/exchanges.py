@@ -379,4 +379,5 @@ def _exchange(
         config=config,
         model=resolved.model,
         instance_id=instance_id,
+        owner=request.owner,
     )

@@ -73,6 +73,9 @@ class UnwrittenOutcome(msgspec.Struct, tag="outcome", kw_only=True):
     owner_instance: uuid.UUID | None
     config: ConfigRef | None
     outcome: ReplyOutcome
+    # The key charged in the usage ledger (None in journals written before the ledger:
+    # the conversation's owner is charged then).
+    owner: uuid.UUID | None = None
 
 
 class Written(msgspec.Struct, tag="written", kw_only=True):

@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 T = TypeVar("T")
+# A reply's tool calls (OpenAI's message shape), or None when it made none.
+ToolCalls = list[dict[str, Any]] | None
 # Codes whose model was named by the caller and served by no upstream: never a label value.
 _UNSERVED_MODEL_CODES = frozenset({"model_not_served", "model_not_found"})
 NO_UPSTREAM = "none"
@@ -95,6 +97,7 @@ async def write_outcome(entry: UnwrittenOutcome, *, retried: bool) -> MessageOut
             entry.outcome,
             config=entry.config,
             owner_instance=entry.owner_instance,
+            owner=entry.owner,
         )
     except ConflictError:
         try:
@@ -103,9 +106,10 @@ async def write_outcome(entry: UnwrittenOutcome, *, retried: bool) -> MessageOut
             raise conversation_gone(entry.conversation_id) from None
         code = current.error.code if current.error is not None else None
         outcome = entry.outcome
-        if retried and (current.status, current.content, code) == (
+        if retried and (current.status, current.content, current.tool_calls, code) == (
             outcome.status,
             outcome.content,
+            outcome.tool_calls,
             outcome.error_code,
         ):
             return current
@@ -333,6 +337,7 @@ class ReplyRecorder:
             ReplyOutcome(
                 status="complete",
                 content=content,
+                tool_calls=end.tool_calls,
                 model=end.model or None,
                 prompt_tokens=usage.prompt_tokens if usage else None,
                 completion_tokens=usage.completion_tokens if usage else None,
@@ -343,47 +348,58 @@ class ReplyRecorder:
             )
         )
 
-    async def failed(self, exc: LLMError, *, partial: str = "") -> MessageOut:
+    # A reply cut short keeps what arrived: its text (``partial``) and its tool calls
+    # (``tool_calls``, the last one's arguments possibly unfinished).
+
+    async def failed(
+        self, exc: LLMError, *, partial: str = "", tool_calls: ToolCalls = None
+    ) -> MessageOut:
         log.warning("chat.reply_failed", code=exc.code, error=exc.message, model=self._model)
         self._upstream = str(exc.details.get("upstream_url") or NO_UPSTREAM)
         return await self.record(
             ReplyOutcome(
                 status="failed",
                 content=partial or exc.partial_text,
+                tool_calls=tool_calls,
                 error_code=exc.code,
                 error_message=exc.message,
             )
         )
 
-    async def broken(self, exc: BaseException, *, partial: str = "") -> MessageOut:
+    async def broken(
+        self, exc: BaseException, *, partial: str = "", tool_calls: ToolCalls = None
+    ) -> MessageOut:
         """Not the model's fault (a bug, the database): the reply must still not stay pending."""
         log.error("chat.reply_broken", error=repr(exc), model=self._model)
         return await self.record(
             ReplyOutcome(
                 status="failed",
                 content=partial,
+                tool_calls=tool_calls,
                 error_code="internal_error",
                 error_message="the gateway failed while handling the reply",
             )
         )
 
-    async def cancelled(self, partial: str = "") -> MessageOut:
+    async def cancelled(self, partial: str = "", tool_calls: ToolCalls = None) -> MessageOut:
         log.info("chat.reply_cancelled", model=self._model, partial_chars=len(partial))
         return await self.record(
             ReplyOutcome(
                 status="cancelled",
                 content=partial,
+                tool_calls=tool_calls,
                 error_code="cancelled",
                 error_message="the client disconnected before the reply was complete",
             )
         )
 
-    async def shutdown(self, partial: str = "") -> MessageOut:
+    async def shutdown(self, partial: str = "", tool_calls: ToolCalls = None) -> MessageOut:
         log.warning("chat.reply_shutdown", model=self._model, partial_chars=len(partial))
         return await self.record(
             ReplyOutcome(
                 status="failed",
                 content=partial,
+                tool_calls=tool_calls,
                 error_code="shutdown",
                 error_message="the gateway shut down (a deploy or a restart) before the reply "
                 "was complete",
@@ -402,6 +418,8 @@ class ReplyRecorder:
         if self.finished:
             raise RuntimeError("this reply has already been recorded")
         self.finished = True
+        if outcome.upstream is None and self._upstream != NO_UPSTREAM:
+            outcome.upstream = self._upstream
         self._observe(outcome)
         return await _to_the_end(asyncio.ensure_future(self._write(outcome)))
 
@@ -412,6 +430,7 @@ class ReplyRecorder:
             owner_instance=self.exchange.instance_id,
             config=self._config_ref,
             outcome=outcome,
+            owner=self.exchange.owner,
         )
         deadline = time.monotonic() + self._backlog.retry_s
         delay, attempt = 0.05, 1

@@ -41,6 +41,7 @@ from functions.core.liveness.inflight import (
 )
 from functions.core.llm.errors import LLMError
 from functions.core.llm.schemas import ChatDelta, ChatDone
+from functions.core.llm.streaming import ToolCallParts
 from functions.core.messages import service as messages
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ class ChatService:
         """The model's whole reply for a claimed exchange, recorded however it ends."""
         recorder = ReplyRecorder(exchange, self._backlog)
         parts: list[str] = []  # what arrived, kept if the send is cut short
+        calls = ToolCallParts()  # likewise the tool calls
         with self._in_flight.guard(exchange.assistant_message.conversation_id) as guard:
             try:
                 with guard.waiting():
@@ -105,23 +107,24 @@ class ChatService:
                         self.exchanges.llm_request(exchange, request),
                         request_id=request.request_id,
                         into=parts,
+                        tool_calls=calls,
                     )
                 if result.finish_reason is None:
                     raise LLMError(UNFINISHED, partial_text=result.content, details=_ids(exchange))
             except LLMError as exc:
-                await recorder.failed(exc)
+                await recorder.failed(exc, tool_calls=calls.calls())
                 exc.details.update(_ids(exchange))
                 raise
             except Interrupted as stop:
                 if stop.reason == "deleted":
                     raise recorder.gone() from None
-                await recorder.shutdown("".join(parts))
+                await recorder.shutdown("".join(parts), calls.calls())
                 raise shutting_down(_ids(exchange)) from None
             except asyncio.CancelledError:
-                await recorder.cancelled("".join(parts))
+                await recorder.cancelled("".join(parts), calls.calls())
                 raise
             except Exception as exc:
-                await recorder.broken(exc, partial="".join(parts))
+                await recorder.broken(exc, partial="".join(parts), tool_calls=calls.calls())
                 raise
         return await recorder.completed(result.content, result, ttft_ms=result.ttft_ms)
 
@@ -158,6 +161,7 @@ class ChatService:
         """A claimed exchange's events, recorded however the stream ends."""
         recorder = ReplyRecorder(exchange, self._backlog)
         parts: list[str] = []
+        calls = ToolCallParts()
         try:
             yield MessageStarted(
                 user_message=exchange.user_message,
@@ -165,7 +169,7 @@ class ChatService:
             )
             with self._in_flight.guard(exchange.assistant_message.conversation_id) as guard:
                 try:
-                    async with aclosing(self._upstream(exchange, request)) as events:
+                    async with aclosing(self._upstream(exchange, request, calls)) as events:
                         while True:
                             with guard.waiting():
                                 event = await anext(events, None)
@@ -177,13 +181,15 @@ class ChatService:
                             else:
                                 done = event
                 except Interrupted as stop:
-                    yield await _interrupted_event(stop, recorder, "".join(parts))
+                    yield await _interrupted_event(stop, recorder, "".join(parts), calls)
                     return
             stored = await recorder.completed("".join(parts), done, ttft_ms=done.ttft_ms)
             yield ReplyDone(message=stored)
         except LLMError as exc:
             try:
-                stored = await recorder.failed(exc, partial="".join(parts))
+                stored = await recorder.failed(
+                    exc, partial="".join(parts), tool_calls=calls.calls()
+                )
             except (ReplyNotRecordedError, ConversationGoneError) as lost:
                 yield _error_event(lost, None)
                 return
@@ -192,11 +198,11 @@ class ChatService:
             yield _error_event(exc, None)
         except Exception as exc:
             if not recorder.finished:
-                await recorder.broken(exc, partial="".join(parts))
+                await recorder.broken(exc, partial="".join(parts), tool_calls=calls.calls())
             raise
         finally:
             if not recorder.finished:
-                await recorder.cancelled("".join(parts))
+                await recorder.cancelled("".join(parts), calls.calls())
 
     async def delete_conversation(self, owner: uuid.UUID, conversation_id: uuid.UUID) -> None:
         """Delete a conversation and end any reply being generated in it, here and (through
@@ -211,11 +217,14 @@ class ChatService:
         self._in_flight.cancel_conversation(conversation_id)
 
     async def _upstream(
-        self, exchange: Exchange, request: SendRequest
+        self, exchange: Exchange, request: SendRequest, calls: ToolCallParts
     ) -> AsyncGenerator[ChatDelta | ChatDone, None]:
-        """The model's reply as deltas, then its ``ChatDone`` (an error if it never came)."""
+        """The model's reply as deltas, then its ``ChatDone`` (an error if it never came);
+        its tool calls gathered into ``calls`` as they arrive."""
         upstream = self._llm.stream_chat(
-            self.exchanges.llm_request(exchange, request), request_id=request.request_id
+            self.exchanges.llm_request(exchange, request),
+            request_id=request.request_id,
+            tool_calls=calls,
         )
         finished = False
         async with aclosing(upstream) as events:
@@ -228,12 +237,12 @@ class ChatService:
 
 
 async def _interrupted_event(
-    stop: Interrupted, recorder: ReplyRecorder, partial: str
+    stop: Interrupted, recorder: ReplyRecorder, partial: str, calls: ToolCallParts
 ) -> ReplyFailed:
     """The last event of a stream the shutdown or a deletion ended."""
     if stop.reason == "deleted":
         return _error_event(recorder.gone(), None)
-    stored = await recorder.shutdown(partial)
+    stored = await recorder.shutdown(partial, calls.calls())
     return _error_event(shutting_down(_ids(recorder.exchange)), stored)
 
 

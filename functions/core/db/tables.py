@@ -277,6 +277,42 @@ class ExportWatermark(Table, tablename="export_watermark"):
     updated_at = Timestamptz(default=TimestamptzNow())
 
 
+class UsageLedger(Table, tablename="usage_ledger"):
+    """One row per finished exchange: who is charged, for what, and how it went.
+
+    Written with the reply's outcome (``messages.finish_exchange``, in the same statement
+    on PostgreSQL), keyed by the reply's id so an outcome written again changes one row.
+    No foreign keys: deleting a conversation (or its messages) deletes content, not
+    accounting, and the usage report and quotas read this table only. Indexed by
+    ``(asked_at)`` and ``(owner_key, asked_at)`` (``usage_ledger_*_idx``, in a raw-SQL
+    migration).
+    """
+
+    # The reply's ``message.id``.
+    id = UUID(primary_key=True)
+    # The key charged: the conversation's owner (``api_key.id``).
+    owner_key = UUID()
+    conversation = UUID()
+    # The configuration version that produced the reply (``llm_config.id``), its name and
+    # version; NULL for a reply to a bare model.
+    llm_config = UUID(null=True, default=None)
+    config_name = Varchar(length=100, null=True, default=None)
+    config_version = Integer(null=True, default=None)
+    model = Varchar(length=200, null=True, default=None)
+    # The vLLM server that answered (its URL without credentials); NULL when none did.
+    upstream = Varchar(length=500, null=True, default=None)
+    status = Varchar(length=16)
+    error_code = Varchar(length=64, null=True, default=None)
+    error_message = Text(null=True, default=None)
+    prompt_tokens = Integer(null=True, default=None)
+    completion_tokens = Integer(null=True, default=None)
+    ttft_ms = DoublePrecision(null=True, default=None)
+    latency_ms = DoublePrecision(null=True, default=None)
+    # When the reply was asked for (its ``created_at``: reports bucket by it) and finished.
+    asked_at = Timestamptz(default=TimestamptzNow())
+    finished_at = Timestamptz(default=TimestamptzNow())
+
+
 ALL_TABLES: tuple[type[Table], ...] = (
     ApiKey,
     LLMConfig,
@@ -289,4 +325,5 @@ ALL_TABLES: tuple[type[Table], ...] = (
     EvalRun,
     EvalResult,
     ExportWatermark,
+    UsageLedger,
 )

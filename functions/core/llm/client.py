@@ -40,7 +40,12 @@ from functions.core.llm.schemas import (
     StreamEvent,
     UpstreamHealth,
 )
-from functions.core.llm.streaming import ChatStreamReader, StreamTimeouts, upstream_event
+from functions.core.llm.streaming import (
+    ChatStreamReader,
+    StreamTimeouts,
+    ToolCallParts,
+    upstream_event,
+)
 from functions.core.llm.transport import build_http_client
 from functions.core.llm.upstreams import UpstreamPool
 from functions.core.llm.vllm_errors import error_for_event
@@ -295,6 +300,7 @@ class LLMClient:
         *,
         request_id: str | None = None,
         into: list[str] | None = None,
+        tool_calls: ToolCallParts | None = None,
     ) -> ChatResult:
         """A whole completion, read from the upstream as a stream.
 
@@ -302,10 +308,11 @@ class LLMClient:
         first-token timeout (not the total one) and ``ttft_ms`` is real. The text is
         gathered inside the reader's loop, with no event per token for the caller to
         handle. Cancelling the caller closes the connection, as with :meth:`stream_chat`;
-        ``into`` (a list the caller holds) keeps the text that arrived before that.
+        ``into`` (a list the caller holds) keeps the text that arrived before that, and
+        ``tool_calls`` (likewise) the tool calls.
         """
         parts: list[str] = [] if into is None else into
-        call = await self._open_stream(request, request_id, parts=parts)
+        call = await self._open_stream(request, request_id, parts=parts, tool_calls=tool_calls)
         reader = call.reader
         try:
             while not reader.finished:
@@ -326,10 +333,15 @@ class LLMClient:
             request_id=done.request_id,
             upstream_request_id=done.upstream_request_id,
             response_id=done.response_id,
+            tool_calls=done.tool_calls,
         )
 
     async def stream_chat(
-        self, request: ChatRequest, *, request_id: str | None = None
+        self,
+        request: ChatRequest,
+        *,
+        request_id: str | None = None,
+        tool_calls: ToolCallParts | None = None,
     ) -> AsyncGenerator[StreamEvent, None]:
         """Stream a completion: :class:`ChatDelta` events, then exactly one :class:`ChatDone`.
 
@@ -338,8 +350,12 @@ class LLMClient:
         cancelling the consuming task) closes the upstream connection at once, which makes
         vLLM abort the generation; wrap the call in ``contextlib.aclosing`` to make that
         immediate rather than left to garbage collection.
+
+        Tool calls are not events: they are merged as they arrive into ``tool_calls`` (a
+        :class:`ToolCallParts` the caller may hold, to keep them if the stream is cut) and
+        given whole in :attr:`ChatDone.tool_calls`.
         """
-        call = await self._open_stream(request, request_id)
+        call = await self._open_stream(request, request_id, tool_calls=tool_calls)
         reader = call.reader
         try:
             while not reader.finished:
@@ -381,7 +397,12 @@ class LLMClient:
             await call.aclose()
 
     async def _open_stream(
-        self, request: ChatRequest, request_id: str | None, *, parts: list[str] | None = None
+        self,
+        request: ChatRequest,
+        request_id: str | None,
+        *,
+        parts: list[str] | None = None,
+        tool_calls: ToolCallParts | None = None,
     ) -> _StreamCall:
         """Send a streaming request and return it once an upstream has accepted it."""
         request_id = _request_id(request_id)
@@ -411,6 +432,7 @@ class LLMClient:
             details=request_details(upstream, request_id, request.model, upstream_request_id),
             model=request.model or "",
             parts=parts,
+            tool_calls=tool_calls,
         )
         return _StreamCall(
             self._pool,
@@ -475,6 +497,7 @@ class _StreamCall:
             request_id=self.request_id,
             upstream_request_id=self.upstream_request_id,
             response_id=reader.response_id,
+            tool_calls=reader.tool_calls.calls(),
         )
 
     async def aclose(self) -> None:

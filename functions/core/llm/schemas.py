@@ -100,6 +100,8 @@ class ChatDone(msgspec.Struct, kw_only=True, tag="done"):
     ``ttft_ms`` is the time to the first chunk with a choice (vLLM's role chunk, sent after
     prefill), as ``vllm bench serve`` measures it. ``usage`` is None when not reported.
     ``upstream_id``/``upstream_url`` and the ids are as in :class:`ChatResult`.
+    ``tool_calls`` holds the reply's tool calls merged from their deltas (OpenAI's message
+    shape), or None when it made none.
     """
 
     finish_reason: str | None
@@ -112,6 +114,7 @@ class ChatDone(msgspec.Struct, kw_only=True, tag="done"):
     request_id: str | None = None
     upstream_request_id: str | None = None
     response_id: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 StreamEvent = ChatDelta | ChatDone

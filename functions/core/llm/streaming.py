@@ -36,6 +36,55 @@ _DONE = b"[DONE]"
 MAX_DRAIN_S = 1.0
 
 
+class ToolCallParts:
+    """A reply's tool calls as their stream deltas arrive, merged by ``index``.
+
+    vLLM sends a call's ``id``, ``type`` and ``function.name`` once, in its first delta,
+    then its ``function.arguments`` in fragments (the shape of ``DeltaToolCall``). A caller
+    that may be cut short holds its own instance, so the calls received so far (their
+    arguments possibly unfinished) survive an error or a cancellation.
+    """
+
+    __slots__ = ("_arguments", "_calls")
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, Any]] = {}
+        self._arguments: dict[int, list[str]] = {}
+
+    def add(self, deltas: list[dict[str, Any]]) -> None:
+        """Merge one chunk's ``delta.tool_calls``."""
+        for delta in deltas:
+            index = delta.get("index", 0)
+            function = delta.get("function") or {}
+            call = self._calls.get(index)
+            if call is None:
+                call = self._calls[index] = {
+                    "id": delta.get("id"),
+                    "type": delta.get("type") or "function",
+                    "function": {"name": function.get("name") or "", "arguments": ""},
+                }
+                self._arguments[index] = []
+            else:
+                # Sent once by vLLM; taken from a later delta only if the first lacked it.
+                if call["id"] is None and delta.get("id"):
+                    call["id"] = delta["id"]
+                if not call["function"]["name"] and function.get("name"):
+                    call["function"]["name"] = function["name"]
+            if arguments := function.get("arguments"):
+                self._arguments[index].append(arguments)
+
+    def calls(self) -> list[dict[str, Any]] | None:
+        """The calls so far in index order, OpenAI's message shape; None when there are none."""
+        if not self._calls:
+            return None
+        merged: list[dict[str, Any]] = []
+        for index in sorted(self._calls):
+            call = self._calls[index]
+            function = {**call["function"], "arguments": "".join(self._arguments[index])}
+            merged.append({**call, "function": function})
+        return merged
+
+
 class StreamTimeouts(msgspec.Struct, frozen=True):
     """The stream's limits in seconds; ``started`` is the event-loop time of the call."""
 
@@ -49,9 +98,11 @@ class ChatStreamReader:
     """Turns one streaming response into parsed events and the final stream facts.
 
     After :meth:`read` has returned with :attr:`finished` set, ``finish_reason``, ``usage``,
-    ``model``, ``response_id`` and ``ttft_ms`` are final, and :attr:`text` is the whole
-    answer. Errors are raised as :class:`LLMError` subclasses carrying the text received
-    so far.
+    ``model``, ``response_id`` and ``ttft_ms`` are final, :attr:`text` is the whole
+    answer and :attr:`tool_calls` its tool calls. Every choice's deltas are read as one
+    reply: the client asks for one choice (``n`` is refused in a configuration's extra
+    fields), so only choice 0 exists. Errors are raised as :class:`LLMError` subclasses
+    carrying the text received so far.
     """
 
     def __init__(
@@ -63,6 +114,7 @@ class ChatStreamReader:
         details: dict[str, Any],
         model: str,
         parts: list[str] | None = None,
+        tool_calls: ToolCallParts | None = None,
     ) -> None:
         # One call per chunk: the transport's own reader when it has one (see
         # ``transport.READ_CHUNK``), else httpx's raw iterator.
@@ -80,6 +132,8 @@ class ChatStreamReader:
         self._details = details
         # The text as it arrives; a caller may hand its own list to hold it.
         self._parts: list[str] = [] if parts is None else parts
+        # The tool calls as they arrive; likewise a caller's own, to keep them on a cut.
+        self.tool_calls = ToolCallParts() if tool_calls is None else tool_calls
         self.payloads: list[bytes] = []
         self.model = model
         self.response_id: str | None = None
@@ -150,6 +204,7 @@ class ChatStreamReader:
         events: list[StreamChunk] = []
         decode = stream_chunk_decoder.decode
         keep = self._parts.append
+        add_calls = self.tool_calls.add
         for data in payloads:
             if data == _DONE:
                 self.finished = True
@@ -168,8 +223,11 @@ class ChatStreamReader:
             for choice in event.choices:
                 if choice.finish_reason is not None:
                     self.finish_reason = choice.finish_reason
-                if text := choice.delta.content:
+                delta = choice.delta
+                if text := delta.content:
                     keep(text)
+                if delta.tool_calls:
+                    add_calls(delta.tool_calls)
             events.append(event)
         if events:
             self._note_stream_facts(events)

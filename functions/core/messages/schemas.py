@@ -90,6 +90,8 @@ class Exchange(Output, kw_only=True):
     model: str | None
     # The process generating the reply (its lease), which alone may finish it.
     instance_id: uuid.UUID | None = None
+    # The key the exchange is charged to (the conversation's owner): the usage ledger's.
+    owner: uuid.UUID | None = None
 
     @property
     def user_message(self) -> MessageOut:
@@ -98,10 +100,14 @@ class Exchange(Output, kw_only=True):
 
 
 class ReplyOutcome(msgspec.Struct, kw_only=True):
-    """How a model call ended, to be written onto the pending assistant message."""
+    """How a model call ended, to be written onto the pending assistant message (and into
+    the usage ledger). ``tool_calls``: the reply's tool calls, whole or, for a reply cut
+    short, as far as they arrived; ``upstream``: the vLLM server that answered (its URL
+    without credentials), for the ledger."""
 
     status: Status
     content: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
     model: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -111,3 +117,4 @@ class ReplyOutcome(msgspec.Struct, kw_only=True):
     error_code: str | None = None
     error_message: str | None = None
     upstream_request_id: str | None = None
+    upstream: str | None = None

@@ -3,7 +3,8 @@
 A send is two short writes around the model call: the claim
 (:mod:`functions.core.messages.claim`) stores the new turns and a ``pending`` reply;
 :func:`finish_exchange` writes the outcome (``complete``, ``failed`` or ``cancelled``)
-onto that reply. Nothing is held open while the model runs.
+onto that reply, and its row in the usage ledger. Nothing is held open while the model
+runs.
 """
 
 from __future__ import annotations
@@ -11,7 +12,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+from piccolo.engine.postgres import PostgresEngine
+
 from functions.core.conversations.service import not_found
+from functions.core.db.engine import atomic, current_engine
 from functions.core.db.sql import fetch, json_column, page_end, size_sql
 from functions.core.db.tables import Conversation, Message
 from functions.core.errors import ConflictError, NotFoundError
@@ -189,12 +194,56 @@ _MESSAGE_COLUMNS = (
 
 
 # Constant column names; every value goes in as a parameter.
-_FINISH_SQL = (
-    "UPDATE message SET status = {}, content = {}, model = COALESCE({}, model), "  # noqa: S608
-    "prompt_tokens = {}, completion_tokens = {}, latency_ms = {}, ttft_ms = {}, "
-    "finish_reason = {}, error_code = {}, error_message = {}, upstream_request_id = {}, "
-    "completed_at = {} WHERE id = {} AND (status = 'pending' OR (status = 'failed' AND "
-    "error_code = 'interrupted' AND owner_instance = {})) RETURNING " + _MESSAGE_COLUMNS
+_FINISH_UPDATE = (
+    "UPDATE message SET status = {}, content = {}, tool_calls = {}, "  # noqa: S608
+    "model = COALESCE({}, model), prompt_tokens = {}, completion_tokens = {}, "
+    "latency_ms = {}, ttft_ms = {}, finish_reason = {}, error_code = {}, error_message = {}, "
+    "upstream_request_id = {}, completed_at = {} WHERE id = {} AND (status = 'pending' OR "
+    "(status = 'failed' AND error_code = 'interrupted' AND owner_instance = {})) "
+    "RETURNING " + _MESSAGE_COLUMNS
+)
+# The usage ledger's row for the finished reply ``r``, from the reply itself and the
+# outcome's owner, configuration and upstream (parameters, in that order). An outcome kept
+# by an older process carries no owner: the conversation's is its owner then.
+_LEDGER_COLUMNS = (
+    "id, owner_key, conversation, llm_config, config_name, config_version, model, upstream, "
+    "status, error_code, error_message, prompt_tokens, completion_tokens, ttft_ms, "
+    "latency_ms, asked_at, finished_at"
+)
+
+
+def _ledger_values(*, postgres: bool) -> str:
+    # PostgreSQL cannot infer a parameter's type inside COALESCE with a subquery: cast it.
+    uuid_, text, integer = ("::uuid", "::text", "::integer") if postgres else ("", "", "")
+    # Constant SQL: every value is a parameter.
+    return (
+        f"r.id, COALESCE({{}}{uuid_}, "  # noqa: S608
+        "(SELECT c.owner_key FROM conversation c WHERE c.id = r.conversation)), "
+        "r.conversation, r.llm_config, "
+        f"COALESCE({{}}{text}, (SELECT l.name FROM llm_config l WHERE l.id = r.llm_config)), "
+        f"COALESCE({{}}{integer}, "
+        "(SELECT l.version FROM llm_config l WHERE l.id = r.llm_config)), "
+        "r.model, {}, r.status, r.error_code, r.error_message, r.prompt_tokens, "
+        "r.completion_tokens, r.ttft_ms, r.latency_ms, r.created_at, r.completed_at"
+    )
+
+
+# A reply finished after a sweep retired it replaces what the ledger held for it: one row
+# per exchange, its last outcome.
+_LEDGER_UPSERT = " ON CONFLICT (id) DO UPDATE SET " + ", ".join(
+    f"{column} = excluded.{column}" for column in _LEDGER_COLUMNS.split(", ")[1:]
+)
+# PostgreSQL: the outcome and its ledger row in one statement (a data-modifying CTE), so
+# one round trip and atomic without a transaction. SQLite has no DML in a CTE: there the
+# ledger row is a second statement in the same transaction, reading the updated reply.
+_PG_FINISH_SQL = (
+    f"WITH r AS ({_FINISH_UPDATE}), ledger AS ("  # noqa: S608
+    f"INSERT INTO usage_ledger ({_LEDGER_COLUMNS}) "
+    f"SELECT {_ledger_values(postgres=True)} FROM r{_LEDGER_UPSERT}) SELECT * FROM r"
+)
+_SQLITE_LEDGER_SQL = (
+    f"INSERT INTO usage_ledger ({_LEDGER_COLUMNS}) "  # noqa: S608
+    f"SELECT {_ledger_values(postgres=False)} FROM message r WHERE r.id = {{}}{_LEDGER_UPSERT}"
 )
 
 
@@ -204,22 +253,27 @@ async def finish_exchange(
     *,
     config: ConfigRef | None = None,
     owner_instance: uuid.UUID | None = None,
+    owner: uuid.UUID | None = None,
 ) -> MessageOut:
-    """Write how the model call ended onto the pending assistant message, once.
+    """Write how the model call ended onto the pending assistant message, once, and its
+    row in the usage ledger (which deleting the conversation leaves in place) with it.
 
     ``config`` (the version that produced the reply) saves a lookup when the caller has it.
     ``owner_instance``, the process generating the reply, may also finish it after a sweep
     retired it as interrupted (its lease lapsed while the database was out of reach, but
     the process lived and has the answer): the answer is kept, not thrown away.
+    ``owner``: the key charged (None: the conversation's owner).
     """
     if outcome.status == "pending":
         raise ValueError("an outcome must end the message")
     now = datetime.now(UTC)
-    # One statement, so atomic without an explicit transaction: one round trip.
-    updated = await fetch(
-        _FINISH_SQL,
+    tool_calls = (
+        None if outcome.tool_calls is None else msgspec.json.encode(outcome.tool_calls).decode()
+    )
+    finish = (
         outcome.status,
         outcome.content,
+        tool_calls,
         outcome.model,
         outcome.prompt_tokens,
         outcome.completion_tokens,
@@ -233,6 +287,19 @@ async def finish_exchange(
         message_id,
         owner_instance,
     )
+    ledger = (
+        owner,
+        config.name if config is not None else None,
+        config.version if config is not None else None,
+        outcome.upstream,
+    )
+    if isinstance(current_engine(), PostgresEngine):
+        updated = await fetch(_PG_FINISH_SQL, *finish, *ledger)
+    else:
+        async with atomic():
+            updated = await fetch(_FINISH_UPDATE, *finish)
+            if updated:
+                await fetch(_SQLITE_LEDGER_SQL, *ledger, message_id)
     if not updated:
         raise ConflictError(f"message {message_id} is not pending")
     row = updated[0]

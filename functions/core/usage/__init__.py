@@ -1,2 +1,2 @@
 """Usage: traffic, tokens, latency and errors of the gateway's replies over time, per
-configuration and model, aggregated from the stored history (``service.usage_report``)."""
+configuration and model, aggregated from the usage ledger (``service.usage_report``)."""

@@ -1,10 +1,12 @@
-"""How the gateway was used: its replies counted, timed and grouped, straight from history.
+"""How the gateway was used: its replies counted, timed and grouped, from the usage ledger.
 
-A reply is an assistant message the gateway generated (it names a model; a turn a client
-sent is stored without one), counted at the time it was asked (``created_at``). Replies
-are grouped by time bucket (an hour or a day, in UTC), configuration name and model:
-counts by status, distinct conversations, tokens, and the latency and time to first token
-of the completed ones (mean, p50, p95). Errors are counted by code.
+A finished reply is a row of the usage ledger (``usage_ledger``, written with its outcome
+and kept when its conversation is deleted, so a key cannot erase its usage); a reply still
+being generated is its pending message. Each is counted at the time it was asked
+(``asked_at``, the reply's ``created_at``). Replies are grouped by time bucket (an hour or
+a day, in UTC), configuration name and model: counts by status, distinct conversations,
+tokens, and the latency and time to first token of the completed ones (mean, p50, p95).
+Errors are counted by code.
 
 The database aggregates: on PostgreSQL in one statement per grouping (``percentile_cont``
 for the percentiles); SQLite has no percentile aggregate, so there the completed replies'
@@ -29,11 +31,21 @@ from functions.core.usage.schemas import Bucket, ErrorCount, UsageReport, UsageR
 if TYPE_CHECKING:
     import uuid
 
-_FROM = (
-    " FROM message m JOIN conversation c ON c.id = m.conversation"
-    " LEFT JOIN llm_config l ON l.id = m.llm_config"
-    " WHERE m.role = 'assistant' AND m.model IS NOT NULL"
-    " AND m.created_at >= {} AND m.created_at < {}"
+# The replies asked for in a window, under one shape (``m``): the ledger's finished ones and
+# the pending ones (not in the ledger until they finish). ``owner`` filters both.
+_LEDGER = (
+    "SELECT u.asked_at AS created_at, u.owner_key, u.conversation, u.config_name AS config, "
+    "u.model, u.status, u.prompt_tokens, u.completion_tokens, u.latency_ms, u.ttft_ms, "
+    "u.error_code, u.error_message FROM usage_ledger u "
+    "WHERE u.asked_at >= {} AND u.asked_at < {}"
+)
+_PENDING = (
+    "SELECT p.created_at, c.owner_key, p.conversation, l.name AS config, p.model, p.status, "
+    "p.prompt_tokens, p.completion_tokens, p.latency_ms, p.ttft_ms, p.error_code, "
+    "p.error_message FROM message p JOIN conversation c ON c.id = p.conversation "
+    "LEFT JOIN llm_config l ON l.id = p.llm_config "
+    "WHERE p.status = 'pending' AND p.role = 'assistant' AND p.model IS NOT NULL "
+    "AND p.created_at >= {} AND p.created_at < {}"
 )
 _COUNTS = (
     "count(*) AS replies, "
@@ -73,8 +85,19 @@ def _bucket_sql(bucket: Bucket | None, *, postgres: bool) -> str:
     return "substr(m.created_at, 1, 10) || ' 00:00:00'"
 
 
-def _filters(owner: uuid.UUID | None) -> str:
-    return " AND c.owner_key = {}" if owner is not None else ""
+def _from(owner: uuid.UUID | None) -> str:
+    """The FROM clause over the window's replies; its parameters are :func:`_args`'."""
+    if owner is None:
+        return f" FROM ({_LEDGER} UNION ALL {_PENDING}) m WHERE true"
+    return (
+        f" FROM ({_LEDGER} AND u.owner_key = {{}} UNION ALL {_PENDING} AND c.owner_key = {{}})"
+        " m WHERE true"
+    )
+
+
+def _args(since: datetime, until: datetime, owner: uuid.UUID | None) -> list[Any]:
+    window = [since, until] if owner is None else [since, until, owner]
+    return [*window, *window]
 
 
 async def usage_report(
@@ -92,15 +115,14 @@ async def usage_report(
     since, until = _utc(since, "since"), _utc(until or datetime.now(UTC), "until")
     if until <= since:
         raise InvalidInputError("until must be after since", details={"field": "until"})
-    args: list[Any] = [since, until, *([owner] if owner is not None else [])]
+    args = _args(since, until, owner)
     rows = await _aggregate(bucket, since, owner, args)
     totals = await _aggregate(None, since, owner, args)
     errors = await fetch(
-        "SELECT l.name AS config, m.model AS model, m.error_code AS error_code, "
+        "SELECT m.config AS config, m.model AS model, m.error_code AS error_code, "
         "count(*) AS count, max(m.created_at) AS last_seen, max(m.error_message) AS example"
-        + _FROM
-        + _filters(owner)
-        + " AND m.error_code IS NOT NULL GROUP BY l.name, m.model, m.error_code"
+        + _from(owner)
+        + " AND m.error_code IS NOT NULL GROUP BY m.config, m.model, m.error_code"
         " ORDER BY count(*) DESC, m.error_code",
         *args,
     )
@@ -129,11 +151,11 @@ async def _aggregate(
 ) -> list[UsageRow]:
     postgres = isinstance(current_engine(), PostgresEngine)
     start = _bucket_sql(bucket, postgres=postgres)
-    select = f"SELECT {start} AS start, l.name AS config, m.model AS model, {_COUNTS}"
+    select = f"SELECT {start} AS start, m.config AS config, m.model AS model, {_COUNTS}"
     if postgres:
         select += ", " + _PERCENTILES
     grouped = await fetch(
-        select + _FROM + _filters(owner) + " GROUP BY 1, l.name, m.model ORDER BY 1, 2, 3",
+        select + _from(owner) + " GROUP BY 1, m.config, m.model ORDER BY 1, 2, 3",
         *args,
     )
     timings = {} if postgres else await _timings(start, owner, args)
@@ -180,10 +202,9 @@ async def _timings(
 ) -> dict[Key, tuple[list[float], list[float]]]:
     """Latencies and times to first token of the completed replies, per group (SQLite)."""
     rows = await fetch(
-        f"SELECT {start} AS start, l.name AS config, m.model AS model, "
+        f"SELECT {start} AS start, m.config AS config, m.model AS model, "
         "m.latency_ms AS latency_ms, m.ttft_ms AS ttft_ms"
-        + _FROM
-        + _filters(owner)
+        + _from(owner)
         + " AND m.status = 'complete'",
         *args,
     )

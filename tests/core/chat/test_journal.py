@@ -326,8 +326,11 @@ async def test_replay_writes_each_outcome_once_even_when_done_twice(
     ``interrupted`` a sweep left; a replay cut short (the file copied back as it was)
     lands nothing twice and fails nothing."""
     database = "journal-replay"
-    waiting = [(await _pending(f"question {i}"))[1] for i in range(3)]
+    parties, waiting = zip(*[await _pending(f"question {i}") for i in range(3)], strict=True)
     entries = [_entry_of(one, f"answer {i}") for i, one in enumerate(waiting)]
+    # A journal written since the ledger names the key charged; an older one does not
+    # (the conversation's owner is charged then).
+    entries[0].owner = parties[0].owner
     path = _dead_journal(tmp_path, database, entries)
     before = path.read_bytes()
     # The dead process's replies, retired by a sweep before the replay (as the sweep
@@ -357,6 +360,18 @@ async def test_replay_writes_each_outcome_once_even_when_done_twice(
     ]
     assert os.listdir(tmp_path) == []
     assert await replayer.replay_orphans() == 0
+    # One ledger row per exchange, however often its outcome was replayed.
+    ledger = await fetch(
+        "SELECT id, owner_key, conversation, status, prompt_tokens, completion_tokens "
+        "FROM usage_ledger ORDER BY prompt_tokens"
+    )
+    assert sorted((str(row["id"]), str(row["owner_key"])) for row in ledger) == sorted(
+        (str(one.assistant_message.id), str(party.owner))
+        for party, one in zip(parties, waiting, strict=True)
+    )
+    assert {(row["status"], row["prompt_tokens"], row["completion_tokens"]) for row in ledger} == {
+        ("complete", 3, 4)
+    }
 
 
 async def test_replay_never_overwrites_a_reply_that_ended_otherwise(

@@ -360,7 +360,7 @@ class WriteBlocker:
         while time.monotonic() < deadline:
             waiting = await self._pg.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock' AND query LIKE 'UPDATE message SET status%'"
+                "AND wait_event_type = 'Lock' AND query LIKE '%UPDATE message SET status%'"
             )
             if waiting:
                 return

@@ -1,4 +1,9 @@
-"""Usage over time on both engines, against numbers computed here from the seeded rows."""
+"""Usage over time on both engines, against numbers computed here from the seeded rows.
+
+The history is seeded as message rows and carried into the usage ledger by the
+migration's backfill, as a database upgraded with that history would be: the report reads
+the ledger (finished replies) and the pending messages.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,10 @@ import numpy as np
 import pytest
 from piccolo.engine.base import Engine
 
+from functions.core.db.piccolo_migrations.core_2026_12_07t19_01_00_usage_ledger_backfill import (
+    BACKFILL,
+)
+from functions.core.db.sql import fetch
 from functions.core.errors import InvalidInputError
 from functions.core.usage.service import usage_report
 from tests.core.exports.conftest import (
@@ -98,6 +107,7 @@ async def seed() -> tuple[History, list[dict[str, Any]]]:
     await exchange(
         first, T0 + 5 * H, config=prod, name="prod", model="sim-model", latency_ms=9999.0
     )
+    await fetch(BACKFILL)
     return history, replies
 
 
