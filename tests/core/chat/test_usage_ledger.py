@@ -8,10 +8,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from functions.core.chat.exchanges import Exchanges
 from functions.core.chat.schemas import MessageStarted, ReplyDelta, ReplyFailed
 from functions.core.chat.service import ChatService
 from functions.core.db.sql import fetch
-from functions.core.messages.schemas import MessageOut
+from functions.core.liveness.service import sweep_interrupted
+from functions.core.messages import service as messages
+from functions.core.messages.schemas import MessageOut, ReplyOutcome
 from functions.core.usage.service import usage_report
 from tests.core.chat.conftest import LONG_STREAM, MODEL, MakeClient, Party, new_party, stored_of
 from tests.core.llm.conftest import Faults
@@ -111,3 +114,30 @@ async def test_failed_and_cancelled_exchanges_are_accounted_as_they_ended(
         ("cancelled", 1),
         ("llm_error", 1),
     ]
+
+
+async def test_a_retired_reply_is_accounted_until_its_owner_finishes_it(db: object) -> None:
+    """A reply a sweep retires as interrupted (its process looked gone) is in the ledger at
+    once; if its process was alive after all and writes the outcome, that outcome replaces
+    the row: one row per exchange, its last outcome."""
+    party = await new_party()
+    exchange = await Exchanges(busy_timeout_s=0).begin(party.says("are you there?"))
+    reply_id = exchange.assistant_message.id
+    later = datetime.now(UTC) + timedelta(days=1)  # past every reply's bound
+    [retired] = await sweep_interrupted(bound=timedelta(0), now=later)
+    assert retired.message_id == reply_id
+
+    [row] = (await ledger_of(party)).values()
+    charged(row, await messages.get_message(reply_id), party)
+    assert (row["status"], row["error_code"], row["upstream"]) == ("failed", "interrupted", None)
+
+    late = ReplyOutcome(
+        status="complete", content="yes", model=MODEL, prompt_tokens=5, completion_tokens=2,
+        latency_ms=30.0, ttft_ms=10.0, finish_reason="stop", upstream="http://vllm:8000/v1",
+    )  # fmt: skip
+    finished = await messages.finish_exchange(
+        reply_id, late, owner_instance=exchange.instance_id, owner=party.owner
+    )
+    [row] = (await ledger_of(party)).values()
+    charged(row, finished, party)
+    assert row["upstream"] == "http://vllm:8000/v1"
