@@ -145,10 +145,18 @@ async def create_conversation(
 @get("/", summary="Your conversations, most recent first", responses=errors())
 async def list_conversations(
     principal: NamedDependency[Principal],
+    request: Request[Any, Any, Any],
     limit: Annotated[int, QueryParameter(ge=1, le=200, description="Page size")] = 50,
     cursor: Cursor = None,
 ) -> Page[ConversationOut]:
-    return await conversations.list_conversations(principal.key_id, limit=limit, cursor=cursor)
+    """At most ``limit`` conversations and about SWITCHBOARD_MAX_PAGE_BYTES of them (always at
+    least one); ``next_cursor`` says there is more."""
+    return await conversations.list_conversations(
+        principal.key_id,
+        limit=limit,
+        cursor=cursor,
+        max_bytes=settings_of(request.app.state).max_page_bytes,
+    )
 
 
 @get("/{conversation_id:str}", summary="Get a conversation", responses=errors(404))

@@ -428,6 +428,25 @@ async def test_a_page_is_bounded_by_the_bytes_it_sends_not_those_stored(
     assert all(sum(m["content"] == ESCAPED for m in page) <= 1 for page in pages)
 
 
+async def test_a_page_of_conversations_is_bounded_by_the_bytes_it_sends(
+    inprocess: InProcessGateway,
+) -> None:
+    """A title and metadata of escaped characters: about 7 kB sent each, never two in a
+    page of 8 KiB, and the cursor still reaches every one."""
+    await world(inprocess)
+    created = []
+    for index in range(5):
+        body = {"title": ESCAPED[:500], "metadata": {"note": ESCAPED[:700], "n": index}}
+        response = await inprocess.admin.post("/v1/conversations", json=body)
+        assert response.status_code == 201, response.text
+        created.append(response.json()["id"])
+    pages = await pages_sent(inprocess, "/v1/conversations")
+    listed = [c["id"] for page in pages for c in page]
+    assert set(created) <= set(listed), (created, listed)
+    assert len(listed) == len(set(listed))
+    assert all(sum(c["id"] in created for c in page) <= 1 for page in pages)
+
+
 @pytest.mark.parametrize("listing", ["versions", "configs"])
 async def test_a_page_of_configurations_is_bounded_by_the_bytes_it_sends(
     inprocess: InProcessGateway, listing: str

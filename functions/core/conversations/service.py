@@ -21,7 +21,7 @@ from functions.core.conversations.schemas import (
 )
 from functions.core.db.tables import Conversation
 from functions.core.errors import InvalidInputError, NotFoundError
-from functions.core.schemas import Page, decode_cursor, encode_cursor
+from functions.core.schemas import Page, bounded_page, decode_cursor, encode_cursor
 
 MAX_METADATA_BYTES = 16 * 1024
 MAX_PAGE_SIZE = 200
@@ -98,9 +98,17 @@ async def get_conversation(owner: uuid.UUID, conversation_id: uuid.UUID) -> Conv
 
 
 async def list_conversations(
-    owner: uuid.UUID, *, limit: int = 50, cursor: str | None = None
+    owner: uuid.UUID,
+    *,
+    limit: int = 50,
+    cursor: str | None = None,
+    max_bytes: int | None = None,
 ) -> Page[ConversationOut]:
-    """The owner's conversations, most recently active first."""
+    """The owner's conversations, most recently active first: at most ``limit``, and when
+    ``max_bytes`` is given, at most about that much JSON (always at least one).
+
+    A row is bounded (title, metadata), so ``limit + 1`` rows are read whole; the page is
+    then cut by what it sends (:func:`bounded_page`)."""
     limit = max(1, min(limit, MAX_PAGE_SIZE))
     query = Conversation.select(*_COLUMNS).where(Conversation.owner_key == owner)
     if cursor is not None:
@@ -115,11 +123,14 @@ async def list_conversations(
         .output(load_json=True)
     )
     items = msgspec.convert(rows[:limit], list[ConversationOut])
-    next_cursor = None
-    if len(rows) > limit:
-        last = items[-1]
-        next_cursor = encode_cursor("conversations", last.updated_at, last.id)
-    return Page(data=items, next_cursor=next_cursor)
+    more = len(rows) > limit
+    if max_bytes is not None:
+        return bounded_page(items, more=more, max_bytes=max_bytes, cursor=_cursor)
+    return Page(data=items, next_cursor=_cursor(items[-1]) if more else None)
+
+
+def _cursor(last: ConversationOut) -> str:
+    return encode_cursor("conversations", last.updated_at, last.id)
 
 
 async def update_conversation(
