@@ -12,7 +12,7 @@ PORT ?=
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install dev test lint format bench clean
+.PHONY: install dev test lint format docs bench clean
 
 # Two stamps: `make dev` needs only the base package; tests, lint and CI need every extra.
 # Installing every extra also satisfies the base, so `make dev` after `make test` installs
@@ -39,7 +39,8 @@ dev: $(BIN)/.installed-base  ## migrate the embedded database, start a simulator
 test: install  ## the whole suite against a real PostgreSQL (found or started) and SQLite
 	scripts/with-postgres.sh $(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
-lint: install
+# The docs are built strictly here, so CI (which runs `make lint`) fails on a broken link.
+lint: install docs
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -47,6 +48,9 @@ lint: install
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+docs: install  ## the reference in docs/ as a site in build/docs (a broken link or anchor fails)
+	$(BIN)/mkdocs build
 
 bench: install  ## gateway overhead vs the upstream, in one run (see bench/README.md)
 	scripts/with-postgres.sh $(BIN)/python -m bench.bench_gateway
