@@ -29,6 +29,7 @@ from functions.core.keys.schemas import ApiKeyCreate
 from tests.support.cluster import PostgresCluster
 from tests.support.gateway import GatewayProcess
 from tests.support.simulator import SimulatorProcess
+from tests.support.timing import scaled
 
 SLOW_MODEL = "slow-model"
 HANG_MODEL = "hang-model"
@@ -279,7 +280,9 @@ async def sends_in_flight(
 
 
 async def wait_until(predicate: Any, *, within: float, interval: float = 0.05) -> float:
-    """Await ``predicate()`` until it is true; return how long that took."""
+    """Await ``predicate()`` until it is true; return how long that took (``within``: on a
+    quiet machine, stretched by :func:`scaled` on this one)."""
+    within = scaled(within)
     started = time.monotonic()
     while not await predicate():
         if time.monotonic() - started > within:
