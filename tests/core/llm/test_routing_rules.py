@@ -1,0 +1,134 @@
+"""Routing rules that load and rotation alone would satisfy by chance, tested where they decide.
+
+With two idle upstreams, the pool's rotation already sends a retry to the other one, so a
+test of "a retry avoids the upstream it tried" must make the tried upstream the one that
+rotation and load would pick; each test here fails when its rule is taken out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from functions.core.llm.client import LLMClient
+from functions.core.llm.errors import LLMOverloadedError, LLMUnavailableError
+from functions.core.llm.schemas import ChatDelta
+from functions.core.llm.transport import build_http_client
+from functions.core.llm.upstreams import UpstreamPool
+from tests.core.llm.conftest import LONG_STREAM, Faults, MakeClient, chat_request, llm_settings
+from tests.core.llm.scripted_server import closed_port_url
+from tests.support.simulator import SimulatorProcess
+
+A, B, C = "http://a:8000/v1", "http://b:8000/v1", "http://c:8000/v1"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_pool(*urls: str, cap: int = 4, clock: Clock | None = None) -> UpstreamPool:
+    pool = UpstreamPool(
+        urls or (A, B), max_in_flight=cap, eject_after=2, cooldown_s=5.0, clock=clock or Clock()
+    )
+    for upstream in pool.upstreams:
+        pool.set_models(upstream, ["m"])
+    return pool
+
+
+def test_avoid_wins_over_least_loaded() -> None:
+    pool = make_pool()
+    a, b = pool.upstreams
+    pool.acquire("m", avoid=[a])  # b is now the busier one
+    for _ in range(3):
+        lease = pool.acquire("m", avoid=[a])
+        assert lease.upstream is b
+        pool.release(lease)
+    assert pool.acquire("m").upstream is a  # without avoid, the least loaded
+
+
+def test_avoided_upstreams_are_used_when_nothing_else_is_left() -> None:
+    pool = make_pool(A)
+    (a,) = pool.upstreams
+    assert pool.acquire("m", avoid=[a]).upstream is a
+    pool = make_pool(A, B)
+    a, b = pool.upstreams
+    assert pool.acquire("m", avoid=[a, b]).upstream in (a, b)
+
+
+def test_avoid_keeps_to_the_least_loaded_among_the_untried() -> None:
+    pool = make_pool(A, B, C)
+    a, b, c = pool.upstreams
+    for _ in range(2):
+        pool.acquire("m", avoid=[a, c])
+    assert b.in_flight == 2
+    for _ in range(4):
+        lease = pool.acquire("m", avoid=[a])
+        assert lease.upstream is c
+        pool.release(lease)
+
+
+def test_avoid_does_not_reach_a_full_or_ejected_upstream() -> None:
+    clock = Clock()
+    pool = make_pool(A, B, cap=1, clock=clock)
+    a, b = pool.upstreams
+    pool.acquire("m", avoid=[a])
+    assert b.in_flight == 1  # b is full
+    assert pool.acquire("m", avoid=[a]).upstream is a  # the avoided one, not the full one
+    with pytest.raises(LLMOverloadedError):
+        pool.acquire("m", avoid=[a])
+    pool = make_pool(A, B, clock=clock)
+    a, b = pool.upstreams
+    pool.record_failure(b)
+    pool.record_failure(b)  # ejected for the cooldown
+    assert pool.acquire("m", avoid=[a]).upstream is a
+    pool.mark_down(a.id)
+    with pytest.raises(LLMUnavailableError):
+        pool.acquire("m", avoid=[a])
+
+
+async def test_a_retry_goes_to_the_untried_upstream_even_when_it_is_busier(
+    make_client: MakeClient, fresh: SimulatorProcess, faults: Faults
+) -> None:
+    """The refused upstream stays the least loaded (the live one holds a stream); with one
+    retry allowed, only avoiding the upstream already tried gets an answer."""
+    dead = closed_port_url()
+    client = make_client(dead, fresh.base_url, llm_max_retries=1, llm_eject_after_failures=10)
+    faults.add(LONG_STREAM, times=1)
+    held = client.stream_chat(chat_request(model=None))
+    try:
+        first = await anext(held)
+        assert isinstance(first, ChatDelta)
+        live = client.stats().upstreams[1]
+        assert live.in_flight == 1
+        for _ in range(3):
+            result = await client.chat(chat_request(model=None))
+            assert result.upstream_url == fresh.base_url
+        assert client.stats().upstreams[0].connect_failures_total == 3
+    finally:
+        await held.aclose()
+
+
+async def test_a_retry_on_an_untried_upstream_does_not_wait(fresh: SimulatorProcess) -> None:
+    """The backoff is for trying the same upstream again; going elsewhere is immediate."""
+    settings = llm_settings(closed_port_url(), fresh.base_url, llm_eject_after_failures=10)
+    # A backoff no test could sit out: only skipping it answers within the bound below.
+    client = LLMClient(
+        build_http_client(settings),
+        settings,
+        owns_http=True,
+        retry_backoff_s=60.0,
+        retry_backoff_max_s=60.0,
+    )
+    loop = asyncio.get_running_loop()
+    async with client:
+        for _ in range(4):
+            started = loop.time()
+            result = await client.chat(chat_request(model=None))
+            assert result.upstream_url == fresh.base_url
+            assert loop.time() - started < 20.0
+        assert client.stats().retries_total >= 1
