@@ -10,6 +10,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import yaml
 
 from functions.core.db.tables import ALL_TABLES
 from functions.core.settings import Settings, env_name
@@ -33,6 +34,15 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     built = build(CONFIG, site)
     assert built.returncode == 0, built.stderr
     return site
+
+
+def anchor_exists(site: Path, target: str) -> bool:
+    """Whether ``page.md#anchor`` (relative to docs/) is a built page with that anchor."""
+    page, _, anchor = target.partition("#")
+    html = site / Path(page).with_suffix(".html")
+    if not page.endswith(".md") or not html.is_file():
+        return False
+    return not anchor or f'id="{anchor}"' in html.read_text(encoding="utf-8")
 
 
 class Assets(HTMLParser):
@@ -94,3 +104,17 @@ def test_the_data_model_names_every_table_and_counts_them() -> None:
     assert missing == [], f"tables missing from docs/data-model.md: {missing}"
     count = NUMBERS.split()[len(ALL_TABLES)]
     assert re.search(rf"\b{count} tables\b", page, re.IGNORECASE), f"not '{count} tables'"
+
+
+def test_every_alert_runbook_is_a_page_and_anchor_of_the_docs(site: Path) -> None:
+    rules = yaml.safe_load((REPO_ROOT / "monitoring/prometheus/rules/switchboard.yml").read_text())
+    runbooks = [
+        rule["annotations"]["runbook"]
+        for group in rules["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    ]
+    assert runbooks
+    broken = [url for url in runbooks if not url.startswith("docs/")]
+    broken += [url for url in runbooks if not anchor_exists(site, url.removeprefix("docs/"))]
+    assert broken == [], f"runbooks that lead nowhere: {sorted(set(broken))}"

@@ -1,4 +1,4 @@
-"""The runtime outside any web app: the README's script, run as a user would run it."""
+"""The runtime outside any web app: the script in docs/python.md, run as a user would run it."""
 
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ from tests.support.databases import (
 from tests.support.simulator import async_running_simulator
 
 MODEL = "script-model"
-README = Path(__file__).parents[2] / "README.md"
+PYTHON_PAGE = Path(__file__).parents[2] / "docs/python.md"
 
 
-def readme_example() -> str:
-    text = README.read_text()
+def python_page_example() -> str:
+    text = PYTHON_PAGE.read_text()
     marker = text.index("<!-- runtime-example")
     block = re.search(r"```python\n(.*?)```", text[marker:], re.S)
     assert block is not None
@@ -52,10 +52,10 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         await drop_postgres_database(url)
 
 
-async def test_the_readme_script_sends_and_stores_a_message(
+async def test_the_documented_script_sends_and_stores_a_message(
     database_url: str, tmp_path: Path
 ) -> None:
-    script = readme_example()
+    script = python_page_example()
     assert len(script.strip().splitlines()) <= 25  # short enough to read at a glance
     url = database_url
     async with async_running_simulator("--tokens", "5", "--model", MODEL) as sim:

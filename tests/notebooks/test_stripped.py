@@ -38,11 +38,11 @@ def test_committed_without_outputs(path: Path) -> None:
     assert "record_path" in code[0].source
 
 
-def test_the_readme_example_makes_out_and_git_ignores_what_it_writes() -> None:
-    """Executed notebooks hold real conversation text: they go to out/, which the README's
-    headless example creates before papermill writes there, and which git ignores."""
-    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    example = readme.split("# Headless:", 1)[1].split("```", 1)[0]
+def test_the_headless_example_makes_out_and_git_ignores_what_it_writes() -> None:
+    """Executed notebooks hold real conversation text: they go to out/, which the headless
+    example in docs/notebooks.md creates before papermill writes there, and which git ignores."""
+    page = (REPO_ROOT / "docs/notebooks.md").read_text(encoding="utf-8")
+    example = page.split("# Headless:", 1)[1].split("```", 1)[0]
     written = re.findall(r"\bout/[\w.-]+", example)
     assert written
     assert "mkdir -p out" in example
