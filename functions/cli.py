@@ -124,7 +124,7 @@ def echo_json(value: Any) -> None:
 def main() -> None:
     """Switchboard: a self-hosted LLM chat gateway for vLLM.
 
-    Settings come from SWITCHBOARD_* environment variables (or a .env file); see the README.
+    Settings come from SWITCHBOARD_* environment variables (or a .env file); see docs/settings.md.
     """
 
 
