@@ -37,9 +37,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # Orphans of the servers tests start stay this process's descendants, so the check
-    # below sees them; a cancelled run kills what it started before it ends.
-    process.adopt_orphans()
+    # A cancelled run kills what it started before it ends.
     if threading.current_thread() is threading.main_thread():
         process.kill_registered_on_sigterm()
 
@@ -53,7 +51,7 @@ def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
     config = session.config
     if config.pluginmanager.hasplugin("dsession"):
         return  # xdist's controller: its descendants are the workers themselves
-    leftovers = [process.describe(child) for child in process.leftover_descendants()]
+    leftovers = [process.describe(child) for child in process.leftovers()]
     if not leftovers:
         return
     process.kill_registered()

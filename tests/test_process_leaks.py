@@ -1,8 +1,8 @@
 """A process that outlives the tests fails the session, named, and is killed.
 
 An inner pytest session (in a process of its own, with this suite's ``tests/conftest.py``
-as a plugin) runs a test that leaves two processes behind: one it started in a session of
-its own, and an orphan whose parent exited before it. Both must be found, named in the
+as a plugin) runs a test that leaves two processes behind: a child it started by hand, and
+an orphan (its parent exited) in a session the helper started. Both must be found, named in the
 output, killed, and the session must fail, in one process and under pytest-xdist.
 """
 
@@ -22,11 +22,15 @@ LEAKY_TEST = """
 import subprocess
 import sys
 
+from tests.support import process
+
 SLEEP = [sys.executable, "-c", "import time; time.sleep(600)", "{marker}"]
 
 def test_leaves_processes_behind():
+    # A child, started by hand and never stopped.
     subprocess.Popen(SLEEP, start_new_session=True)
-    subprocess.run(["sh", "-c", '"$@" &', "sh", *SLEEP], check=True)
+    # An orphan: started through the helper by a shell that exits at once.
+    process.start(["sh", "-c", '"$@" &', "sh", *SLEEP]).wait()
 """
 
 

@@ -6,7 +6,8 @@ until it is stopped, so that what it started in turn (uvicorn's workers, a flow 
 subprocess) goes with it: :func:`start`, :func:`start_async` and :func:`run` are the only
 ways tests start processes. Whatever is still registered is killed at exit and on
 SIGTERM (:func:`kill_registered`), and ``tests/conftest.py`` fails the session if any
-descendant outlives it (:func:`leftover_descendants`).
+of them outlives it (:func:`leftovers`): a descendant, or an orphan still in one of the
+sessions started here (a session outlives its leader; orphans are not descendants).
 
 Waits are for a loaded machine (load 10-25 on 2 cores): generous, and stretched further by
 :func:`tests.support.timing.scaled`.
@@ -20,8 +21,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import ctypes
-import ctypes.util
 import http.client
 import os
 import shlex
@@ -42,7 +41,6 @@ from tests.support.timing import scaled
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
-PR_SET_CHILD_SUBREAPER = 36
 
 
 # Generous: a Python process importing the gateway on a machine at load 20 takes tens of
@@ -54,6 +52,8 @@ RUN_TIMEOUT_S = scaled(180.0)
 _LIVE: set[ServiceProcess] = set()
 # Process groups started here and not yet stopped: leader pid -> command, for the message.
 _GROUPS: dict[int, str] = {}
+# Every session started here, stopped or not: what is left in one is a leftover.
+_SESSIONS: set[int] = set()
 
 
 class ServiceStartError(RuntimeError):
@@ -64,15 +64,20 @@ def start(command: Sequence[str], **popen: Any) -> subprocess.Popen[Any]:
     """``subprocess.Popen(command, **popen)`` in a new session, registered until
     :func:`stop` or :func:`kill_group`."""
     process: subprocess.Popen[Any] = subprocess.Popen(command, start_new_session=True, **popen)
-    _GROUPS[process.pid] = shlex.join(command)
+    _register(process.pid, command)
     return process
 
 
 async def start_async(*command: str, **options: Any) -> asyncio.subprocess.Process:
     """``asyncio.create_subprocess_exec`` in a new session, registered like :func:`start`."""
     process = await asyncio.create_subprocess_exec(*command, start_new_session=True, **options)
-    _GROUPS[process.pid] = shlex.join(command)
+    _register(process.pid, command)
     return process
+
+
+def _register(leader: int, command: Sequence[str]) -> None:
+    _GROUPS[leader] = shlex.join(command)
+    _SESSIONS.add(leader)
 
 
 def kill_group(leader: int) -> None:
@@ -290,14 +295,22 @@ class ServiceProcess:
         self.close()
 
 
-def leftover_descendants() -> list[psutil.Process]:
-    """This process's live descendants (zombies are dead; they only wait to be reaped)."""
-    found = []
-    for child in psutil.Process().children(recursive=True):
+def leftovers() -> list[psutil.Process]:
+    """Live processes this one started: its descendants, and whatever is still in a
+    session started here, orphaned or not (zombies are dead: they only wait to be reaped)."""
+    me = os.getpid()
+    found = {child.pid: child for child in psutil.Process().children(recursive=True)}
+    if _SESSIONS:
+        for candidate in psutil.process_iter():
+            with contextlib.suppress(OSError, psutil.Error):
+                if candidate.pid != me and os.getsid(candidate.pid) in _SESSIONS:
+                    found.setdefault(candidate.pid, candidate)
+    alive = []
+    for candidate in found.values():
         with contextlib.suppress(psutil.Error):
-            if child.status() != psutil.STATUS_ZOMBIE:
-                found.append(child)
-    return found
+            if candidate.status() != psutil.STATUS_ZOMBIE:
+                alive.append(candidate)
+    return alive
 
 
 def describe(process: psutil.Process) -> str:
@@ -313,18 +326,10 @@ def kill_registered() -> None:
     short (a timeout, an interrupt) must not leave servers behind it."""
     for leader in list(_GROUPS):
         kill_group(leader)
-    for child in leftover_descendants():
+    for child in leftovers():
         with contextlib.suppress(psutil.Error):
             child.kill()
     _LIVE.clear()
-
-
-def adopt_orphans() -> None:
-    """Make this process the reaper of its descendants' orphans (Linux): a server whose
-    parent died stays a descendant, so :func:`leftover_descendants` still finds it."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
 def kill_registered_on_sigterm() -> None:
