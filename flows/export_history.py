@@ -28,13 +28,10 @@ from prefect.artifacts import acreate_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows import progress
-from flows.run_log import run_log
+from flows.runtime import flow_runtime
 from functions.core.exports.destinations import check_destination
 from functions.core.exports.schemas import ExportRequest, ExportResult, Selection
 from functions.core.exports.service import export_history as run_export
-from functions.core.flow_metrics import report_flow_run
-from functions.core.runtime import open_runtime
-from functions.core.settings import load_settings
 
 NAME = "export"
 ARTIFACT_KEY = "export-report"
@@ -153,32 +150,30 @@ async def export_history(
         owner: Only the conversations of this API key (its id).
         config: Only the conversations using this configuration (its name).
     """
-    settings = load_settings()
-    async with report_flow_run(settings, "export"):
-        # Before anything: a URL carrying a secret is refused, never retried, stored or logged
-        # (a failed run, so a deployment given one alerts).
+
+    def prepare(_: object) -> ExportRequest:
+        # Before anything is opened: a URL carrying a secret is refused, never retried,
+        # stored or logged (a failed run, so a deployment given one alerts).
         check_destination(out)
-        request = ExportRequest(
+        return ExportRequest(
             destination=out,
             format=format,
             full=full,
             selection=Selection(owner=owner, config=config, since=since, until=until),
         )
-        progress.plan(2)
-        with run_log() as log:
-            progress.step("opening the database")
-            async with open_runtime(settings, use_llm=False):
-                progress.step(f"exporting to {out}")
-                result = await export_task(request)
-            report = ExportReport.of(result)
-            await acreate_markdown_artifact(
-                key=ARTIFACT_KEY, markdown=report.markdown(), description="What the export wrote."
-            )
-            log.info(
-                "export.done",
-                destination=report.destination,
-                format=report.format,
-                messages=report.messages,
-                manifest=report.manifest,
-            )
-        return report
+
+    async with flow_runtime("export", steps=1, use_llm=False, prepare=prepare) as rt:
+        progress.step(f"exporting to {out}")
+        result = await export_task(rt.prepared)
+        report = ExportReport.of(result)
+        await acreate_markdown_artifact(
+            key=ARTIFACT_KEY, markdown=report.markdown(), description="What the export wrote."
+        )
+        rt.log.info(
+            "export.done",
+            destination=report.destination,
+            format=report.format,
+            messages=report.messages,
+            manifest=report.manifest,
+        )
+    return report

@@ -10,17 +10,17 @@ a real completion. One row per upstream goes to ``health_check``
 and stops (or resumes) sending to an upstream within seconds. Verdicts past
 ``SWITCHBOARD_HEALTH_RETENTION_DAYS`` are pruned.
 
-What a probe means (``ok``, ``degraded``, ``down``) is decided in core, once: a failed
-completion is reported as an error of the check, which makes a healthy upstream
-``degraded``.
+Thin over core: the probing is ``functions.core.health.probing`` (which any other checker
+calls, ``probing.check`` in one call), and what a probe means (``ok``, ``degraded``,
+``down``) is decided in ``functions.core.health.service``, once: a failed completion is
+reported as an error of the check, which makes a healthy upstream ``degraded``. The flow
+adds the tasks' timeouts and retries, the artifact and the run's log.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 from prefect import flow, task
@@ -29,15 +29,16 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
 from flows import progress
-from flows.run_log import run_log
-from functions.core.flow_metrics import report_flow_run
+from flows.runtime import flow_runtime
+from functions.core.health import probing
 from functions.core.health import service as health
-from functions.core.health.schemas import HealthCheckOut
-from functions.core.llm.client import LLMClient
-from functions.core.llm.errors import LLMError
-from functions.core.llm.schemas import ChatMessage, ChatRequest, UpstreamHealth
-from functions.core.runtime import open_runtime
-from functions.core.settings import Settings, load_settings
+from functions.core.health.probing import CompletionProbe, Probed, UpstreamReport
+
+if TYPE_CHECKING:
+    from functions.core.health.schemas import HealthCheckOut
+    from functions.core.llm.client import LLMClient
+    from functions.core.llm.schemas import UpstreamHealth
+    from functions.core.settings import Settings
 
 NAME = "health-check"
 ARTIFACT_KEY = "upstream-health"
@@ -55,30 +56,6 @@ DATABASE_RETRIES = 2
 DATABASE_RETRY_DELAYS_S: list[float] = [1.0, 5.0]
 # A flow parameter: Prefect validates it, and the UI's form shows the bounds.
 RetentionDays = Annotated[float, Field(gt=0, le=3650)]
-
-
-class Probed(msgspec.Struct, kw_only=True):
-    """What one probe of every upstream found."""
-
-    results: list[UpstreamHealth]
-    # Upstream URL -> model -> the model's max_model_len, from its /v1/models.
-    max_model_len: dict[str, dict[str, int | None]]
-
-
-class CompletionProbe(msgspec.Struct, kw_only=True):
-    """One upstream's one-token completion: its latency, or why it failed."""
-
-    url: str
-    latency_ms: float | None = None
-    error: str | None = None
-
-
-class UpstreamReport(msgspec.Struct, kw_only=True):
-    """One upstream's recorded verdict, with what the table does not keep."""
-
-    verdict: HealthCheckOut
-    max_model_len: dict[str, int | None]
-    completion_ms: float | None
 
 
 class HealthCheckReport(msgspec.Struct, kw_only=True):
@@ -145,26 +122,6 @@ def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
 
 
-def _only(settings: Settings, url: str, **overrides: object) -> Settings:
-    """Settings for a client that knows only the upstream ``url``: whatever it does is that
-    upstream's doing, never routed elsewhere."""
-    return msgspec.structs.replace(settings, llm_urls=(url,), **overrides)
-
-
-async def _max_model_len(settings: Settings, url: str) -> dict[str, int | None]:
-    """Each model the upstream serves, with its ``max_model_len`` (none if unreadable).
-
-    Asked of the upstream alone: the client's merged list keeps one card per model, and
-    two upstreams may serve one model with different context lengths.
-    """
-    async with LLMClient.from_settings(_only(settings, url)) as client:
-        try:
-            models = await client.list_models()
-        except LLMError:  # the probe reports why, upstream by upstream
-            return {}
-    return {model.id: model.max_model_len for model in models}
-
-
 @task(
     name="probe-upstreams",
     description="GET /health, /v1/models, /metrics and /version of every upstream, at once.",
@@ -174,40 +131,7 @@ async def _max_model_len(settings: Settings, url: str) -> dict[str, int | None]:
     persist_result=False,
 )
 async def probe_upstreams(settings: Settings, llm: LLMClient) -> Probed:
-    """Probe every upstream; an upstream's failure is a result, never an exception."""
-    results, served = await asyncio.gather(
-        llm.health(), asyncio.gather(*(_max_model_len(settings, url) for url in settings.llm_urls))
-    )
-    by_url = {result.url: models for result, models in zip(results, served, strict=True)}
-    return Probed(results=results, max_model_len=by_url)
-
-
-async def _one_token(settings: Settings, url: str, model: str, timeout_s: float) -> CompletionProbe:
-    # Not retried: what this upstream does is the finding.
-    only_this = _only(
-        settings,
-        url,
-        llm_max_retries=0,
-        llm_connect_timeout_s=min(settings.llm_connect_timeout_s, timeout_s),
-        llm_first_token_timeout_s=timeout_s,
-        llm_token_timeout_s=timeout_s,
-        llm_total_timeout_s=timeout_s,
-    )
-    request = ChatRequest(
-        messages=[ChatMessage(role="user", content="Say OK.")],
-        model=model,
-        max_tokens=1,
-        temperature=0.0,
-    )
-    started = time.perf_counter()
-    async with LLMClient.from_settings(only_this) as client:
-        try:
-            await client.collect_chat(request, request_id="switchboard-health-check")
-        except LLMError as exc:
-            return CompletionProbe(url=url, error=f"completion: {exc.message}")
-        except Exception as exc:  # one upstream's oddity must not cost every verdict of the run
-            return CompletionProbe(url=url, error=f"completion: {type(exc).__name__}: {exc}")
-    return CompletionProbe(url=url, latency_ms=round((time.perf_counter() - started) * 1000, 3))
+    return await probing.probe_upstreams(settings, llm)
 
 
 @task(
@@ -221,14 +145,7 @@ async def _one_token(settings: Settings, url: str, model: str, timeout_s: float)
 async def probe_completions(
     settings: Settings, results: list[UpstreamHealth]
 ) -> list[CompletionProbe]:
-    """Ask each upstream whose ``/health`` answered 200 for one token of its first model."""
-    timeout_s = settings.health_check_completion_timeout_s
-    asked = [
-        _one_token(settings, url, result.models[0], timeout_s)
-        for url, result in zip(settings.llm_urls, results, strict=True)
-        if result.healthy and result.models
-    ]
-    return list(await asyncio.gather(*asked))
+    return await probing.probe_completions(settings, results)
 
 
 @task(
@@ -258,24 +175,6 @@ async def prune_health_checks(retention_days: float) -> int:
     return await health.prune(datetime.now(UTC) - timedelta(days=retention_days))
 
 
-def _with_completions(
-    settings: Settings, results: list[UpstreamHealth], completions: list[CompletionProbe]
-) -> tuple[list[UpstreamHealth], dict[str, float]]:
-    """The probe results with failed completions as errors; the completions' latencies."""
-    by_url = {completion.url: completion for completion in completions}
-    merged: list[UpstreamHealth] = []
-    latencies: dict[str, float] = {}
-    for url, result in zip(settings.llm_urls, results, strict=True):
-        completion = by_url.get(url)
-        if completion is not None and completion.error is not None:
-            error = "; ".join(filter(None, [result.error, completion.error]))
-            result = msgspec.structs.replace(result, error=error)  # noqa: PLW2901
-        elif completion is not None and completion.latency_ms is not None:
-            latencies[result.url] = completion.latency_ms
-        merged.append(result)
-    return merged, latencies
-
-
 @flow(
     name=NAME,
     description="Probe every vLLM upstream once and record one verdict each; routing in "
@@ -298,61 +197,51 @@ async def health_check(
         retention_days: Prune recorded checks older than this many days. Empty:
             SWITCHBOARD_HEALTH_RETENTION_DAYS.
     """
-    settings = load_settings()
-    async with report_flow_run(settings, "health_check"):
+    async with flow_runtime("health_check", steps=4) as rt:
+        settings, log = rt.settings, rt.log
         completion = (
             settings.health_check_completion if send_completion is None else send_completion
         )
         retention = settings.health_retention_days if retention_days is None else retention_days
-        progress.plan(5 if completion else 4)
-        with run_log() as log:
-            progress.step("opening the database and the LLM client")
-            async with open_runtime(settings) as runtime:
-                progress.step(f"probing {len(settings.llm_urls)} upstream(s)")
-                probed = await probe_upstreams(settings, runtime.require_llm())
-                results = probed.results
-                completion_ms: dict[str, float] = {}
-                if completion:
-                    progress.step("asking each healthy upstream for one token")
-                    completions = await probe_completions(settings, results)
-                    results, completion_ms = _with_completions(settings, results, completions)
-                progress.step("recording the verdicts")
-                verdicts = await record_verdicts(results)
-                progress.step("pruning old checks")
-                pruned = await prune_health_checks(retention)
-            reports = [
-                UpstreamReport(
-                    verdict=verdict,
-                    max_model_len=probed.max_model_len.get(verdict.upstream, {}),
-                    completion_ms=completion_ms.get(verdict.upstream),
-                )
-                for verdict in verdicts
-            ]
-            for report in reports:
-                verdict = report.verdict
-                log_at = log.info if verdict.status == "ok" else log.warning
-                log_at(
-                    "health.verdict",
-                    upstream=verdict.upstream,
-                    status=verdict.status,
-                    latency_ms=verdict.latency_ms,
-                    models=verdict.models,
-                    max_model_len=report.max_model_len,
-                    requests_running=verdict.gauges.requests_running,
-                    requests_waiting=verdict.gauges.requests_waiting,
-                    kv_cache_usage=verdict.gauges.kv_cache_usage,
-                    completion_ms=report.completion_ms,
-                    error=verdict.error,
-                )
-            checked_at = verdicts[0].checked_at if verdicts else datetime.now(UTC)
-            summary = HealthCheckReport(
-                checked_at=checked_at, upstreams=reports, completion=completion, pruned=pruned
+        progress.plan(4 if completion else 3)  # the runtime's opening counts as the first
+        progress.step(f"probing {len(settings.llm_urls)} upstream(s)")
+        probed = await probe_upstreams(settings, rt.runtime.require_llm())
+        results = probed.results
+        completion_ms: dict[str, float] = {}
+        if completion:
+            progress.step("asking each healthy upstream for one token")
+            completions = await probe_completions(settings, results)
+            results, completion_ms = probing.with_completions(results, completions)
+        progress.step("recording the verdicts")
+        verdicts = await record_verdicts(results)
+        progress.step("pruning old checks")
+        pruned = await prune_health_checks(retention)
+        reports = probing.reports_of(verdicts, probed, completion_ms)
+        for report in reports:
+            verdict = report.verdict
+            log_at = log.info if verdict.status == "ok" else log.warning
+            log_at(
+                "health.verdict",
+                upstream=verdict.upstream,
+                status=verdict.status,
+                latency_ms=verdict.latency_ms,
+                models=verdict.models,
+                max_model_len=report.max_model_len,
+                requests_running=verdict.gauges.requests_running,
+                requests_waiting=verdict.gauges.requests_waiting,
+                kv_cache_usage=verdict.gauges.kv_cache_usage,
+                completion_ms=report.completion_ms,
+                error=verdict.error,
             )
-            await acreate_markdown_artifact(
-                key=ARTIFACT_KEY,
-                markdown=summary.markdown(),
-                description="The verdict on every upstream from this health check.",
-            )
-            down = sum(report.verdict.status == "down" for report in reports)
-            log.info("health.checked", upstreams=len(reports), down=down, pruned=pruned)
-        return summary
+        checked_at = verdicts[0].checked_at if verdicts else datetime.now(UTC)
+        summary = HealthCheckReport(
+            checked_at=checked_at, upstreams=reports, completion=completion, pruned=pruned
+        )
+        await acreate_markdown_artifact(
+            key=ARTIFACT_KEY,
+            markdown=summary.markdown(),
+            description="The verdict on every upstream from this health check.",
+        )
+        down = sum(report.verdict.status == "down" for report in reports)
+        log.info("health.checked", upstreams=len(reports), down=down, pruned=pruned)
+    return summary

@@ -24,11 +24,8 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import progress
 from flows.health_check import RetentionDays, prune_health_checks
-from flows.run_log import run_log
-from functions.core.flow_metrics import report_flow_run
+from flows.runtime import flow_runtime
 from functions.core.liveness import service as liveness
-from functions.core.runtime import open_runtime
-from functions.core.settings import load_settings
 
 NAME = "maintenance"
 ARTIFACT_KEY = "maintenance-report"
@@ -117,8 +114,8 @@ async def maintenance(health_retention_days: RetentionDays | None = None) -> Mai
         health_retention_days: Prune health checks older than this many days. Empty:
             SWITCHBOARD_HEALTH_RETENTION_DAYS.
     """
-    settings = load_settings()
-    async with report_flow_run(settings, "maintenance"):
+    async with flow_runtime("maintenance", steps=3, use_llm=False) as rt:
+        settings = rt.settings
         retention = (
             settings.health_retention_days
             if health_retention_days is None
@@ -126,32 +123,28 @@ async def maintenance(health_retention_days: RetentionDays | None = None) -> Mai
         )
         bound = liveness.pending_bound(settings)
         window = timedelta(seconds=settings.idempotency_window_s)
-        progress.plan(4)
-        with run_log() as log:
-            progress.step("opening the database")
-            async with open_runtime(settings, use_llm=False):
-                progress.step("retiring replies of processes that are gone")
-                retired = await retire_interrupted_replies(bound)
-                progress.step("pruning leases and idempotency keys")
-                await prune_leases_and_keys(window)
-                progress.step("pruning old health checks")
-                pruned = await prune_health_checks(retention)
-            report = MaintenanceReport(
-                ran_at=datetime.now(UTC),
-                retired=retired,
-                pending_bound_s=bound.total_seconds(),
-                health_checks_pruned=pruned,
-                health_retention_days=retention,
-                idempotency_window_s=window.total_seconds(),
+        progress.step("retiring replies of processes that are gone")
+        retired = await retire_interrupted_replies(bound)
+        progress.step("pruning leases and idempotency keys")
+        await prune_leases_and_keys(window)
+        progress.step("pruning old health checks")
+        pruned = await prune_health_checks(retention)
+        report = MaintenanceReport(
+            ran_at=datetime.now(UTC),
+            retired=retired,
+            pending_bound_s=bound.total_seconds(),
+            health_checks_pruned=pruned,
+            health_retention_days=retention,
+            idempotency_window_s=window.total_seconds(),
+        )
+        for reply in retired:
+            rt.log.warning(
+                "maintenance.reply_interrupted",
+                conversation_id=str(reply.conversation_id),
+                message_id=str(reply.message_id),
             )
-            for reply in retired:
-                log.warning(
-                    "maintenance.reply_interrupted",
-                    conversation_id=str(reply.conversation_id),
-                    message_id=str(reply.message_id),
-                )
-            await acreate_markdown_artifact(
-                key=ARTIFACT_KEY, markdown=report.markdown(), description="What maintenance did."
-            )
-            log.info("maintenance.done", retired=len(retired), health_checks_pruned=pruned)
-        return report
+        await acreate_markdown_artifact(
+            key=ARTIFACT_KEY, markdown=report.markdown(), description="What maintenance did."
+        )
+        rt.log.info("maintenance.done", retired=len(retired), health_checks_pruned=pruned)
+    return report

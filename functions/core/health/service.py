@@ -1,7 +1,8 @@
 """Recorded upstream health: one checker probes, every serving process reads the verdict.
 
-A checker (the health-check flow) calls :func:`check_and_record`, or :func:`record` with
-results it already has; on PostgreSQL every serving process hears about it at commit
+A checker (``probing.check``, which the health-check flow runs step by step) calls
+:func:`record` with the probe results it has (:func:`check_and_record` probes and records
+without the extras); on PostgreSQL every serving process hears about it at commit
 (``NOTIFY`` on :data:`CHANNEL`) and re-reads :func:`latest` (see ``watcher.py``). What a
 verdict means for routing (and when it is too old to mean anything) is decided there, once.
 """
