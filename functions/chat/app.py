@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Litestar, Request, Response, Router, delete, get, patch, post
+from litestar import Litestar, Request, Response, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
@@ -60,6 +60,7 @@ from functions.core.web.app import build_app
 from functions.core.web.auth import provide_principal
 from functions.core.web.docs import Cursor, IdPath, errors, event_stream, parse_id
 from functions.core.web.errors import request_id_of
+from functions.core.web.policy import SWITCHBOARD
 from functions.core.web.state import runtime_of, settings_of
 
 REPLY_EXAMPLE = {
@@ -321,7 +322,8 @@ async def send_message(
     )
 
 
-router = Router(
+# Switchboard's own API: its error shape, unknown body fields refused.
+router = SWITCHBOARD.router(
     path="/v1/conversations",
     route_handlers=[
         create_conversation,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-from litestar import Litestar, Router, delete, get, patch, post, put
+from litestar import Litestar, delete, get, patch, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import JSONBody, PathParameter, QueryParameter
@@ -26,6 +26,7 @@ from functions.core.settings import Settings
 from functions.core.web.app import build_app
 from functions.core.web.auth import ADMIN, provide_principal, require_admin
 from functions.core.web.docs import Cursor, errors
+from functions.core.web.policy import SWITCHBOARD
 from functions.core.web.state import runtime_of, settings_of
 
 NamePath = Annotated[
@@ -164,7 +165,8 @@ async def unarchive_config(name: NamePath, principal: NamedDependency[Principal]
     return await service.unarchive_config(name)
 
 
-router = Router(
+# Switchboard's own API: its error shape, unknown body fields refused.
+router = SWITCHBOARD.router(
     path="/v1/configs",
     route_handlers=[
         create_config,

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from litestar import Litestar, Router, delete, get, post
+from litestar import Litestar, delete, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import JSONBody, QueryParameter
 
@@ -18,6 +18,7 @@ from functions.core.settings import Settings
 from functions.core.web.app import build_app
 from functions.core.web.auth import ADMIN, provide_principal, require_admin
 from functions.core.web.docs import Cursor, IdPath, errors
+from functions.core.web.policy import SWITCHBOARD
 
 
 @post("/", summary="Create an API key", responses=errors(403, 409, 413, 415), opt=ADMIN)
@@ -62,7 +63,8 @@ async def revoke_key(key_id: IdPath, principal: NamedDependency[Principal]) -> A
     return await service.revoke_key(key_id)
 
 
-router = Router(
+# Switchboard's own API: its error shape, unknown body fields refused.
+router = SWITCHBOARD.router(
     path="/v1/keys",
     route_handlers=[create_key, list_keys, revoke_key],
     dependencies={"principal": Provide(provide_principal)},

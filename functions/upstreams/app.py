@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from litestar import Litestar, Router, get
+from litestar import Litestar, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
@@ -25,6 +25,7 @@ from functions.core.settings import Settings
 from functions.core.web.app import build_app
 from functions.core.web.auth import ADMIN, provide_principal, require_admin
 from functions.core.web.docs import errors
+from functions.core.web.policy import SWITCHBOARD
 from functions.core.web.state import runtime_of
 
 
@@ -89,7 +90,8 @@ async def list_upstreams(
     return UpstreamsOut(data=upstreams)
 
 
-router = Router(
+# Switchboard's own API: its error shape, unknown body fields refused.
+router = SWITCHBOARD.router(
     path="/v1/upstreams",
     route_handlers=[list_upstreams],
     dependencies={"principal": Provide(provide_principal)},

@@ -25,8 +25,8 @@ from functions.core.web.admission import admit
 from functions.core.web.body import SwitchboardRequest
 from functions.core.web.context import RequestContext
 from functions.core.web.docs import StructSchemas
-from functions.core.web.errors import EXCEPTION_HANDLERS
 from functions.core.web.offline_docs import assets_router, render_plugins
+from functions.core.web.policy import SWITCHBOARD, PolicyByPath
 from functions.core.web.probes import PROBE_ROUTES
 
 log = get_logger(__name__)
@@ -68,6 +68,9 @@ def build_app(
 ) -> Litestar:
     """Assemble a function app: its routes plus probes, errors, context and lifespan.
 
+    Each router brings its own policy (error shape, body strictness), set where it is
+    built with ``functions.core.web.policy``; Switchboard's applies to the rest.
+
     The lifespan opens the runtime (``functions.core.runtime``): the database, the LLM
     client when ``uses_llm`` (``llm`` shares one the caller owns: tests, the gateway) and
     the services, and puts it on ``app.state.runtime``.
@@ -88,7 +91,9 @@ def build_app(
 
     app = Litestar(
         route_handlers=[*route_handlers, *PROBE_ROUTES, assets_router()],
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        # Each router writes its own errors (functions.core.web.policy); this writes the
+        # rest (no route, the probes) in the shape of the router the path belongs to.
+        exception_handlers=PolicyByPath(route_handlers, SWITCHBOARD).exception_handlers,
         # Authentication, parameter checks and a strict body, before any handler reads.
         before_request=admit,
         request_class=SwitchboardRequest,

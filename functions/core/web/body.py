@@ -5,20 +5,27 @@ becomes a float, ``"true"`` a bool). Switchboard decodes the raw bytes with msgs
 mode instead, so the server accepts exactly what the OpenAPI document says, and every
 failure is one of two errors: ``invalid_json`` (the bytes are not JSON Switchboard reads)
 or ``validation_error`` naming the field.
+
+Unknown fields are the router's choice (``functions.core.web.policy``): refused with a 400
+naming them, or ignored at any depth (an OpenAI-compatible door: OpenAI's clients send
+fields a server may not read). Ignoring costs nothing on a body without them: the body is
+decoded as strictly first, and only a body that fails is read again without its unknowns.
 """
 
 from __future__ import annotations
 
 import re
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
+import msgspec.inspect as shapes
 from litestar import Request
 from litestar.handlers import BaseRouteHandler
 
 from functions.core.errors import InvalidInputError, InvalidJsonError
 from functions.core.schemas import InputValueError
+from functions.core.web.policy import UnknownFields, policy_of
 
 _AT = re.compile(r"(?P<problem>.*?) - at `\$(?P<path>[^`]*)`", re.DOTALL)
 _LONE_SURROGATE = re.compile(
@@ -27,11 +34,17 @@ _LONE_SURROGATE = re.compile(
 )
 
 
+class BodyReading(NamedTuple):
+    type: Any  # what the handler's ``data`` parameter asks for (Any when it takes none)
+    unknown_fields: UnknownFields  # its router's policy
+
+
 @cache
-def body_type(route_handler: BaseRouteHandler) -> Any:
-    """The type a handler's ``data`` parameter asks for (Any when it takes none)."""
+def body_reading(route_handler: BaseRouteHandler) -> BodyReading:
+    """How a handler's body is read: worked out once per route, not per request."""
     data = route_handler.parsed_fn_signature.parameters.get("data")
-    return Any if data is None else data.annotation
+    type_ = Any if data is None else data.annotation
+    return BodyReading(type_, policy_of(route_handler.opt).unknown_fields)
 
 
 def _field(prefix: str, rest: str = "") -> str:
@@ -117,11 +130,13 @@ def _integral_float_at(value: Any, path: str) -> tuple[Any, str | int] | None:
     return None
 
 
-def _with_integral_floats(body: bytes, type_: Any, exc: msgspec.ValidationError) -> Any:
+def _with_integral_floats(
+    body: bytes, type_: Any, exc: msgspec.ValidationError, value: Any = None
+) -> Any:
     """JSON has one number type: ``5.0`` is the integer 5 (as JSON Schema says), while
     strict decoding refuses it for an ``int``. Convert exactly those values, nothing else
-    (strings stay refused for numbers), and decode again."""
-    value: Any = None
+    (strings stay refused for numbers), and decode again. ``value``: the body already
+    decoded to plain objects, if it was."""
     for _ in range(64):
         match = _AT.fullmatch(str(exc))
         if match is None or not _INTEGRAL_FLOAT.fullmatch(match["problem"]):
@@ -140,8 +155,86 @@ def _with_integral_floats(body: bytes, type_: Any, exc: msgspec.ValidationError)
     raise exc
 
 
-def decode_body(body: bytes, type_: Any) -> Any:
-    """``body`` as ``type_``, strictly; raises ``invalid_json`` or ``validation_error``."""
+@cache
+def _shape(type_: Any) -> shapes.Type:
+    return shapes.type_info(type_)
+
+
+_LISTS = (shapes.ListType, shapes.VarTupleType, shapes.SetType, shapes.FrozenSetType)
+
+
+def _member_for(value: Any, union: shapes.UnionType) -> shapes.Type | None:
+    """The one member of a union a JSON object or array can be read as, if there is one
+    (a tagged union's member by its tag)."""
+    members = [m.type if isinstance(m, shapes.Metadata) else m for m in union.types]
+    if isinstance(value, dict):
+        objects = [m for m in members if isinstance(m, shapes.StructType | shapes.DictType)]
+        if len(objects) > 1:
+            objects = [
+                m
+                for m in objects
+                if isinstance(m, shapes.StructType)
+                and m.tag_field is not None
+                and value.get(m.tag_field) == m.tag
+            ]
+        return objects[0] if len(objects) == 1 else None
+    if isinstance(value, list):
+        arrays = [m for m in members if isinstance(m, (*_LISTS, shapes.TupleType))]
+        return arrays[0] if len(arrays) == 1 else None
+    return None
+
+
+def _known_only(value: Any, shape: shapes.Type) -> Any:
+    """``value`` (plain decoded JSON) without the object keys ``shape`` does not declare,
+    at any depth; everything else as it was, for the strict conversion to judge."""
+    if isinstance(shape, shapes.Metadata):
+        return _known_only(value, shape.type)
+    if isinstance(shape, shapes.UnionType):
+        member = _member_for(value, shape)
+        return value if member is None else _known_only(value, member)
+    if isinstance(value, dict):
+        return _known_keys(value, shape)
+    if isinstance(value, list):
+        if isinstance(shape, _LISTS):
+            return [_known_only(item, shape.item_type) for item in value]
+        if isinstance(shape, shapes.TupleType) and len(value) == len(shape.item_types):
+            return [_known_only(*pair) for pair in zip(value, shape.item_types, strict=True)]
+    return value
+
+
+def _known_keys(value: dict[str, Any], shape: shapes.Type) -> Any:
+    if isinstance(shape, shapes.StructType):
+        fields = {field.encode_name: field.type for field in shape.fields}
+        return {
+            key: _known_only(item, fields[key])
+            for key, item in value.items()
+            if key in fields or key == shape.tag_field
+        }
+    if isinstance(shape, shapes.DictType):
+        return {key: _known_only(item, shape.value_type) for key, item in value.items()}
+    return value
+
+
+def _read_again(
+    body: bytes, type_: Any, exc: msgspec.ValidationError, unknown_fields: UnknownFields
+) -> Any:
+    """A body strict decoding refused, read again where the rules allow it."""
+    value: Any = None
+    if unknown_fields == "ignore":
+        value = _known_only(msgspec.json.decode(body), _shape(type_))
+        try:
+            return msgspec.convert(value, type_, strict=True)
+        except msgspec.ValidationError as again:
+            exc = again
+    return _with_integral_floats(body, type_, exc, value)
+
+
+def decode_body(body: bytes, type_: Any, unknown_fields: UnknownFields = "forbid") -> Any:
+    """``body`` as ``type_``, strictly; raises ``invalid_json`` or ``validation_error``.
+
+    ``unknown_fields``: ``forbid`` (a field ``type_`` does not declare is a 400) or
+    ``ignore`` (such fields are dropped, at any depth).
+    """
     if not body.strip():
         raise InvalidJsonError(
             "a JSON body is required: this request had none", details={"field": "body"}
@@ -150,7 +243,7 @@ def decode_body(body: bytes, type_: Any) -> Any:
         try:
             return msgspec.json.decode(body, type=type_, strict=True)
         except msgspec.ValidationError as exc:
-            return _with_integral_floats(body, type_, exc)
+            return _read_again(body, type_, exc, unknown_fields)
     except msgspec.ValidationError as exc:
         raise _invalid(exc) from None
     except msgspec.DecodeError as exc:
@@ -162,7 +255,8 @@ def decode_body(body: bytes, type_: Any) -> Any:
 
 
 class SwitchboardRequest(Request[Any, Any, Any]):
-    """A request whose JSON body is decoded by :func:`decode_body` into the handler's type."""
+    """A request whose JSON body is decoded by :func:`decode_body` into the handler's type,
+    as strictly as its router's policy says."""
 
     async def json(self) -> Any:
-        return decode_body(await self.body(), body_type(self.route_handler))
+        return decode_body(await self.body(), *body_reading(self.route_handler))

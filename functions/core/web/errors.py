@@ -1,13 +1,18 @@
-"""Every error a client sees has one shape: ``{"error": {code, message, request_id, details}}``.
+"""Exceptions become HTTP errors here, once; each router chooses how they are written.
 
-Handlers here are the single place exceptions become HTTP responses. No stack trace or SQL
-reaches a client: anything unexpected is logged with the request id and answered with a
-500 that quotes it.
+:func:`problem_of` is the single mapping from an exception to a :class:`Problem` (status,
+code, message, details, headers). A renderer writes a problem in a wire shape:
+:func:`render_switchboard` sends Switchboard's ``{"error": {code, message, request_id,
+details}}``, :func:`render_openai` OpenAI's ``{"error": {message, type, param, code}}``
+(the shape OpenAI's clients parse). Which renderer a router uses is its policy
+(``functions.core.web.policy``). No stack trace or SQL reaches a client: anything
+unexpected is logged with the request id and answered with a 500 that quotes it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from litestar import Request, Response
 from litestar.exceptions import (
@@ -44,29 +49,70 @@ def request_id_of(request: Request[Any, Any, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def error_response(
-    request: Request[Any, Any, Any],
-    status: int,
-    code: str,
-    message: str,
-    *,
-    details: dict[str, Any] | None = None,
-    headers: dict[str, str] | None = None,
-) -> Response[dict[str, Any]]:
+class Problem(NamedTuple):
+    """What went wrong, before any wire shape: the status, Switchboard's stable ``code``, a
+    message a person can act on, machine-readable ``details`` (``field`` names the input at
+    fault) and the headers the status calls for (Allow, Retry-After, WWW-Authenticate)."""
+
+    status: int
+    code: str
+    message: str
+    details: dict[str, Any] = {}  # shared, never mutated: a NamedTuple's default
+    headers: dict[str, str] | None = None
+
+
+ErrorRenderer = Callable[[Request[Any, Any, Any], Problem], Response[Any]]
+
+
+def render_switchboard(request: Request[Any, Any, Any], problem: Problem) -> Response[Any]:
+    """Switchboard's shape: ``{"error": {code, message, request_id, details}}``."""
     body = {
         "error": {
-            "code": code,
-            "message": message,
+            "code": problem.code,
+            "message": problem.message,
             "request_id": request_id_of(request),
-            "details": details or {},
+            "details": problem.details,
         }
     }
-    return Response(body, status_code=status, headers=headers)
+    return Response(body, status_code=problem.status, headers=problem.headers)
 
 
-def handle_switchboard_error(
-    request: Request[Any, Any, Any], exc: SwitchboardError
-) -> Response[dict[str, Any]]:
+# The ``type`` OpenAI's API gives each status; a status not listed is an invalid request
+# below 500 and a server error from 500 on.
+_OPENAI_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    429: "rate_limit_error",
+}
+
+
+def openai_error_type(status: int) -> str:
+    if status >= 500:
+        return "server_error"
+    return _OPENAI_TYPES.get(status, "invalid_request_error")
+
+
+def render_openai(request: Request[Any, Any, Any], problem: Problem) -> Response[Any]:
+    """OpenAI's shape: ``{"error": {message, type, param, code}}``.
+
+    OpenAI's clients pick the exception class by status and read ``message``, ``type``,
+    ``param`` and ``code`` from ``error``; the request id travels in ``x-request-id``, as
+    OpenAI sends it. ``param`` is the input at fault (``details.field``), ``code``
+    Switchboard's code.
+    """
+    field = problem.details.get("field")
+    body = {
+        "error": {
+            "message": problem.message,
+            "type": openai_error_type(problem.status),
+            "param": field if isinstance(field, str) else None,
+            "code": problem.code,
+        }
+    }
+    return Response(body, status_code=problem.status, headers=problem.headers)
+
+
+def switchboard_problem(exc: SwitchboardError) -> Problem:
     headers = None
     if exc.retry_after_s is not None:
         headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
@@ -74,9 +120,7 @@ def handle_switchboard_error(
         headers = {"Retry-After": "1"}
     if exc.status_code == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="switchboard"'}
-    return error_response(
-        request, exc.status_code, exc.code, exc.message, details=exc.details, headers=headers
-    )
+    return Problem(exc.status_code, exc.code, exc.message, exc.details, headers)
 
 
 def _validation_message(exc: ValidationException) -> tuple[str, dict[str, Any]]:
@@ -106,59 +150,48 @@ def allowed_methods(exc: MethodNotAllowedException) -> str:
     return ", ".join(sorted(methods))
 
 
-def handle_http_exception(
-    request: Request[Any, Any, Any], exc: HTTPException
-) -> Response[dict[str, Any]]:
+def http_problem(request: Request[Any, Any, Any], exc: HTTPException) -> Problem:
+    """The framework's own errors: routing (404, 405), body size (413), parameters (400)."""
     status = exc.status_code
     if isinstance(exc, ValidationException):
         message, details = _validation_message(exc)
-        return error_response(request, 400, "validation_error", message, details=details)
+        return Problem(400, "validation_error", message, details)
     if isinstance(exc, NotFoundException):
-        return error_response(
-            request, 404, "not_found", f"no route for {request.method} {request.url.path}"
-        )
+        return Problem(404, "not_found", f"no route for {request.method} {request.url.path}")
     if isinstance(exc, MethodNotAllowedException):
         allow = allowed_methods(exc)
         method = request.scope.get("state", {}).get("method") or request.method
-        return error_response(
-            request,
+        return Problem(
             405,
             "method_not_allowed",
             f"{method} is not allowed on {request.url.path}; this route allows {allow}",
-            details={"allowed": allow.split(", ")},
-            headers={"Allow": allow},
+            {"allowed": allow.split(", ")},
+            {"Allow": allow},
         )
     if isinstance(exc, RequestEntityTooLarge):
         limit = request.route_handler.resolve_request_max_body_size()
-        return error_response(
-            request,
+        return Problem(
             413,
             "payload_too_large",
             f"the request body is larger than the {limit}-byte limit",
-            details={"limit_bytes": limit},
+            {"limit_bytes": limit},
         )
     if status == 400 and "JSON" in exc.detail:
-        return error_response(request, 400, "invalid_json", f"invalid JSON body: {exc.detail}")
-    code = _STATUS_CODES.get(status, "error")
-    return error_response(request, status, code, exc.detail, headers=exc.headers)
+        return Problem(400, "invalid_json", f"invalid JSON body: {exc.detail}")
+    return Problem(status, _STATUS_CODES.get(status, "error"), exc.detail, {}, exc.headers)
 
 
-def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+def problem_of(request: Request[Any, Any, Any], exc: Exception) -> Problem:
+    """The one mapping from an exception to the error a client gets (see the module)."""
+    if isinstance(exc, SwitchboardError):
+        return switchboard_problem(exc)
+    if isinstance(exc, HTTPException):
+        return http_problem(request, exc)
     database_error = as_database_error(exc)
     if database_error is not None:
         log.error("database.unavailable", error=str(exc), path=request.url.path)
-        return handle_switchboard_error(request, database_error)
+        return switchboard_problem(database_error)
     log.exception("request.unhandled_error", path=request.url.path)
-    return error_response(
-        request,
-        500,
-        "internal_error",
-        "an internal error occurred; quote the request_id when reporting it",
+    return Problem(
+        500, "internal_error", "an internal error occurred; quote the request_id when reporting it"
     )
-
-
-EXCEPTION_HANDLERS: dict[type[Exception], Any] = {
-    SwitchboardError: handle_switchboard_error,
-    HTTPException: handle_http_exception,
-    Exception: handle_unexpected,
-}
