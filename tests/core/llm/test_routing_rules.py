@@ -12,6 +12,7 @@ import asyncio
 import pytest
 
 from functions.core.llm.client import LLMClient
+from functions.core.llm.dispatch import health_of
 from functions.core.llm.errors import LLMOverloadedError, LLMUnavailableError
 from functions.core.llm.schemas import ChatDelta
 from functions.core.llm.transport import build_http_client
@@ -132,3 +133,22 @@ async def test_a_retry_on_an_untried_upstream_does_not_wait(fresh: SimulatorProc
             assert result.upstream_url == fresh.base_url
             assert loop.time() - started < 20.0
         assert client.stats().retries_total >= 1
+
+
+@pytest.mark.parametrize(
+    ("status", "healthy"),
+    [
+        (200, True),
+        (400, True),
+        (404, True),
+        (429, True),
+        (499, True),
+        (500, False),
+        (501, True),  # vLLM lacks the feature: the request's fault, not the server's
+        (502, False),
+        (503, None),  # busy, retried at once: neither healthy nor failing
+        (504, False),
+    ],
+)
+def test_what_an_answer_says_of_its_upstreams_health(status: int, healthy: bool | None) -> None:
+    assert health_of(status) is healthy
