@@ -64,7 +64,7 @@ async def test_a_conversation_from_the_database_replayed_and_saved(
     assert values["messages"] == 6
     assert (values["config"], values["mode"]) == ("candidate@1", "rollout")
     # The same replay, here: the notebook shows what the service computes.
-    expected = await ReplayService(llm, chat.exchanges).replay(
+    expected = await ReplayService(llm, chat).replay(
         conversation, config="candidate", mode="rollout"
     )
     assert [t["replayed_content"] for t in values["turns"]] == [

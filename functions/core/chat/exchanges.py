@@ -365,12 +365,16 @@ def _exchange(
         else None,
         model=resolved.model,
     )
-    prompt = build_prompt(
-        mode=request.prompt,
-        new_turns=request.turns,
-        stored=claimed.history,
-        system_prompt=config.system_prompt if config else None,
-        window=config.history_window if config else None,
+    prompt = (
+        request.messages
+        if request.messages is not None
+        else build_prompt(
+            mode=request.prompt,
+            new_turns=request.turns,
+            stored=claimed.history,
+            system_prompt=config.system_prompt if config else None,
+            window=config.history_window if config else None,
+        )
     )
     return Exchange(
         turns=turns,

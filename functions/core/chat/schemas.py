@@ -61,6 +61,8 @@ class SendRequest(msgspec.Struct, frozen=True, kw_only=True):
       for chat; any OpenAI turns for the door).
     - ``prompt``: ``history`` sends the configuration's system prompt, the stored history
       and the new turns (chat); ``exact`` sends exactly the new turns (the door).
+    - ``messages``: the whole prompt, when the door builds it from turns it does not store
+      (a saved replay asks with the original conversation's history); None: by ``prompt``.
     - ``target``: a configuration (optionally a pinned version), a served model with no
       configuration, or by default the conversation's configuration.
     - ``sampling``: overrides of the configuration's sampling fields for this reply.
@@ -73,6 +75,7 @@ class SendRequest(msgspec.Struct, frozen=True, kw_only=True):
     conversation_id: uuid.UUID | None = None
     title: str = ""
     prompt: PromptMode = "history"
+    messages: list[Turn] | None = None
     target: Target = Target()
     sampling: dict[str, Any] = msgspec.field(default_factory=dict)
     extra: dict[str, Any] = msgspec.field(default_factory=dict)

@@ -6,15 +6,19 @@ exchange (``exchanges``: ownership, configuration, the turns and a pending reply
 before vLLM is called, the prompt), calls the model and ends the reply through a
 ``ReplyRecorder``, whose write a cancellation cannot interrupt. One lock per conversation
 in this process makes concurrent sends wait in order instead of polling the database.
+Around each exchange, ``admit`` (before the claim) and ``reconcile`` (after the record)
+are called once (``hooks``: where quotas reserve and refund). The in-flight guard around
+the model's call is what a shutdown drains and a deletion aborts, for every door alike.
 """
 
 from __future__ import annotations
 
 import asyncio
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from functions.core.chat.exchanges import Exchanges
+from functions.core.chat.hooks import ExchangeHooks, NoHooks, admission
 from functions.core.chat.idempotency import Replay, outcome_error, wait_for_outcome
 from functions.core.chat.locks import ConversationLocks
 from functions.core.chat.recorder import (
@@ -50,7 +54,7 @@ if TYPE_CHECKING:
 
     from functions.core.errors import SwitchboardError
     from functions.core.llm.client import LLMClient
-    from functions.core.messages.schemas import Exchange, MessageOut
+    from functions.core.messages.schemas import Exchange, MessageOut, ReplyOutcome
 
 
 UNFINISHED = "the upstream stream ended without finishing the reply"
@@ -66,8 +70,11 @@ class ChatService:
         *,
         in_flight: InFlight | None = None,
         backlog: OutcomeBacklog | None = None,
+        hooks: ExchangeHooks | None = None,
     ) -> None:
         self._llm = llm
+        # Around every exchange of every door: where quotas reserve and refund.
+        self._hooks: ExchangeHooks = hooks or NoHooks()
         self._locks = ConversationLocks()
         self.exchanges = exchanges or Exchanges()
         self._in_flight = in_flight or InFlight(grace_s=0)
@@ -81,23 +88,53 @@ class ChatService:
         timeout instead of holding the conversation for the whole total timeout, and the
         stored time to first token is real.
         """
+        reply, error = await self._collected(request)
+        if error is not None:
+            raise error
+        return reply
+
+    async def send_recorded(self, request: SendRequest) -> MessageOut:
+        """:meth:`send` for a door that shows every ending (replay): a reply the model
+        failed is returned as stored (status ``failed``, its error) instead of raised.
+        Every other failure (a shutdown, a deletion, an unrecorded reply) raises as in
+        :meth:`send`."""
+        reply, _ = await self._collected(request)
+        return reply
+
+    async def _collected(self, request: SendRequest) -> tuple[MessageOut, SwitchboardError | None]:
+        """The stored reply of a send read whole, and the model's error if it failed."""
         try:
-            request, conversation_id = await self.exchanges.prepare(request)
-            self._in_flight.check_accepting()
+            async with self._exchange(request) as (exchange, recorder, sent):
+                return await self._generate(exchange, sent, recorder)
+        except Replay as replay:
+            reply = await wait_for_outcome(replay.reply_id, self.exchanges.busy_timeout_s)
+            return reply, outcome_error(reply)
+
+    @asynccontextmanager
+    async def _exchange(
+        self, request: SendRequest
+    ) -> AsyncIterator[tuple[Exchange, _KeptRecorder, SendRequest]]:
+        """The pipeline's first half and its end, for every door: ownership, ``admit``,
+        the conversation's lock, the claim; ``reconcile`` once the block has recorded
+        the reply (or failed to), whatever happened."""
+        request, conversation_id = await self.exchanges.prepare(request)
+        self._in_flight.check_accepting()
+        admitted = admission(request, conversation_id)
+        await self._hooks.admit(admitted)
+        recorder: _KeptRecorder | None = None
+        try:
             # One busy budget for the lock's wait and the claim's (the deadline it yields).
             async with self._locks.hold(conversation_id, self.exchanges.busy_timeout_s) as until:
                 exchange = await self.exchanges.begin(request, replay_checked=True, deadline=until)
-                return await self._generate(exchange, request)
-        except Replay as replay:
-            reply = await wait_for_outcome(replay.reply_id, self.exchanges.busy_timeout_s)
-            error = outcome_error(reply)
-            if error is not None:
-                raise error from None
-            return reply
+                recorder = _KeptRecorder(exchange, self._backlog)
+                yield exchange, recorder, request
+        finally:
+            await self._hooks.reconcile(admitted, recorder.stored if recorder else None)
 
-    async def _generate(self, exchange: Exchange, request: SendRequest) -> MessageOut:
+    async def _generate(
+        self, exchange: Exchange, request: SendRequest, recorder: ReplyRecorder
+    ) -> tuple[MessageOut, SwitchboardError | None]:
         """The model's whole reply for a claimed exchange, recorded however it ends."""
-        recorder = ReplyRecorder(exchange, self._backlog)
         parts: list[str] = []  # what arrived, kept if the send is cut short
         calls = ToolCallParts()  # likewise the tool calls
         with self._in_flight.guard(exchange.assistant_message.conversation_id) as guard:
@@ -112,9 +149,9 @@ class ChatService:
                 if result.finish_reason is None:
                     raise LLMError(UNFINISHED, partial_text=result.content, details=_ids(exchange))
             except LLMError as exc:
-                await recorder.failed(exc, tool_calls=calls.calls())
+                stored = await recorder.failed(exc, tool_calls=calls.calls())
                 exc.details.update(_ids(exchange))
-                raise
+                return stored, exc
             except Interrupted as stop:
                 if stop.reason == "deleted":
                     raise recorder.gone() from None
@@ -126,7 +163,7 @@ class ChatService:
             except Exception as exc:
                 await recorder.broken(exc, partial="".join(parts), tool_calls=calls.calls())
                 raise
-        return await recorder.completed(result.content, result, ttft_ms=result.ttft_ms)
+        return await recorder.completed(result.content, result, ttft_ms=result.ttft_ms), None
 
     async def stream(self, request: SendRequest) -> AsyncIterator[ChatEvent]:
         """Send and yield the reply as it arrives: ``message``, ``delta``..., ``done``/``error``.
@@ -136,13 +173,12 @@ class ChatService:
         the model's errors, a shutdown, a reply the database did not take.
         """
         try:
-            request, conversation_id = await self.exchanges.prepare(request)
-            self._in_flight.check_accepting()
-            async with self._locks.hold(conversation_id, self.exchanges.busy_timeout_s) as until:
-                exchange = await self.exchanges.begin(request, replay_checked=True, deadline=until)
-                async with aclosing(self._stream_exchange(exchange, request)) as events:
-                    async for event in events:
-                        yield event
+            async with (
+                self._exchange(request) as (exchange, recorder, sent),
+                aclosing(self._stream_exchange(exchange, sent, recorder)) as events,
+            ):
+                async for event in events:
+                    yield event
         except Replay as replay:
             async for event in self._replayed_events(replay.reply_id):
                 yield event
@@ -156,10 +192,9 @@ class ChatService:
         yield ReplyDone(message=reply) if error is None else _error_event(error, reply)
 
     async def _stream_exchange(
-        self, exchange: Exchange, request: SendRequest
+        self, exchange: Exchange, request: SendRequest, recorder: ReplyRecorder
     ) -> AsyncGenerator[ChatEvent, None]:
         """A claimed exchange's events, recorded however the stream ends."""
-        recorder = ReplyRecorder(exchange, self._backlog)
         parts: list[str] = []
         calls = ToolCallParts()
         try:
@@ -234,6 +269,17 @@ class ChatService:
                 yield event
         if not finished:
             raise LLMError(UNFINISHED)
+
+
+class _KeptRecorder(ReplyRecorder):
+    """A recorder that keeps the reply it stored, for ``reconcile``. Kept by the write
+    itself, which runs to its end even when the send is cancelled meanwhile."""
+
+    stored: MessageOut | None = None
+
+    async def _write(self, outcome: ReplyOutcome) -> MessageOut:
+        self.stored = await super()._write(outcome)
+        return self.stored
 
 
 async def _interrupted_event(

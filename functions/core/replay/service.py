@@ -19,9 +19,10 @@ out.
 
 A replay is read-only unless it is **saved**: then it is a new conversation of the same
 key, marked in its metadata as a replay (which conversation, which configuration version,
-which mode), and each turn is stored through the send path's own steps (the claim stores
-the user's turn and a pending reply before the model is called; the recorder writes how
-the reply ended), so it reads through the chat API like any other conversation.
+which mode), and each turn is sent through the send path (``ChatService``: the claim stores the
+user's turn and a pending reply before the model is called, the recorder writes how the
+reply ended, a shutdown drains it and a deletion of the saved conversation aborts it), so
+it reads through the chat API like any other conversation.
 
 Several conversations replay at once with bounded concurrency (:meth:`replay_many`);
 the turns of one conversation go one after another.
@@ -38,9 +39,8 @@ import msgspec
 
 from functions.core.chat.exchanges import DEFAULT_HISTORY_CAP, Exchanges, upstream_request
 from functions.core.chat.prompt import build_prompt, history_limit
-from functions.core.chat.recorder import OutcomeBacklog, ReplyRecorder
 from functions.core.chat.schemas import SendRequest
-from functions.core.chat.service import UNFINISHED
+from functions.core.chat.service import UNFINISHED, ChatService
 from functions.core.chat.targets import Target
 from functions.core.configs import service as configs
 from functions.core.conversations import service as conversations
@@ -166,30 +166,28 @@ def replay_metadata(
 
 
 class ReplayService:
-    """Replays conversations (see the module docstring) with one LLM client and the send
-    path's exchanges (which store a saved replay's turns)."""
+    """Replays conversations (see the module docstring) with one LLM client and, for a
+    saved replay, the send path (``ChatService``: each turn one exchange, claimed, guarded
+    and recorded as any other send's, so a shutdown drains it and a deletion aborts it)."""
 
     def __init__(
         self,
         llm: LLMClient,
-        exchanges: Exchanges | None = None,
+        chat: ChatService | None = None,
         *,
         history_cap: int = DEFAULT_HISTORY_CAP,
-        backlog: OutcomeBacklog | None = None,
     ) -> None:
         self._llm = llm
-        self._exchanges = exchanges or Exchanges(history_cap=history_cap)
+        self._chat = chat or ChatService(llm, Exchanges(history_cap=history_cap))
         self._history_cap = history_cap
-        self._backlog = backlog or OutcomeBacklog()
 
     @classmethod
     def of(cls, runtime: Runtime) -> ReplayService:
-        """The replay service of an open runtime (its LLM client, exchanges and settings)."""
+        """The replay service of an open runtime (its LLM client, send path and settings)."""
         return cls(
             runtime.require_llm(),
-            runtime.exchanges,
+            runtime.chat,
             history_cap=runtime.settings.history_max_messages,
-            backlog=runtime.backlog,
         )
 
     async def replay(
@@ -448,29 +446,19 @@ class ReplayService:
         owner: uuid.UUID,
         new_turns: list[Turn],
     ) -> Reply:
-        """One turn of a saved replay: the user's turn and a pending reply are stored before
-        the model is called (the claim), and the reply's end is recorded however it ends."""
-        exchange = await self._exchanges.begin(
+        """One turn of a saved replay, sent through the send path: the user's turn and a
+        pending reply are stored before the model is called (the claim), and the reply's
+        end is recorded however it ends; a failed reply is shown as stored."""
+        stored = await self._chat.send_recorded(
             SendRequest(
                 owner=owner,
                 conversation_id=conversation_id,
                 turns=new_turns,
-                # Nothing stored is read: the replay brings its own prompt.
+                # Nothing stored is read: the replay asks with the original's history.
                 prompt="exact",
+                messages=prompt,
                 target=Target(config=target.name, version=target.version),
                 request_id=request_id,
             )
         )
-        recorder = ReplyRecorder(exchange, self._backlog)
-        parts: list[str] = []
-        try:
-            result = await self._call(prompt, target, request_id, parts)
-        except LLMError as exc:
-            return reply_of(await recorder.failed(exc, partial="".join(parts)))
-        except asyncio.CancelledError:
-            await recorder.cancelled("".join(parts))
-            raise
-        except Exception as exc:
-            await recorder.broken(exc, partial="".join(parts))
-            raise
-        return reply_of(await recorder.completed(result.content, result, ttft_ms=result.ttft_ms))
+        return reply_of(stored)

@@ -80,7 +80,7 @@ def chat(llm: LLMClient) -> ChatService:
 
 @pytest.fixture
 def replayer(llm: LLMClient, chat: ChatService) -> ReplayService:
-    return ReplayService(llm, chat.exchanges)
+    return ReplayService(llm, chat)
 
 
 async def make_config(name: str, **fields: Any) -> LLMConfigOut:

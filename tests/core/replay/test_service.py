@@ -252,7 +252,7 @@ async def test_many_conversations_replay_with_bounded_concurrency(
     ]
     faults.add('"messages"', {"X-Sim-TTFT-Ms": "40"})
     counting = CountingLLM(llm)
-    replayer = ReplayService(counting, chat.exchanges)  # type: ignore[arg-type]
+    replayer = ReplayService(counting, ChatService(counting))  # type: ignore[arg-type]
     progress: list[tuple[int, int]] = []
     missing = uuid.uuid4()
 
