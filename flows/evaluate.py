@@ -44,23 +44,22 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
 from flows import progress
-from flows.run_log import RunLog, run_log
+from flows.runtime import flow_runtime
 from functions.core.errors import InvalidInputError, SwitchboardError
-from functions.core.evals import service
+from functions.core.evals import runner, service
 from functions.core.evals.datasets import Dataset, load_dataset
-from functions.core.evals.report import RunReport, build_report
+from functions.core.evals.report import RunReport
 from functions.core.evals.runner import Evaluator, RunCounts, RunOptions, start_run
-from functions.core.evals.schemas import EvalResultOut, EvalRunOut, RunStatus, ScorerSpec
-from functions.core.flow_metrics import report_flow_run
-from functions.core.runtime import open_runtime
-from functions.core.settings import load_settings
+from functions.core.evals.schemas import EvalResultOut, EvalRunOut, ScorerSpec
 
 if TYPE_CHECKING:
     from prefect import Task
     from prefect.client.schemas.objects import State, TaskRun
 
+    from flows.run_log import RunLog
     from functions.core.chat.service import ChatService
     from functions.core.llm.client import LLMClient
+    from functions.core.settings import Settings
 
 NAME = "evaluate"
 ARTIFACT_KEY = "evaluation"
@@ -228,20 +227,7 @@ async def evaluate_items(
     persist_result=False,
 )
 async def report_run(run_id: uuid.UUID) -> RunReport:
-    """The run's report, stored with it: ``complete``, ``interrupted`` (results missing) or
-    ``failed`` (every item has a result but some configuration answered none)."""
-    run = await service.get_run(run_id)
-    results = await service.results_of(run_id)
-    report = build_report(run, results)
-    failure = None
-    if len(results) < run.items * len(run.configs):
-        status: RunStatus = "interrupted"
-    else:
-        failure = report.failure()
-        status = "failed" if failure else "complete"
-    report = msgspec.structs.replace(report, status=status)
-    await service.finish_run(run_id, status, report=msgspec.to_builtins(report), error=failure)
-    return report
+    return await runner.conclude(run_id)
 
 
 async def _publish(report: RunReport, log: RunLog) -> None:
@@ -301,70 +287,61 @@ async def evaluate(
             upstream error or a timeout, after their retries), not only those without a
             result.
     """
-    settings = load_settings()
-    async with report_flow_run(settings, "evaluate"):
-        # Every bad line named before anything else happens; a turn as long as a send's.
+
+    def prepare(settings: Settings) -> tuple[Dataset, list[ScorerSpec], uuid.UUID | None]:
+        # Every bad line named before anything is opened; a turn as long as a send's.
         data = load_dataset(dataset, max_message_chars=settings.max_message_chars)
         specs = parse_scorers(scorer)
-        options = RunOptions(
-            concurrency=concurrency, retries=retries, item_timeout_s=item_timeout_s
-        )
         wanted = uuid.UUID(run_id) if run_id else None
         if retry_failed and wanted is None:
             raise ValueError("retry_failed resumes a run: give the run_id of the run to retry")
-        progress.plan(3)
-        with run_log() as log:
-            progress.step("opening the database and the LLM client")
-            async with open_runtime(settings) as runtime:
-                progress.step(f"checking {len(data.items)} item(s) and the configurations")
-                run = await prepare_run(
-                    data,
-                    llm=runtime.require_llm(),
-                    configs=config,
-                    scorers=specs,
-                    options=options,
-                    owner=owner,
-                    name=name,
-                    run_id=wanted,
-                )
-                resumed = run.results > 0
-                run = await service.claim_run(run.id, runtime.exchanges.lease)
-                if retry_failed:  # only once the run is ours: nobody else is recording
-                    forgotten = await service.forget_failed(run.id)
-                    log.info("eval.retrying_failed", run_id=str(run.id), items=forgotten)
-                    run = await service.get_run(run.id)
-                log.info(
-                    "eval.run",
-                    run_id=str(run.id),
-                    configs=[target.label for target in run.configs],
-                    items=run.items,
-                    already_done=run.results,
-                )
-                total = run.items * len(run.configs)
-                progress.plan(total - run.results + 1)
-                artifact_id = await acreate_progress_artifact(
-                    progress=100.0 * run.results / max(total, 1),
-                    key=f"{ARTIFACT_KEY}-progress",
-                    description=f"evaluation run {run.id}",
-                )
-                try:
-                    counts = await evaluate_items(runtime.chat, run, data, artifact_id)
-                except BaseException as exc:
-                    stopped = isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
-                    await service.finish_run(
-                        run.id,
-                        "interrupted" if stopped else "failed",
-                        error=f"{type(exc).__name__}: {exc}",
-                    )
-                    raise
-                progress.step("computing the statistics")
-                report = await report_run(run.id)
-            await _publish(report, log)
-            log.info("eval.finished", run_id=str(run.id), sent=counts.sent, errors=counts.errors)
-            failure = report.failure() if report.status == "failed" else None
-            if failure is not None:
-                raise EvaluationFailedError(
-                    f"run {run.id} failed: {failure}; its report: switchboard evals show {run.id}",
-                    details={"run_id": str(run.id)},
-                )
-        return EvaluationReport(run_id=str(run.id), resumed=resumed, counts=counts, report=report)
+        return data, specs, wanted
+
+    async with flow_runtime("evaluate", steps=2, prepare=prepare) as rt:
+        data, specs, wanted = rt.prepared
+        progress.step(f"checking {len(data.items)} item(s) and the configurations")
+        prepared = await prepare_run(
+            data,
+            llm=rt.runtime.require_llm(),
+            configs=config,
+            scorers=specs,
+            options=RunOptions(
+                concurrency=concurrency, retries=retries, item_timeout_s=item_timeout_s
+            ),
+            owner=owner,
+            name=name,
+            run_id=wanted,
+        )
+        taken = await runner.take_up(
+            prepared, rt.runtime.exchanges.lease, retry_failed=retry_failed
+        )
+        run = taken.run
+        if retry_failed:
+            rt.log.info("eval.retrying_failed", run_id=str(run.id), items=taken.forgotten)
+        rt.log.info(
+            "eval.run",
+            run_id=str(run.id),
+            configs=[target.label for target in run.configs],
+            items=run.items,
+            already_done=run.results,
+        )
+        total = run.items * len(run.configs)
+        progress.plan(total - run.results + 1)
+        artifact_id = await acreate_progress_artifact(
+            progress=100.0 * run.results / max(total, 1),
+            key=f"{ARTIFACT_KEY}-progress",
+            description=f"evaluation run {run.id}",
+        )
+        async with runner.stopped_means_ended(run.id):
+            counts = await evaluate_items(rt.runtime.chat, run, data, artifact_id)
+        progress.step("computing the statistics")
+        report = await report_run(run.id)
+        await _publish(report, rt.log)
+        rt.log.info("eval.finished", run_id=str(run.id), sent=counts.sent, errors=counts.errors)
+        failure = report.failure() if report.status == "failed" else None
+        if failure is not None:
+            raise EvaluationFailedError(
+                f"run {run.id} failed: {failure}; its report: switchboard evals show {run.id}",
+                details={"run_id": str(run.id)},
+            )
+    return EvaluationReport(run_id=str(run.id), resumed=taken.resumed, counts=counts, report=report)

@@ -22,6 +22,12 @@ system turn), the item's earlier turns as history (the configuration's
   model of each of its configurations and judges, by the send path's own rule
   (``LLMClient.require_model``); otherwise nothing is created or sent, and the error names
   the models that are served.
+
+A run's life, for any caller (the evaluation flow, a notebook, a test): :func:`start_run`
+creates it or finds the one to resume, :func:`take_up` makes this process its runner
+(forgetting failed items first when asked), :func:`stopped_means_ended` records a run
+whose sending fails or is stopped as ``failed`` or ``interrupted``, and :func:`conclude`
+stores its report and how it ended. :func:`run_evaluation` is the whole life in one call.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -48,12 +55,14 @@ from functions.core.evals.datasets import (
     LineError,
     item_turns,
 )
+from functions.core.evals.report import RunReport, build_report
 from functions.core.evals.schemas import (
     DatasetItem,
     EvalResultOut,
     EvalRunOut,
     EvalTarget,
     Judge,
+    RunStatus,
     ScorerSpec,
     scorer_name,
 )
@@ -68,10 +77,11 @@ from functions.core.logging import get_logger
 from functions.core.messages.schemas import StoredTurn, Turn
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from functions.core.chat.service import ChatService
     from functions.core.configs.schemas import LLMConfigOut
+    from functions.core.liveness.service import Lease
     from functions.core.llm.client import LLMClient
     from functions.core.messages.schemas import MessageOut
 
@@ -264,6 +274,87 @@ def run_judges(run: EvalRunOut) -> dict[str, str]:
 def run_options(run: EvalRunOut) -> RunOptions:
     fields = {k: v for k, v in run.parameters.items() if k in RunOptions.__struct_fields__}
     return msgspec.convert(fields, RunOptions)
+
+
+class TakenUp(msgspec.Struct, kw_only=True):
+    """A run this process now runs: as it stands, whether it was begun before, and how
+    many failed results were forgotten to be sent again."""
+
+    run: EvalRunOut
+    resumed: bool
+    forgotten: int = 0
+
+
+async def take_up(run: EvalRunOut, lease: Lease, *, retry_failed: bool = False) -> TakenUp:
+    """Make this process (``lease``) the runner of ``run`` (refused while another lives);
+    with ``retry_failed``, forget the results whose item failed so they are sent again.
+
+    Forgetting waits until the run is ours: nobody else is recording meanwhile.
+    """
+    resumed = run.results > 0
+    claimed = await service.claim_run(run.id, lease)
+    if not retry_failed:
+        return TakenUp(run=claimed, resumed=resumed)
+    forgotten = await service.forget_failed(run.id)
+    return TakenUp(run=await service.get_run(run.id), resumed=resumed, forgotten=forgotten)
+
+
+@asynccontextmanager
+async def stopped_means_ended(run_id: uuid.UUID) -> AsyncIterator[None]:
+    """Whatever stops the block ends the run: ``interrupted`` when it was cancelled or
+    interrupted (a resume takes it up), ``failed`` on an error, which is raised again; the
+    runner lets go of it either way."""
+    try:
+        yield
+    except BaseException as exc:
+        stopped = isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
+        await service.finish_run(
+            run_id, "interrupted" if stopped else "failed", error=f"{type(exc).__name__}: {exc}"
+        )
+        raise
+
+
+async def conclude(run_id: uuid.UUID) -> RunReport:
+    """The run's report, stored with it, and how it ended: ``complete``, ``interrupted``
+    (results missing) or ``failed`` (every item has a result but some configuration
+    answered none, which the report's ``failure`` names)."""
+    run = await service.get_run(run_id)
+    results = await service.results_of(run_id)
+    report = build_report(run, results)
+    failure = None
+    if len(results) < run.items * len(run.configs):
+        status: RunStatus = "interrupted"
+    else:
+        failure = report.failure()
+        status = "failed" if failure else "complete"
+    report = msgspec.structs.replace(report, status=status)
+    await service.finish_run(run_id, status, report=msgspec.to_builtins(report), error=failure)
+    return report
+
+
+class Evaluation(msgspec.Struct, kw_only=True):
+    """One pass over a run from start to report."""
+
+    taken: TakenUp
+    counts: RunCounts
+    report: RunReport
+
+
+async def run_evaluation(
+    chat: ChatService,
+    lease: Lease,
+    run: EvalRunOut,
+    dataset: Dataset,
+    *,
+    retry_failed: bool = False,
+    on_result: Callable[[EvalResultOut, int, int], None] | None = None,
+) -> Evaluation:
+    """Take up ``run`` (from :func:`start_run`), send every pending pair, conclude it:
+    the run's whole life in one call, as the evaluation flow lives it step by step."""
+    taken = await take_up(run, lease, retry_failed=retry_failed)
+    async with stopped_means_ended(run.id):
+        counts = await Evaluator(chat, taken.run, dataset, on_result=on_result).evaluate()
+    return Evaluation(taken=taken, counts=counts, report=await conclude(run.id))
 
 
 class Evaluator:
