@@ -152,3 +152,22 @@ async def test_a_retry_on_an_untried_upstream_does_not_wait(fresh: SimulatorProc
 )
 def test_what_an_answer_says_of_its_upstreams_health(status: int, healthy: bool | None) -> None:
     assert health_of(status) is healthy
+
+
+async def test_a_retry_on_the_same_upstream_waits_its_backoff(
+    fresh: SimulatorProcess, faults: Faults
+) -> None:
+    """Only one upstream: the retry after its 503 waits at least half the backoff (the
+    jitter's floor), so a struggling server is not hammered at once."""
+    settings = llm_settings(fresh.base_url)
+    http = build_http_client(settings)
+    http.event_hooks = {"request": [faults], "response": []}
+    client = LLMClient(http, settings, owns_http=True, retry_backoff_s=0.6, retry_backoff_max_s=0.6)
+    faults.add({"X-Sim-Fault": "503"}, times=1)
+    loop = asyncio.get_running_loop()
+    async with client:
+        started = loop.time()
+        result = await client.chat(chat_request())
+        assert loop.time() - started >= 0.3
+    assert result.content
+    assert client.stats().retries_total == 1
