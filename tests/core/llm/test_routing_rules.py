@@ -133,6 +133,8 @@ async def test_a_retry_on_an_untried_upstream_does_not_wait(fresh: SimulatorProc
             assert result.upstream_url == fresh.base_url
             assert loop.time() - started < 20.0
         assert client.stats().retries_total >= 1
+        # Every attempt's slot is given back, the refused ones too.
+        assert [u.in_flight for u in client.stats().upstreams] == [0, 0]
 
 
 @pytest.mark.parametrize(
@@ -171,3 +173,4 @@ async def test_a_retry_on_the_same_upstream_waits_its_backoff(
         assert loop.time() - started >= 0.3
     assert result.content
     assert client.stats().retries_total == 1
+    assert client.stats().in_flight == 0  # the 503's slot was given back
