@@ -29,13 +29,12 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from prometheus_client.core import Metric
     from prometheus_client.metrics import MetricWrapperBase
 
     from functions.core.llm.schemas import LLMStats
@@ -130,6 +129,9 @@ class CallbackCollector(Collector):
 # Children of the per-request metrics, by label values: ``labels()`` re-checks and
 # re-converts its arguments and takes a lock on every call; a send records about ten.
 # Bounded as the labels are (no ids in any of them), and never removed from a metric.
+# Process-wide on purpose, not a runtime's: a pure memo of ``metric.labels`` on metrics
+# that are themselves one per process (Prometheus' registry, one scrape per process), so
+# two runtimes sharing it count into the same series they would reach without it.
 _children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
 
 
@@ -216,7 +218,7 @@ class LiveMirror:
         self._counted: dict[tuple[str, tuple[str, ...]], float] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def copy(self, collectors: Iterable[CallbackCollector]) -> None:
+    def copy(self, collectors: Iterable[Collector]) -> None:
         for collector in collectors:
             for family in collector.collect():
                 for sample in family.samples:
@@ -239,7 +241,7 @@ class LiveMirror:
         else:
             child.set(value)
 
-    def start(self, collectors: list[CallbackCollector]) -> None:
+    def start(self, collectors: list[Collector]) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
                 self._run(collectors), name="switchboard-metrics-mirror"
@@ -250,7 +252,7 @@ class LiveMirror:
         if task is not None:
             task.cancel()
 
-    async def _run(self, collectors: list[CallbackCollector]) -> None:
+    async def _run(self, collectors: list[Collector]) -> None:
         while True:
             # A collector that fails once must not stop the copies for good; the scrape
             # that copies next raises it where it is seen.
@@ -271,7 +273,51 @@ def _mirror_metric(family: Metric, labels: list[str]) -> MetricWrapperBase:
     )
 
 
-_live_collectors: list[CallbackCollector] = []
+class LiveCollectors(Collector):
+    """Every open runtime's live metrics, as one collector of the process's registry.
+
+    Prometheus' registry is one per process and refuses a second collector of the same
+    names, so two runtimes in one process (each with its LLM client and health watcher)
+    register here instead: their samples of the same series add up as two workers' do
+    (counters and :data:`_LIVE_GAUGE_SUMS` summed, the other gauges the highest).
+    """
+
+    def __init__(self) -> None:
+        self.collectors: list[CallbackCollector] = []
+
+    def collect(self) -> Iterable[Metric]:
+        if len(self.collectors) == 1:
+            return self.collectors[0].collect()
+        merged: dict[str, Metric] = {}
+        values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+        for collector in self.collectors:
+            for family in collector.collect():
+                merged.setdefault(family.name, family)
+                summed = family.type == "counter" or family.name in _LIVE_GAUGE_SUMS
+                series = values.setdefault(family.name, {})
+                for sample in family.samples:
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    seen = series.get(key)
+                    if seen is None:
+                        series[key] = sample.value
+                    elif summed and not sample.name.endswith("_created"):  # a time: not summed
+                        series[key] = seen + sample.value
+                    else:
+                        series[key] = max(seen, sample.value)
+        families = []
+        for name, first in merged.items():
+            family = Metric(name, first.documentation, first.type)
+            for (sample_name, labels), value in values[name].items():
+                family.add_sample(sample_name, dict(labels), value)
+            families.append(family)
+        return families
+
+
+# Process-wide on purpose: the registry and this process's multiprocess files are one per
+# process. Each runtime adds its own collectors and removes them when it closes
+# (``open_runtime``), so what they hold is the open runtimes' and nothing outlives one; the
+# mirror writes this process's files while any is open.
+_live = LiveCollectors()
 _mirror = LiveMirror()
 
 
@@ -285,17 +331,18 @@ def add_live_collector(collector: CallbackCollector) -> None:
     With several workers they are also mirrored into the shared files (see
     :class:`LiveMirror`), every second while an event loop runs.
     """
-    REGISTRY.register(collector)
-    _live_collectors.append(collector)
+    if not _live.collectors:
+        REGISTRY.register(_live)
+    _live.collectors.append(collector)
     if _multiprocess_dir():
         with contextlib.suppress(RuntimeError):  # no running loop: copied at scrape time
-            _mirror.start(_live_collectors)
+            _mirror.start([_live])
 
 
 def remove_live_collector(collector: CallbackCollector) -> None:
-    REGISTRY.unregister(collector)
-    _live_collectors.remove(collector)
-    if not _live_collectors:
+    _live.collectors.remove(collector)
+    if not _live.collectors:
+        REGISTRY.unregister(_live)
         _mirror.stop()
 
 
@@ -321,7 +368,7 @@ def render_metrics() -> tuple[bytes, str]:
     """
     path = _multiprocess_dir()
     if path:
-        _mirror.copy(_live_collectors)
+        _mirror.copy([_live])
         _forget_dead_workers(path)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

@@ -10,6 +10,11 @@ need with :func:`open_runtime` and get the same services (litestar-fullstack's
 A serving process (``serving=True``) also keeps going while the database is down (the pool
 opens once it is back), caches authenticated keys while it can hear revocations, and
 listens for notifications; a one-shot command fails fast instead.
+
+Everything a runtime opens is its own: the engine (bound to the block it opens and the
+tasks started in it; a web app binds each request, see :meth:`Runtime.bind`), the key
+cache, the outcome backlog, the sends in flight. Two runtimes in one process (a notebook
+beside a test, two test databases) never see each other's.
 """
 
 from __future__ import annotations
@@ -28,18 +33,21 @@ from functions.core.chat.journal import OutcomeJournal
 from functions.core.chat.recorder import OutcomeBacklog
 from functions.core.chat.service import ChatService
 from functions.core.db.engine import (
+    bind_engine,
     close_pool,
+    default_while_open,
     describe_url,
     engine_from_url,
     open_pool,
-    use_engine,
+    unbind_engine,
+    using,
 )
 from functions.core.db.errors import as_database_error
 from functions.core.db.notifications import NotificationListener
 from functions.core.health.watcher import HealthWatcher
-from functions.core.keys.cache import principals
-from functions.core.keys.revocations import revocations_for
-from functions.core.liveness.inflight import InFlight, chain_signal_handlers
+from functions.core.keys.cache import PrincipalCache, bind_principals, unbind_principals
+from functions.core.keys.revocations import marker_path, revocations_for
+from functions.core.liveness.inflight import InFlight
 from functions.core.liveness.service import (
     Lease,
     Sweeper,
@@ -56,7 +64,7 @@ from functions.core.metrics import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from piccolo.engine.base import Engine
 
@@ -81,9 +89,12 @@ class Runtime:
         lease: Lease | None = None,
         in_flight: InFlight | None = None,
         backlog: OutcomeBacklog | None = None,
+        principals: PrincipalCache | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
+        # Keys that just authenticated (off unless a serving runtime turns it on).
+        self.principals = principals or PrincipalCache(marker=marker_path(engine))
         self.llm = llm
         self.notifications = notifications
         # Serving processes with an LLM client: recorded health verdicts steer it.
@@ -117,6 +128,22 @@ class Runtime:
             raise RuntimeError("this runtime was opened without an LLM client")
         return self._chat
 
+    def bind(self) -> Callable[[], None]:
+        """Run the current context (and the tasks it starts) on this runtime's engine and key
+        cache until the returned function is called.
+
+        :func:`open_runtime` binds the block it opens; a web app binds each request, as
+        the server starts requests in tasks of its own.
+        """
+        engine = bind_engine(self.engine)
+        principals = bind_principals(self.principals)
+
+        def unbind() -> None:
+            unbind_principals(principals)
+            unbind_engine(engine)
+
+        return unbind
+
     def require_llm(self) -> LLMClient:
         if self.llm is None:
             raise RuntimeError("this runtime was opened without an LLM client")
@@ -141,8 +168,13 @@ async def open_runtime(
     if configure_logs:
         configure_logging(settings.resolved_log_format, settings.log_level)
     engine = engine_from_url(settings.database_url)
-    use_engine(engine)
+    principals = PrincipalCache(marker=marker_path(engine))
     async with contextlib.AsyncExitStack() as stack:
+        # Bound before anything starts a task, so every task started here inherits it.
+        stack.enter_context(using(engine))
+        stack.callback(unbind_principals, bind_principals(principals))
+        # Where nothing is bound (a thread some library started), the first runtime open.
+        stack.enter_context(default_while_open(engine))
         stack.push_async_callback(close_pool, engine)
         if serving:
             await _open_pool_or_retry(engine, settings, stack)
@@ -150,7 +182,7 @@ async def open_runtime(
             await open_pool(
                 engine, min_size=settings.database_pool_min, max_size=settings.database_pool_max
             )
-        notifications = _listen(engine, settings) if serving else None
+        notifications = _listen(engine, settings, principals) if serving else None
         client = llm
         if client is None and use_llm:
             client = LLMClient.from_settings(settings)
@@ -192,9 +224,7 @@ async def open_runtime(
             sweeper.start()
             stack.push_async_callback(sweeper.stop)
         if serving:
-            in_flight.register()
-            stack.callback(in_flight.unregister)
-            stack.callback(chain_signal_handlers())
+            stack.callback(in_flight.drain_on_signals())
             # Closed first: in-flight sends record their replies before anything goes.
             stack.push_async_callback(
                 in_flight.wait_idle, settings.shutdown_grace_s + settings.outcome_retry_s
@@ -208,6 +238,7 @@ async def open_runtime(
             lease=lease,
             in_flight=in_flight,
             backlog=backlog,
+            principals=principals,
         )
 
 
@@ -228,7 +259,9 @@ async def _hold_lease(
     return lease
 
 
-def _listen(engine: Engine[Any], settings: Settings) -> NotificationListener | None:
+def _listen(
+    engine: Engine[Any], settings: Settings, principals: PrincipalCache
+) -> NotificationListener | None:
     """Cache authenticated keys; on PostgreSQL only while revocations can be heard."""
     if settings.auth_cache_ttl_s <= 0:
         principals.disable()

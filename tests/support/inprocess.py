@@ -11,10 +11,10 @@ several workers stay with the real-process tests (``tests/support/gateway.py``).
         response = await gateway.admin.post("/v1/configs", json={...})
         bob = await gateway.caller("bob")  # bob.http, bob.key_id
 
-The lifespan opens its own engine from ``settings.database_url`` and makes it current, so
-the app works on committed data with connections of its own (use a database cleaned by
-truncation, not the rolled-back ``db`` transaction); the engine that was current before
-is made current again on exit.
+The lifespan opens its own runtime on ``settings.database_url``, and the block runs on it
+too (``Runtime.bind``): the app works on committed data with connections of its own (use a
+database cleaned by truncation, not the rolled-back ``db`` transaction), and the test's
+service calls reach the same database. Nothing outside the block changes.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from functions.core.db import conf
-from functions.core.db.engine import use_engine
 from functions.core.keys import service as keys
 from functions.core.keys.schemas import ApiKeyCreate
 from functions.core.settings import Settings
@@ -165,10 +163,10 @@ async def inprocess_gateway(
     ``llm`` is shared with the app (the caller closes it), as ``create_app`` allows;
     without it the lifespan builds one from ``settings`` and closes it.
     """
-    previous = conf.DB
     app = create_app(settings, llm=llm)
     lifespan = _Lifespan(app)
     await lifespan.startup()
+    unbind = app.state.runtime.bind()
     try:
         async with AsyncExitStack() as stack:
             # The first admin key cannot come through the API: made as the CLI makes it.
@@ -177,6 +175,5 @@ async def inprocess_gateway(
             stack.push_async_callback(client.aclose)
             yield InProcessGateway(app=app, admin=client, _stack=stack)
     finally:
+        unbind()
         await lifespan.shutdown()
-        if previous is not None:
-            use_engine(previous)

@@ -1,9 +1,11 @@
-"""Database engines: which one a URL names, and binding it to every table.
+"""Database engines: which one a URL names, and which one a query runs on.
 
-Piccolo finds its engine through ``piccolo_conf``; Switchboard's conf
-(``functions.core.db.conf``) builds it from the settings. :func:`use_engine` swaps the
-engine at run time (tests run the same services on PostgreSQL and SQLite in one process),
-which means re-pointing the conf module and every table that cached the old one.
+Piccolo finds a table's engine in ``Table._meta.db``. Every Switchboard table (and
+Piccolo's migration table) holds one :data:`ENGINE`, a thin :class:`RuntimeEngine` that
+hands each call to the engine bound to the current context: :func:`using` binds one for a
+block (an open runtime does, and the tasks it starts inherit it), and with none bound the
+process default set by :func:`use_engine` (tests, one-shot scripts). So two runtimes in
+one process (a notebook beside a test, two test databases) each query their own database.
 """
 
 from __future__ import annotations
@@ -12,19 +14,20 @@ import contextlib
 import os
 import stat
 import warnings
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar, Token
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from piccolo.apps.migrations.tables import Migration
+from piccolo.engine.base import Engine
 from piccolo.engine.postgres import PostgresEngine
 from piccolo.engine.sqlite import SQLiteEngine, TransactionType
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
 
-    from piccolo.engine.base import Engine
     from piccolo.table import Table
 
 # Piccolo warns on stderr, in colour, when its first query cannot connect; Switchboard
@@ -133,24 +136,152 @@ def describe_url(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-def use_engine(engine: Engine[Any]) -> None:
-    """Point Piccolo's engine finder and every Switchboard table at ``engine``."""
+# The engine bound to this context (an open runtime's); None: the process default.
+_BOUND: ContextVar[Engine[Any] | None] = ContextVar("switchboard_engine", default=None)
+
+
+class RuntimeEngine(Engine[Any]):
+    """The engine every table holds: the one bound to the current context, else the
+    process default.
+
+    Each call is handed to the real engine, whose own ``current_transaction`` (a ContextVar)
+    decides which connection runs it, so transactions, savepoints and ``atomic`` behave as
+    with the engine itself. What it adds per query is one ContextVar read per call Piccolo
+    makes (two: the query and its rows' conversion), never anything per row.
+    """
+
+    def __init__(self) -> None:
+        # Not Engine.__init__: that connects to check the server's version.
+        self.default: Engine[Any] | None = None
+
+    def resolve(self) -> Engine[Any]:
+        engine = _BOUND.get() or self.default
+        if engine is None:
+            raise RuntimeError("no database is open: use functions.core.runtime.open_runtime")
+        return engine
+
+    @property
+    def engine_type(self) -> str:  # type: ignore[override]
+        return self.resolve().engine_type
+
+    @property
+    def current_transaction(self) -> ContextVar[Any]:  # type: ignore[override]
+        return self.resolve().current_transaction
+
+    @property
+    def min_version_number(self) -> float:  # type: ignore[override]
+        return self.resolve().min_version_number
+
+    async def get_version(self) -> float:
+        return await self.resolve().get_version()
+
+    def get_version_sync(self) -> float:
+        return self.resolve().get_version_sync()
+
+    async def prep_database(self) -> None:
+        await self.resolve().prep_database()  # type: ignore[no-untyped-call]
+
+    async def batch(self, query: Any, batch_size: int = 100, node: str | None = None) -> Any:
+        return await self.resolve().batch(query, batch_size=batch_size, node=node)
+
+    async def run_querystring(self, querystring: Any, in_pool: bool = True) -> Any:
+        return await (_BOUND.get() or self.resolve()).run_querystring(querystring, in_pool)
+
+    def transform_response_to_dicts(self, results: Any) -> list[dict[str, Any]]:
+        return (_BOUND.get() or self.resolve()).transform_response_to_dicts(results)
+
+    async def run_ddl(self, ddl: str, in_pool: bool = True) -> Any:
+        return await self.resolve().run_ddl(ddl, in_pool)
+
+    def transaction(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve().transaction(*args, **kwargs)
+
+    def atomic(self) -> Any:
+        return self.resolve().atomic()
+
+    def transaction_exists(self) -> bool:
+        return self.resolve().transaction_exists()
+
+    async def start_connection_pool(self, **kwargs: Any) -> None:
+        await self.resolve().start_connection_pool(**kwargs)  # type: ignore[no-untyped-call]
+
+    async def close_connection_pool(self) -> None:
+        await self.resolve().close_connection_pool()  # type: ignore[no-untyped-call]
+
+    def __getattr__(self, name: str) -> Any:
+        # The rest (a SQLite engine's path, a PostgreSQL engine's pool): rare, never per query.
+        return getattr(self.resolve(), name)
+
+
+ENGINE = RuntimeEngine()
+"""The one engine object Piccolo sees (``_meta.db`` of every table, ``conf.DB``)."""
+
+
+def _point_tables() -> None:
+    """Make Piccolo find :data:`ENGINE` everywhere: tables, its conf, its migrations."""
     from functions.core.db import conf
     from functions.core.db.tables import ALL_TABLES
 
-    conf.DB = engine
     os.environ["PICCOLO_CONF"] = conf.__name__
     tables: tuple[type[Table], ...] = (*ALL_TABLES, Migration)
     for table in tables:
-        table._meta.db = engine
+        if table._meta._db is not ENGINE:
+            table._meta.db = ENGINE
+
+
+def use_engine(engine: Engine[Any] | None) -> None:
+    """Make ``engine`` the process default: what runs where no engine is bound uses it."""
+    _point_tables()
+    ENGINE.default = engine
+
+
+def bind_engine(engine: Engine[Any]) -> Token[Engine[Any] | None]:
+    """Bind ``engine`` to the current context (and the tasks it starts) until
+    :func:`unbind_engine`; prefer :func:`using` outside hot paths."""
+    return _BOUND.set(engine)
+
+
+def unbind_engine(token: Token[Engine[Any] | None]) -> None:
+    try:
+        _BOUND.reset(token)
+    except ValueError:
+        # Closed from another context than it opened in (a fixture's teardown): that
+        # context can only forget it; the one it opened in ends with its task.
+        _BOUND.set(token.old_value if token.old_value is not Token.MISSING else None)
+
+
+@contextmanager
+def using(engine: Engine[Any]) -> Iterator[Engine[Any]]:
+    """Run the block (and the tasks it starts) on ``engine``, whatever the process default."""
+    _point_tables()
+    token = bind_engine(engine)
+    try:
+        yield engine
+    finally:
+        unbind_engine(token)
+
+
+@contextmanager
+def default_while_open(engine: Engine[Any]) -> Iterator[None]:
+    """Make ``engine`` the process default for the block if there is none yet.
+
+    A safety net for code that runs outside every bound context (a thread some library
+    started): in a process with one runtime it finds that runtime's engine. It never
+    replaces a default, so a second runtime cannot re-point the first's.
+    """
+    adopted = ENGINE.default is None
+    if adopted:
+        use_engine(engine)
+    try:
+        yield
+    finally:
+        if adopted and ENGINE.default is engine:
+            ENGINE.default = None
 
 
 def current_engine() -> Engine[Any]:
-    from functions.core.db import conf
-
-    if conf.DB is None:
-        raise RuntimeError("no database is open: use functions.core.runtime.open_runtime")
-    return conf.DB
+    """The real engine this context runs on (bound, else the process default)."""
+    return _BOUND.get() or ENGINE.resolve()
 
 
 async def _keep_session(_connection: object) -> None:

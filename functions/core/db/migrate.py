@@ -18,7 +18,7 @@ from piccolo.apps.migrations.commands.base import BaseMigrationManager
 from piccolo.apps.migrations.commands.forwards import ForwardsMigrationManager
 from piccolo.apps.migrations.commands.new import AutoMigrationManager
 
-from functions.core.db.engine import create_sqlite_file, use_engine
+from functions.core.db.engine import create_sqlite_file, using
 from functions.core.db.errors import SchemaMissingError, as_database_error
 from functions.core.db.sql import fetch
 from functions.core.errors import SwitchboardError
@@ -74,8 +74,8 @@ async def pending_migrations() -> list[str]:
 
 async def migration_status(engine: Engine[Any]) -> dict[str, bool]:
     """Each migration id, in order, and whether it has been applied. Writes nothing."""
-    use_engine(engine)
-    applied = await applied_migrations()
+    with using(engine):
+        applied = await applied_migrations()
     return {mid: mid in applied for mid in known_migrations()}
 
 
@@ -87,7 +87,7 @@ async def migrate(engine: Engine[Any]) -> MigrationReport:
     create_sqlite_file(engine)
     before = await migration_status(engine)
     captured = io.StringIO()
-    with contextlib.redirect_stdout(captured):
+    with using(engine), contextlib.redirect_stdout(captured):
         result = await ForwardsMigrationManager(app_name=APP_NAME).run()
     if not result.success:
         raise MigrationError(f"migration failed: {result.message or captured.getvalue()}")
@@ -103,7 +103,7 @@ async def rollback(engine: Engine[Any], migration_id: str = "all") -> list[str]:
     """Undo migrations newest first down to ``migration_id`` (``all``: every one)."""
     before = await migration_status(engine)
     captured = io.StringIO()
-    with contextlib.redirect_stdout(captured):
+    with using(engine), contextlib.redirect_stdout(captured):
         result = await BackwardsMigrationManager(
             app_name=APP_NAME, migration_id=migration_id, auto_agree=True
         ).run()
@@ -115,9 +115,8 @@ async def rollback(engine: Engine[Any], migration_id: str = "all") -> list[str]:
 
 async def schema_drift(engine: Engine[Any]) -> list[str]:
     """Statements a new auto migration would contain; empty when tables match migrations."""
-    use_engine(engine)
     manager = AutoMigrationManager()
     app_config = manager.get_app_config(app_name=APP_NAME)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with using(engine), contextlib.redirect_stdout(io.StringIO()):
         alter = await manager.get_alter_statements(app_config=app_config)
     return list(chain.from_iterable(statement.statements for statement in alter))

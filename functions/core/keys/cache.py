@@ -6,11 +6,17 @@ secret's hash, never the secret. A revocation drops them at once: in this proces
 directly, in others through :mod:`functions.core.keys.revocations` (a notification on
 PostgreSQL; on SQLite each entry carries the revocation mark read before its query and is
 used only while the mark is unchanged).
+
+Each runtime owns its cache (two runtimes in one process never share a key): it binds it
+to the context it runs in, with its engine (``Runtime.bind``), and
+:func:`current_principals` finds it there. A context with no runtime has a cache that is
+off.
 """
 
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -20,8 +26,12 @@ if TYPE_CHECKING:
 
 
 class PrincipalCache:
-    def __init__(self, ttl_s: float = 0.0) -> None:
+    """``marker``: the SQLite revocation marker whose mark entries are checked against
+    (:mod:`functions.core.keys.revocations`); None on PostgreSQL."""
+
+    def __init__(self, ttl_s: float = 0.0, *, marker: str | None = None) -> None:
         self.ttl_s = ttl_s
+        self.marker = marker
         self._entries: dict[str, tuple[Principal, float, bytes | None]] = {}
 
     @property
@@ -61,5 +71,28 @@ class PrincipalCache:
                 del self._entries[key_hash]
 
 
-# One per process: the web lifespan turns it on; the CLI leaves it off.
-principals = PrincipalCache()
+class _Off(PrincipalCache):
+    """The cache of a context no runtime is bound to: off, and never turned on."""
+
+    def enable(self, ttl_s: float) -> None:
+        return
+
+
+_OFF = _Off()
+_CURRENT: ContextVar[PrincipalCache] = ContextVar("switchboard_principals", default=_OFF)
+
+
+def current_principals() -> PrincipalCache:
+    """The cache of the runtime bound to this context (off when none is)."""
+    return _CURRENT.get()
+
+
+def bind_principals(cache: PrincipalCache) -> Token[PrincipalCache]:
+    return _CURRENT.set(cache)
+
+
+def unbind_principals(token: Token[PrincipalCache]) -> None:
+    try:
+        _CURRENT.reset(token)
+    except ValueError:  # closed from another context: that one can only forget it
+        _CURRENT.set(_OFF if token.old_value is Token.MISSING else token.old_value)

@@ -37,24 +37,20 @@ CHANNEL = "switchboard_key_revoked"
 MARKER_SUFFIX = ".revocations"
 _MARKER_BYTES = 64
 
-# The marker path of the engine last asked about: the hot path pays no string building.
-_marker_of: tuple[Engine[Any] | None, str | None] = (None, None)
 
 
 def marker_path(engine: Engine[Any]) -> str | None:
-    """Where revocations are marked for ``engine``: a SQLite database's sibling file."""
-    global _marker_of  # noqa: PLW0603 - a one-entry memo of a pure function
-    cached_engine, path = _marker_of
-    if cached_engine is not engine:
-        path = engine.path + MARKER_SUFFIX if isinstance(engine, SQLiteEngine) else None
-        _marker_of = (engine, path)
-    return path
+    """Where revocations are marked for ``engine``: a SQLite database's sibling file.
+
+    A runtime asks once, for its cache (``PrincipalCache.marker``), so the hot path pays
+    no string building and two runtimes never share one memo.
+    """
+    return engine.path + MARKER_SUFFIX if isinstance(engine, SQLiteEngine) else None
 
 
-def current_mark() -> bytes | None:
-    """What the current database's revocation marker holds now (None on PostgreSQL, or
-    before any revocation)."""
-    path = marker_path(current_engine())
+def read_mark(path: str | None) -> bytes | None:
+    """What the revocation marker at ``path`` holds now (None on PostgreSQL, or before any
+    revocation)."""
     if path is None:
         return None
     try:

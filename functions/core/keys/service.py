@@ -24,7 +24,7 @@ from functions.core.errors import (
     NotFoundError,
 )
 from functions.core.keys import revocations
-from functions.core.keys.cache import principals
+from functions.core.keys.cache import current_principals
 from functions.core.keys.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -110,7 +110,7 @@ async def list_keys(*, include_revoked: bool = True) -> list[ApiKeyOut]:
 async def revoke_key(key_id: uuid.UUID) -> ApiKeyOut:
     """Revoke a key; every serving process refuses it from its next request (see
     :mod:`functions.core.keys.revocations`). Revoking twice keeps the first time."""
-    principals.forget(key_id)
+    current_principals().forget(key_id)
     await ApiKey.update({ApiKey.revoked_at: datetime.now(UTC)}).where(
         (ApiKey.id == key_id) & ApiKey.revoked_at.is_null()
     )
@@ -143,8 +143,9 @@ async def authenticate(secret: str) -> Principal:
             "malformed API key: expected 'Authorization: Bearer sb-...'",
         )
     presented = hash_secret(secret)
+    principals = current_principals()
     # Read before the query: a revocation committed after it changes the mark.
-    mark = revocations.current_mark() if principals.enabled else None
+    mark = revocations.read_mark(principals.marker) if principals.enabled else None
     cached = principals.get(presented, mark)
     if cached is not None:
         return cached

@@ -1,12 +1,12 @@
 """Sends in flight, and the two things that end them early: a shutdown, a deletion.
 
 Graceful shutdown that drains: on SIGTERM (a deploy, a restart) the server stops accepting
-connections and calls :func:`begin_shutdown`. Every :class:`InFlight` (one per serving
-runtime) then refuses new sends and gives the sends in flight ``shutdown_grace_s`` to
-finish. When the grace runs out it cancels the ones left (see :meth:`InFlight.guard`):
-each records its reply as ``shutdown`` and tells its client (a JSON 503, or an SSE
-``error`` event) before the server closes connections, and only then does the runtime
-close the database pool.
+connections and every serving runtime's :class:`InFlight` (see
+:meth:`InFlight.drain_on_signals`) refuses new sends and gives the sends in flight
+``shutdown_grace_s`` to finish. When the grace runs out it cancels the ones left (see
+:meth:`InFlight.guard`): each records its reply as ``shutdown`` and tells its client (a
+JSON 503, or an SSE ``error`` event) before the server closes connections, and only then
+does the runtime close the database pool.
 
 A conversation deleted while its reply is generated: :meth:`InFlight.cancel_conversation`
 (called in the deleting process, and through a notification in the others) cancels its
@@ -20,7 +20,6 @@ import contextlib
 import signal
 import threading
 import uuid
-import weakref
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -33,8 +32,6 @@ if TYPE_CHECKING:
     from types import FrameType, TracebackType
 
 log = get_logger(__name__)
-
-_IN_FLIGHT: weakref.WeakSet[InFlight] = weakref.WeakSet()
 
 
 class ShuttingDownError(SwitchboardError):
@@ -127,13 +124,19 @@ class InFlight:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def register(self) -> None:
-        """Listen for :func:`begin_shutdown` (serving processes only)."""
-        self._loop = asyncio.get_running_loop()
-        _IN_FLIGHT.add(self)
+    def drain_on_signals(self) -> Callable[[], None]:
+        """Drain on SIGTERM and SIGINT (serving runtimes only); returns the undo.
 
-    def unregister(self) -> None:
-        _IN_FLIGHT.discard(self)
+        No registry of runtimes: each runtime's handler drains it and then calls the one it
+        replaced, so a signal reaches every serving runtime of the process.
+        """
+        self._loop = loop = asyncio.get_running_loop()
+
+        def begin() -> None:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(self._begin)
+
+        return chain_signal_handlers(begin)
 
     def check_accepting(self) -> None:
         if self.draining:
@@ -192,8 +195,9 @@ class InFlight:
             guard.end("shutdown")
 
 
-def chain_signal_handlers() -> Callable[[], None]:
-    """Make SIGTERM and SIGINT start draining, then do what they did before.
+def chain_signal_handlers(begin_shutdown: Callable[[], None]) -> Callable[[], None]:
+    """Make SIGTERM and SIGINT call ``begin_shutdown`` (safe from a signal handler), then
+    do what they did before.
 
     Called once the server has installed its own handlers (uvicorn does so before the
     lifespan starts), so the drain begins at the same moment the server stops accepting,
@@ -222,10 +226,3 @@ def chain_signal_handlers() -> Callable[[], None]:
                 signal.signal(sig, handler)
 
     return restore
-
-
-def begin_shutdown() -> None:
-    """Start draining every serving runtime of this process (safe from a signal handler)."""
-    for in_flight in list(_IN_FLIGHT):
-        if in_flight._loop is not None and not in_flight._loop.is_closed():
-            in_flight._loop.call_soon_threadsafe(in_flight._begin)

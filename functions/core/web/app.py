@@ -23,7 +23,7 @@ from functions.core.runtime import open_runtime
 from functions.core.settings import Settings, load_settings
 from functions.core.web.admission import admit
 from functions.core.web.body import SwitchboardRequest
-from functions.core.web.context import RequestContext
+from functions.core.web.context import OnRuntime, RequestContext
 from functions.core.web.docs import StructSchemas
 from functions.core.web.offline_docs import assets_router, render_plugins
 from functions.core.web.policy import SWITCHBOARD, PolicyByPath
@@ -80,14 +80,17 @@ def build_app(
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with open_runtime(settings, llm=llm, use_llm=uses_llm, serving=True) as runtime:
-            app.state.runtime = runtime
+            app.state.runtime = on_runtime.runtime = runtime
             log.info(
                 "function.started",
                 function=function,
                 database=describe_url(settings.database_url),
                 llm_urls=list(settings.llm_urls) if uses_llm else [],
             )
-            yield
+            try:
+                yield
+            finally:
+                on_runtime.runtime = None
 
     app = Litestar(
         route_handlers=[*route_handlers, *PROBE_ROUTES, assets_router()],
@@ -106,5 +109,6 @@ def build_app(
         debug=False,
     )
     # Wrap the whole handler (not a Litestar middleware, which skips unmatched routes).
-    app.asgi_handler = RequestContext(app.asgi_handler, function)  # type: ignore[assignment]
+    on_runtime = OnRuntime(RequestContext(app.asgi_handler, function))
+    app.asgi_handler = on_runtime  # type: ignore[assignment]
     return app

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -27,6 +27,9 @@ from functions.core.metrics import (
     HTTP_REQUESTS,
     child,
 )
+
+if TYPE_CHECKING:
+    from functions.core.runtime import Runtime
 
 log = get_logger("switchboard.access")
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -180,3 +183,27 @@ class RequestContext:
             fields["prompt_text"] = facts.prompt_text
             fields["reply_text"] = facts.reply_text
         log.info("request", **fields)
+
+
+class OnRuntime:
+    """Wraps an ASGI app: runs each request on the app's runtime (its engine, its key cache).
+
+    The server starts each request in a task of its own, which does not inherit what the
+    lifespan bound; and two apps in one process (each with its runtime) must each keep to
+    their own. The lifespan sets :attr:`runtime` once it is open.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.runtime: Runtime | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        runtime = self.runtime
+        if runtime is None:
+            await self.app(scope, receive, send)
+            return
+        unbind = runtime.bind()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            unbind()

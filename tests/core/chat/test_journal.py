@@ -10,7 +10,7 @@ import os
 import stat
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +33,7 @@ from functions.core.chat.journal import (
 )
 from functions.core.chat.recorder import OutcomeBacklog, ReplyNotRecordedError, ReplyRecorder
 from functions.core.conversations import service as conversations
-from functions.core.db.engine import engine_from_url, use_engine
+from functions.core.db.engine import engine_from_url, using
 from functions.core.db.sql import fetch
 from functions.core.messages import service as messages
 from functions.core.messages.schemas import ConfigRef, Exchange, MessageOut, ReplyOutcome
@@ -403,17 +403,10 @@ async def test_replay_never_overwrites_a_reply_that_ended_otherwise(
 
 
 @pytest.fixture
-def database_down(tmp_path: Path) -> Iterator[None]:
-    """Every table pointed at a database that cannot be opened (its file is missing)."""
-    from functions.core.db import conf
-
-    previous = conf.DB
-    use_engine(engine_from_url(f"sqlite:///{tmp_path}/gone/switchboard.sqlite"))
-    try:
+async def database_down(tmp_path: Path) -> AsyncIterator[None]:
+    """The test runs on a database that cannot be opened (its file is missing)."""
+    with using(engine_from_url(f"sqlite:///{tmp_path}/gone/switchboard.sqlite")):
         yield
-    finally:
-        if previous is not None:
-            use_engine(previous)
 
 
 def _exchange() -> Exchange:

@@ -15,7 +15,7 @@ from functions.core.configs import service as configs
 from functions.core.configs.schemas import LLMConfigCreate, LLMConfigOut
 from functions.core.conversations import service as conversations
 from functions.core.conversations.schemas import ConversationCreate
-from functions.core.db.engine import engine_from_url, use_engine
+from functions.core.db.engine import engine_from_url, using
 from functions.core.db.tables import Message, ProcessLease
 from functions.core.errors import ConflictError, NotFoundError
 from functions.core.keys import service as keys
@@ -203,18 +203,18 @@ async def test_sequence_numbers_stay_ordered_under_concurrent_sends(shared_db: A
     """Separate connections racing on one conversation get gap-free, paired numbers."""
     owner, conv_id, cfg = await setup()
     # A pool on PostgreSQL; on SQLite every query opens its own connection already.
+    engine = shared_db
     if shared_db.engine_type == "postgres":
         engine = engine_from_url(shared_db.config["dsn"])
         await engine.start_connection_pool(min_size=4, max_size=8)
-        use_engine(engine)
     try:
-        pairs = await asyncio.gather(
-            *(_send_until_accepted(owner, conv_id, cfg, f"m{i}") for i in range(8))
-        )
+        with using(engine):
+            pairs = await asyncio.gather(
+                *(_send_until_accepted(owner, conv_id, cfg, f"m{i}") for i in range(8))
+            )
     finally:
-        if shared_db.engine_type == "postgres":
+        if engine is not shared_db:
             await engine.close_connection_pool()
-            use_engine(shared_db)
     assert sorted(seq for pair in pairs for seq in pair) == list(range(1, 17))
     assert all(assistant == user + 1 for user, assistant in pairs)
     stored = (await service.list_messages(owner, conv_id, limit=100)).data
