@@ -32,6 +32,7 @@ from functions.core.keys.schemas import ApiKeyCreate
 from functions.core.schemas import Input
 from functions.core.web.app import build_app
 from functions.core.web.auth import ADMIN
+from functions.core.web.docs import errors
 from functions.core.web.policy import OPENAI, SWITCHBOARD, RouterPolicy
 from tests.conftest import truncate_all
 from tests.support.inprocess import asgi_client, inprocess_settings
@@ -56,14 +57,14 @@ class BusyError(SwitchboardError):
     code: ClassVar[str] = "rate_limited"
 
 
-def door_handlers() -> list[HTTPRouteHandler]:
+def door_handlers(policy: RouterPolicy) -> list[HTTPRouteHandler]:
     """The same handlers for each router (fresh objects: a handler has one owner)."""
 
     @post("/echo", status_code=200)
     async def echo(data: JSONBody[Echo]) -> Echo:
         return data
 
-    @get("/things/{thing_id:uuid}")
+    @get("/things/{thing_id:uuid}", responses=errors(404, policy=policy))
     async def missing(thing_id: FromPath[uuid.UUID]) -> None:
         raise NotFoundError(f"thing {thing_id} not found", details={"field": "thing_id"})
 
@@ -83,7 +84,9 @@ def door_handlers() -> list[HTTPRouteHandler]:
 
 
 def door(policy: RouterPolicy, path: str) -> Any:
-    return policy.router(path=path, route_handlers=door_handlers(), security=[{"BearerAuth": []}])
+    return policy.router(
+        path=path, route_handlers=door_handlers(policy), security=[{"BearerAuth": []}]
+    )
 
 
 @dataclass
@@ -332,3 +335,28 @@ async def test_unexpected_errors_hide_their_detail_in_either_shape(
         response = await api.admin.get("/v1/twin/boom")
         switchboard_error(response, 500, "internal_error")
         assert SECRET_DETAIL not in response.text
+
+
+async def test_the_document_shows_each_routers_error_shape(
+    engine: Engine[Any], pg_url: str
+) -> None:
+    async with policy_app(pg_url) as api:
+        response = await api.anonymous.get("/schema/openapi.json")
+        assert response.status_code == 200, response.text
+        document = response.json()
+    shapes = {}
+    for prefix in ("/v1/door", "/v1/twin"):
+        operation = document["paths"][f"{prefix}/things/{{thing_id}}"]["get"]
+        for status in ("401", "404", "500"):
+            content = operation["responses"][status]["content"]["application/json"]
+            schema = content["schema"]["$ref"].rsplit("/", 1)[1]
+            examples = [example["value"] for example in content["examples"].values()]
+            shapes[prefix, status] = schema, {frozenset(value["error"]) for value in examples}
+    # Litestar drops null values from examples, so a null param is not shown.
+    openai_keys = frozenset({"message", "type", "code"})
+    switchboard_keys = frozenset({"code", "message", "request_id", "details"})
+    for status in ("401", "404", "500"):
+        assert shapes["/v1/door", status] == ("OpenAIErrorBody", {openai_keys})
+        assert shapes["/v1/twin", status] == ("ErrorBody", {switchboard_keys})
+    detail = document["components"]["schemas"]["OpenAIErrorDetail"]
+    assert set(detail["required"]) == {"message", "type", "param", "code"}

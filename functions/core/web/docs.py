@@ -8,8 +8,9 @@ schemas:
   ``temperature`` of 0), ``format: uuid``, ``additionalProperties: false`` on every body,
   no NUL in any string a caller sends;
 - an event stream documents each event (:func:`event_stream`).
-- :func:`errors` documents every error status a route can answer, in Switchboard's one
-  error shape, and the codes particular to a route (each with an example).
+- :func:`errors` documents every error status a route can answer, in its router's error
+  shape (Switchboard's unless told), and the codes particular to a route (each with an
+  example).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from litestar.params import PathParameter, QueryParameter
 
 from functions.core.errors import InvalidInputError, SwitchboardError
 from functions.core.schemas import Input, Output
-from functions.core.web.schemas import ErrorBody
+from functions.core.web.errors import Problem
+from functions.core.web.policy import SWITCHBOARD, RouterPolicy
 
 if TYPE_CHECKING:
     from litestar._openapi.schema_generation import SchemaCreator
@@ -74,27 +76,20 @@ ALWAYS = (400, 500)
 SECURED = (*ALWAYS, 401, 503)
 
 
-def _example(code: str, message: str) -> Example:
-    return Example(
-        summary=code,
-        value={
-            "error": {
-                "code": code,
-                "message": message,
-                "request_id": "9b2f4c1de0a34f7e8c1b2a3d4e5f6a7b",
-                "details": {},
-            }
-        },
-    )
+def _example(policy: RouterPolicy, status: int, code: str, message: str) -> Example:
+    value = policy.shape(Problem(status, code, message), "9b2f4c1de0a34f7e8c1b2a3d4e5f6a7b")
+    return Example(summary=code, value=value)
 
 
 def errors(
     *statuses: int,
     public: bool = False,
     codes: Mapping[type[SwitchboardError], str] | None = None,
+    policy: RouterPolicy = SWITCHBOARD,
 ) -> dict[int, ResponseSpec]:
     """Response specs for ``statuses`` plus those every route has (:data:`SECURED`, or
-    :data:`ALWAYS` for a ``public`` route), all in the one error shape.
+    :data:`ALWAYS` for a ``public`` route), all in the error shape of ``policy`` (the
+    route's router's).
 
     ``codes``: errors particular to the route, each with what it tells the caller; each is
     listed, with an example, under its own status (added if not named)."""
@@ -106,9 +101,12 @@ def errors(
         own = particular.get(status, [])
         listed = "".join(f"\n- `{code}`: {meaning}" for code, meaning in own)
         specs[status] = ResponseSpec(
-            data_container=ErrorBody,
+            data_container=policy.error_schema,
             description=_MEANINGS[status] + (f"\n\nOn this route also:{listed}" if own else ""),
-            examples=[_example(*_EXAMPLE_CODES[status]), *(_example(*pair) for pair in own)],
+            examples=[
+                _example(policy, status, *_EXAMPLE_CODES[status]),
+                *(_example(policy, status, *pair) for pair in own),
+            ],
         )
     return specs
 

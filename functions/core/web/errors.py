@@ -1,12 +1,13 @@
 """Exceptions become HTTP errors here, once; each router chooses how they are written.
 
 :func:`problem_of` is the single mapping from an exception to a :class:`Problem` (status,
-code, message, details, headers). A renderer writes a problem in a wire shape:
-:func:`render_switchboard` sends Switchboard's ``{"error": {code, message, request_id,
-details}}``, :func:`render_openai` OpenAI's ``{"error": {message, type, param, code}}``
-(the shape OpenAI's clients parse). Which renderer a router uses is its policy
-(``functions.core.web.policy``). No stack trace or SQL reaches a client: anything
-unexpected is logged with the request id and answered with a 500 that quotes it.
+code, message, details, headers). A shape writes a problem as a JSON body:
+:func:`switchboard_body` is Switchboard's ``{"error": {code, message, request_id,
+details}}``, :func:`openai_body` OpenAI's ``{"error": {message, type, param, code}}`` (the
+shape OpenAI's clients parse). Which shape a router uses is its policy
+(``functions.core.web.policy``); the OpenAPI document's examples are written by it too.
+No stack trace or SQL reaches a client: anything unexpected is logged with the request id
+and answered with a 500 that quotes it.
 """
 
 from __future__ import annotations
@@ -61,20 +62,20 @@ class Problem(NamedTuple):
     headers: dict[str, str] | None = None
 
 
-ErrorRenderer = Callable[[Request[Any, Any, Any], Problem], Response[Any]]
+ErrorShape = Callable[[Problem, "str | None"], dict[str, Any]]
+"""A wire shape: the JSON body of a problem, given the request's id."""
 
 
-def render_switchboard(request: Request[Any, Any, Any], problem: Problem) -> Response[Any]:
+def switchboard_body(problem: Problem, request_id: str | None) -> dict[str, Any]:
     """Switchboard's shape: ``{"error": {code, message, request_id, details}}``."""
-    body = {
+    return {
         "error": {
             "code": problem.code,
             "message": problem.message,
-            "request_id": request_id_of(request),
+            "request_id": request_id,
             "details": problem.details,
         }
     }
-    return Response(body, status_code=problem.status, headers=problem.headers)
 
 
 # The ``type`` OpenAI's API gives each status; a status not listed is an invalid request
@@ -92,16 +93,16 @@ def openai_error_type(status: int) -> str:
     return _OPENAI_TYPES.get(status, "invalid_request_error")
 
 
-def render_openai(request: Request[Any, Any, Any], problem: Problem) -> Response[Any]:
+def openai_body(problem: Problem, request_id: str | None) -> dict[str, Any]:
     """OpenAI's shape: ``{"error": {message, type, param, code}}``.
 
     OpenAI's clients pick the exception class by status and read ``message``, ``type``,
-    ``param`` and ``code`` from ``error``; the request id travels in ``x-request-id``, as
-    OpenAI sends it. ``param`` is the input at fault (``details.field``), ``code``
+    ``param`` and ``code`` from ``error``; the request id travels in ``x-request-id`` only,
+    as OpenAI sends it. ``param`` is the input at fault (``details.field``), ``code``
     Switchboard's code.
     """
     field = problem.details.get("field")
-    body = {
+    return {
         "error": {
             "message": problem.message,
             "type": openai_error_type(problem.status),
@@ -109,6 +110,13 @@ def render_openai(request: Request[Any, Any, Any], problem: Problem) -> Response
             "code": problem.code,
         }
     }
+
+
+def error_response(
+    request: Request[Any, Any, Any], problem: Problem, shape: ErrorShape
+) -> Response[dict[str, Any]]:
+    """``problem`` written in ``shape``, with the headers its status calls for."""
+    body = shape(problem, request_id_of(request))
     return Response(body, status_code=problem.status, headers=problem.headers)
 
 

@@ -25,7 +25,15 @@ from typing import Any, Literal
 from litestar import Request, Response, Router
 from litestar.types import ControllerRouterHandler, ExceptionHandlersMap
 
-from functions.core.web.errors import ErrorRenderer, problem_of, render_openai, render_switchboard
+from functions.core.schemas import Output
+from functions.core.web.errors import (
+    ErrorShape,
+    error_response,
+    openai_body,
+    problem_of,
+    switchboard_body,
+)
+from functions.core.web.schemas import ErrorBody, OpenAIErrorBody
 
 POLICY_OPT = "router_policy"
 """The key under which a router's policy sits in its ``opt`` (and so in each route's)."""
@@ -37,17 +45,19 @@ UnknownFields = Literal["forbid", "ignore"]
 class RouterPolicy:
     """A router's error shape and body strictness.
 
+    ``shape`` writes an error's body, ``error_schema`` documents it (OpenAPI).
     ``unknown_fields``: ``forbid`` makes a body field the type does not declare a 400
     naming it; ``ignore`` drops it (at any depth) and reads the rest as strictly.
     """
 
     name: str
-    render: ErrorRenderer
+    shape: ErrorShape
+    error_schema: type[Output]
     unknown_fields: UnknownFields
 
     def handle(self, request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
         """The exception handler: the one mapping, written in this policy's shape."""
-        return self.render(request, problem_of(request, exc))
+        return error_response(request, problem_of(request, exc), self.shape)
 
     @property
     def exception_handlers(self) -> ExceptionHandlersMap:
@@ -74,10 +84,10 @@ class RouterPolicy:
         )
 
 
-SWITCHBOARD = RouterPolicy("switchboard", render_switchboard, "forbid")
+SWITCHBOARD = RouterPolicy("switchboard", switchboard_body, ErrorBody, "forbid")
 """Switchboard's own API: its error shape, unknown fields refused."""
 
-OPENAI = RouterPolicy("openai", render_openai, "ignore")
+OPENAI = RouterPolicy("openai", openai_body, OpenAIErrorBody, "ignore")
 """An OpenAI-compatible door: OpenAI's error shape, unknown fields ignored."""
 
 

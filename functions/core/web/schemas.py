@@ -1,4 +1,5 @@
-"""Response shapes shared by every function: errors and probes (also used in OpenAPI)."""
+"""Response shapes shared by every function: errors (in each policy's shape) and probes
+(also used in OpenAPI)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,22 @@ class ErrorDetail(Output, kw_only=True):
 
 
 class ErrorBody(Output, kw_only=True):
-    """``{"error": {...}}``: the only error shape Switchboard sends."""
+    """``{"error": {...}}``: the error shape of Switchboard's own API."""
 
     error: ErrorDetail
+
+
+class OpenAIErrorDetail(Output, kw_only=True):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorBody(Output, kw_only=True):
+    """``{"error": {...}}`` as OpenAI sends it: what a router under OpenAI's policy sends."""
+
+    error: OpenAIErrorDetail
 
 
 class Liveness(Output, kw_only=True):

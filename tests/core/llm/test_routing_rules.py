@@ -13,11 +13,18 @@ import pytest
 
 from functions.core.llm.client import LLMClient
 from functions.core.llm.dispatch import health_of
-from functions.core.llm.errors import LLMOverloadedError, LLMUnavailableError
+from functions.core.llm.errors import LLMError, LLMOverloadedError, LLMUnavailableError
 from functions.core.llm.schemas import ChatDelta
 from functions.core.llm.transport import build_http_client
 from functions.core.llm.upstreams import UpstreamPool
-from tests.core.llm.conftest import LONG_STREAM, Faults, MakeClient, chat_request, llm_settings
+from tests.core.llm.conftest import (
+    LONG_STREAM,
+    Faults,
+    MakeClient,
+    chat_request,
+    llm_settings,
+    wait_for_stats,
+)
 from tests.core.llm.scripted_server import closed_port_url
 from tests.support.simulator import SimulatorProcess
 
@@ -174,3 +181,25 @@ async def test_a_retry_on_the_same_upstream_waits_its_backoff(
     assert result.content
     assert client.stats().retries_total == 1
     assert client.stats().in_flight == 0  # the 503's slot was given back
+
+
+async def test_a_failed_or_cancelled_call_gives_its_slot_back(
+    make_client: MakeClient, fresh: SimulatorProcess, faults: Faults
+) -> None:
+    """A slot held by an attempt that ends in an error nobody retries, or in a cancellation
+    before the answer's headers, goes back to the pool: else the cap fills with ghosts."""
+    client = make_client(fresh.base_url, llm_max_inflight_per_upstream=1)
+    faults.add({"X-Sim-Fault": "500"}, times=1)
+    with pytest.raises(LLMError):
+        await client.chat(chat_request())
+    assert client.stats().in_flight == 0
+
+    faults.add({"X-Sim-TTFT-Ms": "30000"}, times=1)
+    waiting = asyncio.ensure_future(client.chat(chat_request()))
+    await wait_for_stats(fresh, lambda s: s["chat_in_flight"] == 1)
+    assert client.stats().in_flight == 1
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert client.stats().in_flight == 0
+    assert (await client.chat(chat_request())).content  # the one slot is free again
