@@ -14,7 +14,7 @@ the model's call is what a shutdown drains and a deletion aborts, for every door
 from __future__ import annotations
 
 import asyncio
-from contextlib import aclosing, asynccontextmanager
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from functions.core.chat.exchanges import Exchanges
@@ -51,6 +51,7 @@ from functions.core.messages import service as messages
 if TYPE_CHECKING:
     import uuid
     from collections.abc import AsyncGenerator, AsyncIterator
+    from types import TracebackType
 
     from functions.core.errors import SwitchboardError
     from functions.core.llm.client import LLMClient
@@ -110,26 +111,9 @@ class ChatService:
             reply = await wait_for_outcome(replay.reply_id, self.exchanges.busy_timeout_s)
             return reply, outcome_error(reply)
 
-    @asynccontextmanager
-    async def _exchange(
-        self, request: SendRequest
-    ) -> AsyncIterator[tuple[Exchange, _KeptRecorder, SendRequest]]:
-        """The pipeline's first half and its end, for every door: ownership, ``admit``,
-        the conversation's lock, the claim; ``reconcile`` once the block has recorded
-        the reply (or failed to), whatever happened."""
-        request, conversation_id = await self.exchanges.prepare(request)
-        self._in_flight.check_accepting()
-        admitted = admission(request, conversation_id)
-        await self._hooks.admit(admitted)
-        recorder: _KeptRecorder | None = None
-        try:
-            # One busy budget for the lock's wait and the claim's (the deadline it yields).
-            async with self._locks.hold(conversation_id, self.exchanges.busy_timeout_s) as until:
-                exchange = await self.exchanges.begin(request, replay_checked=True, deadline=until)
-                recorder = _KeptRecorder(exchange, self._backlog)
-                yield exchange, recorder, request
-        finally:
-            await self._hooks.reconcile(admitted, recorder.stored if recorder else None)
+    def _exchange(self, request: SendRequest) -> _Exchanging:
+        """The pipeline's first half and its end, for every door (see :class:`_Exchanging`)."""
+        return _Exchanging(self, request)
 
     async def _generate(
         self, exchange: Exchange, request: SendRequest, recorder: ReplyRecorder
@@ -269,6 +253,55 @@ class ChatService:
                 yield event
         if not finished:
             raise LLMError(UNFINISHED)
+
+
+class _Exchanging:
+    """``async with``: ownership, ``admit``, the conversation's lock and the claim on the
+    way in (giving the exchange, its recorder and the request as prepared); on the way
+    out, whatever happened, the lock is let go and ``reconcile`` is told what was
+    recorded. A class rather than an ``asynccontextmanager``: every send enters one, and
+    the generator-based kind costs several times more."""
+
+    __slots__ = ("_admitted", "_hold", "_recorder", "_request", "_service")
+
+    def __init__(self, service: ChatService, request: SendRequest) -> None:
+        self._service = service
+        self._request = request
+        self._recorder: _KeptRecorder | None = None
+
+    async def __aenter__(self) -> tuple[Exchange, _KeptRecorder, SendRequest]:
+        service = self._service
+        exchanges = service.exchanges
+        request, conversation_id = await exchanges.prepare(self._request)
+        service._in_flight.check_accepting()
+        self._admitted = admitted = admission(request, conversation_id)
+        await service._hooks.admit(admitted)
+        try:
+            # One busy budget for the lock's wait and the claim's (the deadline it yields).
+            self._hold = hold = service._locks.hold(conversation_id, exchanges.busy_timeout_s)
+            until = await hold.__aenter__()
+            try:
+                exchange = await exchanges.begin(request, replay_checked=True, deadline=until)
+            except BaseException as exc:
+                await hold.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+        except BaseException:
+            await service._hooks.reconcile(admitted, None)
+            raise
+        self._recorder = recorder = _KeptRecorder(exchange, service._backlog)
+        return exchange, recorder, request
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            await self._hold.__aexit__(kind, exc, traceback)
+        finally:
+            stored = self._recorder.stored if self._recorder is not None else None
+            await self._service._hooks.reconcile(self._admitted, stored)
 
 
 class _KeptRecorder(ReplyRecorder):
