@@ -203,3 +203,22 @@ async def test_a_failed_or_cancelled_call_gives_its_slot_back(
         await waiting
     assert client.stats().in_flight == 0
     assert (await client.chat(chat_request())).content  # the one slot is free again
+
+
+def test_marking_says_whether_anything_changed() -> None:
+    """mark_down / mark_up return the upstream only when they moved it (the health flow
+    logs and counts changes, not every probe)."""
+    pool = make_pool()
+    a, b = pool.upstreams
+    assert pool.mark_down(a.id) is a
+    assert pool.mark_down(a.id) is None  # already down
+    assert pool.mark_up(a.id) is a
+    assert pool.mark_up(a.id) is None  # already up
+    pool.record_failure(b)
+    assert pool.mark_up(b.id) is None  # one failure does not eject: nothing to bring back
+    pool.record_failure(b)
+    pool.record_failure(b)
+    assert pool.stats().upstreams[1].state == "ejected"
+    assert pool.mark_up(b.id) is b  # ejected, not marked down: still brought back
+    assert pool.stats().upstreams[1].state == "up"
+    assert pool.stats().upstreams[1].consecutive_failures == 0

@@ -6,7 +6,7 @@ elsewhere (the idempotency key), passes it. Each test here fails when its rule i
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,7 +14,12 @@ from piccolo.engine.base import Engine
 
 from functions.core.configs import service as configs
 from functions.core.db.sql import fetch
-from functions.core.messages.claim import ClaimRequest, IdempotencyRaceError, claim
+from functions.core.messages.claim import (
+    ClaimRequest,
+    ConversationBusyError,
+    IdempotencyRaceError,
+    claim,
+)
 from functions.core.messages.schemas import Turn
 from tests.core.messages.test_claim_parity import T0, World, complete_last, user, world
 
@@ -22,7 +27,13 @@ BOUND = timedelta(minutes=15)
 
 
 async def request(
-    w: World, turns: list[Turn], *, key: str | None = None, request_hash: str | None = None
+    w: World,
+    turns: list[Turn],
+    *,
+    key: str | None = None,
+    request_hash: str | None = None,
+    instance: uuid.UUID | None = None,
+    at: datetime = T0,
 ) -> ClaimRequest:
     return ClaimRequest(
         owner=w.owner,
@@ -34,10 +45,10 @@ async def request(
         reply_id=uuid.uuid4(),
         reply_config_id=w.config_id,
         reply_model="m",
-        instance_id=w.lease.instance_id,
-        now=T0,
-        stale_after=T0 + BOUND,
-        stale_before=T0 - BOUND,
+        instance_id=instance or w.lease.instance_id,
+        now=at,
+        stale_after=at + BOUND,
+        stale_before=at - BOUND,
         history_limit=None,
         idempotency_key=key,
         request_hash=request_hash,
@@ -117,3 +128,21 @@ async def test_the_claim_returns_the_replys_seq_after_several_turns(db: Engine[A
         (3, "user", "complete"),
         (4, "assistant", "pending"),
     ]
+
+
+async def test_a_young_reply_whose_owner_is_gone_is_retired_not_waited_for(
+    db: Engine[Any],
+) -> None:
+    """Within its bound, a pending reply makes the next send busy only while its process
+    lives (its lease): a process that died leaves nobody to finish it."""
+    w = await world()
+    dead = uuid.uuid4()  # a process without a lease
+    orphaned = await request(w, [user("one")], instance=dead)
+    await claim(orphaned)
+    claimed = await claim(await request(w, [user("two")], at=T0 + timedelta(seconds=1)))
+    assert claimed.last_seq == 4
+    rows = await fetch("SELECT status, error_code FROM message WHERE id = {}", orphaned.reply_id)
+    assert [(r["status"], r["error_code"]) for r in rows] == [("failed", "interrupted")]
+    # The same young reply of a live process (this test's lease) keeps the next one out.
+    with pytest.raises(ConversationBusyError):
+        await claim(await request(w, [user("three")], at=T0 + timedelta(seconds=2)))
