@@ -33,7 +33,7 @@ from functions.core.schemas import Input
 from functions.core.web.app import build_app
 from functions.core.web.auth import ADMIN
 from functions.core.web.docs import errors
-from functions.core.web.policy import OPENAI, SWITCHBOARD, RouterPolicy
+from functions.core.web.policy import OPENAI, SWITCHBOARD, PolicyByPath, RouterPolicy
 from tests.conftest import truncate_all
 from tests.support.inprocess import asgi_client, inprocess_settings
 
@@ -360,3 +360,20 @@ async def test_the_document_shows_each_routers_error_shape(
         assert shapes["/v1/twin", status] == ("ErrorBody", {switchboard_keys})
     detail = document["components"]["schemas"]["OpenAIErrorDetail"]
     assert set(detail["required"]) == {"message", "type", "param", "code"}
+
+
+def test_an_unrouted_path_takes_the_policy_of_the_longest_router_path_holding_it() -> None:
+    # An OpenAI door at /v1 beside Switchboard's API at /v1/conversations, as a gateway
+    # serving /v1/chat/completions would mount them.
+    routers = [
+        OPENAI.router(path="/v1", route_handlers=door_handlers(OPENAI)),
+        SWITCHBOARD.router(path="/v1/conversations", route_handlers=door_handlers(SWITCHBOARD)),
+    ]
+    by_path = PolicyByPath(routers, default=SWITCHBOARD)
+    assert by_path.policy_for("/v1/chat/nothing") is OPENAI
+    assert by_path.policy_for("/v1") is OPENAI
+    assert by_path.policy_for("/v1/conversations") is SWITCHBOARD
+    assert by_path.policy_for("/v1/conversations/x/y") is SWITCHBOARD
+    assert by_path.policy_for("/v1x") is SWITCHBOARD
+    assert by_path.policy_for("/healthz") is SWITCHBOARD
+    assert PolicyByPath(routers, default=OPENAI).policy_for("/elsewhere") is OPENAI
