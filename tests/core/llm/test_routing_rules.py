@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 
 from functions.core.llm.client import LLMClient
-from functions.core.llm.dispatch import health_of
-from functions.core.llm.errors import LLMError, LLMOverloadedError, LLMUnavailableError
+from functions.core.llm.dispatch import Dispatcher, health_of
+from functions.core.llm.errors import (
+    LLMError,
+    LLMOverloadedError,
+    LLMUnavailableError,
+    ModelNotServedError,
+)
 from functions.core.llm.schemas import ChatDelta
 from functions.core.llm.transport import build_http_client
 from functions.core.llm.upstreams import UpstreamPool
@@ -222,3 +228,57 @@ def test_marking_says_whether_anything_changed() -> None:
     assert pool.mark_up(b.id) is b  # ejected, not marked down: still brought back
     assert pool.stats().upstreams[1].state == "up"
     assert pool.stats().upstreams[1].consecutive_failures == 0
+
+
+def test_model_lists_are_refetched_after_their_ttl_and_soon_after_a_failure() -> None:
+    clock = Clock()
+    pool = UpstreamPool((A, B), max_in_flight=4, eject_after=2, cooldown_s=5.0, clock=clock)
+    a, b = pool.upstreams
+    assert pool.models_due() == [a, b]  # never fetched
+    assert pool.is_known("m") is False  # with every list unknown
+    pool.set_models(a, ["m", "n"])
+    assert pool.is_known("m") is True  # b's list still unknown
+    pool.models_failed(b)
+    assert pool.models_due() == []
+    clock.now += 1.5  # past the retry (1 s), not the TTL (30 s)
+    assert pool.models_due() == [b]
+    clock.now += 30.0
+    assert pool.models_due() == [a, b]
+    pool.mark_down(b.id)
+    assert pool.models_due() == [a]  # a marked-down upstream is not fetched
+
+
+def test_a_404_drops_that_model_only_and_makes_the_list_due() -> None:
+    clock = Clock()
+    pool = make_pool(A, clock=clock)
+    (a,) = pool.upstreams
+    pool.set_models(a, ["m", "n"])
+    assert pool.models_due() == []
+    pool.forget_model(a, "m")
+    assert a.models == frozenset({"n"})
+    assert pool.models_due() == [a]
+    assert pool.is_known("m") is False
+    with pytest.raises(ModelNotServedError):
+        pool.acquire("m")
+
+
+async def test_the_backoff_doubles_within_its_ceiling_and_never_passes_the_deadline() -> None:
+    pool = make_pool()
+    async with httpx.AsyncClient() as http:
+        dispatcher = Dispatcher(
+            http,
+            pool,
+            connect_timeout_s=1.0,
+            max_retries=5,
+            backoff_s=0.1,
+            backoff_max_s=0.35,
+            auth_headers={},
+        )
+        far = asyncio.get_running_loop().time() + 3600
+        for attempt, ceiling in [(1, 0.1), (2, 0.2), (3, 0.35), (4, 0.35)]:
+            for _ in range(50):
+                delay = dispatcher._backoff(attempt, far)
+                assert ceiling / 2 <= delay <= ceiling
+        near = asyncio.get_running_loop().time() + 0.01
+        assert dispatcher._backoff(3, near) <= 0.01
+        assert dispatcher._backoff(3, near - 1) == 0.0
