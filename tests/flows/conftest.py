@@ -31,7 +31,6 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.context import SyncClientContext
 from prefect.states import State
 
-from functions.core.db import conf
 from functions.core.db.engine import use_engine
 from tests.conftest import truncate_all
 from tests.support.process import HOST, REPO_ROOT, free_port, start, stop
@@ -109,18 +108,13 @@ class Ran:
 
 
 async def flow_state(flow: Callable[..., Awaitable[State[Any]]], **parameters: Any) -> State[Any]:
-    """Run ``flow`` once here, whatever its outcome: its final state. The engine current
-    before is current again after."""
-    previous = conf.DB
-    try:
-        # Prefect's engine otherwise opens a sync API client of its own per run and never
-        # closes it (results.py, reading the server's default result storage): a socket
-        # left to the garbage collector, which pytest reports as an error.
-        with SyncClientContext.get_or_create():
-            state: State[Any] = await flow(**parameters, return_state=True)
-    finally:
-        if previous is not None:
-            use_engine(previous)
+    """Run ``flow`` once here, whatever its outcome: its final state. The flow's runtime
+    is its own: the test's engine is the test's before and after."""
+    # Prefect's engine otherwise opens a sync API client of its own per run and never
+    # closes it (results.py, reading the server's default result storage): a socket left
+    # to the garbage collector, which pytest reports as an error.
+    with SyncClientContext.get_or_create():
+        state: State[Any] = await flow(**parameters, return_state=True)
     return state
 
 

@@ -29,8 +29,7 @@ import pytest
 from click.testing import CliRunner
 from prefect import get_client
 
-from functions.core.db import conf
-from functions.core.db.engine import engine_from_url, use_engine
+from functions.core.db.engine import engine_from_url
 from functions.core.db.migrate import migrate
 from tests.flows.conftest import (
     SWITCHBOARD,
@@ -193,10 +192,7 @@ async def test_run_names_the_setting_when_the_temporary_api_does_not_start(
     tmp_path: Path,
 ) -> None:
     database = sqlite_url(tmp_path, "flows-run.sqlite")
-    previous = conf.DB
     await migrate(engine_from_url(database))
-    if previous is not None:
-        use_engine(previous)
     env = prefect_env(
         tmp_path,
         SWITCHBOARD_DATABASE_URL=database,
@@ -227,10 +223,7 @@ async def test_run_needs_no_prefect_server(tmp_path: Path, upstream: SimulatorPr
     for folder in (work, home, prefect_home):
         folder.mkdir()
     database = sqlite_url(tmp_path, "flows-run.sqlite")
-    previous = conf.DB
     await migrate(engine_from_url(database))
-    if previous is not None:
-        use_engine(previous)
     env = prefect_env(prefect_home, HOME=str(home), **switchboard_env(database, upstream.base_url))
 
     started = time.monotonic()

@@ -21,8 +21,6 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 from flows.maintenance import MaintenanceReport, maintenance
 from functions.core.chat.schemas import SendRequest
-from functions.core.db import conf
-from functions.core.db.engine import use_engine
 from functions.core.health import service as health
 from functions.core.keys import service as keys
 from functions.core.keys.schemas import ApiKeyCreate
@@ -129,21 +127,16 @@ async def test_a_reply_left_pending_by_a_killed_gateway_is_retired(
     print(f"\nmaintenance flow, in-process: {ran.seconds * 1000:.0f} ms")
 
     # The conversation takes a send again (through the same runtime a flow or script uses).
-    previous = conf.DB
     settings = Settings(database_url=flows_db, llm_urls=(slow.base_url,), log_format="json")
-    try:
-        async with open_runtime(settings) as runtime:
-            sent = await runtime.chat.send(
-                SendRequest(
-                    owner=admin.id,
-                    conversation_id=uuid.UUID(conversation),
-                    turns=[Turn(role="user", content="again, briefly")],
-                    sampling={"max_tokens": 2},
-                )
+    async with open_runtime(settings) as runtime:
+        sent = await runtime.chat.send(
+            SendRequest(
+                owner=admin.id,
+                conversation_id=uuid.UUID(conversation),
+                turns=[Turn(role="user", content="again, briefly")],
+                sampling={"max_tokens": 2},
             )
-    finally:
-        if previous is not None:
-            use_engine(previous)
+        )
     assert sent.status == "complete"
 
 

@@ -7,8 +7,7 @@ from typing import Any
 import pytest
 from piccolo.engine.base import Engine
 
-from functions.core.db import conf
-from functions.core.db.engine import engine_from_url, use_engine
+from functions.core.db.engine import engine_from_url, using
 from functions.core.db.migrate import migrate, migration_status, rollback, schema_drift
 from functions.core.db.tables import ALL_TABLES
 from tests.support.databases import (
@@ -25,17 +24,14 @@ async def fresh_engine(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[Engine[Any]]:
     """An empty database of its own: migrations must build everything from nothing."""
-    previous = conf.DB
     if request.param == "postgres":
         url = await create_postgres_database("switchboard_migrations")
         engine = engine_from_url(url)
     else:
         url = sqlite_url(tmp_path, "fresh.sqlite")
         engine = engine_from_url(url)
-    use_engine(engine)
-    yield engine
-    if previous is not None:
-        use_engine(previous)
+    with using(engine):
+        yield engine
     if request.param == "postgres":
         await drop_postgres_database(url)
 

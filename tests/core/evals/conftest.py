@@ -55,7 +55,6 @@ async def pg(pg_engine: Engine[Any]) -> AsyncIterator[Engine[Any]]:
     """PostgreSQL without a wrapping transaction; emptied after the test."""
     use_engine(pg_engine)
     yield pg_engine
-    use_engine(pg_engine)
     await truncate_all(pg_engine)
 
 

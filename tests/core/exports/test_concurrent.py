@@ -38,7 +38,6 @@ async def pg(pg_engine: Engine[Any]) -> AsyncIterator[Engine[Any]]:
     several at once: SQLite takes one writer at a time); emptied afterwards."""
     use_engine(pg_engine)
     yield pg_engine
-    use_engine(pg_engine)
     await truncate_all(pg_engine)
 
 
