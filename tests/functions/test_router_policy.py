@@ -268,6 +268,18 @@ async def test_a_tolerant_router_still_reads_known_fields_strictly(
             "invalid_json",
             param="body",
         )
+        # A number no float holds, even in a field that would be ignored: unreadable JSON.
+        openai_error(
+            await api.admin.post(
+                "/v1/door/echo",
+                content=b'{"name": "a", "ignored": 1e400}',
+                headers={"content-type": "application/json"},
+            ),
+            400,
+            "invalid_request_error",
+            "invalid_json",
+            param="body",
+        )
 
 
 async def test_framework_errors_follow_the_router_of_their_path(

@@ -221,7 +221,15 @@ def _read_again(
     """A body strict decoding refused, read again where the rules allow it."""
     value: Any = None
     if unknown_fields == "ignore":
-        value = _known_only(msgspec.json.decode(body), _shape(type_))
+        try:
+            plain = msgspec.json.decode(body)
+        except msgspec.ValidationError:
+            # Read as plain JSON, only a number beyond a float's range fails, at a path
+            # that names no field (``$[...]``): it may be in a field that would be ignored.
+            raise InvalidJsonError(
+                "invalid JSON body: a number is out of range", details={"field": "body"}
+            ) from None
+        value = _known_only(plain, _shape(type_))
         try:
             return msgspec.convert(value, type_, strict=True)
         except msgspec.ValidationError as again:
