@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from functions.core.chat.exchanges import Exchanges
 from functions.core.chat.hooks import ExchangeHooks, NoHooks, admission
@@ -44,7 +44,7 @@ from functions.core.liveness.inflight import (
     shutting_down,
 )
 from functions.core.llm.errors import LLMError
-from functions.core.llm.schemas import ChatDelta, ChatDone
+from functions.core.llm.schemas import ChatDelta, ChatDone, UpstreamEvent
 from functions.core.llm.streaming import ToolCallParts
 from functions.core.messages import service as messages
 
@@ -149,23 +149,36 @@ class ChatService:
                 raise
         return await recorder.completed(result.content, result, ttft_ms=result.ttft_ms), None
 
-    async def stream(self, request: SendRequest) -> AsyncIterator[ChatEvent]:
+    def stream(self, request: SendRequest) -> AsyncIterator[ChatEvent]:
         """Send and yield the reply as it arrives: ``message``, ``delta``..., ``done``/``error``.
 
         Closing the iterator early (the client went away) aborts the upstream request and
         stores what arrived so far as a ``cancelled`` reply. Every other ending is an event:
         the model's errors, a shutdown, a reply the database did not take.
         """
+        # Text deltas only: the raw reading mode is off, so no UpstreamEvent is yielded.
+        return cast("AsyncIterator[ChatEvent]", self._streamed(request, raw=False))
+
+    def stream_raw(self, request: SendRequest) -> AsyncIterator[ChatEvent | UpstreamEvent]:
+        """:meth:`stream` for a door that passes vLLM's events on as sent (pass-through):
+        ``message``, then each upstream SSE event (:class:`UpstreamEvent`, its payload byte
+        for byte) instead of ``delta``s, then ``done``/``error``. The reply is gathered,
+        recorded and ended exactly as :meth:`stream`'s (the same text, tool calls, usage)."""
+        return self._streamed(request, raw=True)
+
+    async def _streamed(
+        self, request: SendRequest, *, raw: bool
+    ) -> AsyncGenerator[ChatEvent | UpstreamEvent, None]:
         try:
             async with (
                 self._exchange(request) as (exchange, recorder, sent),
-                aclosing(self._stream_exchange(exchange, sent, recorder)) as events,
+                aclosing(self._stream_exchange(exchange, sent, recorder, raw=raw)) as events,
             ):
                 async for event in events:
                     yield event
         except Replay as replay:
-            async for event in self._replayed_events(replay.reply_id):
-                yield event
+            async for replayed in self._replayed_events(replay.reply_id):
+                yield replayed
 
     async def _replayed_events(self, reply_id: uuid.UUID) -> AsyncGenerator[ChatEvent, None]:
         """A replayed send's events: both stored messages, then how the reply ended."""
@@ -176,9 +189,10 @@ class ChatService:
         yield ReplyDone(message=reply) if error is None else _error_event(error, reply)
 
     async def _stream_exchange(
-        self, exchange: Exchange, request: SendRequest, recorder: ReplyRecorder
-    ) -> AsyncGenerator[ChatEvent, None]:
-        """A claimed exchange's events, recorded however the stream ends."""
+        self, exchange: Exchange, request: SendRequest, recorder: ReplyRecorder, *, raw: bool
+    ) -> AsyncGenerator[ChatEvent | UpstreamEvent, None]:
+        """A claimed exchange's events, recorded however the stream ends: text deltas, or
+        (``raw``) the upstream's own events, whose text the stream's reader gathers."""
         parts: list[str] = []
         calls = ToolCallParts()
         try:
@@ -188,17 +202,17 @@ class ChatService:
             )
             with self._in_flight.guard(exchange.assistant_message.conversation_id) as guard:
                 try:
-                    async with aclosing(self._upstream(exchange, request, calls)) as events:
+                    upstream = self._upstream(exchange, request, calls, parts, raw=raw)
+                    async with aclosing(upstream) as events:
                         while True:
                             with guard.waiting():
                                 event = await anext(events, None)
                             if event is None:
                                 break
-                            if isinstance(event, ChatDelta):
-                                parts.append(event.text)
-                                yield ReplyDelta(text=event.text)
-                            else:
+                            if isinstance(event, ChatDone):
                                 done = event
+                            else:
+                                yield event
                 except Interrupted as stop:
                     yield await _interrupted_event(stop, recorder, "".join(parts), calls)
                     return
@@ -236,21 +250,39 @@ class ChatService:
         self._in_flight.cancel_conversation(conversation_id)
 
     async def _upstream(
-        self, exchange: Exchange, request: SendRequest, calls: ToolCallParts
-    ) -> AsyncGenerator[ChatDelta | ChatDone, None]:
-        """The model's reply as deltas, then its ``ChatDone`` (an error if it never came);
-        its tool calls gathered into ``calls`` as they arrive."""
-        upstream = self._llm.stream_chat(
-            self.exchanges.llm_request(exchange, request),
-            request_id=request.request_id,
-            tool_calls=calls,
-        )
+        self,
+        exchange: Exchange,
+        request: SendRequest,
+        calls: ToolCallParts,
+        parts: list[str],
+        *,
+        raw: bool,
+    ) -> AsyncGenerator[ReplyDelta | UpstreamEvent | ChatDone, None]:
+        """The model's reply as deltas (``raw``: as the upstream's own events), then its
+        ``ChatDone`` (an error if it never came). Its text is gathered into ``parts`` as it
+        is passed on, its tool calls into ``calls`` as they arrive."""
+        asked = self.exchanges.llm_request(exchange, request)
         finished = False
-        async with aclosing(upstream) as events:
-            async for event in events:
-                # vLLM always ends a reply with its reason; [DONE] without one is a cut.
-                finished = isinstance(event, ChatDone) and event.finish_reason is not None
-                yield event
+        if raw:
+            # The reader gathers the text of the events it returns (one accumulate step).
+            upstream = self._llm.stream_raw(
+                asked, request_id=request.request_id, into=parts, tool_calls=calls
+            )
+            async with aclosing(upstream) as events:
+                async for event in events:
+                    finished = isinstance(event, ChatDone) and event.finish_reason is not None
+                    yield event
+        else:
+            deltas = self._llm.stream_chat(asked, request_id=request.request_id, tool_calls=calls)
+            async with aclosing(deltas) as events:
+                async for delta in events:
+                    if isinstance(delta, ChatDelta):
+                        parts.append(delta.text)
+                        yield ReplyDelta(text=delta.text)
+                    else:
+                        # vLLM always ends a reply with its reason; [DONE] without one is a cut.
+                        finished = delta.finish_reason is not None
+                        yield delta
         if not finished:
             raise LLMError(UNFINISHED)
 

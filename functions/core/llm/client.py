@@ -369,7 +369,12 @@ class LLMClient:
             await call.aclose()
 
     async def stream_raw(
-        self, request: ChatRequest, *, request_id: str | None = None
+        self,
+        request: ChatRequest,
+        *,
+        request_id: str | None = None,
+        into: list[str] | None = None,
+        tool_calls: ToolCallParts | None = None,
     ) -> AsyncGenerator[RawStreamEvent, None]:
         """Stream a completion as the upstream sent it, for a caller that passes it on.
 
@@ -382,9 +387,11 @@ class LLMClient:
 
         Timeouts, retries (only before any output), errors and cancellation are those of
         :meth:`stream_chat`: an ``error`` event is raised, not yielded, as the typed
-        :class:`LLMError` with the text so far in ``partial_text``.
+        :class:`LLMError` with the text so far in ``partial_text``. ``into`` and
+        ``tool_calls`` (the caller's) gather the text and tool calls as they arrive, as
+        :meth:`collect_chat`'s do, for a caller that records the reply it passes on.
         """
-        call = await self._open_stream(request, request_id)
+        call = await self._open_stream(request, request_id, parts=into, tool_calls=tool_calls)
         reader = call.reader
         try:
             while not reader.finished:
