@@ -24,7 +24,7 @@ from functions.core.configs import service as configs
 from functions.core.configs.schemas import LLMConfigCreate
 from functions.core.conversations import service as conversations
 from functions.core.conversations.schemas import ConversationCreate
-from functions.core.db.engine import current_engine
+from functions.core.db.engine import ENGINE, current_engine, engine_from_url, use_engine, using
 from functions.core.db.migrate import migrate
 from functions.core.errors import AuthenticationError
 from functions.core.keys import revocations
@@ -191,6 +191,11 @@ async def test_two_runtimes_send_at_once_each_on_its_own_database(
     assert revocations.read_mark(marker) is not None
 
 
+async def engine_after_a_turn() -> Any:
+    await asyncio.sleep(0)
+    return current_engine()
+
+
 def sqlite_marker(url: str) -> str:
     """Where revocations of the SQLite database at ``url`` are marked."""
     return str(Path(url.removeprefix("sqlite:///")).resolve()) + revocations.MARKER_SUFFIX
@@ -227,3 +232,25 @@ async def test_two_apps_in_one_process_each_answer_from_their_own_runtime(
         runtimes: list[Runtime] = [pg.app.state.runtime, sq.app.state.runtime]
         assert isinstance(runtimes[0].engine, PostgresEngine)
         assert isinstance(runtimes[1].engine, SQLiteEngine)
+
+
+async def test_a_bound_engine_wins_over_the_default_and_unbinding_restores_it(
+    databases: dict[str, str],
+) -> None:
+    pg, sq = engine_from_url(databases["postgres"]), engine_from_url(databases["sqlite"])
+    before = ENGINE.default
+    use_engine(pg)
+    try:
+        assert current_engine() is pg
+        with using(sq):
+            assert current_engine() is sq
+            assert ENGINE.engine_type == "sqlite"
+            # A task started in the block keeps its engine after the block ends.
+            task = asyncio.get_running_loop().create_task(engine_after_a_turn())
+        assert current_engine() is pg
+        assert await task is sq
+        assert current_engine() is pg
+        # What copy and pickle probe for is never the engine's (nor an error without one).
+        assert not hasattr(ENGINE, "__deepcopy__")
+    finally:
+        use_engine(before)

@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from functions.core.db.engine import current_engine, engine_from_url, use_engine
+from functions.core.db.engine import engine_from_url, using
 from functions.core.liveness.service import Retired, pending_bound, sweep_interrupted
 from functions.core.settings import load_settings
 from tests.faults.conftest import (
@@ -59,12 +59,8 @@ async def _probe(client: httpx.AsyncClient, conversation: str, statuses: list[in
 
 
 async def _maintenance_sweep(faults: Faults) -> list[Retired]:
-    gateways = current_engine()
-    use_engine(engine_from_url(faults.cluster.socket_url(DATABASE)))
-    try:
+    with using(engine_from_url(faults.cluster.socket_url(DATABASE))):
         return await sweep_interrupted(bound=pending_bound(load_settings({}, dotenv=None)))
-    finally:
-        use_engine(gateways)
 
 
 @pytest.mark.parametrize("outage", ["restart", "stop"])

@@ -210,6 +210,8 @@ class RuntimeEngine(Engine[Any]):
 
     def __getattr__(self, name: str) -> Any:
         # The rest (a SQLite engine's path, a PostgreSQL engine's pool): rare, never per query.
+        if name.startswith("__"):  # copy, pickle and friends probe for these: not the engine's
+            raise AttributeError(name)
         return getattr(self.resolve(), name)
 
 
