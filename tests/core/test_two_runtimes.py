@@ -10,6 +10,7 @@ they were made.
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -254,3 +255,36 @@ async def test_a_bound_engine_wins_over_the_default_and_unbinding_restores_it(
         assert not hasattr(ENGINE, "__deepcopy__")
     finally:
         use_engine(before)
+
+
+async def test_a_sigterm_drains_every_serving_runtime_and_closing_one_keeps_the_other(
+    databases: dict[str, str], simulator: SimulatorProcess, tmp_path: Path
+) -> None:
+    """No registry of runtimes: each one's handler drains it, then calls the one it
+    replaced, down to the handler installed here (which only notes the signal)."""
+    heard: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda sig, _: heard.append(sig))
+    try:
+        pg_settings = settings_for(databases["postgres"], simulator, tmp_path)
+        sq_settings = settings_for(databases["sqlite"], simulator, tmp_path)
+        async with open_runtime(pg_settings, serving=True, configure_logs=False) as pg:
+            async with open_runtime(sq_settings, serving=True, configure_logs=False) as sq:
+                assert current_engine() is sq.engine
+            # The inner one closed: this block is on its own runtime again, which still
+            # hears the signal (the handler it installed is back in place).
+            assert current_engine() is pg.engine
+            signal.raise_signal(signal.SIGTERM)
+            await eventually(lambda: pg.in_flight.draining)
+            assert heard == [signal.SIGTERM]
+            assert not sq.in_flight.draining  # closed: its handler went with it
+        # Both in turn, when both are open.
+        heard.clear()
+        async with (
+            open_runtime(pg_settings, serving=True, configure_logs=False) as pg,
+            open_runtime(sq_settings, serving=True, configure_logs=False) as sq,
+        ):
+            signal.raise_signal(signal.SIGTERM)
+            await eventually(lambda: pg.in_flight.draining and sq.in_flight.draining)
+            assert heard == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
