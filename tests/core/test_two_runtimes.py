@@ -288,3 +288,49 @@ async def test_a_sigterm_drains_every_serving_runtime_and_closing_one_keeps_the_
             assert heard == [signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+async def test_two_runtimes_live_metrics_add_up_in_one_scrape(
+    databases: dict[str, str], simulator: SimulatorProcess, tmp_path: Path
+) -> None:
+    """Prometheus' registry is one per process: the runtimes' upstream counters of the
+    same upstream are one series, the sum of both clients'."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from functions.core.metrics import render_metrics
+
+    async def send_one(rt: Runtime) -> None:
+        owner = await keys.create_key(ApiKeyCreate(name="metrics"))
+        reply = await rt.chat.send(
+            SendRequest(
+                owner=owner.id,
+                turns=[Turn(role="user", content="count me")],
+                sampling={"max_tokens": 2},
+            )
+        )
+        assert reply.status == "complete"
+
+    def scraped() -> float:
+        text = render_metrics()[0].decode()
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "switchboard_llm_upstream_requests_total"
+            and sample.labels.get("upstream") == simulator.base_url
+        )
+
+    async with (
+        open_runtime(settings_for(databases["postgres"], simulator, tmp_path)) as pg,
+        open_runtime(settings_for(databases["sqlite"], simulator, tmp_path)) as sq,
+    ):
+        with using(pg.engine):
+            await send_one(pg)
+        await send_one(sq)
+        await send_one(sq)
+        counts = [
+            sum(u.requests_total for u in rt.require_llm().stats().upstreams) for rt in (pg, sq)
+        ]
+        assert counts == [1, 2]
+        assert scraped() == 3
+    assert scraped() == 0  # both closed: nothing of theirs is left in the registry
