@@ -25,6 +25,8 @@ from piccolo.engine.base import Engine
 from piccolo.engine.postgres import PostgresEngine
 from piccolo.engine.sqlite import SQLiteEngine, TransactionType
 
+from functions.core.binding import unbind
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
@@ -244,12 +246,7 @@ def bind_engine(engine: Engine[Any]) -> Token[Engine[Any] | None]:
 
 
 def unbind_engine(token: Token[Engine[Any] | None]) -> None:
-    try:
-        _BOUND.reset(token)
-    except ValueError:
-        # Closed from another context than it opened in (a fixture's teardown): that
-        # context can only forget it; the one it opened in ends with its task.
-        _BOUND.set(token.old_value if token.old_value is not Token.MISSING else None)
+    unbind(_BOUND, token, None)
 
 
 @contextmanager

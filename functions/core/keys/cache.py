@@ -19,6 +19,8 @@ import time
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING
 
+from functions.core.binding import unbind
+
 if TYPE_CHECKING:
     import uuid
 
@@ -92,7 +94,4 @@ def bind_principals(cache: PrincipalCache) -> Token[PrincipalCache]:
 
 
 def unbind_principals(token: Token[PrincipalCache]) -> None:
-    try:
-        _CURRENT.reset(token)
-    except ValueError:  # closed from another context: that one can only forget it
-        _CURRENT.set(_OFF if token.old_value is Token.MISSING else token.old_value)
+    unbind(_CURRENT, token, _OFF)
