@@ -28,9 +28,10 @@ from tests.support.databases import (
     sqlite_url,
 )
 
-# Tests must never read a developer's .env or SWITCHBOARD_* variables by accident.
+# Tests must never read a developer's .env or SWITCHBOARD_* variables by accident; the
+# suite's own SWITCHBOARD_TEST_* (the database to use, how far to stretch waits) stay.
 for _name in [name for name in os.environ if name.startswith("SWITCHBOARD_")]:
-    if _name != "SWITCHBOARD_TEST_DATABASE_URL":
+    if not _name.startswith("SWITCHBOARD_TEST_"):
         del os.environ[_name]
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")

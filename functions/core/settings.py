@@ -134,8 +134,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 _FIELDS = {name.upper(): name for name in Settings.__struct_fields__}
 _TUPLE_FIELDS = {"llm_urls"}
-# SWITCHBOARD_* variables that belong to tooling, not to the service.
-_NOT_SETTINGS = {"TEST_DATABASE_URL"}
+# SWITCHBOARD_TEST_* variables belong to the test suite's tooling (the database it uses,
+# how far it stretches its waits), not to the service.
+_NOT_SETTINGS_PREFIX = "TEST_"
 
 
 def env_name(field: str) -> str:
@@ -166,7 +167,7 @@ def load_settings(
         if not key.startswith(PREFIX):
             continue
         suffix = key.removeprefix(PREFIX)
-        if suffix in _NOT_SETTINGS:
+        if suffix.startswith(_NOT_SETTINGS_PREFIX):
             continue
         field = _FIELDS.get(suffix)
         if field is None:

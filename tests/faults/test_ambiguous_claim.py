@@ -242,8 +242,10 @@ async def _converse(client: httpx.AsyncClient, conversation: Conversation) -> No
             if cut is not None and cut.retried is None:
                 cut.retried = (status, code)
             if status == 201:
-                if cut is not None:
-                    cut.accepted_at = time.monotonic()
+                # Every cut of this message (its send again may be cut too) ends here.
+                for earlier in conversation.cuts:
+                    if earlier.content == content and earlier.accepted_at is None:
+                        earlier.accepted_at = time.monotonic()
                 break
             if status == 503 and body["error"]["details"].get("stored") == "unknown":
                 cut = Cut(conversation.id, content, body, time.monotonic())

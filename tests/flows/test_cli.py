@@ -45,6 +45,7 @@ from tests.support.databases import sqlite_url
 from tests.support.process import REPO_ROOT, free_port, start
 from tests.support.process import run as run_process
 from tests.support.simulator import SimulatorProcess
+from tests.support.timing import scaled
 
 DEPLOYMENTS = {"health-check/switchboard": 60.0, "maintenance/switchboard": 300.0}
 
@@ -98,7 +99,8 @@ def without_prefect(
     imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()]
     assert "flows.catalog" in imported  # the import log is what this reads
     assert [name for name in imported if name.split(".")[0] == "prefect"] == []
-    assert took < WITHOUT_PREFECT_S, f"{' '.join(command)} took {took:.1f} s"
+    # The import log above is the proof; the time says no retries or waits came first.
+    assert took < scaled(WITHOUT_PREFECT_S), f"{' '.join(command)} took {took:.1f} s"
     return result
 
 
