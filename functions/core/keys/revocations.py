@@ -38,7 +38,6 @@ MARKER_SUFFIX = ".revocations"
 _MARKER_BYTES = 64
 
 
-
 def marker_path(engine: Engine[Any]) -> str | None:
     """Where revocations are marked for ``engine``: a SQLite database's sibling file.
 
