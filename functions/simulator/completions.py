@@ -262,7 +262,10 @@ class ChatCompletions:
             metrics.prompt_tokens += plan.prompt_tokens
             metrics.generation_tokens += plan.completion_tokens
             for choice in plan.choices:
-                metrics.finished[choice.finish_reason] += 1
+                # The engine finished a tool call with "stop"; only the OpenAI layer names it
+                # "tool_calls", and vLLM's request_success_total counts the engine's reason.
+                reason = "stop" if choice.finish_reason == "tool_calls" else choice.finish_reason
+                metrics.finished[reason] += 1
             metrics.e2e.observe(time.perf_counter() - job.started)
         return outcome
 

@@ -115,3 +115,25 @@ async def test_max_tokens_cuts_the_arguments(client: httpx.AsyncClient) -> None:
     arguments = choice["message"]["tool_calls"][0]["function"]["arguments"]
     assert len(arguments) < len(json.dumps({"city": ASK}))
     assert response.json()["usage"]["completion_tokens"] == 3
+
+
+def _successes(metrics: str, reason: str) -> float:
+    """vLLM's successes for ``reason``, summed over the served models."""
+    lines = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("vllm:request_success_total") and f'finished_reason="{reason}"' in line
+    ]
+    assert lines, metrics
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
+async def test_a_tool_call_counts_as_the_engines_stop(client: httpx.AsyncClient) -> None:
+    # vLLM's engine finishes a tool call with "stop"; "tool_calls" is the API's name for it.
+    # Counting it under its own name once broke the simulator's connection after the answer.
+    before = _successes((await client.get("/metrics")).text, "stop")
+    for stream in (False, True):
+        response = await chat(client, chat_body(ASK, tools=[WEATHER], stream=stream))
+        assert response.status_code == 200
+    after = _successes((await client.get("/metrics")).text, "stop")
+    assert after - before == 2
