@@ -19,6 +19,7 @@ import pytest
 from functions.core.llm.client import LLMClient
 from functions.core.llm.schemas import ChatDone, ChatMessage, ChatRequest, StreamEvent
 from functions.core.llm.transport import build_http_client
+from functions.core.llm.upstreams import UpstreamPool
 from functions.core.settings import Settings
 from tests.support.simulator import SimulatorProcess, running_simulator
 
@@ -157,3 +158,24 @@ async def make_client(faults: Faults) -> AsyncIterator[MakeClient]:
     yield make
     for client in created:
         await client.aclose()
+
+
+# Upstream pools on a controlled clock, for the routing rules (no network: the URLs are names).
+A, B = "http://a:8000/v1", "http://b:8000/v1"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_pool(*urls: str, cap: int = 4, clock: Clock | None = None) -> UpstreamPool:
+    pool = UpstreamPool(
+        urls or (A, B), max_in_flight=cap, eject_after=2, cooldown_s=5.0, clock=clock or Clock()
+    )
+    for upstream in pool.upstreams:
+        pool.set_models(upstream, ["m"])
+    return pool

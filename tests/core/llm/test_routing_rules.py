@@ -25,33 +25,20 @@ from functions.core.llm.transport import build_http_client
 from functions.core.llm.upstreams import UpstreamPool
 from tests.core.llm.conftest import (
     LONG_STREAM,
+    A,
+    B,
+    Clock,
     Faults,
     MakeClient,
     chat_request,
     llm_settings,
+    make_pool,
     wait_for_stats,
 )
 from tests.core.llm.scripted_server import closed_port_url
 from tests.support.simulator import SimulatorProcess
 
-A, B, C = "http://a:8000/v1", "http://b:8000/v1", "http://c:8000/v1"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def make_pool(*urls: str, cap: int = 4, clock: Clock | None = None) -> UpstreamPool:
-    pool = UpstreamPool(
-        urls or (A, B), max_in_flight=cap, eject_after=2, cooldown_s=5.0, clock=clock or Clock()
-    )
-    for upstream in pool.upstreams:
-        pool.set_models(upstream, ["m"])
-    return pool
+C = "http://c:8000/v1"
 
 
 def test_avoid_wins_over_least_loaded() -> None:

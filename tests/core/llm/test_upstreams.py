@@ -10,25 +10,7 @@ from functions.core.llm.errors import (
     ModelNotServedError,
 )
 from functions.core.llm.upstreams import Lease, UpstreamPool, redact_url
-
-A, B = "http://a:8000/v1", "http://b:8000/v1"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def make_pool(*urls: str, cap: int = 4, clock: Clock | None = None) -> UpstreamPool:
-    pool = UpstreamPool(
-        urls or (A, B), max_in_flight=cap, eject_after=2, cooldown_s=5.0, clock=clock or Clock()
-    )
-    for upstream in pool.upstreams:
-        pool.set_models(upstream, ["m"])
-    return pool
+from tests.core.llm.conftest import A, Clock, make_pool
 
 
 def test_least_in_flight_first_and_ties_rotate() -> None:
