@@ -317,6 +317,8 @@ class ReplyRecorder:
     def __init__(self, exchange: Exchange, backlog: OutcomeBacklog) -> None:
         self.exchange = exchange
         self.finished = False
+        # The reply as the database took it, once it has (the pipeline's reconcile sees it).
+        self.stored: MessageOut | None = None
         self._backlog = backlog
         config = exchange.config
         self._config_ref = (
@@ -436,7 +438,8 @@ class ReplyRecorder:
         delay, attempt = 0.05, 1
         while True:
             try:
-                return await write_outcome(entry, retried=attempt > 1)
+                self.stored = await write_outcome(entry, retried=attempt > 1)
+                return self.stored
             except Exception as exc:
                 if as_database_error(exc) is None:
                     raise

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
     from functions.core.errors import SwitchboardError
     from functions.core.llm.client import LLMClient
-    from functions.core.messages.schemas import Exchange, MessageOut, ReplyOutcome
+    from functions.core.messages.schemas import Exchange, MessageOut
 
 
 UNFINISHED = "the upstream stream ended without finishing the reply"
@@ -299,9 +299,9 @@ class _Exchanging:
     def __init__(self, service: ChatService, request: SendRequest) -> None:
         self._service = service
         self._request = request
-        self._recorder: _KeptRecorder | None = None
+        self._recorder: ReplyRecorder | None = None
 
-    async def __aenter__(self) -> tuple[Exchange, _KeptRecorder, SendRequest]:
+    async def __aenter__(self) -> tuple[Exchange, ReplyRecorder, SendRequest]:
         service = self._service
         exchanges = service.exchanges
         request, conversation_id = await exchanges.prepare(self._request)
@@ -320,7 +320,7 @@ class _Exchanging:
         except BaseException:
             await service._hooks.reconcile(admitted, None)
             raise
-        self._recorder = recorder = _KeptRecorder(exchange, service._backlog)
+        self._recorder = recorder = ReplyRecorder(exchange, service._backlog)
         return exchange, recorder, request
 
     async def __aexit__(
@@ -334,17 +334,6 @@ class _Exchanging:
         finally:
             stored = self._recorder.stored if self._recorder is not None else None
             await self._service._hooks.reconcile(self._admitted, stored)
-
-
-class _KeptRecorder(ReplyRecorder):
-    """A recorder that keeps the reply it stored, for ``reconcile``. Kept by the write
-    itself, which runs to its end even when the send is cancelled meanwhile."""
-
-    stored: MessageOut | None = None
-
-    async def _write(self, outcome: ReplyOutcome) -> MessageOut:
-        self.stored = await super()._write(outcome)
-        return self.stored
 
 
 async def _interrupted_event(
