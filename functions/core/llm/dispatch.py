@@ -79,7 +79,11 @@ def encode_body(request: ChatRequest, *, stream: bool) -> bytes:
             payload[key] = value
     payload["stream"] = stream
     if stream:
-        payload["stream_options"] = _INCLUDE_USAGE
+        # A door may ask for more (``continuous_usage_stats``), never for less than usage.
+        asked = extra.get("stream_options")
+        payload["stream_options"] = (
+            {**asked, **_INCLUDE_USAGE} if isinstance(asked, dict) else _INCLUDE_USAGE
+        )
     return msgspec.json.encode(payload)
 
 

@@ -1,0 +1,1 @@
+"""The OpenAI door: OpenAI's API over Switchboard's send path (see docs/openai.md)."""

@@ -1,0 +1,213 @@
+"""The OpenAI door: OpenAI's chat completions and model list over Switchboard.
+
+Any OpenAI client works with only its base URL (``.../v1``) and key changed. Every
+exchange goes through the one send path (``ChatService.stream_raw``): stored before vLLM
+is called, recorded however it ends, readable through the chat API as a conversation of
+the caller's key. Errors are OpenAI's shape with the statuses the SDKs map to their
+exception classes; unknown body fields are passed on to vLLM, not refused.
+
+``/v1/completions`` and ``/v1/embeddings`` will sit beside these handlers on the same
+router.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Litestar, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.params import HeaderParameter, JSONBody
+from litestar.response import Stream
+
+from functions.chat.app import SSE_HEADERS, provide_chat
+from functions.core.chat.idempotency import Idempotency, request_hash
+from functions.core.chat.schemas import MessageStarted, ReplyDone, ReplyFailed, SendRequest
+from functions.core.chat.service import ChatService
+from functions.core.configs import service as configs
+from functions.core.configs.schemas import LLMConfigOut
+from functions.core.errors import NotFoundError
+from functions.core.keys.schemas import Principal
+from functions.core.llm.client import LLMClient
+from functions.core.llm.schemas import UpstreamEvent
+from functions.core.schemas import END
+from functions.core.settings import Settings
+from functions.core.web.app import build_app
+from functions.core.web.auth import provide_principal
+from functions.core.web.docs import errors
+from functions.core.web.errors import request_id_of
+from functions.core.web.policy import OPENAI
+from functions.core.web.state import runtime_of
+from functions.openai import chat_request, models, placement
+from functions.openai.completion import ChunkFacts, completion_body, placement_headers
+from functions.openai.failures import raised
+from functions.openai.relay import UsageWanted, relay
+from functions.openai.schemas import ChatCompletionCreate, ModelList, ModelOut
+
+TITLE_CHARS = 80
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+" + END,
+        description="Retry safely, as on the chat API: the same key and body again return "
+        "the first request's reply instead of storing it twice.",
+    ),
+]
+ConversationHeader = Annotated[
+    str | None,
+    HeaderParameter(
+        name=placement.HEADER,
+        max_length=64,
+        description="A conversation id of yours to append to (its history plus new turns), "
+        "or `new`; left out, the request is stored as a new conversation.",
+    ),
+]
+
+
+async def _config_for(model: str) -> LLMConfigOut | None:
+    """The configuration ``model`` names (a pinned version must exist), or None."""
+    named = chat_request.target_of(model)
+    if named is None:
+        return None
+    name, version = named
+    if version is not None:
+        return await configs.get_config(name, version)
+    try:
+        return await configs.resolve_config(name)
+    except NotFoundError:
+        return None
+
+
+def _title(data: ChatCompletionCreate) -> str:
+    for message in data.messages:
+        if message.role == "user" and isinstance(message.content, str):
+            return message.content[:TITLE_CHARS]
+    return ""
+
+
+@post(
+    "/chat/completions",
+    summary="Create a chat completion (OpenAI-compatible)",
+    status_code=200,
+    responses=errors(404, 409, 413, 415, 502, 504, policy=OPENAI),
+)
+async def create_chat_completion(
+    *,
+    data: JSONBody[ChatCompletionCreate],
+    request: Request[Any, Any, Any],
+    principal: NamedDependency[Principal],
+    chat: NamedDependency[ChatService],
+    conversation: ConversationHeader = None,
+    idempotency_key: IdempotencyKey = None,
+) -> Response[Any]:
+    """OpenAI's request and answer, streamed (vLLM's chunks relayed) or not; every field
+    vLLM accepts reaches it. ``model`` is a configuration (``name``, ``name@version``) or a
+    served model. The exchange is stored; ``X-Switchboard-Conversation`` (and the body's
+    ``switchboard`` field) say where."""
+    chat_request.check_n(data.n)
+    raw: dict[str, Any] = msgspec.json.decode(await request.body())
+    config = await _config_for(data.model)
+    if config is None:
+        llm = runtime_of(request.app.state).require_llm()
+        await llm.require_model(data.model)  # an unknown model is a 404 before any store
+    turns = chat_request.turns_of(data.messages)
+    conversation_id = placement.conversation_of(conversation)
+    new_turns = (
+        turns
+        if conversation_id is None
+        else await placement.new_turns(principal.key_id, conversation_id, turns)
+    )
+    send = SendRequest(
+        owner=principal.key_id,
+        conversation_id=conversation_id,
+        title=_title(data),
+        turns=new_turns,
+        prompt="exact",
+        messages=chat_request.prompt(turns, config),
+        target=chat_request.target(data.model, config),
+        sampling=chat_request.sampling(data),
+        extra=chat_request.extra_fields(raw),
+        request_id=request_id_of(request),
+        idempotency=None
+        if idempotency_key is None
+        else Idempotency(
+            key=idempotency_key,
+            request_hash=request_hash("openai.chat", conversation, raw),
+        ),
+    )
+    events = chat.stream_raw(send)
+    try:
+        started = await anext(events)
+        if not isinstance(started, MessageStarted):
+            raise RuntimeError(f"the send path began with {type(started).__name__}")
+        headers = placement_headers(started)
+        if data.stream:
+            # Up to vLLM's first chunk here, so a request vLLM refuses is an HTTP error
+            # (as vLLM's own server answers), not an error chunk after a 200.
+            first = await anext(events)
+            if isinstance(first, ReplyFailed):
+                raise raised(first.error)
+            options = data.stream_options
+            wanted = UsageWanted(
+                include=bool(options and options.include_usage),
+                continuous=bool(options and options.continuous_usage_stats),
+            )
+            return Stream(
+                relay(events, wanted, first),
+                media_type="text/event-stream",
+                headers={**SSE_HEADERS, **headers},
+                status_code=200,
+            )
+        facts = ChunkFacts(wants_logprobs=bool(raw.get("logprobs")))
+        async for event in events:
+            if isinstance(event, UpstreamEvent):
+                facts.add(event)
+            elif isinstance(event, ReplyDone):
+                body = completion_body(event.message, started, facts)
+                return Response(body, status_code=200, headers=headers)
+            elif isinstance(event, ReplyFailed):
+                raise raised(event.error)
+        raise RuntimeError("the send path ended without a reply")
+    except BaseException:
+        await events.aclose()  # type: ignore[attr-defined]
+        raise
+
+
+@get("/models", summary="Models: configurations and served models", responses=errors(policy=OPENAI))
+async def list_models(state: State, principal: NamedDependency[Principal]) -> ModelList:
+    """Configurations (``owned_by: switchboard``, by ``name`` and ``name@version``) and the
+    models the upstreams in rotation serve, with their ``max_model_len``."""
+    return await models.list_models(runtime_of(state).llm)
+
+
+@get(
+    "/models/{model_id:path}",
+    summary="One model: a configuration or a served model",
+    responses=errors(404, policy=OPENAI),
+)
+async def retrieve_model(
+    model_id: str, state: State, principal: NamedDependency[Principal]
+) -> ModelOut:
+    return await models.get_model(model_id.lstrip("/"), runtime_of(state).llm)
+
+
+# OpenAI's shape and tolerance: unknown body fields are ignored by the decoder (and passed
+# on to vLLM from the raw body by the handler).
+router = OPENAI.router(
+    path="/v1",
+    route_handlers=[create_chat_completion, list_models, retrieve_model],
+    dependencies={
+        "principal": Provide(provide_principal),
+        "chat": Provide(provide_chat, sync_to_thread=False),
+    },
+    tags=["openai"],
+    security=[{"BearerAuth": []}],
+)
+
+
+def create_app(settings: Settings | None = None, *, llm: LLMClient | None = None) -> Litestar:
+    return build_app("openai", [router], settings=settings, uses_llm=True, llm=llm)

@@ -1,0 +1,139 @@
+"""A chat completion request as a send: the target, the turns, the sampling and the rest.
+
+The door reads a few fields (``schemas.ChatCompletionCreate``) and passes every other
+field of the raw body to vLLM as it came (``extra``), so a field vLLM accepts is never
+lost to a door that does not know it. Two things are changed on the way:
+
+- the deprecated ``guided_json``/``guided_regex``/``guided_choice``/``guided_grammar``
+  (and ``guided_whitespace_pattern``), removed in vLLM 0.12, become the matching keys of
+  ``structured_outputs``, so older clients keep working on newer servers;
+- streams always ask vLLM for usage on every chunk (``continuous_usage_stats``), so a
+  reply cut by its client still has counts up to the cut; the door strips what its client
+  did not ask for (``stream``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from functions.core.chat.targets import Target
+from functions.core.configs.schemas import CONFIG_NAME_PATTERN
+from functions.core.errors import InvalidInputError
+from functions.core.messages.schemas import Turn
+
+if TYPE_CHECKING:
+    from functions.core.configs.schemas import LLMConfigOut
+    from functions.openai.schemas import ChatCompletionCreate, ChatMessageIn
+
+import re
+
+# What the door reads itself; every other body field goes to vLLM as it is.
+SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed")
+_READ = frozenset({"model", "messages", "stream", "stream_options", "n", *SAMPLING_KEYS, "user"})
+GUIDED_KEYS = {
+    "guided_json": "json",
+    "guided_regex": "regex",
+    "guided_choice": "choice",
+    "guided_grammar": "grammar",
+    "guided_whitespace_pattern": "whitespace_pattern",
+}
+_CONFIG_NAME = re.compile(CONFIG_NAME_PATTERN)
+_VERSIONED = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]{0,99})@(?P<version>[1-9][0-9]{0,8})\Z")
+# Asked of vLLM on every stream: usage on every chunk (see the module docstring).
+STREAM_USAGE = {"include_usage": True, "continuous_usage_stats": True}
+
+
+def target_of(model: str) -> tuple[str, int | None] | None:
+    """``(config name, version or None)`` when ``model`` may name a configuration."""
+    if (versioned := _VERSIONED.match(model)) is not None:
+        return versioned["name"], int(versioned["version"])
+    if _CONFIG_NAME.match(model):
+        return model, None
+    return None
+
+
+def target(model: str, config: LLMConfigOut | None) -> Target:
+    """What answers: the configuration found for ``model``, else the model itself."""
+    if config is None:
+        return Target(model=model)
+    return Target(config=config.name, version=config.version if "@" in model else None)
+
+
+def extra_fields(raw: dict[str, Any]) -> dict[str, Any]:
+    """The body's fields the door does not read, for vLLM, with ``guided_*`` rewritten."""
+    extra = {key: value for key, value in raw.items() if key not in _READ}
+    guided = {
+        GUIDED_KEYS[key]: value
+        for key in [key for key in extra if key in GUIDED_KEYS]
+        if (value := extra.pop(key)) is not None
+    }
+    if guided:
+        given = extra.get("structured_outputs")
+        # A client that sends both means the new field: it wins key by key.
+        extra["structured_outputs"] = {**guided, **(given if isinstance(given, dict) else {})}
+    extra["stream_options"] = STREAM_USAGE
+    return extra
+
+
+def sampling(data: ChatCompletionCreate) -> dict[str, Any]:
+    """The request's own sampling fields: they override the configuration's."""
+    chosen = {key: value for key in SAMPLING_KEYS if (value := getattr(data, key)) is not None}
+    if data.user is not None:
+        chosen["user"] = data.user
+    return chosen
+
+
+def turn_of(message: ChatMessageIn, index: int) -> Turn:
+    """One message as a stored turn: its text, and its parts when it has more than text."""
+    content = message.content
+    if message.role == "tool" and message.tool_call_id is None:
+        raise InvalidInputError(
+            "a tool message needs tool_call_id (the id of the call it answers)",
+            details={"field": f"messages[{index}].tool_call_id"},
+        )
+    if isinstance(content, list):
+        text = "".join(
+            part["text"]
+            for part in content
+            if part.get("type") == "text" and isinstance(part.get("text"), str)
+        )
+        return Turn(
+            role=message.role,
+            content=text,
+            parts=content,
+            tool_calls=message.tool_calls,
+            tool_call_id=message.tool_call_id,
+            name=message.name,
+        )
+    return Turn(
+        role=message.role,
+        content=content or "",
+        tool_calls=message.tool_calls or None,
+        tool_call_id=message.tool_call_id,
+        name=message.name,
+    )
+
+
+def turns_of(messages: list[ChatMessageIn]) -> list[Turn]:
+    return [turn_of(message, index) for index, message in enumerate(messages)]
+
+
+def prompt(turns: list[Turn], config: LLMConfigOut | None) -> list[Turn]:
+    """The whole prompt: the configuration's system prompt only when the request brings no
+    system or developer turn of its own (the client's instructions win)."""
+    if config is None or not config.system_prompt:
+        return turns
+    if any(turn.role in ("system", "developer") for turn in turns):
+        return turns
+    return [Turn(role="system", content=config.system_prompt), *turns]
+
+
+def check_n(n: int | None) -> None:
+    """One choice per exchange: the core records one reply per send, so ``n`` above 1 is
+    refused rather than silently answered with one choice."""
+    if n is not None and n != 1:
+        raise InvalidInputError(
+            f"n={n} is not supported: Switchboard stores one reply per request; send n=1 "
+            "(or leave it out) and make several requests",
+            details={"field": "n"},
+        )

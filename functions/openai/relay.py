@@ -1,0 +1,106 @@
+"""A streamed chat completion: vLLM's own chunks relayed as they arrive.
+
+Each upstream event is forwarded byte for byte (``data: <payload>\\n\\n``) unless it must
+change: vLLM is always asked for usage on every chunk (``chat_request.STREAM_USAGE``), so a
+client that did not ask for ``continuous_usage_stats`` gets its chunks without ``usage``,
+and one that did not ask for ``include_usage`` gets no usage chunk at all. The stream ends
+with ``data: [DONE]``; a failure once the stream has begun is an error chunk (the SDKs
+raise it), then ``[DONE]``. A client that leaves closes this generator, which closes the
+send path's: vLLM is aborted and the reply stored ``cancelled`` with what arrived.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from functions.core.chat.schemas import ReplyDone, ReplyFailed
+from functions.core.llm.schemas import UpstreamEvent
+from functions.openai.completion import replayed_chunks
+from functions.openai.failures import error_chunk
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from functions.core.chat.schemas import ChatEvent
+
+DONE = b"data: [DONE]\n\n"
+_USAGE_KEY = b',"usage":'
+_encode = msgspec.json.encode
+_decode = msgspec.json.decode
+
+
+def frame(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n"
+
+
+def without_usage(raw: bytes) -> bytes:
+    """A chunk's payload without its ``usage``. vLLM writes compact JSON with ``usage``
+    last, so it is cut off in place when the tail is exactly that object; otherwise the
+    chunk is decoded and written again."""
+    at = raw.rfind(_USAGE_KEY)
+    if at > 0 and raw.endswith(b"}"):
+        try:
+            tail = _decode(raw[at + len(_USAGE_KEY) : -1])
+        except msgspec.DecodeError:
+            tail = None
+        if isinstance(tail, dict):
+            return raw[:at] + b"}"
+    chunk = _decode(raw)
+    if isinstance(chunk, dict):
+        chunk.pop("usage", None)
+    return _encode(chunk)
+
+
+class UsageWanted(msgspec.Struct, frozen=True):
+    """What the client's ``stream_options`` asked for."""
+
+    include: bool
+    continuous: bool
+
+
+def relayed(event: UpstreamEvent, wanted: UsageWanted) -> bytes | None:
+    """One upstream event as the client should see it, or None to drop it."""
+    if event.usage_only:
+        return frame(event.raw) if wanted.include else None
+    if event.usage is not None and not (wanted.include and wanted.continuous):
+        return frame(without_usage(event.raw))
+    return frame(event.raw)
+
+
+async def _chained(
+    first: ChatEvent | UpstreamEvent, events: AsyncIterator[ChatEvent | UpstreamEvent]
+) -> AsyncIterator[ChatEvent | UpstreamEvent]:
+    yield first
+    async for event in events:
+        yield event
+
+
+async def relay(
+    events: AsyncIterator[ChatEvent | UpstreamEvent],
+    wanted: UsageWanted,
+    first: ChatEvent | UpstreamEvent,
+) -> AsyncIterator[bytes]:
+    """The SSE body of a stream whose ``message`` event was already read, and then
+    ``first`` (read to learn whether vLLM took the request)."""
+    relayed_any = False
+    try:
+        async for event in _chained(first, events):
+            if isinstance(event, UpstreamEvent):
+                relayed_any = True
+                if (data := relayed(event, wanted)) is not None:
+                    yield data
+            elif isinstance(event, ReplyDone):
+                if not relayed_any:  # a replay: the stored reply, as chunks
+                    for chunk in replayed_chunks(event.message, include_usage=wanted.include):
+                        yield frame(_encode(chunk))
+                yield DONE
+                return
+            elif isinstance(event, ReplyFailed):
+                yield frame(_encode(error_chunk(event.error)))
+                yield DONE
+                return
+    finally:
+        # Closing the send path here (not at garbage collection) aborts vLLM at once.
+        await events.aclose()  # type: ignore[attr-defined]
