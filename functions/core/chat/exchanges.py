@@ -39,14 +39,18 @@ from functions.core.messages.claim import (
     ConversationBusyError,
     IdempotencyRaceError,
     StaleViewError,
+    ThreadMovedError,
     claim,
 )
 from functions.core.messages.schemas import ConfigRef, Exchange, MessageOut, Turn
 from functions.core.settings import Settings
+from functions.core.threads.schemas import ForkPoint
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from types import TracebackType
 
+    from functions.core.chat.locks import ConversationLocks, Hold
     from functions.core.chat.schemas import SendRequest
     from functions.core.chat.targets import Resolved
     from functions.core.configs.schemas import LLMConfigOut
@@ -105,6 +109,10 @@ class Exchanges:
         (:meth:`prepare`), so the first attempt need not look again. ``deadline``
         (``time.monotonic()``): when the send's busy budget ends, if the caller already
         spent part of it waiting for the conversation's lock; the claim is still tried once.
+
+        A threaded send (``request.thread``) whose conversation moved on since it was
+        located (the claim's ``ThreadMovedError``) is stored as a branch instead: a new
+        conversation holding the whole history, recording the message it forked from.
         """
         _check_turns(request)
         if not replay_checked:
@@ -123,6 +131,8 @@ class Exchanges:
             reply_id, now = uuid.uuid4(), datetime.now(UTC)
             window = resolved.config.history_window if resolved.config else None
             key = request.idempotency
+            thread = request.thread
+            fork = thread.forked_from if thread is not None else None
             try:
                 claimed = await self._claim(
                     ClaimRequest(
@@ -144,6 +154,12 @@ class Exchanges:
                         history_limit=history_limit(request.prompt, window, self._history_cap),
                         idempotency_key=key.key if key else None,
                         request_hash=key.request_hash if key else None,
+                        chain=thread.chain[len(thread.chain) - len(request.turns) :]
+                        if thread is not None
+                        else None,
+                        expect_last_seq=thread.expect_last_seq if thread is not None else None,
+                        forked_from_conversation=fork.conversation_id if fork else None,
+                        forked_from_message=fork.message_id if fork else None,
                     ),
                     request,
                 )
@@ -157,6 +173,12 @@ class Exchanges:
                 stale_views += 1
                 if stale_views > STALE_VIEW_RETRIES:
                     raise
+                continue
+            except ThreadMovedError:
+                # Another send got there first (or the turn was regenerated): branch. The
+                # new conversation is nobody else's yet, so this happens once.
+                request = _branch(request, conversation_id)
+                conversation_id = await self._start_conversation(request)
                 continue
             except NotFoundError:
                 self._directory.forget(conversation_id)
@@ -250,6 +272,39 @@ class Exchanges:
         return created.id
 
 
+class Unlocked:
+    """A threaded append's stand-in for its conversation's lock: it never waits for
+    another send there. A send in progress there means the conversation moved on, which
+    the claim checks before anything else (the send then branches); waiting for that
+    send's reply would only delay the branch, or end it in ``conversation_busy``."""
+
+    __slots__ = ("_timeout_s",)
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+
+    async def __aenter__(self) -> float:
+        return time.monotonic() + self._timeout_s
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        return None
+
+
+def conversation_hold(
+    locks: ConversationLocks, request: SendRequest, conversation_id: uuid.UUID, timeout_s: float
+) -> Hold | Unlocked:
+    """What a send holds while it claims: its conversation's lock (``locks``), or nothing
+    for a threaded append (:class:`Unlocked`)."""
+    if request.thread is not None and request.thread.expect_last_seq is not None:
+        return Unlocked(timeout_s)
+    return locks.hold(conversation_id, timeout_s)
+
+
 def unconfirmed_send(claim_request: ClaimRequest, request: SendRequest) -> DatabaseUnavailableError:
     """The 503 for a send whose claim's outcome is unknown: its message may be stored."""
     turn_ids = [str(turn_id) for turn_id in claim_request.turn_ids]
@@ -278,6 +333,23 @@ def unconfirmed_send(claim_request: ClaimRequest, request: SendRequest) -> Datab
         f"and is marked failed within seconds; {retry}",
         details=details,
         retry_after_s=1,
+    )
+
+
+def _branch(request: SendRequest, conversation_id: uuid.UUID) -> SendRequest:
+    """A threaded send whose conversation moved on, as a new conversation's first send:
+    the whole history as its turns, forked from the message it was to extend."""
+    thread = request.thread
+    if thread is None or thread.tail_message_id is None:
+        raise ValueError("only a threaded send that extends a conversation branches")
+    fork = ForkPoint(conversation_id=conversation_id, message_id=thread.tail_message_id)
+    return msgspec.structs.replace(
+        request,
+        conversation_id=None,
+        turns=thread.history,
+        thread=msgspec.structs.replace(
+            thread, expect_last_seq=None, tail_message_id=None, forked_from=fork
+        ),
     )
 
 
@@ -384,4 +456,5 @@ def _exchange(
         model=resolved.model,
         instance_id=instance_id,
         owner=request.owner,
+        chain_parent=request.thread.chain[-1] if request.thread is not None else None,
     )

@@ -40,6 +40,7 @@ from functions.core.metrics import (
     LLM_TTFT,
     child,
 )
+from functions.core.threads.chain import reply_link
 
 if TYPE_CHECKING:
     import uuid
@@ -347,6 +348,7 @@ class ReplyRecorder:
                 ttft_ms=ttft_ms,
                 finish_reason=end.finish_reason,
                 upstream_request_id=end.response_id,
+                chain_hash=reply_link(self.exchange.chain_parent, content, end.tool_calls),
             )
         )
 

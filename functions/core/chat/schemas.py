@@ -21,6 +21,7 @@ from functions.core.configs.schemas import (
 )
 from functions.core.messages.schemas import MessageOut, Turn
 from functions.core.schemas import Input, Output
+from functions.core.threads.schemas import Thread
 
 MAX_CONTENT_CHARS = 400_000
 
@@ -68,6 +69,10 @@ class SendRequest(msgspec.Struct, frozen=True, kw_only=True):
     - ``sampling``: overrides of the configuration's sampling fields for this reply.
     - ``extra``: vLLM request fields passed through as they are (over the configuration's).
     - ``idempotency``: the client's ``Idempotency-Key`` and the hash of its request.
+    - ``thread``: a threaded send (``threads.place``): the turns are stored with their
+      chain hashes, appended only while the conversation has not moved on (else the send
+      branches into a new conversation holding the whole history), and the reply's hash
+      is written when it completes.
     """
 
     owner: uuid.UUID
@@ -82,6 +87,7 @@ class SendRequest(msgspec.Struct, frozen=True, kw_only=True):
     request_id: str | None = None
     # The same key and request again returns the first exchange (see ``idempotency``).
     idempotency: Idempotency | None = None
+    thread: Thread | None = None
 
 
 class MessageStarted(Output, kw_only=True, tag="message"):

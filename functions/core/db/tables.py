@@ -15,6 +15,7 @@ from piccolo.columns import (
     Array,
     BigInt,
     Boolean,
+    Bytea,
     DoublePrecision,
     ForeignKey,
     Integer,
@@ -79,6 +80,11 @@ class Conversation(Table, tablename="conversation"):
     last_seq = Integer(default=0)
     created_at = Timestamptz(default=TimestamptzNow())
     updated_at = Timestamptz(default=TimestamptzNow())
+    # A branch (``functions.core.threads``): the stored message it forked from and that
+    # message's conversation. Not foreign keys: deleting the original keeps the branch,
+    # which holds its whole history as its own turns.
+    forked_from_conversation_id = UUID(null=True, default=None)
+    forked_from_message_id = UUID(null=True, default=None)
 
 
 class ConfigEpoch(Table, tablename="config_epoch"):
@@ -136,6 +142,10 @@ class Message(Table, tablename="message"):
     # trigger existed): exports take messages in this order. Indexed with id for finished
     # messages by message_change_seq_idx.
     change_seq = BigInt(default=0)
+    # The chain hash of the history ending on this message (``functions.core.threads``):
+    # set for the turns of a threaded send and for its reply once complete; NULL otherwise
+    # (and for messages stored before threading). Indexed where set (message_chain_hash_idx).
+    chain_hash = Bytea(null=True, default=None)
 
 
 class HealthCheck(Table, tablename="health_check"):

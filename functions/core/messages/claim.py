@@ -1,14 +1,15 @@
 """The claim: the atomic first half of a send, on PostgreSQL and SQLite alike.
 
-Under the conversation's row lock: take sequence numbers, check the caller's view of the
-conversation's configuration, refuse while the previous reply is pending (or retire it
+Under the conversation's row lock: take sequence numbers, check (for a threaded send) that
+the conversation has not moved on since the caller located it, check the caller's view of
+the conversation's configuration, refuse while the previous reply is pending (or retire it
 when its own bound, its owner's, has passed or its owner's lease lapsed), read the newest
 stored messages, insert the new turns and a pending reply that carries its own bound.
 Nothing else: the caller (``functions.core.chat``) has already chosen the configuration
 and decides what the history means.
 
 PostgreSQL runs it as one function call (one round trip; see
-``functions/core/db/plpgsql/switchboard_claim_v2.sql``), SQLite as the same statements in
+``functions/core/db/plpgsql/switchboard_claim_v3.sql``), SQLite as the same statements in
 one write transaction. Failures are typed errors on both: the function raises its own
 SQLSTATE codes, mapped here by code.
 """
@@ -52,6 +53,13 @@ class StaleViewError(ConflictError):
     code = "stale_configuration_view"
 
 
+class ThreadMovedError(ConflictError):
+    """A threaded send's conversation moved on past the message it was to extend
+    (``expect_last_seq``): nothing was stored; the sender branches instead."""
+
+    code = "thread_moved"
+
+
 class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
     """Everything the claim needs; every value is decided before it runs."""
 
@@ -81,6 +89,13 @@ class ClaimRequest(msgspec.Struct, frozen=True, kw_only=True):
     # An Idempotency-Key stored with the exchange, and the hash of the request it came with.
     idempotency_key: str | None = None
     request_hash: str | None = None
+    # Threading (``functions.core.threads``): each new turn's chain hash (one per turn);
+    # refuse unless the conversation's last message is still ``expect_last_seq``; a new
+    # branch records the message it forked from (set once, by its first claim).
+    chain: list[bytes] | None = None
+    expect_last_seq: int | None = None
+    forked_from_conversation: uuid.UUID | None = None
+    forked_from_message: uuid.UUID | None = None
 
 
 class Claim(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,6 +124,7 @@ UNIQUE_VIOLATION = "23505"
 _SQLSTATES: dict[str, type[Exception]] = {
     "SB404": NotFoundError,
     "SB409": ConversationBusyError,
+    "SB410": ThreadMovedError,
     "SB412": StaleViewError,
 }
 
@@ -127,6 +143,11 @@ def _error(code: str, conversation_id: uuid.UUID) -> Exception:
         return not_found(conversation_id)
     if kind is ConversationBusyError:
         return busy_error(conversation_id)
+    if kind is ThreadMovedError:
+        return ThreadMovedError(
+            "the conversation moved on since the history was located",
+            details={"conversation_id": str(conversation_id)},
+        )
     return StaleViewError("the configuration changed while the send was prepared")
 
 
@@ -142,6 +163,14 @@ def _stored(row: _Row) -> StoredTurn:
     return StoredTurn(seq=row.seq, status=row.status, turn=turn)  # type: ignore[arg-type]
 
 
+def _turn_hashes(request: ClaimRequest) -> list[bytes | None]:
+    if request.chain is None:
+        return [None] * len(request.turns)
+    if len(request.chain) != len(request.turns):
+        raise ValueError("a claim's chain has one hash per turn")
+    return list(request.chain)
+
+
 def _turns_json(request: ClaimRequest) -> bytes:
     return msgspec.json.encode(
         [
@@ -154,9 +183,10 @@ def _turns_json(request: ClaimRequest) -> bytes:
                 "tool_calls": turn.tool_calls,
                 "tool_call_id": turn.tool_call_id,
                 "name": turn.name,
+                "chain_hash": None if chain_hash is None else chain_hash.hex(),
             }
-            for index, (turn, turn_id) in enumerate(
-                zip(request.turns, request.turn_ids, strict=True), start=1
+            for index, (turn, turn_id, chain_hash) in enumerate(
+                zip(request.turns, request.turn_ids, _turn_hashes(request), strict=True), start=1
             )
         ]
     )
@@ -179,8 +209,8 @@ async def claim(request: ClaimRequest) -> Claim:
 async def _claim_in_one_call(request: ClaimRequest) -> Claim:
     try:
         rows = await fetch(
-            "SELECT switchboard_claim_v2({}, {}, {}, {}, {}::jsonb, {}, {}, {}, {}, {}, {}, {}, "
-            "{}, {}, {}, {}) AS claim",
+            "SELECT switchboard_claim_v3({}, {}, {}, {}, {}::jsonb, {}, {}, {}, {}, {}, {}, {}, "
+            "{}, {}, {}, {}, {}, {}, {}) AS claim",
             request.conversation_id,
             request.owner,
             request.config_name,
@@ -197,6 +227,9 @@ async def _claim_in_one_call(request: ClaimRequest) -> Claim:
             request.idempotency_key,
             request.request_hash,
             request.stale_after,
+            request.expect_last_seq,
+            request.forked_from_conversation,
+            request.forked_from_message,
             savepoint=True,
         )
     except asyncpg.PostgresError as exc:
@@ -216,16 +249,22 @@ async def _claim_stepwise(request: ClaimRequest) -> Claim:
     async with atomic():
         # The UPDATE takes the write lock, so concurrent sends queue here.
         bumped = await fetch(
-            "UPDATE conversation SET last_seq = last_seq + {}, updated_at = {} "
+            "UPDATE conversation SET last_seq = last_seq + {}, updated_at = {}, "
+            "forked_from_conversation_id = COALESCE(forked_from_conversation_id, {}), "
+            "forked_from_message_id = COALESCE(forked_from_message_id, {}) "
             "WHERE id = {} AND owner_key = {} RETURNING last_seq, config_name",
             count + 1,
             now,
+            request.forked_from_conversation,
+            request.forked_from_message,
             conversation_id,
             request.owner,
         )
         if not bumped:
             raise not_found(conversation_id)
         last = bumped[0]["last_seq"] - count - 1
+        if request.expect_last_seq is not None and last != request.expect_last_seq:
+            raise _error("SB410", conversation_id)
         epoch = await configs.read_epoch()
         if bumped[0]["config_name"] != request.config_name or epoch != request.config_epoch:
             raise _error("SB412", conversation_id)
@@ -270,8 +309,8 @@ async def _claim_stepwise(request: ClaimRequest) -> Claim:
             for row in reversed(rows)
         ]
         values: list[Any] = []
-        for index, (turn, turn_id) in enumerate(
-            zip(request.turns, request.turn_ids, strict=True), start=1
+        for index, (turn, turn_id, chain_hash) in enumerate(
+            zip(request.turns, request.turn_ids, _turn_hashes(request), strict=True), start=1
         ):
             values += [
                 turn_id,
@@ -290,17 +329,18 @@ async def _claim_stepwise(request: ClaimRequest) -> Claim:
                 None,
                 None,
                 None,
+                chain_hash,
             ]
         values += [request.reply_id, conversation_id, last + count + 1, "assistant", ""]
         values += [None, None, None, None, "pending", now, None]
         values += [request.reply_config_id, request.reply_model, request.instance_id]
-        values += [request.stale_after]
+        values += [request.stale_after, None]
         # Only placeholders are joined in; every value goes in as a parameter.
-        placeholders = ", ".join(["(" + ", ".join(["{}"] * 16) + ")"] * (count + 1))
+        placeholders = ", ".join(["(" + ", ".join(["{}"] * 17) + ")"] * (count + 1))
         await fetch(
             "INSERT INTO message (id, conversation, seq, role, content, content_parts, "  # noqa: S608
             "tool_calls, tool_call_id, name, status, created_at, completed_at, llm_config, "
-            "model, owner_instance, stale_after) VALUES " + placeholders,
+            "model, owner_instance, stale_after, chain_hash) VALUES " + placeholders,
             *values,
         )
         if request.idempotency_key is not None:

@@ -92,6 +92,8 @@ class Exchange(Output, kw_only=True):
     instance_id: uuid.UUID | None = None
     # The key the exchange is charged to (the conversation's owner): the usage ledger's.
     owner: uuid.UUID | None = None
+    # A threaded send's last chain hash: the reply's is chained onto it when it completes.
+    chain_parent: bytes | None = None
 
     @property
     def user_message(self) -> MessageOut:
@@ -118,3 +120,5 @@ class ReplyOutcome(msgspec.Struct, kw_only=True):
     error_message: str | None = None
     upstream_request_id: str | None = None
     upstream: str | None = None
+    # A threaded reply's chain hash (complete replies only: ``functions.core.threads``).
+    chain_hash: bytes | None = None

@@ -198,7 +198,8 @@ _FINISH_UPDATE = (
     "UPDATE message SET status = {}, content = {}, tool_calls = {}, "  # noqa: S608
     "model = COALESCE({}, model), prompt_tokens = {}, completion_tokens = {}, "
     "latency_ms = {}, ttft_ms = {}, finish_reason = {}, error_code = {}, error_message = {}, "
-    "upstream_request_id = {}, completed_at = {} WHERE id = {} AND (status = 'pending' OR "
+    "upstream_request_id = {}, completed_at = {}, chain_hash = {} WHERE id = {} AND "
+    "(status = 'pending' OR "
     "(status = 'failed' AND error_code = 'interrupted' AND owner_instance = {})) "
     "RETURNING " + _MESSAGE_COLUMNS
 )
@@ -284,6 +285,7 @@ async def finish_exchange(
         outcome.error_message,
         outcome.upstream_request_id,
         now,
+        outcome.chain_hash,
         message_id,
         owner_instance,
     )
