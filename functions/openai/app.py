@@ -38,7 +38,7 @@ from functions.core.web.auth import provide_principal
 from functions.core.web.docs import errors
 from functions.core.web.errors import request_id_of
 from functions.core.web.policy import OPENAI
-from functions.core.web.state import runtime_of
+from functions.core.web.state import runtime_of, settings_of
 from functions.openai import chat_request, models, placement
 from functions.openai.completion import ChunkFacts, completion_body, placement_headers
 from functions.openai.failures import raised
@@ -114,7 +114,7 @@ async def create_chat_completion(
     if config is None:
         llm = runtime_of(request.app.state).require_llm()
         await llm.require_model(data.model)  # an unknown model is a 404 before any store
-    turns = chat_request.turns_of(data.messages)
+    turns = chat_request.turns_of(data.messages, settings_of(request.app.state).max_message_chars)
     conversation_id = placement.conversation_of(conversation)
     new_turns = (
         turns

@@ -14,18 +14,18 @@ lost to a door that does not know it. Two things are changed on the way:
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
+from functions.core.chat.schemas import message_chars_problem
 from functions.core.chat.targets import Target
 from functions.core.configs.schemas import CONFIG_NAME_PATTERN
-from functions.core.errors import InvalidInputError
+from functions.core.errors import InvalidInputError, PayloadTooLargeError
 from functions.core.messages.schemas import Turn
 
 if TYPE_CHECKING:
     from functions.core.configs.schemas import LLMConfigOut
     from functions.openai.schemas import ChatCompletionCreate, ChatMessageIn
-
-import re
 
 # What the door reads itself; every other body field goes to vLLM as it is.
 SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed")
@@ -114,8 +114,17 @@ def turn_of(message: ChatMessageIn, index: int) -> Turn:
     )
 
 
-def turns_of(messages: list[ChatMessageIn]) -> list[Turn]:
-    return [turn_of(message, index) for index, message in enumerate(messages)]
+def turns_of(messages: list[ChatMessageIn], max_chars: int) -> list[Turn]:
+    """The messages as turns; a turn's text over SWITCHBOARD_MAX_MESSAGE_CHARS (``max_chars``)
+    is a 413 naming it, as on the chat API."""
+    turns = [turn_of(message, index) for index, message in enumerate(messages)]
+    for index, turn in enumerate(turns):
+        if (too_long := message_chars_problem(turn.content, max_chars)) is not None:
+            raise PayloadTooLargeError(
+                f"messages[{index}].content {too_long}",
+                details={"field": f"messages[{index}].content", "limit_chars": max_chars},
+            )
+    return turns
 
 
 def prompt(turns: list[Turn], config: LLMConfigOut | None) -> list[Turn]:
