@@ -81,6 +81,9 @@ async def claim_turns(
     owner: uuid.UUID | None = None,
     config_name: str | None = "",
     epoch: int | None = None,
+    chain: list[bytes] | None = None,
+    expect_last_seq: int | None = None,
+    fork: tuple[uuid.UUID, uuid.UUID] | None = None,
 ) -> Any:
     claimed = await claim(
         ClaimRequest(
@@ -98,6 +101,10 @@ async def claim_turns(
             stale_after=at + bound,
             stale_before=stale_before or at - bound,
             history_limit=history_limit,
+            chain=chain,
+            expect_last_seq=expect_last_seq,
+            forked_from_conversation=fork[0] if fork else None,
+            forked_from_message=fork[1] if fork else None,
         )
     )
     return msgspec.to_builtins(claimed)
@@ -197,6 +204,48 @@ async def exact_mode_reads_nothing(w: World) -> Any:
     return await claim_turns(w, [user("two")], at=T0 + timedelta(seconds=1), history_limit=0)
 
 
+def hashes(*labels: str) -> list[bytes]:
+    """Stand-in chain hashes (the claim stores what it is given)."""
+    return [label.encode().ljust(16, b".") for label in labels]
+
+
+async def threaded_append_stores_the_hashes(w: World) -> Any:
+    await claim_turns(w, [user("one")], chain=hashes("h1"))
+    await complete_last(w, "uno")
+    return await claim_turns(
+        w,
+        [user("two"), user("three")],
+        at=T0 + timedelta(seconds=1),
+        chain=hashes("h3", "h4"),
+        expect_last_seq=2,
+    )
+
+
+async def a_moved_thread_is_refused_and_stores_nothing(w: World) -> Any:
+    await claim_turns(w, [user("one")], chain=hashes("h1"))
+    await complete_last(w, "uno")
+    # Located when the conversation was empty: it moved on since.
+    return await claim_turns(
+        w, [user("two")], at=T0 + timedelta(seconds=1), chain=hashes("h3"), expect_last_seq=0
+    )
+
+
+async def a_moved_thread_is_refused_before_the_busy_check(w: World) -> Any:
+    await claim_turns(w, [user("one")])
+    return await claim_turns(w, [user("two")], at=T0 + timedelta(seconds=1), expect_last_seq=0)
+
+
+async def a_branch_records_its_fork_point_once(w: World) -> Any:
+    fork = (w.ids(), w.ids())
+    await claim_turns(w, [user("one")], chain=hashes("h1"), fork=fork)
+    await complete_last(w, "uno")
+    # A later claim naming another fork point leaves the first.
+    claimed = await claim_turns(
+        w, [user("two")], at=T0 + timedelta(seconds=1), fork=(w.ids(), w.ids())
+    )
+    return {"claim": claimed, "fork": list(fork)}
+
+
 async def another_owner_is_not_found(w: World) -> Any:
     return await claim_turns(w, [user("mine?")], owner=w.stranger)
 
@@ -265,6 +314,10 @@ SCENARIOS: dict[str, tuple[Scenario, dict[str, Any]]] = {
     "history limit": (history_limit_reads_the_newest, {}),
     "exact": (exact_mode_reads_nothing, {}),
     "other owner": (another_owner_is_not_found, {}),
+    "threaded append": (threaded_append_stores_the_hashes, {}),
+    "thread moved": (a_moved_thread_is_refused_and_stores_nothing, {}),
+    "thread moved, pending": (a_moved_thread_is_refused_before_the_busy_check, {}),
+    "fork point": (a_branch_records_its_fork_point_once, {}),
     "stale config name": (changed_config_name_is_a_stale_view, {}),
     "stale epoch": (moved_epoch_is_a_stale_view, {}),
     "archived config": (archived_config_is_refused, {}),
@@ -309,7 +362,8 @@ class Normaliser:
 
 async def stored_state() -> Any:
     conversations_rows = await fetch(
-        "SELECT id, owner_key, config_name, title, metadata, last_seq, updated_at "
+        "SELECT id, owner_key, config_name, title, metadata, last_seq, updated_at, "
+        "forked_from_conversation_id, forked_from_message_id "
         "FROM conversation ORDER BY last_seq, title"
     )
     message_rows = await fetch("SELECT * FROM message ORDER BY conversation, seq")
@@ -356,6 +410,8 @@ async def test_both_engines_store_the_same(
         "busy": "conversation_busy",
         "owner's bound": "conversation_busy",
         "other owner": "not_found",
+        "thread moved": "thread_moved",
+        "thread moved, pending": "thread_moved",
         "stale config name": "stale_configuration_view",
         "stale epoch": "stale_configuration_view",
         "archived config": "validation_error",
@@ -366,3 +422,21 @@ async def test_both_engines_store_the_same(
         assert outcome.get("code") == expected_error, outcome
     else:
         assert "returned" in outcome, outcome
+    state = on_postgres["state"]
+    if name == "thread moved":
+        # Refused under the lock: nothing of the send stored, the sequence untouched.
+        assert [m["seq"] for m in state["messages"]] == [1, 2]
+        assert state["conversations"][0]["last_seq"] == 2
+    if name == "threaded append":
+        assert [m["chain_hash"] for m in state["messages"]] == [
+            *hashes("h1"),
+            None,
+            *hashes("h3", "h4"),
+            None,
+        ]
+    if name == "fork point":
+        [conversation] = state["conversations"]
+        assert (
+            conversation["forked_from_conversation_id"],
+            conversation["forked_from_message_id"],
+        ) == tuple(outcome["returned"]["fork"])
