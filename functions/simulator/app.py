@@ -13,12 +13,15 @@ import logging
 from typing import NamedTuple
 
 from functions.simulator.asgi import Handler, Receive, Scope, Send, header, send_bytes
-from functions.simulator.completions import ChatCompletions, SimulatedConnectionDrop
+from functions.simulator.chat_endpoint import ChatCompletions
 from functions.simulator.control import Control
+from functions.simulator.embeddings import Embeddings
 from functions.simulator.endpoints import Endpoints
 from functions.simulator.errors import METHOD_NOT_ALLOWED, NOT_FOUND, UNAUTHORIZED
+from functions.simulator.generation import SimulatedConnectionDrop
 from functions.simulator.options import SimulatorOptions
 from functions.simulator.state import SimulatorState
+from functions.simulator.text_completion_endpoint import TextCompletions
 
 SIM_PREFIX = "/sim/"
 
@@ -54,8 +57,18 @@ class SimulatorApp:
         endpoints = Endpoints(self.state)
         control = Control(self.state)
         self._keys = tuple(key.encode() for key in options.api_keys)
+        # vLLM registers the routes of the model's tasks only: a path another kind of model
+        # serves is a plain 404 here, as there.
+        served: dict[str, Route] = (
+            {"/v1/embeddings": _route(Embeddings(self.state), "POST")}
+            if options.runner == "pooling"
+            else {
+                "/v1/chat/completions": _route(ChatCompletions(self.state), "POST"),
+                "/v1/completions": _route(TextCompletions(self.state), "POST"),
+            }
+        )
         self._routes: dict[str, Route] = {
-            "/v1/chat/completions": _route(ChatCompletions(self.state), "POST"),
+            **served,
             "/health": _route(endpoints.health, "GET"),
             "/ping": _route(endpoints.health, "GET", "POST"),
             "/version": _route(endpoints.version, "GET"),

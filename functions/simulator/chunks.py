@@ -66,10 +66,12 @@ class ChunkEncoder:
         produced: int,
         finish_reason: str | None = None,
         stop_reason: str | None = None,
+        logprobs: bytes = b"null",
     ) -> bytes:
         """One token of choice ``index``; the last one carries ``finish_reason``.
 
-        ``produced`` is the choice's token count so far, used by ``continuous_usage_stats``.
+        ``produced`` is the choice's token count so far, used by ``continuous_usage_stats``;
+        ``logprobs`` the token's encoded ``{"content": [...]}`` when they were asked for.
         """
         return self._choice(
             index,
@@ -77,15 +79,16 @@ class ChunkEncoder:
             produced=produced,
             finish_reason=finish_reason,
             stop_reason=stop_reason,
+            logprobs=logprobs,
         )
 
-    def tool_call_start(self, index: int, call_id: str, name: str) -> bytes:
-        """The first delta of choice ``index``'s tool call: its id, type and name, sent
-        once (vLLM's ``DeltaToolCall``), with empty arguments."""
+    def tool_call_start(self, index: int, call: int, call_id: str, name: str) -> bytes:
+        """The first delta of tool call ``call`` of choice ``index``: its id, type and name,
+        sent once (vLLM's ``DeltaToolCall``), with empty arguments."""
         delta = (
             b'{"tool_calls":[{"id":'
             + _encode(call_id)
-            + b',"type":"function","index":0,"function":{"name":'
+            + b',"type":"function","index":%d,"function":{"name":' % call
             + _encode(name)
             + b',"arguments":""}}]}'
         )
@@ -94,16 +97,25 @@ class ChunkEncoder:
     def tool_arguments(
         self,
         index: int,
+        call: int,
         text: str,
         *,
         produced: int,
         finish_reason: str | None = None,
         stop_reason: str | None = None,
+        logprobs: bytes = b"null",
     ) -> bytes:
-        """One fragment of the tool call's arguments (a token), as :meth:`content`."""
-        delta = b'{"tool_calls":[{"index":0,"function":{"arguments":' + _encode(text) + b"}}]}"
+        """One fragment (a token) of tool call ``call``'s arguments, as :meth:`content`."""
+        delta = (
+            b'{"tool_calls":[{"index":%d,"function":{"arguments":' % call + _encode(text) + b"}}]}"
+        )
         return self._choice(
-            index, delta, produced=produced, finish_reason=finish_reason, stop_reason=stop_reason
+            index,
+            delta,
+            produced=produced,
+            finish_reason=finish_reason,
+            stop_reason=stop_reason,
+            logprobs=logprobs,
         )
 
     def _choice(
@@ -114,6 +126,7 @@ class ChunkEncoder:
         produced: int,
         finish_reason: str | None = None,
         stop_reason: str | None = None,
+        logprobs: bytes = b"null",
     ) -> bytes:
         if finish_reason is None:
             tail = b'"finish_reason":null,"token_ids":null}]'
@@ -130,7 +143,9 @@ class ChunkEncoder:
             self._head
             + b'{"index":%d,"delta":' % index
             + delta
-            + b',"logprobs":null,'
+            + b',"logprobs":'
+            + logprobs
+            + b","
             + tail
             + usage
             + b"}\n\n"

@@ -31,6 +31,24 @@ def build_options(**knobs: object) -> SimulatorOptions:
     show_default=True,
     help="Served model name; repeat for several (the first is the default).",
 )
+@click.option(
+    "--runner",
+    type=click.Choice(["generate", "pooling"]),
+    default="generate",
+    show_default=True,
+    help="As vLLM's: 'pooling' serves an embedding model (/v1/embeddings only).",
+)
+@click.option("--embedding-dim", default=384, show_default=True, help="Embedding length.")
+@click.option(
+    "--matryoshka", is_flag=True, help="The embedding model accepts 'dimensions' (is_matryoshka)."
+)
+@click.option(
+    "--matryoshka-dimension",
+    "matryoshka_dimensions",
+    multiple=True,
+    type=int,
+    help="A 'dimensions' value a matryoshka model accepts; repeat for several (default: any).",
+)
 @click.option("--ttft-ms", default=0.0, show_default=True, help="Time to first token.")
 @click.option("--itl-ms", default=0.0, show_default=True, help="Time between tokens.")
 @click.option("--tokens", default=16, show_default=True, help="Reply length in tokens.")

@@ -1,5 +1,6 @@
 """The small vLLM endpoints: probes, ``/version``, ``/load``, ``/v1/models``, tokenizer,
-``/metrics``. The chat endpoint lives in ``completions.py``."""
+``/metrics``. The generating endpoints are ``chat_endpoint.py`` and
+``text_completion_endpoint.py`` over ``generation.py``; embeddings are ``embeddings.py``."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import msgspec
 
 from functions.simulator import SIMULATOR_NAME, VLLM_VERSION
 from functions.simulator.asgi import Receive, Scope, Send, header, read_body, send_bytes, send_empty
-from functions.simulator.chat import render_prompt, resolve_model
+from functions.simulator.chat import render_prompt
 from functions.simulator.errors import ApiError, bad_request, error_body, invalid_request
 from functions.simulator.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from functions.simulator.planning import resolve_model
 from functions.simulator.schemas import (
     DetokenizeRequest,
     DetokenizeResponse,

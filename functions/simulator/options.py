@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -15,6 +15,15 @@ class SimulatorOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
 
     models: tuple[str, ...] = ("sim-model",)
     """Served model names; the first is the default and the ``root`` of every card."""
+    runner: Literal["generate", "pooling"] = "generate"
+    """vLLM's ``--runner``: ``generate`` serves chat and completions, ``pooling`` an embedding
+    model serving ``/v1/embeddings`` only (vLLM registers routes by the model's tasks)."""
+    embedding_dim: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 384
+    """Length of an embedding model's vectors."""
+    matryoshka: bool = False
+    """The embedding model accepts ``dimensions`` (vLLM's ``is_matryoshka``)."""
+    matryoshka_dimensions: tuple[Annotated[int, msgspec.Meta(ge=1)], ...] = ()
+    """The only ``dimensions`` a matryoshka model accepts; empty: any."""
     ttft_ms: NonNegative = 0.0
     """Delay before the first token (the role chunk when streaming)."""
     itl_ms: NonNegative = 0.0

@@ -6,6 +6,8 @@ every field, nulls included, in vLLM's order, because vLLM serializes with ``mod
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import msgspec
 
 
@@ -51,6 +53,32 @@ class StreamOptions(msgspec.Struct):
     continuous_usage_stats: bool | None = False
 
 
+class JsonSchemaSpec(msgspec.Struct):
+    """``response_format.json_schema``: the schema is under ``schema``, as OpenAI sends it."""
+
+    name: str | None = None
+    schema: Any = None
+    description: str | None = None
+    strict: bool | None = None
+
+
+class ResponseFormat(msgspec.Struct):
+    type: Literal["text", "json_object", "json_schema", "structural_tag"]
+    json_schema: JsonSchemaSpec | None = None
+
+
+class StructuredOutputs(msgspec.Struct):
+    """vLLM's ``structured_outputs`` (``StructuredOutputsParams``); ``json`` may be a schema
+    object or its JSON text."""
+
+    json: Any = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    structural_tag: str | None = None
+
+
 class ChatRequest(msgspec.Struct):
     messages: list[Message]
     model: str | None = None
@@ -67,6 +95,48 @@ class ChatRequest(msgspec.Struct):
     tools: list[Tool] | None = None
     # "none", "auto", "required", or a named function.
     tool_choice: str | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = True
+    logprobs: bool | None = False
+    top_logprobs: int | None = 0
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
+
+
+class CompletionRequest(msgspec.Struct):
+    """``POST /v1/completions``. ``prompt`` is a string, a list of strings, a token-id list or
+    a list of them; msgspec cannot tell list shapes apart in a union, so the planner does."""
+
+    prompt: str | list[Any] | None = None
+    model: str | None = None
+    echo: bool | None = False
+    logprobs: int | None = None
+    max_tokens: int | None = 16
+    n: int = 1
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    suffix: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    request_id: str | None = None
+    add_special_tokens: bool = True
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
+    prompt_embeds: Any = None
+
+
+class EmbeddingRequest(msgspec.Struct):
+    """``POST /v1/embeddings``: ``input`` (string(s) or token ids) or chat ``messages``."""
+
+    input: str | list[Any] | None = None
+    messages: list[Message] | None = None
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+    add_special_tokens: bool | None = None
+    request_id: str | None = None
 
 
 class TokenizeRequest(msgspec.Struct):
@@ -128,7 +198,7 @@ class AssistantMessage(msgspec.Struct, kw_only=True):
 class Choice(msgspec.Struct, kw_only=True):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
     finish_reason: str
     stop_reason: str | None
     token_ids: None = None
@@ -154,6 +224,56 @@ class ChatCompletion(msgspec.Struct, kw_only=True):
     prompt_token_ids: None = None
     prompt_text: None = None
     kv_transfer_params: None = None
+
+
+class TextChoice(msgspec.Struct, kw_only=True):
+    """A choice of ``/v1/completions`` (vLLM's ``CompletionResponseChoice``)."""
+
+    index: int
+    text: str
+    logprobs: dict[str, Any] | None = None
+    finish_reason: str
+    stop_reason: str | None
+    token_ids: None = None
+    prompt_logprobs: None = None
+    prompt_token_ids: None = None
+
+
+class TextCompletion(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "text_completion"
+    created: int
+    model: str
+    choices: list[TextChoice]
+    service_tier: None = None
+    system_fingerprint: None = None
+    usage: Usage
+    kv_transfer_params: None = None
+
+
+class Embedding(msgspec.Struct, kw_only=True):
+    index: int
+    object: str = "embedding"
+    # A list of floats, or their float32 bytes in base64.
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(msgspec.Struct, kw_only=True):
+    """vLLM's ``UsageInfo`` as an embedding fills it: no completion, so zero."""
+
+    prompt_tokens: int
+    total_tokens: int
+    completion_tokens: int = 0
+    prompt_tokens_details: None = None
+
+
+class EmbeddingList(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "list"
+    created: int
+    model: str
+    data: list[Embedding]
+    usage: EmbeddingUsage
 
 
 class ModelPermission(msgspec.Struct, kw_only=True):

@@ -191,10 +191,14 @@ class TokenVocabulary:
     def encode(self, pieces: Sequence[str]) -> list[int]:
         return [self.id_of(piece) for piece in pieces]
 
-    def decode(self, ids: Sequence[int]) -> str:
-        """Join the strings of ``ids``; raises ``IndexError`` on an id never handed out."""
+    def pieces_of(self, ids: Sequence[int]) -> list[str]:
+        """The strings of ``ids``; raises ``IndexError`` on an id never handed out."""
         pieces = self._pieces
         for token_id in ids:
             if not 0 <= token_id < len(pieces):
                 raise IndexError(token_id)
-        return "".join(pieces[token_id] for token_id in ids)
+        return [pieces[token_id] for token_id in ids]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Join the strings of ``ids``; raises ``IndexError`` on an id never handed out."""
+        return "".join(self.pieces_of(ids))

@@ -144,10 +144,19 @@ async def test_second_served_model_is_addressable(client: httpx.AsyncClient) -> 
 
 
 async def test_unknown_fields_are_ignored(client: httpx.AsyncClient) -> None:
-    body = chat_body(frobnicate=True, top_k=5, min_p=0.1, user="u1", tools=[], priority=3)
+    body = chat_body(frobnicate=True, top_k=5, min_p=0.1, user="u1", priority=3)
     body["messages"][0]["name"] = "alice"
     response = await chat(client, body)
     assert response.status_code == 200
+
+
+async def test_an_empty_tools_array_is_refused(client: httpx.AsyncClient) -> None:
+    # vLLM >= 0.20 (PR 39780) refuses it as OpenAI does; older releases ignored it.
+    response = await chat(client, chat_body(tools=[]))
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["message"].startswith("`tools` must not be an empty array.")
+    assert (error["type"], error["param"], error["code"]) == ("Bad Request", "tools", 400)
 
 
 async def test_same_request_gives_same_text(client: httpx.AsyncClient) -> None:

@@ -1,8 +1,11 @@
-"""``POST /v1/chat/completions``: validation, faults, queueing, timing and the bytes on the wire.
+"""The generating endpoints' shared engine: validation, faults, queueing, timing and the bytes
+on the wire, for ``/v1/chat/completions`` and ``/v1/completions`` alike.
 
-Every wait (the run queue, time to first token, inter-token gaps, a hang) races the client's
-disconnect: a client that leaves is counted as aborted and gets nothing more, which is what
-the gateway's cancellation tests observe.
+An endpoint (``chat_endpoint.py``, ``text_completion_endpoint.py``) only turns a body into a
+:class:`GenerationPlan` and a :class:`Renderer`; everything else a request lives through is
+here, once. Every wait (the run queue, time to first token, inter-token gaps, a hang) races
+the client's disconnect: a client that leaves is counted as aborted and gets nothing more,
+which is what the gateway's cancellation tests observe.
 """
 
 from __future__ import annotations
@@ -11,9 +14,7 @@ import enum
 import secrets
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-import msgspec
+from typing import TYPE_CHECKING, Protocol
 
 from functions.simulator.asgi import (
     JSON,
@@ -26,8 +27,7 @@ from functions.simulator.asgi import (
     send_bytes,
     send_empty,
 )
-from functions.simulator.chat import ChatPlan, ChoicePlan, parse_chat_request, plan_chat
-from functions.simulator.chunks import DONE, ChunkEncoder
+from functions.simulator.chunks import DONE
 from functions.simulator.disconnect import DisconnectWatcher
 from functions.simulator.errors import (
     SCALING,
@@ -38,14 +38,12 @@ from functions.simulator.errors import (
     stream_error_event,
 )
 from functions.simulator.faults import Fault, FaultKind
-from functions.simulator.overrides import Timing, resolve_fault, resolve_timing, scan_headers
-from functions.simulator.schemas import (
-    AssistantMessage,
-    ChatCompletion,
-    Choice,
-    FunctionCall,
-    ToolCall,
-    Usage,
+from functions.simulator.overrides import (
+    ChatHeaders,
+    Timing,
+    resolve_fault,
+    resolve_timing,
+    scan_headers,
 )
 
 if TYPE_CHECKING:
@@ -53,7 +51,6 @@ if TYPE_CHECKING:
     from functions.simulator.state import SimulatorState
 
 _BREAKING = frozenset({FaultKind.CUT, FaultKind.DROP, FaultKind.STALL})
-_encode = msgspec.json.Encoder().encode
 
 
 class SimulatedConnectionDrop(Exception):  # noqa: N818 - raised on purpose, not a failure
@@ -66,7 +63,60 @@ class Outcome(enum.Enum):
     FAILED = "failed"
 
 
-def _check_content_type(raw: bytes | None) -> None:
+class PlannedChoice(Protocol):
+    """What the engine needs of one choice: its tokens and how it ended."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def pieces(self) -> tuple[str, ...]: ...
+    @property
+    def finish_reason(self) -> str: ...
+    @property
+    def completion_tokens(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationPlan:
+    """A validated request with every token of its reply decided."""
+
+    model: str
+    prompt_tokens: int
+    choices: list[PlannedChoice]
+    stream: bool
+    include_usage: bool
+    continuous_usage: bool
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(choice.completion_tokens for choice in self.choices)
+
+    @property
+    def longest(self) -> int:
+        return max(len(choice.pieces) for choice in self.choices)
+
+
+class Renderer(Protocol):
+    """The bytes of one reply, in the endpoint's wire format."""
+
+    def body(self) -> bytes:
+        """The whole non-streamed JSON response."""
+        ...
+
+    def opening(self) -> list[bytes]:
+        """The events sent at the first token, before any choice's first piece."""
+        ...
+
+    def step(self, choice: PlannedChoice, step: int) -> list[bytes]:
+        """The events of ``choice`` at decode step ``step`` (none once it has finished)."""
+        ...
+
+    def usage(self, completion_tokens: int) -> bytes:
+        """The ``include_usage`` event."""
+        ...
+
+
+def check_content_type(raw: bytes | None) -> None:
     media_type = (raw or b"").split(b";", 1)[0].strip().lower()
     if media_type != JSON:
         raise invalid_request("Unsupported Media Type: Only 'application/json' is allowed")
@@ -80,47 +130,12 @@ def _generation_failure(after: int) -> ApiError:
     )
 
 
-def _completion_body(plan: ChatPlan, completion_id: str, created: int) -> bytes:
-    prompt = plan.prompt_tokens
-    completion = plan.completion_tokens
-    return _encode(
-        ChatCompletion(
-            id=completion_id,
-            created=created,
-            model=plan.model,
-            choices=[
-                Choice(
-                    index=choice.index,
-                    message=_message(choice),
-                    finish_reason=choice.finish_reason,
-                    stop_reason=choice.stop_reason,
-                )
-                for choice in plan.choices
-            ],
-            usage=Usage(
-                prompt_tokens=prompt,
-                total_tokens=prompt + completion,
-                completion_tokens=completion,
-            ),
-        )
-    )
-
-
-def _message(choice: ChoicePlan) -> AssistantMessage:
-    text = "".join(choice.pieces)
-    call = choice.tool_call
-    if call is None:
-        return AssistantMessage(content=text)
-    function = FunctionCall(name=call.name, arguments=text)
-    return AssistantMessage(content=None, tool_calls=[ToolCall(id=call.id, function=function)])
-
-
 @dataclass(slots=True)
 class _Job:
-    """One admitted chat request on its way to the client."""
+    """One admitted request on its way to the client."""
 
-    plan: ChatPlan
-    completion_id: str
+    plan: GenerationPlan
+    renderer: Renderer
     timing: Timing
     fault: Fault
     watcher: DisconnectWatcher
@@ -133,8 +148,14 @@ def _body(data: bytes, *, more: bool = True) -> dict[str, object]:
     return {"type": "http.response.body", "body": data, "more_body": more}
 
 
-class ChatCompletions:
-    """The chat endpoint; one instance per app, bound to that app's state."""
+class GenerationEndpoint:
+    """One generating endpoint of one app, bound to that app's state.
+
+    Subclasses say how a body becomes a plan (:meth:`plan`) and how a plan is written
+    (:meth:`renderer`); ``id_prefix`` is vLLM's (``chatcmpl-``, ``cmpl-``).
+    """
+
+    id_prefix = ""
 
     def __init__(self, state: SimulatorState) -> None:
         self._state = state
@@ -143,6 +164,13 @@ class ChatCompletions:
         self._default_timing = Timing(
             options.ttft_ms / 1000.0, options.itl_ms / 1000.0, options.tokens
         )
+
+    def plan(self, body: bytes, timing: Timing) -> tuple[GenerationPlan, str | None]:
+        """Validate ``body`` (raising ``ApiError``); the plan and the body's ``request_id``."""
+        raise NotImplementedError
+
+    def renderer(self, plan: GenerationPlan, completion_id: str, created: int) -> Renderer:
+        raise NotImplementedError
 
     async def _send_error(self, send: Send, error: ApiError) -> None:
         await send_bytes(send, error.status, error_body(error, legacy=self._legacy))
@@ -166,15 +194,8 @@ class ChatCompletions:
                 state.counts.count_fault(fault.label)
                 await send_bytes(send, 503, SCALING)
                 return
-            _check_content_type(headers.content_type)
-            request = parse_chat_request(body)
-            options = state.options
-            plan = plan_chat(
-                request,
-                served=options.models,
-                max_model_len=options.max_model_len,
-                reply_tokens=timing.tokens,
-            )
+            check_content_type(headers.content_type)
+            plan, body_request_id = self.plan(body, timing)
             if not state.healthy:
                 raise engine_dead()
         except ApiError as error:
@@ -187,15 +208,9 @@ class ChatCompletions:
             if await self._fail_at_once(fault, send):
                 metrics.finished["error"] += len(plan.choices)
                 return
-        raw_id = headers.request_id
-        request_id = (
-            raw_id.decode("latin-1")
-            if raw_id is not None
-            else request.request_id or secrets.token_hex(8)
-        )
-        job = _Job(
-            plan, "chatcmpl-" + request_id, timing, fault, DisconnectWatcher(receive), send, metrics
-        )
+        completion_id = self.id_prefix + _request_id(headers, body_request_id)
+        renderer = self.renderer(plan, completion_id, int(time.time()))
+        job = _Job(plan, renderer, timing, fault, DisconnectWatcher(receive), send, metrics)
         await self._run(job)
 
     async def _fail_at_once(self, fault: Fault, send: Send) -> bool:
@@ -282,7 +297,7 @@ class ChatCompletions:
         if ttft + decode_s > 0.0 and not await watcher.sleep(ttft + decode_s):
             return Outcome.ABORTED
         job.metrics.ttft.observe(time.perf_counter() - job.started - decode_s)
-        await send_bytes(job.send, 200, _completion_body(plan, job.completion_id, int(time.time())))
+        await send_bytes(job.send, 200, job.renderer.body())
         return Outcome.DONE
 
     async def _break_response(self, job: _Job) -> Outcome:
@@ -295,22 +310,15 @@ class ChatCompletions:
             await job.watcher.until_disconnect()
             return Outcome.ABORTED
         # drop: promise the whole body, deliver half, then let uvicorn close the socket.
-        body = _completion_body(job.plan, job.completion_id, int(time.time()))
+        body = job.renderer.body()
         headers = [(b"content-type", JSON), (b"content-length", b"%d" % len(body))]
         await job.send({"type": "http.response.start", "status": 200, "headers": headers})
         await job.send(_body(body[: len(body) // 2]))
         raise SimulatedConnectionDrop
 
     async def _stream(self, job: _Job) -> Outcome:
-        """SSE after the headers: role chunk at TTFT, a token every ITL, usage, ``[DONE]``."""
-        plan, watcher, send = job.plan, job.watcher, job.send
-        chunks = ChunkEncoder(
-            completion_id=job.completion_id,
-            created=int(time.time()),
-            model=plan.model,
-            prompt_tokens=plan.prompt_tokens,
-            continuous_usage=plan.continuous_usage,
-        )
+        """SSE after the headers: the opening at TTFT, a token every ITL, usage, ``[DONE]``."""
+        plan, watcher, send, renderer = job.plan, job.watcher, job.send, job.renderer
         if not await watcher.sleep(job.timing.ttft_s):
             return Outcome.ABORTED
         job.metrics.ttft.observe(time.perf_counter() - job.started)
@@ -318,12 +326,7 @@ class ChatCompletions:
         itl = job.timing.itl_s
         breaks_at = job.fault.after if job.fault.kind in _BREAKING else -1
         # Events of one step go out in one write; with no ITL the whole stream is one write.
-        events = [chunks.role(choice.index) for choice in plan.choices]
-        events += [
-            chunks.tool_call_start(choice.index, call.id, call.name)
-            for choice in plan.choices
-            if (call := choice.tool_call) is not None
-        ]
+        events = renderer.opening()
         for step in range(max(plan.longest, 1)):
             if step == breaks_at:
                 return await self._break_stream(job, events)
@@ -333,23 +336,9 @@ class ChatCompletions:
                 if not await watcher.sleep(itl):
                     return Outcome.ABORTED
             for choice in plan.choices:
-                pieces = choice.pieces
-                count = len(pieces)
-                emit = chunks.content if choice.tool_call is None else chunks.tool_arguments
-                if step < count - 1:
-                    events.append(emit(choice.index, pieces[step], produced=step + 1))
-                elif step == count - 1 or (step == 0 and count == 0):
-                    events.append(
-                        emit(
-                            choice.index,
-                            pieces[step] if count else "",
-                            produced=count,
-                            finish_reason=choice.finish_reason,
-                            stop_reason=choice.stop_reason,
-                        )
-                    )
+                events += renderer.step(choice, step)
         if plan.include_usage:
-            events.append(chunks.usage(plan.completion_tokens))
+            events.append(renderer.usage(plan.completion_tokens))
         events.append(DONE)
         await send(_body(b"".join(events), more=False))
         return Outcome.DONE
@@ -368,3 +357,11 @@ class ChatCompletions:
             raise SimulatedConnectionDrop
         await job.watcher.until_disconnect()
         return Outcome.ABORTED
+
+
+def _request_id(headers: ChatHeaders, from_body: str | None) -> str:
+    """vLLM's id: the ``X-Request-Id`` header, else the body's ``request_id``, else random."""
+    raw = headers.request_id
+    if raw is not None:
+        return raw.decode("latin-1")
+    return from_body or secrets.token_hex(8)
