@@ -26,8 +26,6 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from piccolo.engine.postgres import PostgresEngine
-
 from functions.core.chat.exchanges import Exchanges
 from functions.core.chat.journal import OutcomeJournal
 from functions.core.chat.recorder import OutcomeBacklog
@@ -43,7 +41,7 @@ from functions.core.db.engine import (
     using,
 )
 from functions.core.db.errors import as_database_error
-from functions.core.db.notifications import NotificationListener
+from functions.core.db.port import port_for
 from functions.core.health.watcher import HealthWatcher
 from functions.core.keys.cache import PrincipalCache, bind_principals, unbind_principals
 from functions.core.keys.revocations import marker_path, revocations_for
@@ -68,6 +66,7 @@ if TYPE_CHECKING:
 
     from piccolo.engine.base import Engine
 
+    from functions.core.db.notifications import Listener
     from functions.core.settings import Settings
 
 log = get_logger(__name__)
@@ -83,7 +82,7 @@ class Runtime:
         settings: Settings,
         engine: Engine[Any],
         llm: LLMClient | None,
-        notifications: NotificationListener | None,
+        notifications: Listener | None,
         health: HealthWatcher | None = None,
         *,
         lease: Lease | None = None,
@@ -259,17 +258,12 @@ async def _hold_lease(
     return lease
 
 
-def _listen(
-    engine: Engine[Any], settings: Settings, principals: PrincipalCache
-) -> NotificationListener | None:
-    """Cache authenticated keys; on PostgreSQL only while revocations can be heard."""
+def _listen(engine: Engine[Any], settings: Settings, principals: PrincipalCache) -> Listener:
+    """This database's listener (the engine port's); authenticated keys are cached while
+    it hears revocations."""
     if settings.auth_cache_ttl_s <= 0:
         principals.disable()
-    elif not isinstance(engine, PostgresEngine):
-        principals.enable(settings.auth_cache_ttl_s)
-    if not isinstance(engine, PostgresEngine):
-        return None
-    listener = NotificationListener(settings.database_url)
+    listener = port_for(engine).listener()
     if settings.auth_cache_ttl_s > 0:
         listener.subscribe(revocations_for(principals, settings.auth_cache_ttl_s))
     return listener

@@ -33,9 +33,9 @@ A chunk comes in the shape its writer asks for (``Shape``), columns in
 :data:`~functions.core.exports.schemas.COLUMNS` order:
 
 - ``csv``: CSV lines (every non-null value quoted, null an empty field), rendered by the
-  database: PostgreSQL streams them with ``COPY (SELECT …) TO STDOUT``, SQLite builds each
-  line with string functions. pyarrow parses these for Parquet too, faster than it builds
-  columns from Python values.
+  database through the engine port's bulk reader (``BulkReader.csv``): PostgreSQL streams
+  them with ``COPY (SELECT …) TO STDOUT``, SQLite builds each line with string functions.
+  pyarrow parses these for Parquet too, faster than it builds columns from Python values.
 - ``jsonl``: JSON object lines, encoded here by msgspec from the row's values, each fetched
   as what a JSON line holds (times as RFC 3339 text, ids as text, JSON columns as their
   JSON text, ``'null'`` when absent). Rendering JSON in the database (``row_to_json``) costs
@@ -45,7 +45,8 @@ A chunk comes in the shape its writer asks for (``Shape``), columns in
   garbage collector take about a fifth of the exporter's time.
 
 The column list, the joins and the keyset are one query shape for both engines; only how a
-value becomes text differs (:class:`_Dialect`).
+value becomes text differs (:class:`_Dialect`). How the rows leave the database (COPY or
+tuples, on which connection) is the engine port's (:mod:`functions.core.db.port`).
 
 Only finished messages (``completed_at`` set) are read; a pending reply joins the scan once
 it finishes (that write stamps it again).
@@ -53,25 +54,21 @@ it finishes (that write stamps it again).
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
 
-import aiosqlite
 import msgspec
 from msgspec import Raw
-from piccolo.engine.postgres import PostgresEngine
-from piccolo.engine.sqlite import SQLiteEngine
 
-from functions.core.db.engine import current_engine
-from functions.core.db.sql import _numbered, fetch, pg_connection
+from functions.core.db.port import BulkReader, current_port
+from functions.core.db.sql import fetch
 from functions.core.errors import SwitchboardError
 from functions.core.exports.schemas import COLUMNS, SCHEMA_VERSION, Kind
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+    from collections.abc import AsyncGenerator, Sequence
     from datetime import datetime
 
     from functions.core.exports.schemas import Selection
@@ -227,6 +224,13 @@ class _Dialect:
     def select(self, shape: Shape) -> str:
         raise NotImplementedError
 
+    def columns(self) -> str:
+        """The columns of a CSV line (the bulk reader renders the line)."""
+        return ", ".join(
+            f"{self.value(_SOURCES[column.name], column.kind)} AS {column.name}"
+            for column in COLUMNS
+        )
+
     def values(self) -> str:
         return "SELECT " + ", ".join(
             self.json_value(_SOURCES[column.name], column.kind) for column in COLUMNS
@@ -255,12 +259,7 @@ class _Postgres(_Dialect):
     def select(self, shape: Shape) -> str:
         if shape == "jsonl":
             return self.values() + _PG_JOINS
-        columns = ", ".join(
-            f"{self.value(_SOURCES[column.name], column.kind)} AS {column.name}"
-            for column in COLUMNS
-        )
-        # COPY ... (FORMAT csv, FORCE_QUOTE *) quotes each non-null value.
-        return f"SELECT {columns}{_PG_JOINS}"
+        return f"SELECT {self.columns()}{_PG_JOINS}"
 
 
 class _SQLite(_Dialect):
@@ -296,19 +295,11 @@ class _SQLite(_Dialect):
     def select(self, shape: Shape) -> str:
         if shape == "jsonl":
             return self.values() + _JOINS
-        # Each value quoted, quotes doubled (format's %w); NULL an empty field. One format()
-        # for the line: a chain of || copies the line so far at every column.
-        fields = ", ".join(
-            f"CASE WHEN {_SOURCES[column.name]} IS NULL THEN '' "
-            f"ELSE format('\"%w\"', {self.value(_SOURCES[column.name], column.kind)}) END"
-            for column in COLUMNS
-        )
-        line = ",".join(["%s"] * len(COLUMNS))
-        return f"SELECT format('{line}', {fields}) AS line{_JOINS}"
+        return f"SELECT {self.columns()}{_JOINS}"
 
 
 def _dialect() -> _Dialect:
-    return _Postgres() if isinstance(current_engine(), PostgresEngine) else _SQLite()
+    return _Postgres() if current_port().name == "postgres" else _SQLite()
 
 
 @cache
@@ -386,7 +377,7 @@ async def iter_chunks(
         FIRST_SEQ if window.after is None else window.after,
         NIL,
     )
-    async with _sqlite_reader(dialect) as sqlite:
+    async with current_port().bulk_reader() as reader:
         while True:
             ends = await fetch(
                 ends_sql,
@@ -404,7 +395,7 @@ async def iter_chunks(
                 key = (int(end["change_seq"]), end["id"])
                 count = int(end["n"]) - before
                 args = [*cursor, *key, *legacy_args, *filter_args, count]
-                chunk = await _chunk(sqlite, rows_sql, shape, args)
+                chunk = await _chunk(reader, rows_sql, shape, args)
                 if chunk.rows:
                     yield chunk
                 cursor, before = key, int(end["n"])
@@ -412,37 +403,13 @@ async def iter_chunks(
                 return
 
 
-@contextlib.asynccontextmanager
-async def _sqlite_reader(dialect: _Dialect) -> AsyncIterator[aiosqlite.Connection | None]:
-    """On SQLite, the connection chunks are read on: the current transaction's, or one of
-    the export's own (a connection per chunk, each with its thread, cost about as much as
-    reading the chunk). None on PostgreSQL."""
-    if dialect.postgres:
-        yield None
-        return
-    engine = current_engine()
-    assert isinstance(engine, SQLiteEngine)
-    transaction = engine.current_transaction.get()
-    if transaction is not None:
-        yield transaction.connection
-        return
-    async with aiosqlite.connect(**engine.connection_kwargs) as connection:
-        yield connection
-
-
-async def _chunk(
-    sqlite: aiosqlite.Connection | None, sql: str, shape: Shape, args: list[Any]
-) -> Chunk:
-    """One chunk's rows: on PostgreSQL (``sqlite`` None) or on that SQLite connection."""
-    if sqlite is None and shape == "csv":
-        return await _copy_out(sql, args)
-    rows = await (_pg_rows(sql, args) if sqlite is None else _sqlite_rows(sqlite, sql, args))
-    if shape == "jsonl":
-        return Chunk(data=jsonl_lines(rows), rows=len(rows))
-    if not rows:
-        return Chunk(data=b"", rows=0)
-    text = "\n".join(row[0] for row in rows) + "\n"
-    return Chunk(data=text.encode(), rows=len(rows))
+async def _chunk(reader: BulkReader, sql: str, shape: Shape, args: list[Any]) -> Chunk:
+    """One chunk's rows, read by the engine's bulk reader."""
+    if shape == "csv":
+        data, rows = await reader.csv(sql, args)
+        return Chunk(data=data, rows=rows)
+    found = await reader.rows(sql, args)
+    return Chunk(data=jsonl_lines(found), rows=len(found))
 
 
 def jsonl_lines(rows: Sequence[Sequence[Any]]) -> bytes:
@@ -454,38 +421,3 @@ def jsonl_lines(rows: Sequence[Sequence[Any]]) -> bytes:
         line.tool_calls = Raw(line.tool_calls)
         line.conversation_metadata = Raw(line.conversation_metadata)
     return _ENCODER.encode_lines(lines)
-
-
-async def _pg_rows(sql: str, args: list[Any]) -> Sequence[Sequence[Any]]:
-    """The rows as asyncpg records (decoded in C; not turned into dicts as ``fetch`` does)."""
-    engine = current_engine()
-    assert isinstance(engine, PostgresEngine)
-    async with pg_connection(engine) as connection:
-        records: Sequence[Sequence[Any]] = await connection.fetch(_numbered(sql), *args)
-    return records
-
-
-async def _sqlite_rows(
-    connection: aiosqlite.Connection, sql: str, args: list[Any]
-) -> Sequence[Sequence[Any]]:
-    """The rows as tuples, not the dict per row Piccolo's connections make (a Python call
-    each)."""
-    async with connection.execute(sql.replace("{}", "?"), args) as cursor:
-        cursor.row_factory = None
-        return list(await cursor.fetchall())
-
-
-async def _copy_out(sql: str, args: list[Any]) -> Chunk:
-    """``COPY (query) TO STDOUT (FORMAT csv, FORCE_QUOTE *)``."""
-    engine = current_engine()
-    assert isinstance(engine, PostgresEngine)
-    parts: list[bytes] = []
-
-    async def collect(data: bytes) -> None:
-        parts.append(data)
-
-    options: dict[str, Any] = {"format": "csv", "force_quote": True}
-    statement = _numbered(sql)
-    async with pg_connection(engine) as connection:
-        status = await connection.copy_from_query(statement, *args, output=collect, **options)
-    return Chunk(data=b"".join(parts), rows=int(status.split()[-1]))

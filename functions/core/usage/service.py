@@ -8,22 +8,19 @@ a day, in UTC), configuration name and model: counts by status, distinct convers
 tokens, and the latency and time to first token of the completed ones (mean, p50, p95).
 Errors are counted by code.
 
-The database aggregates: on PostgreSQL in one statement per grouping (``percentile_cont``
-for the percentiles); SQLite has no percentile aggregate, so there the completed replies'
-timings are read and their percentiles computed here, the same way (linear interpolation
-between order statistics). SQLite is the single-machine database, so that read is small.
+The database aggregates, through the engine port (``EnginePort.aggregate``): on
+PostgreSQL in one statement per grouping (``percentile_cont`` for the percentiles); SQLite
+has no percentile aggregate, so there the completed replies' timings are read and their
+percentiles computed by the same rule. SQLite is the single-machine database, so that read
+is small.
 """
 
 from __future__ import annotations
 
-import statistics
-from collections import defaultdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from piccolo.engine.postgres import PostgresEngine
-
-from functions.core.db.engine import current_engine
+from functions.core.db.port import Percentile, current_port
 from functions.core.db.sql import fetch
 from functions.core.errors import InvalidInputError
 from functions.core.usage.schemas import Bucket, ErrorCount, UsageReport, UsageRow
@@ -58,31 +55,13 @@ _COUNTS = (
     "coalesce(sum(m.completion_tokens), 0) AS completion_tokens, "
     "avg(CASE WHEN m.status = 'complete' THEN m.latency_ms END) AS latency_mean_ms"
 )
-_PERCENTILES = ", ".join(
-    f"percentile_cont({q / 100}) WITHIN GROUP (ORDER BY m.{column}) "
-    f"FILTER (WHERE m.status = 'complete') AS {name}"
-    for column, q, name in (
-        ("latency_ms", 50, "latency_p50_ms"),
-        ("latency_ms", 95, "latency_p95_ms"),
-        ("ttft_ms", 50, "ttft_p50_ms"),
-        ("ttft_ms", 95, "ttft_p95_ms"),
-    )
+# Of the completed replies only.
+_PERCENTILES = (
+    Percentile("latency_p50_ms", "m.latency_ms", 0.5),
+    Percentile("latency_p95_ms", "m.latency_ms", 0.95),
+    Percentile("ttft_p50_ms", "m.ttft_ms", 0.5),
+    Percentile("ttft_p95_ms", "m.ttft_ms", 0.95),
 )
-
-
-def _bucket_sql(bucket: Bucket | None, *, postgres: bool) -> str:
-    """The bucket's start as ``YYYY-MM-DD HH:MM:SS`` text in UTC ('' for the whole window)."""
-    if bucket is None:
-        return "''"
-    if postgres:
-        return (
-            f"to_char(date_trunc('{bucket}', m.created_at AT TIME ZONE 'UTC'), "
-            "'YYYY-MM-DD HH24:MI:SS')"
-        )
-    # SQLite holds Python's str() of the UTC time: "2026-11-29 23:00:00.123456+00:00".
-    if bucket == "hour":
-        return "substr(m.created_at, 1, 13) || ':00:00'"
-    return "substr(m.created_at, 1, 10) || ' 00:00:00'"
 
 
 def _from(owner: uuid.UUID | None) -> str:
@@ -149,82 +128,41 @@ async def usage_report(
 async def _aggregate(
     bucket: Bucket | None, since: datetime, owner: uuid.UUID | None, args: list[Any]
 ) -> list[UsageRow]:
-    postgres = isinstance(current_engine(), PostgresEngine)
-    start = _bucket_sql(bucket, postgres=postgres)
-    select = f"SELECT {start} AS start, m.config AS config, m.model AS model, {_COUNTS}"
-    if postgres:
-        select += ", " + _PERCENTILES
-    grouped = await fetch(
-        select + _from(owner) + " GROUP BY 1, m.config, m.model ORDER BY 1, 2, 3",
-        *args,
+    port = current_port()
+    rows = await port.aggregate(
+        # '' for the whole window: one group per configuration and model.
+        keys={
+            "start": "''" if bucket is None else port.bucket_start("m.created_at", bucket),
+            "config": "m.config",
+            "model": "m.model",
+        },
+        columns=_COUNTS,
+        source=_from(owner),
+        args=args,
+        percentiles=_PERCENTILES,
+        within="m.status = 'complete'",
     )
-    timings = {} if postgres else await _timings(start, owner, args)
-    found: list[UsageRow] = []
-    for row in grouped:
-        key = (row["start"], row["config"], row["model"])
-        latencies, ttfts = timings.get(key, ([], []))
-        percentiles = (
-            {name: _float(row[name]) for name in _PERCENTILE_NAMES}
-            if postgres
-            else {
-                "latency_p50_ms": _percentile(latencies, 50),
-                "latency_p95_ms": _percentile(latencies, 95),
-                "ttft_p50_ms": _percentile(ttfts, 50),
-                "ttft_p95_ms": _percentile(ttfts, 95),
-            }
+    return [
+        UsageRow(
+            start=_time(row["start"]) if row["start"] else since,
+            config=row["config"],
+            model=row["model"],
+            replies=int(row["replies"]),
+            complete=int(row["complete"]),
+            failed=int(row["failed"]),
+            cancelled=int(row["cancelled"]),
+            pending=int(row["pending"]),
+            conversations=int(row["conversations"]),
+            prompt_tokens=int(row["prompt_tokens"]),
+            completion_tokens=int(row["completion_tokens"]),
+            latency_mean_ms=_float(row["latency_mean_ms"]),
+            latency_p50_ms=_float(row["latency_p50_ms"]),
+            latency_p95_ms=_float(row["latency_p95_ms"]),
+            ttft_p50_ms=_float(row["ttft_p50_ms"]),
+            ttft_p95_ms=_float(row["ttft_p95_ms"]),
         )
-        found.append(
-            UsageRow(
-                start=_time(row["start"]) if row["start"] else since,
-                config=row["config"],
-                model=row["model"],
-                replies=int(row["replies"]),
-                complete=int(row["complete"]),
-                failed=int(row["failed"]),
-                cancelled=int(row["cancelled"]),
-                pending=int(row["pending"]),
-                conversations=int(row["conversations"]),
-                prompt_tokens=int(row["prompt_tokens"]),
-                completion_tokens=int(row["completion_tokens"]),
-                latency_mean_ms=_float(row["latency_mean_ms"]),
-                **percentiles,
-            )
-        )
-    return found
-
-
-_PERCENTILE_NAMES = ("latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "ttft_p95_ms")
-Key = tuple[str, str | None, str | None]
-
-
-async def _timings(
-    start: str, owner: uuid.UUID | None, args: list[Any]
-) -> dict[Key, tuple[list[float], list[float]]]:
-    """Latencies and times to first token of the completed replies, per group (SQLite)."""
-    rows = await fetch(
-        f"SELECT {start} AS start, m.config AS config, m.model AS model, "
-        "m.latency_ms AS latency_ms, m.ttft_ms AS ttft_ms"
-        + _from(owner)
-        + " AND m.status = 'complete'",
-        *args,
-    )
-    found: dict[Key, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
-    for row in rows:
-        latencies, ttfts = found[(row["start"], row["config"], row["model"])]
-        if row["latency_ms"] is not None:
-            latencies.append(float(row["latency_ms"]))
-        if row["ttft_ms"] is not None:
-            ttfts.append(float(row["ttft_ms"]))
-    return found
-
-
-def _percentile(values: list[float], q: int) -> float | None:
-    """The ``q``-th percentile, interpolated as PostgreSQL's ``percentile_cont`` does."""
-    if not values:
-        return None
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+        for row in rows
+    ]
 
 
 def _float(value: Any) -> float | None:
