@@ -115,17 +115,10 @@ async def create_chat_completion(
         llm = runtime_of(request.app.state).require_llm()
         await llm.require_model(data.model)  # an unknown model is a 404 before any store
     turns = chat_request.turns_of(data.messages, settings_of(request.app.state).max_message_chars)
-    conversation_id = placement.conversation_of(conversation)
-    new_turns = (
-        turns
-        if conversation_id is None
-        else await placement.new_turns(principal.key_id, conversation_id, turns)
-    )
-    send = SendRequest(
+    whole = SendRequest(
         owner=principal.key_id,
-        conversation_id=conversation_id,
         title=_title(data),
-        turns=new_turns,
+        turns=turns,
         prompt="exact",
         messages=chat_request.prompt(turns, config),
         target=chat_request.target(data.model, config),
@@ -139,7 +132,7 @@ async def create_chat_completion(
             request_hash=request_hash("openai.chat", conversation, raw),
         ),
     )
-    events = chat.stream_raw(send)
+    events = chat.stream_raw(await placement.placed(whole, conversation))
     try:
         started = await anext(events)
         if not isinstance(started, MessageStarted):

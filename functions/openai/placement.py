@@ -1,10 +1,16 @@
 """Which conversation a request's turns are stored in, and which of them are new.
 
-OpenAI's clients send the whole history every time. ``X-Switchboard-Conversation: <id>``
-appends to a stored conversation of the caller's: the request's messages must be that
-conversation's counted history (what a ``history`` prompt would send: completed exchanges
-only) followed by at least one new turn, else a 409 says where they part. ``new`` (or no
-header) stores the whole history as a new conversation.
+OpenAI's clients send the whole history every time. By default the door threads it
+(``functions.core.threads``, one indexed lookup): a history that extends a stored
+conversation of the caller's is appended to it, one that parts from where a conversation
+has moved on is a branch, anything else a new conversation.
+
+``X-Switchboard-Conversation: <id>`` appends to that conversation of the caller's: the
+request's messages must be its counted history (completed exchanges only, what a
+``history`` prompt would send) followed by at least one new turn, else a 409 says where
+they part. A conversation the door threaded is found by the lookup; one started elsewhere
+(the chat API) carries no chain hashes and is compared turn by turn.
+``X-Switchboard-Conversation: new`` stores the whole history as a new conversation.
 """
 
 from __future__ import annotations
@@ -12,12 +18,17 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from functions.core.chat.prompt import counted_history
+from functions.core.conversations import service as conversations
 from functions.core.errors import ConflictError, InvalidInputError
 from functions.core.messages import service as messages
 from functions.core.messages.schemas import StoredTurn, Turn
+from functions.core.threads import service as threads
 
 if TYPE_CHECKING:
+    from functions.core.chat.schemas import SendRequest
     from functions.core.messages.schemas import MessageOut
 
 HEADER = "X-Switchboard-Conversation"
@@ -29,9 +40,9 @@ class HistoryMismatchError(ConflictError):
     code = "history_mismatch"
 
 
-def conversation_of(header: str | None) -> uuid.UUID | None:
-    """The conversation the header names; None for ``new`` or no header."""
-    if header is None or header.strip().lower() == NEW:
+def conversation_of(header: str) -> uuid.UUID | None:
+    """The conversation the header names; None for ``new``."""
+    if header.strip().lower() == NEW:
         return None
     try:
         return uuid.UUID(header.strip())
@@ -107,3 +118,20 @@ async def new_turns(owner: uuid.UUID, conversation_id: uuid.UUID, turns: list[Tu
             details={"field": "messages", "conversation_id": str(conversation_id)},
         )
     return turns[len(history) :]
+
+
+async def placed(request: SendRequest, header: str | None) -> SendRequest:
+    """``request`` (its ``turns`` the whole history) where the header says (see the
+    module docstring)."""
+    if header is None:
+        return await threads.threaded(request)
+    conversation_id = conversation_of(header)
+    if conversation_id is None:
+        return request
+    # Another key's conversation is a 404 before anything about it is compared.
+    await conversations.get_conversation(request.owner, conversation_id)
+    located = await threads.locate(request.owner, request.turns)
+    if located.conversation_id == conversation_id:
+        return threads.place(request, located)
+    turns = await new_turns(request.owner, conversation_id, request.turns)
+    return msgspec.structs.replace(request, conversation_id=conversation_id, turns=turns)

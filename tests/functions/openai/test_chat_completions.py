@@ -3,6 +3,7 @@ configurations, tools and content parts, and what each exchange stored."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -208,3 +209,85 @@ async def test_content_parts_are_stored_as_parts(door: Door) -> None:
     assert stored[0]["content"] == "Describe this."
     assert stored[0]["content_parts"] == parts
     assert (await door.last_request())["messages"][0]["content"] == parts
+
+
+async def _turn(door: Door, history: list[dict[str, Any]], **options: Any) -> dict[str, str]:
+    raw = await door.alice.chat.completions.with_raw_response.create(
+        model="sim-model", messages=history, **options
+    )
+    history.append({"role": "assistant", "content": raw.parse().choices[0].message.content})
+    return dict(raw.headers)
+
+
+async def test_a_chat_resent_in_full_is_one_conversation(door: Door) -> None:
+    history: list[dict[str, Any]] = [{"role": "system", "content": "Be brief."}]
+    places = set()
+    for turn in range(5):
+        history.append({"role": "user", "content": f"Question {turn}"})
+        places.add((await _turn(door, history))["x-switchboard-conversation"])
+    assert len(places) == 1
+    (conversation,) = places
+    stored = await door.messages(conversation)
+    assert len(stored) == 11  # the system turn, then 5 exchanges
+    assert [m["content"] for m in stored] == [m["content"] for m in history]
+    assert len(await door.conversations()) == 1
+
+
+async def test_a_regenerated_turn_is_a_branch(door: Door) -> None:
+    history: list[dict[str, Any]] = [{"role": "user", "content": "One"}]
+    first = (await _turn(door, history))["x-switchboard-conversation"]
+    history.append({"role": "user", "content": "Two"})
+    await _turn(door, history)
+    # The client regenerates the last answer: the same history as the second request.
+    regenerated = history[:-1]
+    branch = (await _turn(door, regenerated))["x-switchboard-conversation"]
+    assert branch != first
+    assert len(await door.messages(first)) == 4
+    assert [m["content"] for m in await door.messages(branch)] == [
+        m["content"] for m in regenerated
+    ]
+
+
+async def test_two_resends_of_one_turn_at_once_append_one_and_branch_the_other(
+    door: Door,
+) -> None:
+    history: list[dict[str, Any]] = [{"role": "user", "content": "One"}]
+    first = (await _turn(door, history))["x-switchboard-conversation"]
+    history.append({"role": "user", "content": "Two"})
+    both = await asyncio.gather(_turn(door, list(history)), _turn(door, list(history)))
+    places = sorted(headers["x-switchboard-conversation"] for headers in both)
+    assert first in places
+    assert len(set(places)) == 2
+    assert len(await door.messages(first)) == 4
+    other = next(place for place in places if place != first)
+    assert len(await door.messages(other)) == 4
+    assert len(await door.conversations()) == 2
+
+
+async def test_the_conversation_header_both_ways(door: Door) -> None:
+    history: list[dict[str, Any]] = [{"role": "user", "content": "One"}]
+    first = (await _turn(door, history))["x-switchboard-conversation"]
+    history.append({"role": "user", "content": "Two"})
+    forced = await _turn(door, list(history), extra_headers={"X-Switchboard-Conversation": "new"})
+    assert forced["x-switchboard-conversation"] != first
+    appended = await _turn(door, list(history), extra_headers={"X-Switchboard-Conversation": first})
+    assert appended["x-switchboard-conversation"] == first
+    assert len(await door.messages(first)) == 4
+
+    # A conversation started in the chat API (no chain hashes) is appended to by its turns.
+    await door.api.create_config("plain", is_default=True)
+    started = await door.api.conversation()
+    sent = await door.api.alice.post(
+        f"/v1/conversations/{started['id']}/messages", json={"content": "Hi"}
+    )
+    assert sent.status_code == 201, sent.text
+    chat_history = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": sent.json()["content"]},
+        {"role": "user", "content": "And then?"},
+    ]
+    headers = await _turn(
+        door, chat_history, extra_headers={"X-Switchboard-Conversation": started["id"]}
+    )
+    assert headers["x-switchboard-conversation"] == started["id"]
+    assert len(await door.messages(started["id"])) == 4
