@@ -127,3 +127,9 @@ async def threaded(request: SendRequest) -> SendRequest:
     """A door's send whose ``turns`` are the request's whole history, placed in its
     thread (:func:`locate`, then :func:`place`)."""
     return place(request, await locate(request.owner, request.turns))
+
+
+def new_thread(request: SendRequest) -> SendRequest:
+    """A door's send (``turns``: the whole history) into a new conversation whatever is
+    stored (the client asked for one), hashed so that its later resends thread into it."""
+    return place(request, Located(chain=chain(request.owner, request.turns)))

@@ -302,3 +302,25 @@ async def test_the_lookup_is_one_indexed_query(
     found = msgspec.to_builtins(await threads.locate(client.owner, [*client.history, user("x")]))
     assert found["expect_last_seq"] == 2
     assert uuid.UUID(found["conversation_id"])
+
+
+async def test_a_new_thread_asked_for_is_new_and_later_resends_find_it(
+    db: Engine[Any], sim: SimulatorProcess, make_client: MakeClient
+) -> None:
+    chat = ChatService(make_client(sim.base_url))
+    client = await client_of(chat)
+    first = await client.says("one")
+
+    def request(history: list[Turn]) -> SendRequest:
+        return SendRequest(
+            owner=client.owner, turns=history, prompt="exact", target=Target(config=client.config)
+        )
+
+    # The same history again, asked into a new conversation (X-Switchboard-Conversation: new).
+    again = await chat.send(threads.new_thread(request(client.history[:1])))
+    assert again.conversation_id != first.conversation_id
+    following = [client.history[0], as_resent(again), user("two")]
+    # Both conversations end on the same reply (the simulator answers alike): the newest wins.
+    assert (await resend(chat, client.owner, client.config, following)).conversation_id == (
+        again.conversation_id
+    )
