@@ -13,7 +13,7 @@ from functions.core.chat.recorder import ConversationGoneError
 from functions.core.chat.schemas import MessageStarted, ReplyDelta, ReplyFailed
 from functions.core.chat.service import ChatService
 from functions.core.db.engine import use_engine
-from functions.core.db.notifications import NotificationListener
+from functions.core.db.notifications import PostgresListener
 from functions.core.db.sql import fetch
 from functions.core.liveness.inflight import InFlight
 from functions.core.settings import Settings
@@ -77,7 +77,7 @@ async def test_another_process_hears_the_deletion(
     faults.add(LONG_STREAM)
     party = await new_party()
     in_flight = InFlight(grace_s=Settings().shutdown_grace_s)
-    listener = NotificationListener(pg_url)
+    listener = PostgresListener(pg_url)
     listener.subscribe(in_flight.deletions())
     listener.start()
     try:

@@ -14,7 +14,7 @@ import pytest
 from piccolo.engine.base import Engine
 
 from functions.core.db.engine import use_engine
-from functions.core.db.notifications import NotificationListener
+from functions.core.db.notifications import PostgresListener
 from functions.core.health import service
 from functions.core.health.watcher import HealthWatcher
 from functions.core.llm.client import LLMClient
@@ -50,7 +50,7 @@ class Process:
     def __init__(self, pg_url: str | None, **watcher: Any) -> None:
         self.client = LLMClient.from_settings(Settings(llm_urls=(A, B)))
         self.watcher = HealthWatcher(self.client, probe_on_start=False, **watcher)
-        self.listener = NotificationListener(pg_url) if pg_url else None
+        self.listener = PostgresListener(pg_url) if pg_url else None
         if self.listener is not None:
             self.listener.subscribe(self.watcher.subscription())
 

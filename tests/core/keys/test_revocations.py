@@ -10,7 +10,7 @@ import asyncpg
 from piccolo.engine.base import Engine
 
 from functions.core.db.engine import use_engine
-from functions.core.db.notifications import NotificationListener
+from functions.core.db.notifications import PostgresListener
 from functions.core.keys import service
 from functions.core.keys.cache import PrincipalCache
 from functions.core.keys.revocations import revocations_for
@@ -35,7 +35,7 @@ async def test_revocations_reach_a_listening_cache_and_losing_the_line_disables_
     key_hash = service.hash_secret(created.secret)
 
     cache = PrincipalCache()  # stands for another process's cache
-    listener = NotificationListener(pg_url)
+    listener = PostgresListener(pg_url)
     listener.subscribe(revocations_for(cache, ttl_s=300))
     listener.start()
     try:
