@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 from functions.core.configs.schemas import LLMConfigOut
 
-FUNCTIONS = ("chat", "configs", "keys", "upstreams")
+FUNCTIONS = ("chat", "configs", "keys", "upstreams", "openai")
 DEV_KEY_FILE = Path(".switchboard/dev-admin-key")
 PR_SET_PDEATHSIG = 1
 SHUTDOWN_MARGIN_S = 5
@@ -169,6 +169,9 @@ def run_server(
             Multiprocess(config, sockets=[sock]).run()
             return
         server = uvicorn.Server(config)
+        import gc, os as _o
+        if _o.environ.get('GCX'):
+            gc.collect(); gc.freeze(); gc.set_threshold(*map(int, _o.environ['GCX'].split(',')))
         server.run(sockets=[sock])
     except SystemExit as exc:
         if exc.code == STARTUP_FAILURE:  # uvicorn's, which would read as our "database"
