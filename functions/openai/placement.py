@@ -10,7 +10,8 @@ request's messages must be its counted history (completed exchanges only, what a
 ``history`` prompt would send) followed by at least one new turn, else a 409 says where
 they part. A conversation the door threaded is found by the lookup; one started elsewhere
 (the chat API) carries no chain hashes and is compared turn by turn.
-``X-Switchboard-Conversation: new`` stores the whole history as a new conversation.
+``X-Switchboard-Conversation: new`` stores the whole history as a new conversation (which
+later resends without the header thread into).
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ async def placed(request: SendRequest, header: str | None) -> SendRequest:
         return await threads.threaded(request)
     conversation_id = conversation_of(header)
     if conversation_id is None:
-        return request
+        # New, but hashed: its later resends thread into it.
+        return threads.new_thread(request)
     # Another key's conversation is a 404 before anything about it is compared.
     await conversations.get_conversation(request.owner, conversation_id)
     located = await threads.locate(request.owner, request.turns)

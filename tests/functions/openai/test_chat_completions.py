@@ -268,8 +268,13 @@ async def test_the_conversation_header_both_ways(door: Door) -> None:
     history: list[dict[str, Any]] = [{"role": "user", "content": "One"}]
     first = (await _turn(door, history))["x-switchboard-conversation"]
     history.append({"role": "user", "content": "Two"})
-    forced = await _turn(door, list(history), extra_headers={"X-Switchboard-Conversation": "new"})
+    forced_history = list(history)
+    forced = await _turn(door, forced_history, extra_headers={"X-Switchboard-Conversation": "new"})
     assert forced["x-switchboard-conversation"] != first
+    # A forced new conversation is threaded into by its later resends.
+    forced_history.append({"role": "user", "content": "Three"})
+    later = await _turn(door, forced_history)
+    assert later["x-switchboard-conversation"] == forced["x-switchboard-conversation"]
     appended = await _turn(door, list(history), extra_headers={"X-Switchboard-Conversation": first})
     assert appended["x-switchboard-conversation"] == first
     assert len(await door.messages(first)) == 4
