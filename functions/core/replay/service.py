@@ -17,12 +17,14 @@ sent. Failed and cancelled original replies are replayed like any other turn and
 with their status: a failed exchange is left out of later turns' history, as chat left it
 out.
 
-A replay is read-only unless it is **saved**: then it is a new conversation of the same
-key, marked in its metadata as a replay (which conversation, which configuration version,
-which mode), and each turn is sent through the send path (``ChatService``: the claim stores the
-user's turn and a pending reply before the model is called, the recorder writes how the
-reply ended, a shutdown drains it and a deletion of the saved conversation aborts it), so
-it reads through the chat API like any other conversation.
+Every turn goes through the send path (``ChatService``), so its hooks (quotas) see each
+exchange and a shutdown drains it. A replay stores nothing unless it is **saved**:
+unsaved, its turns take the send path's not-stored mode (``ask_unstored``: no claim,
+nothing recorded); saved, it is a new conversation of the same key, marked in its metadata
+as a replay (which conversation, which configuration version, which mode), each turn sent
+as any other send (the claim stores the user's turn and a pending reply before the model
+is called, the recorder writes how the reply ended, a deletion of the saved conversation
+aborts it), so it reads through the chat API like any other conversation.
 
 Several conversations replay at once with bounded concurrency (:meth:`replay_many`);
 the turns of one conversation go one after another.
@@ -37,10 +39,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from functions.core.chat.exchanges import DEFAULT_HISTORY_CAP, Exchanges, upstream_request
+from functions.core.chat.exchanges import DEFAULT_HISTORY_CAP, Exchanges
 from functions.core.chat.prompt import build_prompt, history_limit
 from functions.core.chat.schemas import SendRequest
-from functions.core.chat.service import UNFINISHED, ChatService
+from functions.core.chat.service import ChatService
 from functions.core.chat.targets import Target
 from functions.core.configs import service as configs
 from functions.core.conversations import service as conversations
@@ -67,7 +69,6 @@ if TYPE_CHECKING:
 
     from functions.core.configs.schemas import LLMConfigOut
     from functions.core.llm.client import LLMClient
-    from functions.core.llm.schemas import ChatRequest, ChatResult
     from functions.core.runtime import Runtime
 
 log = get_logger(__name__)
@@ -146,12 +147,6 @@ def reply_of(message: MessageOut) -> Reply:
     )
 
 
-def model_request(prompt: Sequence[Turn], config: LLMConfigOut) -> ChatRequest:
-    """The upstream request for ``prompt`` under ``config``: its model, sampling and extra
-    fields, as the send path asks them (``Exchanges.llm_request``)."""
-    return upstream_request(prompt, config, model=config.model)
-
-
 def replay_metadata(
     source: SourceConversation, config: LLMConfigOut, mode: ReplayMode
 ) -> dict[str, Any]:
@@ -177,7 +172,6 @@ class ReplayService:
         *,
         history_cap: int = DEFAULT_HISTORY_CAP,
     ) -> None:
-        self._llm = llm
         self._chat = chat or ChatService(llm, Exchanges(history_cap=history_cap))
         self._history_cap = history_cap
 
@@ -322,7 +316,9 @@ class ReplayService:
             )
             request_id = f"replay-{str(source.id)[:8]}-{index}"
             if saved is None:
-                replied = await self._ask(prompt, target, request_id)
+                replied = await self._ask(
+                    prompt, target, request_id, about=source, new_turns=new_turns
+                )
             else:
                 replied = await self._ask_and_store(
                     prompt,
@@ -397,27 +393,36 @@ class ReplayService:
         )
         return created.id
 
-    async def _call(
-        self, prompt: list[Turn], target: LLMConfigOut, request_id: str, parts: list[str]
-    ) -> ChatResult:
-        """The model's whole reply (read as a stream, as the send path reads it)."""
-        result = await self._llm.collect_chat(
-            model_request(prompt, target), request_id=request_id, into=parts
-        )
-        if result.finish_reason is None:
-            raise LLMError(UNFINISHED, partial_text=result.content)
-        return result
-
-    async def _ask(self, prompt: list[Turn], target: LLMConfigOut, request_id: str) -> Reply:
-        """One turn, not stored: the reply, or how it failed."""
+    async def _ask(
+        self,
+        prompt: list[Turn],
+        target: LLMConfigOut,
+        request_id: str,
+        *,
+        about: SourceConversation,
+        new_turns: list[Turn],
+    ) -> Reply:
+        """One turn, not stored: the reply, or how it failed. Sent through the send path's
+        not-stored mode (``ChatService.ask_unstored``): its hooks see the exchange and a
+        shutdown drains it, as for any other door."""
         label = f"{target.name}@{target.version}"
-        parts: list[str] = []
         try:
-            result = await self._call(prompt, target, request_id, parts)
+            result = await self._chat.ask_unstored(
+                SendRequest(
+                    owner=about.owner,
+                    conversation_id=about.id,
+                    turns=new_turns,
+                    prompt="exact",
+                    messages=prompt,
+                    target=Target(config=target.name, version=target.version),
+                    request_id=request_id,
+                ),
+                target,
+            )
         except LLMError as exc:
             return Reply(
                 status="failed",
-                content="".join(parts) or exc.partial_text,
+                content=exc.partial_text,
                 config=label,
                 model=target.model,
                 error_code=exc.code,
