@@ -324,3 +324,30 @@ async def test_a_new_thread_asked_for_is_new_and_later_resends_find_it(
     assert (await resend(chat, client.owner, client.config, following)).conversation_id == (
         again.conversation_id
     )
+
+
+async def test_a_resend_in_the_same_process_branches_without_waiting_for_the_other(
+    db: Engine[Any], sim: SimulatorProcess, faults: Faults, make_client: MakeClient
+) -> None:
+    """In one process the first send holds its conversation while its reply is generated;
+    the second, threaded, does not queue behind it (it would get ``conversation_busy``
+    after the busy timeout): it branches at once."""
+    chat = ChatService(make_client(sim.base_url), Exchanges(busy_timeout_s=0.2))
+    client = await client_of(chat)
+    first = await client.says("hello")
+    history = [*client.history, user("and then?")]
+    request = SendRequest(
+        owner=client.owner, turns=history, prompt="exact", target=Target(config=client.config)
+    )
+    placed = [await threads.threaded(request) for _ in range(2)]
+    faults.add({"X-Sim-TTFT-Ms": str(int(scaled(3) * 1000))}, times=1)
+    slow = asyncio.create_task(chat.send(placed[0]))
+    await sim.wait_for_async(lambda stats: stats["chat_in_flight"] == 1)
+
+    branched = await chat.send(placed[1])
+    assert not slow.done()
+    appended = await slow
+    assert appended.conversation_id == first.conversation_id
+    [*_, branch] = await conversation_rows(client.owner)
+    assert branch["id"] == branched.conversation_id
+    assert branch["forked_from_message_id"] == first.id
