@@ -17,7 +17,7 @@ import asyncio
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, cast
 
-from functions.core.chat.exchanges import Exchanges, conversation_hold
+from functions.core.chat.exchanges import Exchanges, conversation_hold, upstream_request
 from functions.core.chat.hooks import ExchangeHooks, NoHooks, admission
 from functions.core.chat.idempotency import Replay, outcome_error, wait_for_outcome
 from functions.core.chat.locks import ConversationLocks
@@ -44,7 +44,7 @@ from functions.core.liveness.inflight import (
     shutting_down,
 )
 from functions.core.llm.errors import LLMError
-from functions.core.llm.schemas import ChatDelta, ChatDone, UpstreamEvent
+from functions.core.llm.schemas import ChatDelta, ChatDone, ChatResult, UpstreamEvent
 from functions.core.llm.streaming import ToolCallParts
 from functions.core.messages import service as messages
 
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator
     from types import TracebackType
 
+    from functions.core.configs.schemas import LLMConfigOut
     from functions.core.errors import SwitchboardError
     from functions.core.llm.client import LLMClient
     from functions.core.messages.schemas import Exchange, MessageOut
@@ -101,6 +102,47 @@ class ChatService:
         :meth:`send`."""
         reply, _ = await self._collected(request)
         return reply
+
+    async def ask_unstored(self, request: SendRequest, config: LLMConfigOut) -> ChatResult:
+        """The pipeline's not-stored mode (an unsaved replay): ``admit``, the in-flight
+        guard, the model's whole reply (text and tool calls gathered as :meth:`send`
+        gathers them), ``reconcile`` (told nothing was recorded). Nothing is claimed or
+        stored, so there is no lock, no idempotency and no deletion to abort it; a
+        shutdown drains it like any send. ``request.messages`` is the whole prompt, asked
+        of ``config``; ``request.conversation_id`` the conversation it is about.
+
+        Raises the model's ``LLMError`` (its ``partial_text`` what arrived) or, once the
+        runtime drains, ``ShuttingDownError``.
+        """
+        assert request.conversation_id is not None, "the conversation it is about"
+        assert request.messages is not None, "the whole prompt"
+        self._in_flight.check_accepting()
+        admitted = admission(request, request.conversation_id)
+        await self._hooks.admit(admitted)
+        parts: list[str] = []
+        try:
+            with self._in_flight.guard(None) as guard:
+                asked = upstream_request(
+                    request.messages,
+                    config,
+                    model=config.model,
+                    sampling=request.sampling,
+                    extra=request.extra,
+                )
+                with guard.waiting():
+                    result = await self._llm.collect_chat(
+                        asked, request_id=request.request_id, into=parts
+                    )
+            if result.finish_reason is None:
+                raise LLMError(UNFINISHED, partial_text=result.content)
+        except LLMError as exc:
+            exc.partial_text = exc.partial_text or "".join(parts)
+            raise
+        except Interrupted:
+            raise shutting_down({"conversation_id": str(request.conversation_id)}) from None
+        finally:
+            await self._hooks.reconcile(admitted, None)
+        return result
 
     async def _collected(self, request: SendRequest) -> tuple[MessageOut, SwitchboardError | None]:
         """The stored reply of a send read whole, and the model's error if it failed."""
