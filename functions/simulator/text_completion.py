@@ -43,8 +43,8 @@ class Prompt:
 
     text: str
     tokens: tuple[str, ...]
-    key: object
-    """What the reply's seed is drawn from: the text, or the token ids."""
+    key: str
+    """What the reply's seed is drawn from: the text (without a leading BOS)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +103,10 @@ def _token_prompt(ids: list[int], vocabulary: TokenVocabulary) -> Prompt:
         pieces = vocabulary.pieces_of(ids)
     except IndexError as exc:
         raise bad_request(f"Token id {exc.args[0]} is out of vocabulary", "prompt") from None
-    return Prompt("".join(pieces), tuple(pieces), tuple(ids))
+    # Seeded by the text the ids spell (after the BOS /tokenize adds), so a prompt sent as
+    # its ids gets the reply its text gets.
+    key = "".join(pieces[1:] if pieces and pieces[0] == BOS else pieces)
+    return Prompt("".join(pieces), tuple(pieces), key)
 
 
 def _check(request: CompletionRequest) -> int | None:
@@ -158,7 +161,7 @@ def plan_completion(
             continue
         limit = output_limit(request.max_tokens, "max_tokens", count, max_model_len)
         seed = reply_seed(model, prompt.key, request.seed, request.temperature, request.top_p)
-        words = prompt.text.split() or list(VOCABULARY)
+        words = prompt.key.split() or list(VOCABULARY)
         for i in range(n):
             constrained = structured_text(
                 request.response_format, request.structured_outputs, seed=seed + i, words=words
@@ -166,7 +169,7 @@ def plan_completion(
             planned = plan_text_choice(
                 i,
                 seed=seed,
-                echo=prompt.text,
+                echo=prompt.key,
                 length=reply_tokens,
                 limit=limit,
                 stops=stops,

@@ -134,3 +134,27 @@ async def test_non_streaming_waits_for_the_whole_generation(client: httpx.AsyncC
     elapsed = time.perf_counter() - started
     assert response.status_code == 200
     assert 0.3 * 0.9 <= elapsed < 1.5  # 100 ms + 4 gaps of 50 ms
+
+
+async def test_n_choices_of_different_lengths_interleave_until_each_ends(
+    client: httpx.AsyncClient,
+) -> None:
+    # A stop string ends the choices at different tokens; each streamed choice is still its
+    # non-streamed twin, and a finished choice sends nothing more.
+    body = chat_body(n=4, seed=11, stop=[" the", "!"])
+    whole = (await client.post("/v1/chat/completions", json=body)).json()["choices"]
+    lengths = {len(choice["message"]["content"]) for choice in whole}
+    assert len(lengths) > 1, whole
+    _, events = await stream(client, body)
+    texts: dict[int, str] = {}
+    finished: set[int] = set()
+    for event in events[:-1]:
+        [choice] = event["choices"]
+        index = choice["index"]
+        assert index not in finished
+        texts[index] = texts.get(index, "") + choice["delta"].get("content", "")
+        if choice["finish_reason"] is not None:
+            finished.add(index)
+            assert choice["finish_reason"] == whole[index]["finish_reason"]
+    assert finished == {0, 1, 2, 3}
+    assert texts == {c["index"]: c["message"]["content"] for c in whole}

@@ -137,3 +137,114 @@ async def test_a_tool_call_counts_as_the_engines_stop(client: httpx.AsyncClient)
         assert response.status_code == 200
     after = _successes((await client.get("/metrics")).text, "stop")
     assert after - before == 2
+
+
+def _merge_streamed_calls(events: list[Any]) -> dict[int, dict[str, str]]:
+    """The calls a client assembles from ``delta.tool_calls``, keyed by their ``index``."""
+    calls: dict[int, dict[str, str]] = {}
+    for event in events[:-1]:
+        for choice in event["choices"]:
+            for delta in choice["delta"].get("tool_calls", ()):
+                call = calls.setdefault(delta["index"], {"id": "", "name": "", "arguments": ""})
+                if "id" in delta:
+                    assert not call["id"], "a call's header is sent once"
+                    call["id"] = delta["id"]
+                    call["name"] = delta["function"]["name"]
+                call["arguments"] += delta["function"]["arguments"]
+    return calls
+
+
+async def test_every_tool_the_user_names_is_called_in_parallel(client: httpx.AsyncClient) -> None:
+    ask = "Call get_time, then get_weather for Seoul"
+    body = chat_body(ask, tools=[WEATHER, OTHER])
+    choice = (await chat(client, body)).json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    calls = choice["message"]["tool_calls"]
+    # In the order offered, each with its own id and its own arguments.
+    assert [c["function"]["name"] for c in calls] == ["get_weather", "get_time"]
+    assert len({c["id"] for c in calls}) == 2
+    assert [json.loads(c["function"]["arguments"]) for c in calls] == [
+        {"city": ask},
+        {"input": ask},
+    ]
+
+    events = parse_sse((await chat(client, {**body, "stream": True})).content)
+    merged = _merge_streamed_calls(events)
+    assert sorted(merged) == [0, 1]
+    assert [
+        {"id": c["id"], "name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+        for c in calls
+    ] == [merged[0], merged[1]]
+    finishes = [e["choices"][0]["finish_reason"] for e in events[:-1] if e["choices"]]
+    assert finishes[-1] == "tool_calls"
+
+
+async def test_parallel_tool_calls_false_makes_one_call(client: httpx.AsyncClient) -> None:
+    body = chat_body("get_time and get_weather", tools=[WEATHER, OTHER], parallel_tool_calls=False)
+    for stream in (False, True):
+        response = await chat(client, {**body, "stream": stream})
+        if stream:
+            merged = _merge_streamed_calls(parse_sse(response.content))
+            assert [call["name"] for call in merged.values()] == ["get_weather"]
+        else:
+            calls = response.json()["choices"][0]["message"]["tool_calls"]
+            assert [call["function"]["name"] for call in calls] == ["get_weather"]
+
+
+async def test_required_calls_even_after_a_tool_answer(client: httpx.AsyncClient) -> None:
+    body = {
+        "model": chat_body()["model"],
+        "tools": [WEATHER],
+        "tool_choice": "required",
+        "messages": [
+            {"role": "user", "content": ASK},
+            {"role": "tool", "tool_call_id": "chatcmpl-tool-1", "content": "Sunny"},
+        ],
+    }
+    choice = (await chat(client, body)).json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] is None
+    assert [c["function"]["name"] for c in choice["message"]["tool_calls"]] == ["get_weather"]
+
+
+async def test_a_named_choice_calls_only_that_tool_even_when_others_are_named(
+    client: httpx.AsyncClient,
+) -> None:
+    named = {"type": "function", "function": {"name": "get_time"}}
+    body = chat_body("get_weather and get_time", tools=[WEATHER, OTHER], tool_choice=named)
+    choice = (await chat(client, body)).json()["choices"][0]
+    assert [c["function"]["name"] for c in choice["message"]["tool_calls"]] == ["get_time"]
+    assert choice["finish_reason"] == "stop"
+
+
+async def test_tool_choice_is_validated_as_vllm_does(client: httpx.AsyncClient) -> None:
+    cases = [
+        (chat_body(ASK, tool_choice="auto"), "When using `tool_choice`, `tools` must be set."),
+        (
+            chat_body(ASK, tools=[WEATHER], tool_choice="sometimes"),
+            "Invalid value for `tool_choice`: sometimes!",
+        ),
+    ]
+    for body, message in cases:
+        response = await chat(client, body)
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error["message"].startswith(message)
+        assert (error["param"], error["code"]) == ("tool_choice", 400)
+
+
+async def test_n_choices_each_make_their_calls(client: httpx.AsyncClient) -> None:
+    body = chat_body(ASK, tools=[WEATHER], n=2)
+    choices = (await chat(client, body)).json()["choices"]
+    assert [c["index"] for c in choices] == [0, 1]
+    ids = [c["message"]["tool_calls"][0]["id"] for c in choices]
+    assert len(set(ids)) == 2
+    events = parse_sse((await chat(client, {**body, "stream": True})).content)
+    by_choice: dict[int, list[Any]] = {0: [], 1: []}
+    for event in events[:-1]:
+        for choice in event["choices"]:
+            by_choice[choice["index"]].append(event)
+    for index, choice in enumerate(choices):
+        [merged] = _merge_streamed_calls([*by_choice[index], "[DONE]"]).values()
+        call = choice["message"]["tool_calls"][0]
+        assert (merged["id"], merged["arguments"]) == (call["id"], call["function"]["arguments"])
