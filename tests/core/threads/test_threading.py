@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 from piccolo.engine.base import Engine
+from piccolo.engine.postgres import PostgresEngine
 
 from functions.core.chat.exchanges import Exchanges
 from functions.core.chat.schemas import SendRequest
@@ -284,8 +285,7 @@ async def test_the_lookup_is_one_indexed_query(
     client = await client_of(ChatService(make_client(sim.base_url)))
     await client.says("one")
     hashes = chain(client.owner, client.history)
-    postgres = "postgres" in type(db).__name__.lower()
-    if postgres:
+    if isinstance(db, PostgresEngine):
         # A handful of rows: the planner would read the table whole, so it is told not
         # to, to show the index serves the lookup.
         await fetch("SET LOCAL enable_seqscan = off")
