@@ -169,9 +169,6 @@ def run_server(
             Multiprocess(config, sockets=[sock]).run()
             return
         server = uvicorn.Server(config)
-        import gc, os as _o
-        if _o.environ.get('GCX'):
-            gc.collect(); gc.freeze(); gc.set_threshold(*map(int, _o.environ['GCX'].split(',')))
         server.run(sockets=[sock])
     except SystemExit as exc:
         if exc.code == STARTUP_FAILURE:  # uvicorn's, which would read as our "database"
