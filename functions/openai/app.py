@@ -25,9 +25,6 @@ from functions.chat.app import SSE_HEADERS, provide_chat
 from functions.core.chat.idempotency import Idempotency, request_hash
 from functions.core.chat.schemas import MessageStarted, ReplyDone, ReplyFailed, SendRequest
 from functions.core.chat.service import ChatService
-from functions.core.configs import service as configs
-from functions.core.configs.schemas import LLMConfigOut
-from functions.core.errors import NotFoundError
 from functions.core.keys.schemas import Principal
 from functions.core.llm.client import LLMClient
 from functions.core.llm.schemas import UpstreamEvent
@@ -41,6 +38,7 @@ from functions.core.web.policy import OPENAI
 from functions.core.web.state import runtime_of, settings_of
 from functions.openai import chat_request, models, placement
 from functions.openai.completion import ChunkFacts, completion_body, placement_headers
+from functions.openai.config_names import config_names
 from functions.openai.failures import raised
 from functions.openai.relay import UsageWanted, relay
 from functions.openai.schemas import ChatCompletionCreate, ModelList, ModelOut
@@ -66,20 +64,6 @@ ConversationHeader = Annotated[
         "or `new`; left out, the request is stored as a new conversation.",
     ),
 ]
-
-
-async def _config_for(model: str) -> LLMConfigOut | None:
-    """The configuration ``model`` names (a pinned version must exist), or None."""
-    named = chat_request.target_of(model)
-    if named is None:
-        return None
-    name, version = named
-    if version is not None:
-        return await configs.get_config(name, version)
-    try:
-        return await configs.resolve_config(name)
-    except NotFoundError:
-        return None
 
 
 def _title(data: ChatCompletionCreate) -> str:
@@ -110,7 +94,7 @@ async def create_chat_completion(
     ``switchboard`` field) say where."""
     chat_request.check_n(data.n)
     raw: dict[str, Any] = msgspec.json.decode(await request.body())
-    config = await _config_for(data.model)
+    config = await config_names(request.app.state).config_for(data.model)
     if config is None:
         llm = runtime_of(request.app.state).require_llm()
         await llm.require_model(data.model)  # an unknown model is a 404 before any store
