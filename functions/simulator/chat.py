@@ -20,6 +20,7 @@ from functions.simulator.planning import (
     check_sampling,
     check_stream_options,
     decode_request,
+    decoder,
     output_limit,
     plan_text_choice,
     resolve_model,
@@ -27,9 +28,10 @@ from functions.simulator.planning import (
     structured_text,
 )
 from functions.simulator.schemas import ChatRequest, Message
-from functions.simulator.text import VOCABULARY, count_tokens, render_chat, reply_seed, tokenize
+from functions.simulator.text import count_tokens, render_chat, reply_seed, tokenize
 
 _TOOL_CHOICES = ("none", "auto", "required")
+_decode_chat = decoder(ChatRequest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +41,7 @@ class ChatPlan(SampledPlan):
 
 def parse_chat_request(body: bytes) -> ChatRequest:
     """Decode the body; a malformed one is a 400 ``Bad Request`` naming the field if it can."""
-    return decode_request(body, ChatRequest)
+    return decode_request(body, _decode_chat)
 
 
 def render_prompt(messages: list[Message], *, add_generation_prompt: bool = True) -> str:
@@ -179,7 +181,6 @@ def plan_chat(
     stops = stop_list(request.stop)
     seed = reply_seed(model, prompt, request.seed, request.temperature, request.top_p)
     echo = _last_user_text(request.messages)
-    words = echo.split() or list(VOCABULARY)
     choices = [
         _plan_tool_calls(i, request, seed=seed, echo=echo, limit=limit)
         or plan_text_choice(
@@ -190,7 +191,7 @@ def plan_chat(
             limit=limit,
             stops=stops,
             constrained=structured_text(
-                request.response_format, request.structured_outputs, seed=seed + i, words=words
+                request.response_format, request.structured_outputs, seed=seed + i, source=echo
             ),
         )
         for i in range(n)

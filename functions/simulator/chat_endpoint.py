@@ -7,15 +7,14 @@ tokens look on the wire, streamed (``chunks.py``) or not.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import msgspec
 
 from functions.simulator.chat import ChatPlan, parse_chat_request, plan_chat
 from functions.simulator.chunks import ChunkEncoder
-from functions.simulator.generation import GenerationEndpoint, GenerationPlan, PlannedChoice
+from functions.simulator.generation import GenerationEndpoint, GenerationPlan
 from functions.simulator.logprobs import chat_logprobs
-from functions.simulator.planning import ChoicePlan
 from functions.simulator.schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -27,6 +26,7 @@ from functions.simulator.schemas import (
 
 if TYPE_CHECKING:
     from functions.simulator.overrides import Timing
+    from functions.simulator.planning import ChoicePlan
 
 _encode = msgspec.json.Encoder().encode
 
@@ -53,27 +53,34 @@ def _message(choice: ChoicePlan) -> AssistantMessage:
 class ChatRenderer:
     """One chat reply's bytes: the whole body, or its SSE events."""
 
-    __slots__ = ("_chunks", "_created", "_id", "_plan")
+    __slots__ = ("_choices", "_chunks", "_created", "_id", "_plan", "_with_logprobs")
+    _chunks: ChunkEncoder
 
     def __init__(self, plan: ChatPlan, completion_id: str, created: int) -> None:
         self._plan = plan
+        # The planner made every choice a ChoicePlan; the engine only sees PlannedChoice.
+        self._choices = cast("list[ChoicePlan]", plan.choices)
+        self._with_logprobs = plan.logprobs is not None
         self._id = completion_id
         self._created = created
-        self._chunks = ChunkEncoder(
-            completion_id=completion_id,
-            created=created,
-            model=plan.model,
-            prompt_tokens=plan.prompt_tokens,
-            continuous_usage=plan.continuous_usage,
-        )
+        if plan.stream:  # a whole body needs no chunk encoder, and building one costs
+            self._chunks = ChunkEncoder(
+                completion_id=completion_id,
+                created=created,
+                model=plan.model,
+                prompt_tokens=plan.prompt_tokens,
+                continuous_usage=plan.continuous_usage,
+            )
 
-    def _logprobs(self, choice: ChoicePlan, first: int, pieces: tuple[str, ...]) -> bytes:
+    def _logprobs(self, choice: ChoicePlan, step: int) -> bytes:
+        """The encoded logprobs of the token of ``choice`` at ``step``."""
         plan = self._plan
-        if plan.logprobs is None:
-            return b"null"
         return _encode(
             chat_logprobs(
-                pieces, seed=plan.seed + choice.index, first_position=first, top=plan.logprobs
+                choice.pieces[step : step + 1],
+                seed=plan.seed + choice.index,
+                first_position=step,
+                top=plan.logprobs or 0,
             )
         )
 
@@ -81,8 +88,7 @@ class ChatRenderer:
         plan = self._plan
         prompt, completion = plan.prompt_tokens, plan.completion_tokens
         choices = []
-        for choice in plan.choices:
-            assert isinstance(choice, ChoicePlan)
+        for choice in self._choices:
             logprobs = None
             if plan.logprobs is not None:
                 logprobs = chat_logprobs(
@@ -116,39 +122,64 @@ class ChatRenderer:
 
     def opening(self) -> list[bytes]:
         """Each choice's role chunk, then the first tool call's header of each calling one."""
-        chunks, choices = self._chunks, self._plan.choices
+        chunks, choices = self._chunks, self._choices
         events = [chunks.role(choice.index) for choice in choices]
         for choice in choices:
-            assert isinstance(choice, ChoicePlan)
             if choice.tool_calls:
                 first = choice.tool_calls[0]
                 events.append(chunks.tool_call_start(choice.index, 0, first.id, first.name))
         return events
 
-    def step(self, choice: PlannedChoice, step: int) -> list[bytes]:
-        assert isinstance(choice, ChoicePlan)
-        pieces = choice.pieces
-        count = len(pieces)
-        last = max(count - 1, 0)
-        if step > last:
-            return []
-        piece = pieces[step] if count else ""
-        logprobs = self._logprobs(choice, step, pieces[step : step + 1])
-        finish = choice.finish_reason if step == last else None
-        stop = choice.stop_reason if step == last else None
+    def step(self, step: int, events: list[bytes]) -> None:
         chunks = self._chunks
-        if not choice.tool_calls:
-            return [
-                chunks.content(
-                    choice.index,
-                    piece,
-                    produced=step + 1 if count else 0,
-                    finish_reason=finish,
-                    stop_reason=stop,
-                    logprobs=logprobs,
+        plain = not self._with_logprobs
+        for choice in self._choices:
+            pieces = choice.pieces
+            count = len(pieces)
+            if step < count - 1:
+                if plain and not choice.tool_calls:
+                    events.append(chunks.token(choice.index, pieces[step], step + 1))
+                    continue
+                finish = None
+            elif step == count - 1 or (step == 0 and count == 0):
+                finish = choice.finish_reason
+            else:
+                continue
+            piece = pieces[step] if count else ""
+            logprobs = self._logprobs(choice, step) if self._with_logprobs else None
+            if choice.tool_calls:
+                self._tool_step(
+                    choice, step, piece, finish=finish, logprobs=logprobs, events=events
                 )
-            ]
-        events = []
+            elif finish is None:
+                events.append(
+                    chunks.content(choice.index, piece, produced=step + 1, logprobs=logprobs)
+                )
+            else:
+                events.append(
+                    chunks.content(
+                        choice.index,
+                        piece,
+                        produced=count,
+                        finish_reason=finish,
+                        stop_reason=choice.stop_reason,
+                        logprobs=logprobs,
+                    )
+                )
+
+    def _tool_step(
+        self,
+        choice: ChoicePlan,
+        step: int,
+        piece: str,
+        *,
+        finish: str | None,
+        logprobs: bytes | None,
+        events: list[bytes],
+    ) -> None:
+        """A fragment of the arguments of the call under way, after that call's header when
+        it is the fragment a later call starts with."""
+        chunks = self._chunks
         call = 0
         for number, planned in enumerate(choice.tool_calls):
             if planned.start <= step:
@@ -161,13 +192,12 @@ class ChatRenderer:
                 choice.index,
                 call,
                 piece,
-                produced=step + 1 if count else 0,
+                produced=len(choice.pieces) if finish is not None else step + 1,
                 finish_reason=finish,
-                stop_reason=stop,
+                stop_reason=choice.stop_reason if finish is not None else None,
                 logprobs=logprobs,
             )
         )
-        return events
 
     def usage(self, completion_tokens: int) -> bytes:
         return self._chunks.usage(completion_tokens)

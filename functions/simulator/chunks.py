@@ -58,6 +58,19 @@ class ChunkEncoder:
             + b',"prompt_token_ids":null,"prompt_text":null}\n\n'
         )
 
+    def token(self, index: int, text: str, produced: int) -> bytes:
+        """A token of choice ``index`` that is not its last and has no logprobs: the chunk
+        nearly every streamed token is, so it is built in one expression."""
+        usage = b"," + self._usage(produced) if self._continuous else b""
+        return (
+            self._head
+            + b'{"index":%d,"delta":{"content":' % index
+            + _encode(text)
+            + b'},"logprobs":null,"finish_reason":null,"token_ids":null}]'
+            + usage
+            + b"}\n\n"
+        )
+
     def content(
         self,
         index: int,
@@ -66,7 +79,7 @@ class ChunkEncoder:
         produced: int,
         finish_reason: str | None = None,
         stop_reason: str | None = None,
-        logprobs: bytes = b"null",
+        logprobs: bytes | None = None,
     ) -> bytes:
         """One token of choice ``index``; the last one carries ``finish_reason``.
 
@@ -103,7 +116,7 @@ class ChunkEncoder:
         produced: int,
         finish_reason: str | None = None,
         stop_reason: str | None = None,
-        logprobs: bytes = b"null",
+        logprobs: bytes | None = None,
     ) -> bytes:
         """One fragment (a token) of tool call ``call``'s arguments, as :meth:`content`."""
         delta = (
@@ -126,7 +139,7 @@ class ChunkEncoder:
         produced: int,
         finish_reason: str | None = None,
         stop_reason: str | None = None,
-        logprobs: bytes = b"null",
+        logprobs: bytes | None = None,
     ) -> bytes:
         if finish_reason is None:
             tail = b'"finish_reason":null,"token_ids":null}]'
@@ -143,9 +156,7 @@ class ChunkEncoder:
             self._head
             + b'{"index":%d,"delta":' % index
             + delta
-            + b',"logprobs":'
-            + logprobs
-            + b","
+            + (b',"logprobs":null,' if logprobs is None else b',"logprobs":' + logprobs + b",")
             + tail
             + usage
             + b"}\n\n"

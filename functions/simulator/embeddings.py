@@ -29,7 +29,7 @@ from functions.simulator.errors import (
 )
 from functions.simulator.generation import check_content_type
 from functions.simulator.overrides import scan_headers
-from functions.simulator.planning import check_context, decode_request, resolve_model
+from functions.simulator.planning import check_context, decode_request, decoder, resolve_model
 from functions.simulator.schemas import (
     Embedding,
     EmbeddingList,
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from functions.simulator.text import TokenVocabulary
 
 _encode = msgspec.json.Encoder().encode
+_decode_embedding = decoder(EmbeddingRequest)
 _LCG_MULTIPLIER = 6364136223846793005
 _LCG_INCREMENT = 1442695040888963407
 _MASK64 = (1 << 64) - 1
@@ -157,7 +158,7 @@ class Embeddings:
             return
         try:
             check_content_type(headers.content_type)
-            request = decode_request(body, EmbeddingRequest)
+            request = decode_request(body, _decode_embedding)
             model = resolve_model(request.model, options.models)
             inputs = embedding_inputs(request, state.vocabulary)
             for _, count in inputs:

@@ -107,8 +107,9 @@ class Renderer(Protocol):
         """The events sent at the first token, before any choice's first piece."""
         ...
 
-    def step(self, choice: PlannedChoice, step: int) -> list[bytes]:
-        """The events of ``choice`` at decode step ``step`` (none once it has finished)."""
+    def step(self, step: int, events: list[bytes]) -> None:
+        """Append every choice's events of decode step ``step`` (none for a choice that has
+        finished). Called once per token on the hot path, so it appends rather than returns."""
         ...
 
     def usage(self, completion_tokens: int) -> bytes:
@@ -335,8 +336,7 @@ class GenerationEndpoint:
                 events.clear()
                 if not await watcher.sleep(itl):
                     return Outcome.ABORTED
-            for choice in plan.choices:
-                events += renderer.step(choice, step)
+            renderer.step(step, events)
         if plan.include_usage:
             events.append(renderer.usage(plan.completion_tokens))
         events.append(DONE)

@@ -22,10 +22,10 @@ from functions.simulator.structured import (
     json_for_schema,
     pick_choice,
 )
-from functions.simulator.text import apply_stop, generate_reply, tokenize
+from functions.simulator.text import VOCABULARY, apply_stop, generate_reply, tokenize
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from functions.simulator.schemas import ResponseFormat, StructuredOutputs
 
@@ -71,10 +71,16 @@ class SampledPlan(GenerationPlan):
     """How many top logprobs each token carries; None: no logprobs at all."""
 
 
-def decode_request(body: bytes, decode: type[T]) -> T:
+def decoder(shape: type[T]) -> Callable[[bytes], T]:
+    """A request decoder, built once per shape (``msgspec.json.decode(type=...)`` looks its
+    decoder up on every call)."""
+    return msgspec.json.Decoder(shape, strict=False).decode
+
+
+def decode_request(body: bytes, decode: Callable[[bytes], T]) -> T:
     """Decode ``body``; a malformed one is a 400 ``Bad Request`` naming the field if it can."""
     try:
-        return msgspec.json.decode(body, type=decode, strict=False)
+        return decode(body)
     except msgspec.ValidationError as exc:
         text = str(exc)
         found = _PARAM_AT.search(text) or _PARAM_MISSING.search(text)
@@ -180,14 +186,17 @@ def structured_text(
     structured: StructuredOutputs | None,
     *,
     seed: int,
-    words: Sequence[str],
+    source: str,
 ) -> str | None:
     """The text a constrained reply gives, or None when nothing constrains it.
 
     ``response_format`` wins over ``structured_outputs`` (vLLM folds the first into the
-    second). ``regex``, ``grammar`` and ``structural_tag`` are accepted and not enforced: the
-    reply is plain text.
+    second). Strings in the JSON are words of ``source`` (the prompt). ``regex``,
+    ``grammar`` and ``structural_tag`` are accepted and not enforced: the reply is plain text.
     """
+    if response_format is None and structured is None:
+        return None
+    words = source.split() or list(VOCABULARY)
     if response_format is not None:
         if response_format.type == "json_schema":
             spec = response_format.json_schema

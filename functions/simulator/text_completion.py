@@ -24,7 +24,7 @@ from functions.simulator.planning import (
     stop_list,
     structured_text,
 )
-from functions.simulator.text import BOS, VOCABULARY, reply_seed, tokenize
+from functions.simulator.text import BOS, reply_seed, tokenize
 
 if TYPE_CHECKING:
     from functions.simulator.schemas import CompletionRequest
@@ -161,10 +161,12 @@ def plan_completion(
             continue
         limit = output_limit(request.max_tokens, "max_tokens", count, max_model_len)
         seed = reply_seed(model, prompt.key, request.seed, request.temperature, request.top_p)
-        words = prompt.key.split() or list(VOCABULARY)
         for i in range(n):
             constrained = structured_text(
-                request.response_format, request.structured_outputs, seed=seed + i, words=words
+                request.response_format,
+                request.structured_outputs,
+                seed=seed + i,
+                source=prompt.key,
             )
             planned = plan_text_choice(
                 i,

@@ -9,13 +9,13 @@ code passes is present, nulls included (``logprobs``, ``finish_reason``, ``stop_
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
-from functions.simulator.generation import GenerationEndpoint, GenerationPlan, PlannedChoice
+from functions.simulator.generation import GenerationEndpoint, GenerationPlan
 from functions.simulator.logprobs import completion_logprobs
-from functions.simulator.planning import decode_request
+from functions.simulator.planning import decode_request, decoder
 from functions.simulator.schemas import CompletionRequest, TextChoice, TextCompletion, Usage
 from functions.simulator.text_completion import TextChoicePlan, TextCompletionPlan, plan_completion
 
@@ -23,15 +23,18 @@ if TYPE_CHECKING:
     from functions.simulator.overrides import Timing
 
 _encode = msgspec.json.Encoder().encode
+_decode_completion = decoder(CompletionRequest)
 
 
 class TextCompletionRenderer:
     """One legacy completion's bytes: the whole body, or its SSE events."""
 
-    __slots__ = ("_created", "_head", "_id", "_plan")
+    __slots__ = ("_choices", "_created", "_head", "_id", "_plan")
 
     def __init__(self, plan: TextCompletionPlan, completion_id: str, created: int) -> None:
         self._plan = plan
+        # The planner made every choice a TextChoicePlan; the engine only sees PlannedChoice.
+        self._choices = cast("list[TextChoicePlan]", plan.choices)
         self._id = completion_id
         self._created = created
         self._head = (
@@ -64,8 +67,7 @@ class TextCompletionRenderer:
     def body(self) -> bytes:
         plan = self._plan
         choices = []
-        for choice in plan.choices:
-            assert isinstance(choice, TextChoicePlan)
+        for choice in self._choices:
             echoed = choice.echo
             prefix = echoed.text if echoed is not None else ""
             total = (len(echoed.tokens) if echoed is not None else 0) + len(choice.generated)
@@ -96,40 +98,41 @@ class TextCompletionRenderer:
     def opening(self) -> list[bytes]:
         return []
 
-    def step(self, choice: PlannedChoice, step: int) -> list[bytes]:
-        assert isinstance(choice, TextChoicePlan)
-        pieces = choice.pieces
-        last = len(pieces) - 1
-        if step > last:
-            return []
-        finished = step == last
-        logprobs = b"null"
-        if self._plan.logprobs is not None:
-            logprobs = _encode(self._step_logprobs(choice, step))
-        tail = (
-            b'"finish_reason":'
-            + _encode(choice.finish_reason)
-            + b',"stop_reason":'
-            + _encode(choice.stop_reason)
-            if finished
-            else b'"finish_reason":null,"stop_reason":null'
-        )
-        usage = b""
-        if self._plan.continuous_usage:
-            produced = choice.completion_tokens if finished else step + 1
-            usage = _usage(choice.prompt_tokens, produced)
-        return [
-            self._head
-            + b'{"index":%d,"text":' % choice.index
-            + _encode(pieces[step])
-            + b',"logprobs":'
-            + logprobs
-            + b","
-            + tail
-            + b',"prompt_token_ids":null,"token_ids":null}]'
-            + (b"," + usage if usage else b"")
-            + b"}\n\n"
-        ]
+    def step(self, step: int, events: list[bytes]) -> None:
+        plan = self._plan
+        for choice in self._choices:
+            pieces = choice.pieces
+            last = len(pieces) - 1
+            if step > last:
+                continue
+            finished = step == last
+            logprobs = b"null"
+            if plan.logprobs is not None:
+                logprobs = _encode(self._step_logprobs(choice, step))
+            tail = (
+                b'"finish_reason":'
+                + _encode(choice.finish_reason)
+                + b',"stop_reason":'
+                + _encode(choice.stop_reason)
+                if finished
+                else b'"finish_reason":null,"stop_reason":null'
+            )
+            usage = b""
+            if plan.continuous_usage:
+                produced = choice.completion_tokens if finished else step + 1
+                usage = b"," + _usage(choice.prompt_tokens, produced)
+            events.append(
+                self._head
+                + b'{"index":%d,"text":' % choice.index
+                + _encode(pieces[step])
+                + b',"logprobs":'
+                + logprobs
+                + b","
+                + tail
+                + b',"prompt_token_ids":null,"token_ids":null}]'
+                + usage
+                + b"}\n\n"
+            )
 
     def _step_logprobs(self, choice: TextChoicePlan, step: int) -> dict[str, Any] | None:
         """The logprobs of step ``step``'s chunk: the echoed prompt and the first token at step
@@ -160,7 +163,7 @@ class TextCompletions(GenerationEndpoint):
     id_prefix = "cmpl-"
 
     def plan(self, body: bytes, timing: Timing) -> tuple[GenerationPlan, str | None]:
-        request = decode_request(body, CompletionRequest)
+        request = decode_request(body, _decode_completion)
         state = self._state
         plan = plan_completion(
             request,
