@@ -94,6 +94,9 @@ def sim_vllm(
 ) -> None:
     """Serve a fast vLLM SIMULATOR (a test double, not vLLM) speaking vLLM's HTTP API.
 
+    --runner pooling serves an embedding model (/v1/embeddings) instead of chat and
+    completions.
+
     Per-request overrides: X-Sim-Fault (none|500|empty500|503|hang|cut:N|drop:N|stall:N),
     X-Sim-TTFT-Ms, X-Sim-ITL-Ms, X-Sim-Tokens. Test controls (behind --api-key when set):
     GET /sim/stats, POST /sim/health {"healthy": bool}, POST /sim/reset.
