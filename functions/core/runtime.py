@@ -259,12 +259,15 @@ async def _hold_lease(
 
 
 def _listen(engine: Engine[Any], settings: Settings, principals: PrincipalCache) -> Listener:
-    """This database's listener (the engine port's); authenticated keys are cached while
-    it hears revocations."""
+    """This database's listener (the engine port's). Authenticated keys are cached while
+    revocations can be seen: with a revocation marker (SQLite), which every use of the
+    cache reads, always; otherwise while the listener hears them."""
     if settings.auth_cache_ttl_s <= 0:
         principals.disable()
+    elif principals.marker is not None:
+        principals.enable(settings.auth_cache_ttl_s)
     listener = port_for(engine).listener()
-    if settings.auth_cache_ttl_s > 0:
+    if settings.auth_cache_ttl_s > 0 and principals.marker is None:
         listener.subscribe(revocations_for(principals, settings.auth_cache_ttl_s))
     return listener
 
