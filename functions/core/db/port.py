@@ -76,21 +76,21 @@ def float8_text(value: float) -> str:
     """``value`` as PostgreSQL writes a ``double precision`` (``float8out``): the shortest
     digits that read back the same (as ``repr``), in exponent form from 1e15 and below
     1e-4, and no ``.0`` on a whole number."""
+    text = repr(value)
+    if 1e-4 <= abs(value) < 1e15 or value == 0:
+        # Both write these without an exponent, the same digits: only Python's ".0" differs
+        # (the common case, so it costs one repr: exports call this for every float).
+        return text[:-2] if text.endswith(".0") else text
     if not math.isfinite(value):
-        return _NOT_FINITE["nan" if math.isnan(value) else repr(value)]
-    sign, digits, exponent = Decimal(repr(value)).as_tuple()
+        return _NOT_FINITE["nan" if math.isnan(value) else text]
+    # Exponent form on both sides: PostgreSQL's has no ".0" and at least two digits of
+    # exponent ("1e+15", "5e-324"), Python's switches only from 1e16.
+    sign, digits, exponent = Decimal(text).as_tuple()
     assert isinstance(exponent, int)
-    minus = "-" if sign else ""
-    text = "".join(map(str, digits)).rstrip("0")
-    point = len(digits) + exponent  # how many digits stand before the decimal point
-    if text and not -4 <= point - 1 < 15:
-        mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
-        return f"{minus}{mantissa}e{'-' if point < 1 else '+'}{abs(point - 1):02d}"
-    if point <= 0 and text:
-        return f"{minus}0.{'0' * -point}{text}"
-    if point >= len(text):
-        return minus + (text + "0" * (point - len(text)) if text else "0")
-    return f"{minus}{text[:point]}.{text[point:]}"
+    significant = "".join(map(str, digits)).rstrip("0")
+    power = len(digits) + exponent - 1
+    mantissa = significant[0] + ("." + significant[1:] if len(significant) > 1 else "")
+    return f"{'-' if sign else ''}{mantissa}e{'-' if power < 0 else '+'}{abs(power):02d}"
 
 
 class BulkReader(Protocol):
