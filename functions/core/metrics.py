@@ -18,6 +18,8 @@ import asyncio
 import contextlib
 import glob
 import os
+import time
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -126,22 +128,90 @@ class CallbackCollector(Collector):
         return list(self._collect())
 
 
-# Children of the per-request metrics, by label values: ``labels()`` re-checks and
-# re-converts its arguments and takes a lock on every call; a send records about ten.
-# Bounded as the labels are (no ids in any of them), and never removed from a metric.
-# Process-wide on purpose, not a runtime's: a pure memo of ``metric.labels`` on metrics
-# that are themselves one per process (Prometheus' registry, one scrape per process), so
-# two runtimes sharing it count into the same series they would reach without it.
-_children: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
+class Tally:
+    """One series of a per-request counter or histogram, counted in plain Python.
+
+    A send records about a dozen observations. prometheus_client takes a lock and walks
+    the buckets in Python for each (and, with several workers, writes a shared file);
+    here an observation is an addition, and a histogram's bucket is found by ``bisect``
+    (in C). :func:`flush_tallies` adds what was counted to the real series: before
+    every scrape (so a scrape is exact) and at least every :data:`FLUSH_INTERVAL_S`
+    while requests arrive (so the other workers' files are current for the one that
+    answers a scrape), and when a runtime closes.
+    """
+
+    __slots__ = ("_bounds", "_buckets", "_count", "_sum", "_target")
+
+    def __init__(self, target: Any, bounds: tuple[float, ...] | None) -> None:
+        self._target = target
+        self._bounds = bounds
+        self._count = 0.0
+        self._sum = 0.0
+        # One slot per bucket upper bound (the last is +Inf); a counter has none.
+        self._buckets = [0] * len(bounds) if bounds is not None else None
+
+    def inc(self, amount: float = 1.0) -> None:
+        """A counter's ``inc`` (``amount`` is never negative: every caller counts)."""
+        self._count += amount
+
+    def observe(self, amount: float) -> None:
+        """A histogram's ``observe``: the first bucket whose bound is at least ``amount``."""
+        self._sum += amount
+        self._buckets[bisect_left(self._bounds, amount)] += 1  # type: ignore[index, arg-type]
+
+    def flush(self) -> None:
+        target = self._target
+        buckets = self._buckets
+        if buckets is None:
+            if self._count:
+                count, self._count = self._count, 0.0
+                target.inc(count)
+            return
+        if not any(buckets):
+            return
+        total, self._sum = self._sum, 0.0
+        self._buckets = [0] * len(buckets)
+        # prometheus_client's own parts of a histogram child (see the pin in
+        # pyproject.toml): its sum and its per-bucket values, which ``observe`` adds to.
+        target._sum.inc(total)
+        for index, count in enumerate(buckets):
+            if count:
+                target._buckets[index].inc(count)
 
 
-def child(metric: MetricWrapperBase, *values: str) -> Any:
-    """``metric.labels(*values)``, looked up once per distinct label values."""
+# Tallies of the per-request metrics, by label values: bounded as the labels are (no ids
+# in any of them), and never removed. Process-wide on purpose, not a runtime's: they stand
+# for series of metrics that are themselves one per process (Prometheus' registry, one
+# scrape per process), so two runtimes sharing them count into the series they would
+# reach without them.
+_tallies: dict[tuple[MetricWrapperBase, tuple[str, ...]], Tally] = {}
+FLUSH_INTERVAL_S = 1.0
+_flushed_at = [0.0]
+
+
+def child(metric: MetricWrapperBase, *values: str) -> Tally:
+    """The :class:`Tally` of ``metric.labels(*values)``, made once per label values."""
     key = (metric, values)
-    found = _children.get(key)
+    found = _tallies.get(key)
     if found is None:
-        found = _children[key] = metric.labels(*values)
+        target = metric.labels(*values)
+        bounds = getattr(target, "_upper_bounds", None)
+        found = _tallies[key] = Tally(target, tuple(bounds) if bounds is not None else None)
     return found
+
+
+def flush_tallies() -> None:
+    """Add every tally's count to its series (see :class:`Tally`)."""
+    _flushed_at[0] = time.monotonic()
+    for tally in list(_tallies.values()):
+        tally.flush()
+
+
+def flush_tallies_every_second(now: float) -> None:
+    """:func:`flush_tallies` if the last flush is :data:`FLUSH_INTERVAL_S` old (``now``:
+    ``time.monotonic()``); called once per request, so a busy worker's files stay current."""
+    if now - _flushed_at[0] >= FLUSH_INTERVAL_S:
+        flush_tallies()
 
 
 _UPSTREAM_STATES = ("up", "half_open", "ejected", "down")
@@ -366,6 +436,7 @@ def render_metrics() -> tuple[bytes, str]:
     the live ones. This worker copies its live metrics first, so its own are exact; the
     others' are at most :data:`MIRROR_INTERVAL_S` old.
     """
+    flush_tallies()
     path = _multiprocess_dir()
     if path:
         _mirror.copy([_live])

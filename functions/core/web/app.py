@@ -19,6 +19,7 @@ from litestar.types import ControllerRouterHandler
 from functions.core.db.engine import describe_url
 from functions.core.llm.client import LLMClient
 from functions.core.logging import get_logger
+from functions.core.metrics import flush_tallies
 from functions.core.runtime import open_runtime
 from functions.core.settings import Settings, load_settings
 from functions.core.web.admission import admit
@@ -91,6 +92,9 @@ def build_app(
                 yield
             finally:
                 on_runtime.runtime = None
+                # What the last requests counted reaches the series (with several
+                # workers, this worker's file) before the process goes.
+                flush_tallies()
 
     app = Litestar(
         route_handlers=[*route_handlers, *PROBE_ROUTES, assets_router()],
