@@ -156,6 +156,10 @@ class Embeddings:
         except ClientGone:
             state.counts.aborted += 1
             return
+        if options.record_requests:
+            # The same slot as the generating routes': a test sees what a gateway forwarded.
+            state.last_chat_headers = scope["headers"]
+            state.last_chat_body = body
         try:
             check_content_type(headers.content_type)
             request = decode_request(body, _decode_embedding)

@@ -38,6 +38,7 @@ def embedder() -> Iterator[SimulatorProcess]:
         "32",
         "--max-model-len",
         str(EMBED_CONTEXT),
+        "--record-requests",
     ) as process:
         yield process
 
@@ -193,3 +194,16 @@ async def test_the_chat_form_embeds_messages(embed_client: httpx.AsyncClient) ->
         "/tokenize", json={"messages": messages, "add_generation_prompt": False}
     )
     assert body["usage"]["prompt_tokens"] == tokenized.json()["count"]
+
+
+async def test_the_last_embedding_request_is_recorded_for_tests(
+    embedder: SimulatorProcess, embed_client: httpx.AsyncClient
+) -> None:
+    await embed(embed_client, input=["one", "two"], user="u-9", dimensions=32)
+    recorded = (await embedder.stats_async())["last_chat_request"]
+    assert recorded["body"] == {
+        "model": EMBED_MODEL,
+        "input": ["one", "two"],
+        "user": "u-9",
+        "dimensions": 32,
+    }
