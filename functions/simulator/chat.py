@@ -142,6 +142,8 @@ def _plan_tool_calls(
     if called is None:
         return None
     names, named = called
+    # vLLM answers auto calls with no content and the guided ones (named, required) with "".
+    content = "" if named or request.tool_choice == "required" else None
     pieces: list[str] = []
     calls: list[ToolCallPlan] = []
     for number, name in enumerate(names):
@@ -150,8 +152,9 @@ def _plan_tool_calls(
         pieces += _arguments(request, name, echo)
     if limit < len(pieces):
         made = tuple(call for call in calls if call.start < limit)
-        return ChoicePlan(index, tuple(pieces[:limit]), "length", None, made)
-    return ChoicePlan(index, tuple(pieces), "stop" if named else "tool_calls", None, tuple(calls))
+        return ChoicePlan(index, tuple(pieces[:limit]), "length", None, made, content)
+    finish = "stop" if named else "tool_calls"
+    return ChoicePlan(index, tuple(pieces), finish, None, tuple(calls), content)
 
 
 def plan_chat(

@@ -37,7 +37,7 @@ def _message(choice: ChoicePlan) -> AssistantMessage:
     calls = choice.tool_calls
     ends = [call.start for call in calls[1:]] + [len(choice.pieces)]
     return AssistantMessage(
-        content=None,
+        content=choice.call_content,
         tool_calls=[
             ToolCall(
                 id=call.id,

@@ -56,6 +56,9 @@ class ChoicePlan:
     finish_reason: str
     stop_reason: str | None
     tool_calls: tuple[ToolCallPlan, ...] = ()
+    call_content: str | None = None
+    """``message.content`` beside the calls: None for ``auto`` (the parser found no text),
+    ``""`` for a named or ``required`` choice (vLLM's guided path sets it so)."""
 
     @property
     def completion_tokens(self) -> int:
