@@ -322,9 +322,11 @@ class _SQLiteBulk:
         probe = f"SELECT * FROM ({sql}) LIMIT 0".replace("{}", "?")  # noqa: S608
         async with self._connection.execute(probe, list(args)) as cursor:
             names = [column[0] for column in cursor.description]
+        # One typeof() per value: null an empty field, a float written as PostgreSQL does.
         fields = ", ".join(
-            f"CASE WHEN {quoted} IS NULL THEN '' ELSE format('\"%w\"', CASE WHEN "
-            f"typeof({quoted}) = 'real' THEN {_FLOAT8_TEXT}({quoted}) ELSE {quoted} END) END"
+            f"CASE typeof({quoted}) WHEN 'null' THEN '' "
+            f"WHEN 'real' THEN format('\"%w\"', {_FLOAT8_TEXT}({quoted})) "
+            f"ELSE format('\"%w\"', {quoted}) END"
             for quoted in ('"' + name.replace('"', '""') + '"' for name in names)
         )
         line = ",".join(["%s"] * len(names))
