@@ -13,7 +13,7 @@ import msgspec
 
 from functions.simulator.chat import ChatPlan, parse_chat_request, plan_chat
 from functions.simulator.chunks import ChunkEncoder
-from functions.simulator.generation import GenerationEndpoint, GenerationPlan
+from functions.simulator.generation import GenerationEndpoint
 from functions.simulator.logprobs import chat_logprobs
 from functions.simulator.schemas import (
     AssistantMessage,
@@ -26,7 +26,7 @@ from functions.simulator.schemas import (
 
 if TYPE_CHECKING:
     from functions.simulator.overrides import Timing
-    from functions.simulator.planning import ChoicePlan
+    from functions.simulator.planning import ChoicePlan, GenerationPlan
 
 _encode = msgspec.json.Encoder().encode
 

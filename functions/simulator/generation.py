@@ -48,6 +48,7 @@ from functions.simulator.overrides import (
 
 if TYPE_CHECKING:
     from functions.simulator.metrics import ModelMetrics
+    from functions.simulator.planning import GenerationPlan
     from functions.simulator.state import SimulatorState
 
 _BREAKING = frozenset({FaultKind.CUT, FaultKind.DROP, FaultKind.STALL})
@@ -61,39 +62,6 @@ class Outcome(enum.Enum):
     DONE = "done"
     ABORTED = "aborted"
     FAILED = "failed"
-
-
-class PlannedChoice(Protocol):
-    """What the engine needs of one choice: its tokens and how it ended."""
-
-    @property
-    def index(self) -> int: ...
-    @property
-    def pieces(self) -> tuple[str, ...]: ...
-    @property
-    def finish_reason(self) -> str: ...
-    @property
-    def completion_tokens(self) -> int: ...
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationPlan:
-    """A validated request with every token of its reply decided."""
-
-    model: str
-    prompt_tokens: int
-    choices: list[PlannedChoice]
-    stream: bool
-    include_usage: bool
-    continuous_usage: bool
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(choice.completion_tokens for choice in self.choices)
-
-    @property
-    def longest(self) -> int:
-        return max(len(choice.pieces) for choice in self.choices)
 
 
 class Renderer(Protocol):

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import msgspec
 
 from functions.simulator.errors import bad_request, invalid_request, model_not_found
-from functions.simulator.generation import GenerationPlan
 from functions.simulator.logprobs import MAX_LOGPROBS
 from functions.simulator.structured import (
     ANSWER_OBJECT_SCHEMA,
@@ -35,6 +34,39 @@ VOCAB_SIZE = 32000
 _PARAM_AT = re.compile(r"at `\$\.([A-Za-z_]+)")
 _PARAM_MISSING = re.compile(r"required field `([A-Za-z_]+)`")
 T = TypeVar("T")
+
+
+class PlannedChoice(Protocol):
+    """What the engine needs of one choice: its tokens and how it ended."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def pieces(self) -> tuple[str, ...]: ...
+    @property
+    def finish_reason(self) -> str: ...
+    @property
+    def completion_tokens(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationPlan:
+    """A validated request with every token of its reply decided."""
+
+    model: str
+    prompt_tokens: int
+    choices: list[PlannedChoice]
+    stream: bool
+    include_usage: bool
+    continuous_usage: bool
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(choice.completion_tokens for choice in self.choices)
+
+    @property
+    def longest(self) -> int:
+        return max(len(choice.pieces) for choice in self.choices)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
-from functions.simulator.generation import GenerationEndpoint, GenerationPlan
+from functions.simulator.generation import GenerationEndpoint
 from functions.simulator.logprobs import completion_logprobs
 from functions.simulator.planning import decode_request, decoder
 from functions.simulator.schemas import CompletionRequest, TextChoice, TextCompletion, Usage
@@ -21,6 +21,7 @@ from functions.simulator.text_completion import TextChoicePlan, TextCompletionPl
 
 if TYPE_CHECKING:
     from functions.simulator.overrides import Timing
+    from functions.simulator.planning import GenerationPlan
 
 _encode = msgspec.json.Encoder().encode
 _decode_completion = decoder(CompletionRequest)
