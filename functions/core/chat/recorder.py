@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
     from functions.core.chat.journal import JournalFile
     from functions.core.llm.errors import LLMError
-    from functions.core.llm.schemas import ChatDone, ChatResult
+    from functions.core.llm.schemas import ChatDone, ChatResult, Usage
     from functions.core.messages.schemas import Exchange, MessageOut
 
 log = get_logger(__name__)
@@ -385,13 +385,19 @@ class ReplyRecorder:
             )
         )
 
-    async def cancelled(self, partial: str = "", tool_calls: ToolCalls = None) -> MessageOut:
+    async def cancelled(
+        self, partial: str = "", tool_calls: ToolCalls = None, usage: Usage | None = None
+    ) -> MessageOut:
+        """``usage``: the counts up to the cut, when the upstream sent them on every chunk
+        (``continuous_usage_stats``, which the OpenAI door asks for)."""
         log.info("chat.reply_cancelled", model=self._model, partial_chars=len(partial))
         return await self.record(
             ReplyOutcome(
                 status="cancelled",
                 content=partial,
                 tool_calls=tool_calls,
+                prompt_tokens=usage.prompt_tokens if usage else None,
+                completion_tokens=usage.completion_tokens if usage else None,
                 error_code="cancelled",
                 error_message="the client disconnected before the reply was complete",
             )

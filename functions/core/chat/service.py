@@ -44,7 +44,7 @@ from functions.core.liveness.inflight import (
     shutting_down,
 )
 from functions.core.llm.errors import LLMError
-from functions.core.llm.schemas import ChatDelta, ChatDone, ChatResult, UpstreamEvent
+from functions.core.llm.schemas import ChatDelta, ChatDone, ChatResult, UpstreamEvent, Usage
 from functions.core.llm.streaming import ToolCallParts
 from functions.core.messages import service as messages
 
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from functions.core.configs.schemas import LLMConfigOut
     from functions.core.errors import SwitchboardError
     from functions.core.llm.client import LLMClient
+    from functions.core.llm.schemas import RawStreamEvent, StreamEvent
     from functions.core.messages.schemas import Exchange, MessageOut
 
 
@@ -230,45 +231,61 @@ class ChatService:
         error = outcome_error(reply)
         yield ReplyDone(message=reply) if error is None else _error_event(error, reply)
 
-    async def _stream_exchange(
+    # One generator on purpose, however many endings it handles: every layer of generator
+    # between the upstream and the client costs once per event of every stream.
+    async def _stream_exchange(  # noqa: PLR0912
         self, exchange: Exchange, request: SendRequest, recorder: ReplyRecorder, *, raw: bool
     ) -> AsyncGenerator[ChatEvent | UpstreamEvent, None]:
         """A claimed exchange's events, recorded however the stream ends: text deltas, or
         (``raw``) the upstream's own events, whose text the stream's reader gathers."""
         parts: list[str] = []
         calls = ToolCallParts()
+        # The counts so far, when the upstream sends them on every chunk (a door that asks
+        # for ``continuous_usage_stats``): what a reply cut by its client is charged.
+        counted: list[Usage] = []
         try:
             yield MessageStarted(
                 user_message=exchange.user_message,
                 assistant_message=exchange.assistant_message,
             )
+            done: ChatDone | None = None
             with self._in_flight.guard(exchange.assistant_message.conversation_id) as guard:
                 try:
-                    upstream = self._upstream(exchange, request, calls, parts, raw=raw)
+                    asked = self.exchanges.llm_request(exchange, request)
+                    # Read here, not through a generator of its own: one layer less per
+                    # event. Raw: the reader gathers the text of the events it returns.
+                    upstream: AsyncGenerator[StreamEvent | RawStreamEvent, None] = (
+                        self._llm.stream_raw(
+                            asked, request_id=request.request_id, into=parts, tool_calls=calls
+                        )
+                        if raw
+                        else self._llm.stream_chat(
+                            asked, request_id=request.request_id, tool_calls=calls
+                        )
+                    )
                     async with aclosing(upstream) as events:
                         while True:
                             with guard.waiting():
                                 event = await anext(events, None)
                             if event is None:
                                 break
-                            if isinstance(event, ChatDone):
+                            if isinstance(event, ChatDelta):
+                                parts.append(event.text)
+                                yield ReplyDelta(text=event.text)
+                            elif isinstance(event, ChatDone):
                                 done = event
                             else:
+                                if event.usage is not None:
+                                    counted[:] = (event.usage,)
                                 yield event
                 except Interrupted as stop:
                     yield await _interrupted_event(stop, recorder, "".join(parts), calls)
                     return
+            done = _finished(done)
             stored = await recorder.completed("".join(parts), done, ttft_ms=done.ttft_ms)
             yield ReplyDone(message=stored)
         except LLMError as exc:
-            try:
-                stored = await recorder.failed(
-                    exc, partial="".join(parts), tool_calls=calls.calls()
-                )
-            except (ReplyNotRecordedError, ConversationGoneError) as lost:
-                yield _error_event(lost, None)
-                return
-            yield _error_event(exc, stored)
+            yield await _failed_event(exc, recorder, "".join(parts), calls)
         except (ReplyNotRecordedError, ConversationGoneError) as exc:
             yield _error_event(exc, None)
         except Exception as exc:
@@ -277,7 +294,9 @@ class ChatService:
             raise
         finally:
             if not recorder.finished:
-                await recorder.cancelled("".join(parts), calls.calls())
+                await recorder.cancelled(
+                    "".join(parts), calls.calls(), counted[-1] if counted else None
+                )
 
     async def delete_conversation(self, owner: uuid.UUID, conversation_id: uuid.UUID) -> None:
         """Delete a conversation and end any reply being generated in it, here and (through
@@ -290,43 +309,6 @@ class ChatService:
         """Abort this process's sends in a deleted conversation (their clients are told)."""
         self.exchanges.forget(conversation_id)
         self._in_flight.cancel_conversation(conversation_id)
-
-    async def _upstream(
-        self,
-        exchange: Exchange,
-        request: SendRequest,
-        calls: ToolCallParts,
-        parts: list[str],
-        *,
-        raw: bool,
-    ) -> AsyncGenerator[ReplyDelta | UpstreamEvent | ChatDone, None]:
-        """The model's reply as deltas (``raw``: as the upstream's own events), then its
-        ``ChatDone`` (an error if it never came). Its text is gathered into ``parts`` as it
-        is passed on, its tool calls into ``calls`` as they arrive."""
-        asked = self.exchanges.llm_request(exchange, request)
-        finished = False
-        if raw:
-            # The reader gathers the text of the events it returns (one accumulate step).
-            upstream = self._llm.stream_raw(
-                asked, request_id=request.request_id, into=parts, tool_calls=calls
-            )
-            async with aclosing(upstream) as events:
-                async for event in events:
-                    finished = isinstance(event, ChatDone) and event.finish_reason is not None
-                    yield event
-        else:
-            deltas = self._llm.stream_chat(asked, request_id=request.request_id, tool_calls=calls)
-            async with aclosing(deltas) as events:
-                async for delta in events:
-                    if isinstance(delta, ChatDelta):
-                        parts.append(delta.text)
-                        yield ReplyDelta(text=delta.text)
-                    else:
-                        # vLLM always ends a reply with its reason; [DONE] without one is a cut.
-                        finished = delta.finish_reason is not None
-                        yield delta
-        if not finished:
-            raise LLMError(UNFINISHED)
 
 
 class _Exchanging:
@@ -388,6 +370,25 @@ async def _interrupted_event(
         return _error_event(recorder.gone(), None)
     stored = await recorder.shutdown(partial, calls.calls())
     return _error_event(shutting_down(_ids(recorder.exchange)), stored)
+
+
+async def _failed_event(
+    exc: LLMError, recorder: ReplyRecorder, partial: str, calls: ToolCallParts
+) -> ReplyFailed:
+    """The last event of a stream the model failed, its reply recorded ``failed``."""
+    try:
+        stored = await recorder.failed(exc, partial=partial, tool_calls=calls.calls())
+    except (ReplyNotRecordedError, ConversationGoneError) as lost:
+        return _error_event(lost, None)
+    return _error_event(exc, stored)
+
+
+def _finished(done: ChatDone | None) -> ChatDone:
+    """The end of a stream that finished the reply: vLLM always ends one with its reason,
+    so an end without one (or no end) is a cut."""
+    if done is None or done.finish_reason is None:
+        raise LLMError(UNFINISHED)
+    return done
 
 
 def _ids(exchange: Exchange) -> dict[str, Any]:

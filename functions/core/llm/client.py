@@ -359,10 +359,18 @@ class LLMClient:
         reader = call.reader
         try:
             while not reader.finished:
-                for event in await reader.read():
-                    for choice in event.choices:
-                        if text := choice.delta.content:
-                            yield ChatDelta(text=text)
+                # What arrived together is passed on together: one delta per read, not
+                # per token. A model that streams slowly gives a read (and a delta) per
+                # token; a burst (a fast model, or this process busy while the socket
+                # filled) costs every layer above one event instead of one per token.
+                texts = [
+                    text
+                    for event in await reader.read()
+                    for choice in event.choices
+                    if (text := choice.delta.content)
+                ]
+                if texts:
+                    yield ChatDelta(text=texts[0] if len(texts) == 1 else "".join(texts))
             yield call.finish()
             await reader.drain()
         finally:

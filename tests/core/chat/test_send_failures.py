@@ -168,7 +168,8 @@ async def test_an_error_mid_stream_keeps_the_text_so_far(
     failed = events[-1]
     assert isinstance(failed, ReplyFailed)
     assert failed.message is not None
-    assert len(deltas) == 3
+    # Three tokens arrived before the cut (together or not): the stored text is theirs.
+    assert 1 <= len(deltas) <= 3
     assert (failed.message.status, failed.message.content) == ("failed", "".join(deltas))
     assert failed.message.error is not None
     assert failed.error["code"] == failed.message.error.code == "llm_error"
@@ -238,7 +239,11 @@ async def test_a_stream_that_ends_without_finishing_is_an_error_event(
         events = [event async for event in chat.stream(party.says("Say hello"))]
     assert len(upstream.chat_bodies) == 1
 
-    assert [type(e) for e in events] == [MessageStarted, ReplyDelta, ReplyDelta, ReplyFailed]
+    # The text before the cut, in one delta or two (what arrived together), then the error.
+    kinds = [type(e) for e in events]
+    assert kinds[0] is MessageStarted
+    assert kinds[-1] is ReplyFailed
+    assert set(kinds[1:-1]) == {ReplyDelta}
     failed = events[-1]
     assert isinstance(failed, ReplyFailed)
     assert failed.message is not None

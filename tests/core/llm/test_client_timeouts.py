@@ -8,6 +8,7 @@ import pytest
 
 from functions.core.llm.errors import LLMTimeoutError
 from functions.core.llm.schemas import ChatDone
+from functions.simulator.text import tokenize
 from tests.core.llm.conftest import (
     Faults,
     MakeClient,
@@ -57,7 +58,8 @@ async def test_between_tokens(
     with pytest.raises(LLMTimeoutError) as info:
         await read_stream(client.stream_chat(chat_request()), texts)
     assert info.value.phase == "between_tokens"
-    assert len(texts) == 3
+    # Three tokens before the stall, in one delta or several (what arrived together).
+    assert len(tokenize("".join(texts))) == 3
     assert info.value.partial_text == "".join(texts)
     await wait_for_stats(fresh, lambda s: s["chat_in_flight"] == 0)
 
