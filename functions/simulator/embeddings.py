@@ -19,16 +19,28 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from functions.simulator.asgi import ClientGone, Receive, Scope, Send, read_body, send_bytes
+from functions.simulator.asgi import (
+    JSON,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    send_bytes,
+    send_empty,
+)
+from functions.simulator.disconnect import DisconnectWatcher
 from functions.simulator.errors import (
+    SCALING,
     ApiError,
     bad_request,
     engine_dead,
     error_body,
     invalid_request,
 )
-from functions.simulator.generation import check_content_type
-from functions.simulator.overrides import scan_headers
+from functions.simulator.faults import FaultKind
+from functions.simulator.generation import SimulatedConnectionDrop, check_content_type
+from functions.simulator.overrides import Timing, resolve_fault, resolve_timing, scan_headers
 from functions.simulator.planning import check_context, decode_request, decoder, resolve_model
 from functions.simulator.schemas import (
     Embedding,
@@ -48,6 +60,8 @@ _decode_embedding = decoder(EmbeddingRequest)
 _LCG_MULTIPLIER = 6364136223846793005
 _LCG_INCREMENT = 1442695040888963407
 _MASK64 = (1 << 64) - 1
+_FAIL_AT_ONCE = frozenset({FaultKind.ERROR_500, FaultKind.EMPTY_500, FaultKind.CUT})
+_NEVER_ANSWER = frozenset({FaultKind.HANG, FaultKind.STALL})
 _INPUT_SHAPE = (
     "input must be a string, a list of strings, a list of token ids (integers >= 0) or a "
     "list of lists of token ids"
@@ -138,10 +152,17 @@ def check_dimensions(dimensions: int | None, options: SimulatorOptions) -> None:
 
 
 class Embeddings:
-    """The embeddings endpoint of one app (a pooling model's)."""
+    """The embeddings endpoint of one app (a pooling model's).
+
+    ``--ttft-ms``/``X-Sim-TTFT-Ms`` is the time to the answer, raced against the client's
+    disconnect; ``X-Sim-Fault`` and the dice apply as on the generating routes, with no
+    tokens to count: ``cut`` is a 500, ``drop`` half a body, ``stall`` a ``hang``.
+    """
 
     def __init__(self, state: SimulatorState) -> None:
         self._state = state
+        options = state.options
+        self._default_timing = Timing(options.ttft_ms / 1000.0, 0.0, options.tokens)
 
     async def _send_error(self, send: Send, error: ApiError) -> None:
         legacy = self._state.options.legacy_errors
@@ -161,21 +182,72 @@ class Embeddings:
             state.last_chat_headers = scope["headers"]
             state.last_chat_body = body
         try:
+            timing = resolve_timing(headers, self._default_timing)
+            fault = resolve_fault(headers, state.dice)
+            if fault.kind is FaultKind.SCALING_503:
+                state.counts.count_fault(fault.label)
+                await send_bytes(send, 503, SCALING)
+                return
             check_content_type(headers.content_type)
-            request = decode_request(body, _decode_embedding)
-            model = resolve_model(request.model, options.models)
-            inputs = embedding_inputs(request, state.vocabulary)
-            for _, count in inputs:
-                check_context(count, 0, options.max_model_len, "max_tokens")
-            check_dimensions(request.dimensions, options)
-            if not state.healthy:
-                raise engine_dead()
+            request, model, inputs = self._validate(body)
         except ApiError as error:
             await self._send_error(send, error)
             return
+        metrics = state.metrics.by_model[model]
+        if fault.kind is not FaultKind.NONE:
+            state.counts.count_fault(fault.label)
+        if fault.kind in _FAIL_AT_ONCE:
+            metrics.finished["error"] += len(inputs)
+            if fault.kind is FaultKind.EMPTY_500:
+                await send_empty(send, 500)
+            else:
+                await self._send_error(send, engine_dead())
+            return
+        state.counts.chat_in_flight += 1  # vLLM's /load counts embedding requests too
+        watcher = DisconnectWatcher(receive)
+        try:
+            answered = fault.kind not in _NEVER_ANSWER and await watcher.sleep(timing.ttft_s)
+            if not answered:
+                await watcher.until_disconnect()
+                state.counts.aborted += 1
+                metrics.finished["abort"] += len(inputs)
+                return
+            response = self._response(request, model, inputs, headers.request_id)
+            if fault.kind is FaultKind.DROP:
+                metrics.finished["error"] += len(inputs)
+                await _send_half(send, response)
+            metrics.prompt_tokens += sum(count for _, count in inputs)
+            metrics.finished["stop"] += len(inputs)
+            await send_bytes(send, 200, response)
+        finally:
+            state.counts.chat_in_flight -= 1
+            watcher.close()
+
+    def _validate(self, body: bytes) -> tuple[EmbeddingRequest, str, list[tuple[object, int]]]:
+        """The request, its model and its inputs, checked in vLLM's order."""
+        state = self._state
+        options = state.options
+        request = decode_request(body, _decode_embedding)
+        model = resolve_model(request.model, options.models)
+        inputs = embedding_inputs(request, state.vocabulary)
+        for _, count in inputs:
+            check_context(count, 0, options.max_model_len, "max_tokens")
+        check_dimensions(request.dimensions, options)
+        if not state.healthy:
+            raise engine_dead()
+        return request, model, inputs
+
+    def _response(
+        self,
+        request: EmbeddingRequest,
+        model: str,
+        inputs: list[tuple[object, int]],
+        raw_id: bytes | None,
+    ) -> bytes:
+        size = self._state.options.embedding_dim
         data: list[Embedding] = []
         for index, (key, _) in enumerate(inputs):
-            vector = embedding_vector(model, key, options.embedding_dim, request.dimensions)
+            vector = embedding_vector(model, key, size, request.dimensions)
             encoded: list[float] | str = (
                 base64.b64encode(vector.tobytes()).decode()
                 if request.encoding_format == "base64"
@@ -183,20 +255,25 @@ class Embeddings:
             )
             data.append(Embedding(index=index, embedding=encoded))
         tokens = sum(count for _, count in inputs)
-        metrics = state.metrics.by_model[model]
-        metrics.prompt_tokens += tokens
-        metrics.finished["stop"] += len(inputs)
-        raw_id = headers.request_id
         request_id = (
             raw_id.decode("latin-1")
             if raw_id is not None
             else request.request_id or secrets.token_hex(8)
         )
-        response = EmbeddingList(
-            id=f"embd-{request_id}",
-            created=int(time.time()),
-            model=model,
-            data=data,
-            usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
+        return _encode(
+            EmbeddingList(
+                id=f"embd-{request_id}",
+                created=int(time.time()),
+                model=model,
+                data=data,
+                usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
+            )
         )
-        await send_bytes(send, 200, _encode(response))
+
+
+async def _send_half(send: Send, body: bytes) -> None:
+    """Promise the whole body, deliver half, then let the server close the socket."""
+    headers = [(b"content-type", JSON), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
+    raise SimulatedConnectionDrop

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.simulator.conftest import MODEL
+from tests.simulator.rawhttp import RawConnection
 from tests.support.simulator import SimulatorProcess, running_simulator
 
 EMBED_MODEL = "sim-embed"
@@ -207,3 +208,70 @@ async def test_the_last_embedding_request_is_recorded_for_tests(
         "user": "u-9",
         "dimensions": 32,
     }
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "body"),
+    [
+        ("500", 500, None),
+        ("cut:1", 500, None),
+        ("empty500", 500, b""),
+        ("503", 503, b'{"error":"The model is currently scaling. Please try again later."}'),
+    ],
+)
+async def test_faults_fail_an_embedding_request(
+    embed_client: httpx.AsyncClient, fault: str, status: int, body: bytes | None
+) -> None:
+    response = await embed_client.post(
+        "/v1/embeddings",
+        json={"model": EMBED_MODEL, "input": "x"},
+        headers={"X-Sim-Fault": fault},
+    )
+    assert response.status_code == status
+    if body is None:
+        assert response.json()["error"]["type"] == "InternalServerError"
+    else:
+        assert response.content == body
+
+
+async def test_a_dropped_answer_is_half_a_body(embed_client: httpx.AsyncClient) -> None:
+    with pytest.raises(httpx.RemoteProtocolError):
+        await embed_client.post(
+            "/v1/embeddings",
+            json={"model": EMBED_MODEL, "input": "x"},
+            headers={"X-Sim-Fault": "drop:1"},
+        )
+
+
+async def test_a_client_that_leaves_a_slow_embedding_aborts_it(embedder: SimulatorProcess) -> None:
+    await embedder.fresh()
+    conn = await RawConnection.post_json(
+        embedder.port,
+        "/v1/embeddings",
+        {"model": EMBED_MODEL, "input": "slow"},
+        {"X-Sim-TTFT-Ms": "60000"},
+    )
+    await embedder.wait_for_async(lambda s: s["chat_in_flight"] == 1)
+    async with httpx.AsyncClient(base_url=embedder.root_url, timeout=10.0) as http:
+        assert (await http.get("/load")).json() == {"server_load": 1}
+    await conn.close()
+    stats = await embedder.wait_for_async(lambda s: s["in_flight"] == 0)
+    assert (stats["aborted"], stats["chat_in_flight"]) == (1, 0)
+
+
+async def test_a_hung_embedding_answers_nothing_until_the_client_leaves(
+    embedder: SimulatorProcess,
+) -> None:
+    await embedder.fresh()
+    conn = await RawConnection.post_json(
+        embedder.port,
+        "/v1/embeddings",
+        {"model": EMBED_MODEL, "input": "x"},
+        {"X-Sim-Fault": "hang"},
+    )
+    with pytest.raises(TimeoutError):
+        await conn.read_head(within=0.3)
+    await conn.close()
+    stats = await embedder.wait_for_async(lambda s: s["in_flight"] == 0)
+    assert stats["aborted"] == 1
+    assert stats["faults"] == {"hang": 1}
