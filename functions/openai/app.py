@@ -18,7 +18,7 @@ import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
-from litestar.params import HeaderParameter, JSONBody
+from litestar.params import HeaderParameter, JSONBody, PathParameter
 from litestar.response import Stream
 
 from functions.chat.app import SSE_HEADERS, provide_chat
@@ -167,7 +167,11 @@ async def list_models(state: State, principal: NamedDependency[Principal]) -> Mo
     responses=errors(404, policy=OPENAI),
 )
 async def retrieve_model(
-    model_id: str, state: State, principal: NamedDependency[Principal]
+    model_id: Annotated[
+        str, PathParameter(description="A configuration (`name`, `name@version`) or a model")
+    ],
+    state: State,
+    principal: NamedDependency[Principal],
 ) -> ModelOut:
     return await models.get_model(model_id.lstrip("/"), runtime_of(state).llm)
 

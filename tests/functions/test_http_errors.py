@@ -40,7 +40,9 @@ async def test_bad_credentials_get_401_json(
 
 
 async def test_routing_errors(api: Api) -> None:
-    assert_error(await api.alice.get("/v1/nothing-here"), 404, "not_found")
+    # (An unrouted path under /v1 is the OpenAI door's, answered in OpenAI's shape.)
+    assert_error(await api.alice.get("/nothing-here"), 404, "not_found")
+    assert_error(await api.alice.get("/v1/conversations/x/nothing"), 404, "not_found")
     assert_error(await api.alice.put("/v1/conversations"), 405, "method_not_allowed")
     error = assert_error(await api.alice.get("/v1/conversations/12345"), 400, "validation_error")
     assert "UUID" in error["message"]
