@@ -1,5 +1,7 @@
-"""Simulators shared by the contract tests: one default process for the session, and a
-factory for the few tests that need other flags. Everything talks real HTTP over sockets."""
+"""Simulators shared by the contract tests: one default (chat) process for the session, two
+embedding models (``--runner pooling``, matryoshka or not) started when a test needs them,
+and a factory for the few tests that need other flags. Everything talks real HTTP over
+sockets."""
 
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ MODEL = "sim-model"
 OTHER_MODEL = "other-model"
 MAX_MODEL_LEN = 512
 TOKENS = 12
+EMBED_MODEL = "sim-embed"
+EMBED_DIM = 64
+EMBED_CONTEXT = 32
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +36,35 @@ def sim() -> Iterator[SimulatorProcess]:
         "--tokens",
         str(TOKENS),
     ) as process:
+        yield process
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Iterator[SimulatorProcess]:
+    """A matryoshka embedding model accepting 16 or 32 dimensions."""
+    with running_simulator(
+        "--runner",
+        "pooling",
+        "--model",
+        EMBED_MODEL,
+        "--embedding-dim",
+        str(EMBED_DIM),
+        "--matryoshka",
+        "--matryoshka-dimension",
+        "16",
+        "--matryoshka-dimension",
+        "32",
+        "--max-model-len",
+        str(EMBED_CONTEXT),
+        "--record-requests",
+    ) as process:
+        yield process
+
+
+@pytest.fixture(scope="session")
+def plain_embedder() -> Iterator[SimulatorProcess]:
+    """An embedding model that is not matryoshka."""
+    with running_simulator("--runner", "pooling", "--model", EMBED_MODEL) as process:
         yield process
 
 

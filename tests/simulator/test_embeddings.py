@@ -7,48 +7,15 @@ from __future__ import annotations
 import base64
 import math
 import struct
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.simulator.conftest import MODEL
+from tests.simulator.conftest import EMBED_CONTEXT, EMBED_DIM, EMBED_MODEL, MODEL
 from tests.simulator.rawhttp import RawConnection
-from tests.support.simulator import SimulatorProcess, running_simulator
-
-EMBED_MODEL = "sim-embed"
-DIM = 64
-EMBED_CONTEXT = 32
-
-
-@pytest.fixture(scope="module")
-def embedder() -> Iterator[SimulatorProcess]:
-    """A matryoshka embedding model accepting 16 or 32 dimensions."""
-    with running_simulator(
-        "--runner",
-        "pooling",
-        "--model",
-        EMBED_MODEL,
-        "--embedding-dim",
-        str(DIM),
-        "--matryoshka",
-        "--matryoshka-dimension",
-        "16",
-        "--matryoshka-dimension",
-        "32",
-        "--max-model-len",
-        str(EMBED_CONTEXT),
-        "--record-requests",
-    ) as process:
-        yield process
-
-
-@pytest.fixture(scope="module")
-def plain_embedder() -> Iterator[SimulatorProcess]:
-    """An embedding model that is not matryoshka."""
-    with running_simulator("--runner", "pooling", "--model", EMBED_MODEL) as process:
-        yield process
+from tests.support.simulator import SimulatorProcess
 
 
 @pytest.fixture
@@ -75,7 +42,7 @@ async def test_the_shape_usage_and_unit_vectors(embed_client: httpx.AsyncClient)
     assert [list(item) for item in body["data"]] == [["index", "object", "embedding"]] * 2
     assert [(d["index"], d["object"]) for d in body["data"]] == [(0, "embedding"), (1, "embedding")]
     for item in body["data"]:
-        assert len(item["embedding"]) == DIM
+        assert len(item["embedding"]) == EMBED_DIM
         assert _norm(item["embedding"]) == pytest.approx(1.0, abs=1e-5)
     counts = []
     for text in ("hello world", "안녕하세요 🌊"):
@@ -112,7 +79,7 @@ async def test_base64_carries_the_same_float32_values(embed_client: httpx.AsyncC
     floats = (await embed(embed_client, input="gamma")).json()["data"][0]["embedding"]
     encoded = (await embed(embed_client, input="gamma", encoding_format="base64")).json()
     raw = base64.b64decode(encoded["data"][0]["embedding"])
-    assert list(struct.unpack(f"<{DIM}f", raw)) == floats
+    assert list(struct.unpack(f"<{EMBED_DIM}f", raw)) == floats
 
 
 async def test_matryoshka_dimensions_truncate_and_renormalize(
@@ -190,7 +157,7 @@ async def test_a_chat_model_serves_no_embeddings(client: httpx.AsyncClient) -> N
 async def test_the_chat_form_embeds_messages(embed_client: httpx.AsyncClient) -> None:
     messages = [{"role": "user", "content": "hello"}]
     body = (await embed(embed_client, messages=messages)).json()
-    assert len(body["data"][0]["embedding"]) == DIM
+    assert len(body["data"][0]["embedding"]) == EMBED_DIM
     tokenized = await embed_client.post(
         "/tokenize", json={"messages": messages, "add_generation_prompt": False}
     )
