@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 from msgspec import UNSET
+from piccolo.columns.combination import WhereRaw
 
 from functions.core.configs import service as configs
 from functions.core.conversations.schemas import (
@@ -113,10 +114,9 @@ async def list_conversations(
     query = Conversation.select(*_COLUMNS).where(Conversation.owner_key == owner)
     if cursor is not None:
         updated_at, last_id = decode_cursor(cursor, "conversations", tuple[datetime, uuid.UUID])
-        query = query.where(
-            (Conversation.updated_at < updated_at)
-            | ((Conversation.updated_at == updated_at) & (Conversation.id < last_id))
-        )
+        # A row comparison, so the index on (owner_key, updated_at, id) bounds the scan;
+        # the same condition as an OR would be a filter, and deep pages quadratic.
+        query = query.where(WhereRaw("(updated_at, id) < ({}, {})", updated_at, last_id))
     rows = (
         await query.order_by(Conversation.updated_at, Conversation.id, ascending=False)
         .limit(limit + 1)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import msgspec
 import pytest
@@ -9,6 +10,7 @@ from functions.core.configs import service as configs
 from functions.core.configs.schemas import LLMConfigCreate
 from functions.core.conversations import service
 from functions.core.conversations.schemas import ConversationCreate, ConversationUpdate
+from functions.core.db.tables import Conversation
 from functions.core.errors import InvalidInputError, NotFoundError
 from functions.core.keys import service as keys
 from functions.core.keys.schemas import ApiKeyCreate
@@ -102,3 +104,26 @@ async def test_delete_removes_the_conversation(db: object) -> None:
     await service.delete_conversation(owner, conv.id)
     with pytest.raises(NotFoundError):
         await service.get_conversation(owner, conv.id)
+
+
+async def test_pages_split_conversations_touched_at_the_same_instant(db: object) -> None:
+    """The cursor compares (updated_at, id) as a row: ties on the time are ordered by id,
+    and every conversation is on exactly one page."""
+    owner = await new_owner()
+    created = [
+        await service.create_conversation(owner, ConversationCreate(title=f"t{i}"))
+        for i in range(5)
+    ]
+    instant = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    await Conversation.update({Conversation.updated_at: instant}).where(
+        Conversation.owner_key == owner
+    )
+    seen: list[uuid.UUID] = []
+    cursor = None
+    while True:
+        page = await service.list_conversations(owner, limit=2, cursor=cursor)
+        seen += [c.id for c in page.data]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == sorted((c.id for c in created), reverse=True)
