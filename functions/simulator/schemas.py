@@ -48,9 +48,22 @@ class NamedToolChoice(msgspec.Struct):
 
 
 class StreamOptions(msgspec.Struct):
-    # vLLM defaults include_usage to True: ``"stream_options": {}`` asks for usage.
-    include_usage: bool | None = True
-    continuous_usage_stats: bool | None = False
+    """Unset fields stay ``UNSET``: vLLM tells ``{}`` (falsy, allowed without ``stream``)
+    from an explicit ``null``, and defaults ``include_usage`` to true."""
+
+    include_usage: bool | msgspec.UnsetType | None = msgspec.UNSET
+    continuous_usage_stats: bool | msgspec.UnsetType | None = msgspec.UNSET
+
+    @property
+    def empty(self) -> bool:
+        """``{}``: vLLM's ``if data.get("stream_options")`` does not see it."""
+        return self.include_usage is msgspec.UNSET and self.continuous_usage_stats is msgspec.UNSET
+
+    def usage(self, stream: bool) -> tuple[bool, bool]:
+        """``include_usage`` and ``continuous_usage_stats`` as vLLM's ``should_include_usage``
+        reads them (usage defaults to on once the options are sent)."""
+        include = stream and self.include_usage is not False and self.include_usage is not None
+        return include, include and bool(self.continuous_usage_stats)
 
 
 class JsonSchemaSpec(msgspec.Struct):

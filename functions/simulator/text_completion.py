@@ -136,7 +136,8 @@ def plan_completion(
     Raises ``ApiError`` with vLLM's status, type, message and ``param``.
     """
     stream = bool(request.stream)
-    check_stream_options(stream, request.stream_options is not None)
+    options = request.stream_options
+    check_stream_options(stream, options is not None and not options.empty)
     logprobs = _check(request)
     model = resolve_model(request.model, served)
     n = request.n
@@ -195,15 +196,14 @@ def plan_completion(
                 )
             )
 
-    options = request.stream_options
-    include_usage = bool(stream and options is not None and options.include_usage)
+    include_usage, continuous_usage = (False, False) if options is None else options.usage(stream)
     return TextCompletionPlan(
         model=model,
         prompt_tokens=prompt_tokens,
         choices=list(choices),
         stream=stream,
         include_usage=include_usage,
-        continuous_usage=bool(include_usage and options and options.continuous_usage_stats),
+        continuous_usage=continuous_usage,
         seed=reply_seed(model, tuple(prompt.key for prompt in prompts), request.seed),
         logprobs=logprobs,
     )

@@ -67,9 +67,10 @@ async def test_usage_chunk_only_with_include_usage(client: httpx.AsyncClient) ->
     assert usage["total_tokens"] == usage["prompt_tokens"] + TOKENS
     assert events[-3]["choices"][0]["finish_reason"] == "stop"
 
-    _, without = await stream(client, chat_body(stream_options={"include_usage": False}))
-    assert all("usage" not in event for event in without[:-1])
-    assert len(without) == TOKENS + 2
+    for off in (False, None):  # an explicit null is no usage, as vLLM reads it
+        _, without = await stream(client, chat_body(stream_options={"include_usage": off}))
+        assert all("usage" not in event for event in without[:-1])
+        assert len(without) == TOKENS + 2
 
 
 async def test_empty_stream_options_mean_include_usage(client: httpx.AsyncClient) -> None:

@@ -111,13 +111,21 @@ async def test_boundary_sampling_values_are_fine(client: httpx.AsyncClient) -> N
     assert (await client.post(URL, json=body)).status_code == 200
 
 
-@pytest.mark.parametrize("options", [{"include_usage": True}, {}])
+@pytest.mark.parametrize("options", [{"include_usage": True}, {"include_usage": None}])
 async def test_stream_options_without_stream_is_400(
     client: httpx.AsyncClient, options: dict[str, Any]
 ) -> None:
     for extra in ({}, {"stream": False}):
         body = {**chat_body(stream_options=options), **extra}
         assert_error(await client.post(URL, json=body), 400, "stream_options")
+
+
+async def test_empty_stream_options_pass_without_stream(client: httpx.AsyncClient) -> None:
+    # vLLM's validator tests the raw value (`if data.get("stream_options") and not
+    # data.get("stream")`): an empty object is falsy, so it passes.
+    for path, body in ((URL, chat_body()), ("/v1/completions", {"prompt": "hi"})):
+        response = await client.post(path, json={**body, "stream_options": {}})
+        assert response.status_code == 200
 
 
 async def test_prompt_plus_max_tokens_over_context_is_400(client: httpx.AsyncClient) -> None:
