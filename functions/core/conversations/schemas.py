@@ -44,3 +44,7 @@ class ConversationOut(Output, kw_only=True):
     message_count: int
     created_at: datetime
     updated_at: datetime
+    # A branch (an OpenAI door's resend that found its conversation moved on): the
+    # conversation and message its history was taken from; null for any other.
+    forked_from_conversation_id: uuid.UUID | None = None
+    forked_from_message_id: uuid.UUID | None = None

@@ -35,6 +35,8 @@ _COLUMNS = (
     Conversation.last_seq.as_alias("message_count"),
     Conversation.created_at,
     Conversation.updated_at,
+    Conversation.forked_from_conversation_id,
+    Conversation.forked_from_message_id,
 )
 
 

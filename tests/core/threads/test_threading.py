@@ -19,6 +19,7 @@ from functions.core.chat.exchanges import Exchanges
 from functions.core.chat.schemas import SendRequest
 from functions.core.chat.service import ChatService
 from functions.core.chat.targets import Target
+from functions.core.conversations import service as conversations
 from functions.core.llm.errors import LLMError
 from functions.core.messages.schemas import Turn
 from functions.core.threads import service as threads
@@ -245,6 +246,15 @@ async def test_a_history_edited_in_the_middle_starts_a_new_conversation(
     # It shares the first exchange with the original: a branch of its first reply.
     [_, _, branch] = await conversation_rows(client.owner)
     assert branch["forked_from_message_id"] == first.id
+    # The key sees where its branch came from, as the chat API shows the conversation.
+    shown = await conversations.get_conversation(client.owner, elsewhere.conversation_id)
+    assert (shown.forked_from_conversation_id, shown.forked_from_message_id) == (
+        first.conversation_id,
+        first.id,
+    )
+    assert (
+        await conversations.get_conversation(client.owner, first.conversation_id)
+    ).forked_from_conversation_id is None
 
     # Edited at the very start: nothing in common, a new conversation with no fork point.
     fresh = await resend(
