@@ -268,8 +268,6 @@ class SQLitePort:
             f"SELECT {select}, {columns}{source} GROUP BY {positions} ORDER BY {positions}",
             *args,
         )
-        if not percentiles:
-            return grouped
         # No percentile aggregate: the values themselves, sorted and interpolated here.
         measured = ", ".join(f"{p.column} AS {p.name}" for p in percentiles)
         rows = await fetch(f"SELECT {select}, {measured}{source} AND ({within})", *args)
