@@ -137,6 +137,15 @@ def prompt(turns: list[Turn], config: LLMConfigOut | None) -> list[Turn]:
     return [Turn(role="system", content=config.system_prompt), *turns]
 
 
+def check_stream_options(data: ChatCompletionCreate) -> None:
+    """``stream_options`` without ``stream`` is refused, as vLLM refuses it."""
+    if data.stream_options is not None and not data.stream:
+        raise InvalidInputError(
+            "stream_options can only be given when stream is true",
+            details={"field": "stream_options"},
+        )
+
+
 def check_n(n: int | None) -> None:
     """One choice per exchange: the core records one reply per send, so ``n`` above 1 is
     refused rather than silently answered with one choice."""

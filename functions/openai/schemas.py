@@ -32,8 +32,10 @@ class ChatMessageIn(msgspec.Struct, kw_only=True):
 
 
 class StreamOptions(msgspec.Struct, kw_only=True):
-    include_usage: bool | None = None
-    continuous_usage_stats: bool | None = None
+    """As vLLM reads it: ``"stream_options": {}`` asks for the usage chunk."""
+
+    include_usage: bool | None = True
+    continuous_usage_stats: bool | None = False
 
 
 class ChatCompletionCreate(msgspec.Struct, kw_only=True):

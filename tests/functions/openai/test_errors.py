@@ -34,6 +34,12 @@ async def test_bad_requests_are_400_never_422(door: Door) -> None:
         await door.alice.chat.completions.create(model="sim-model", messages=[])
     assert assert_openai_shape(caught.value.body)["param"] == "messages"
 
+    with pytest.raises(openai.BadRequestError) as caught:  # as vLLM refuses it
+        await door.alice.chat.completions.create(
+            model="sim-model", messages=HELLO, stream_options={"include_usage": True}
+        )
+    assert assert_openai_shape(caught.value.body)["param"] == "stream_options"
+
     response = await door.api.alice.post(
         "/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"}
     )

@@ -65,6 +65,15 @@ async def test_chunks_the_client_asked_for_are_vllms_bytes(door: Door) -> None:
     assert chunks[-1]["usage"]["completion_tokens"] == len(chunks) - 2
 
 
+async def test_empty_stream_options_ask_for_the_usage_chunk_as_on_vllm(door: Door) -> None:
+    _, raw = await _stream_bytes(
+        door, {"model": "sim-model", "messages": HELLO, "stream": True, "stream_options": {}}
+    )
+    chunks = [json.loads(event[6:]) for event in raw.split(b"\n\n")[:-2]]
+    assert [("usage" in chunk) for chunk in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert chunks[-1]["choices"] == []
+
+
 async def test_a_client_that_leaves_aborts_vllm_and_the_reply_is_cancelled(door: Door) -> None:
     slow = door.simulators["slow-model"]
     await slow.fresh()
