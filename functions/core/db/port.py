@@ -269,8 +269,8 @@ class SQLitePort:
             *args,
         )
         # No percentile aggregate: the values themselves, sorted and interpolated here.
-        measured = ", ".join(f"{p.column} AS {p.name}" for p in percentiles)
-        rows = await fetch(f"SELECT {select}, {measured}{source} AND ({within})", *args)
+        measured = "".join(f", {p.column} AS {p.name}" for p in percentiles)
+        rows = await fetch(f"SELECT {select}{measured}{source} AND ({within})", *args)
         values: dict[tuple[Any, ...], dict[str, list[float]]] = defaultdict(
             lambda: defaultdict(list)
         )
