@@ -227,6 +227,16 @@ def main() -> None:
         rows["D direct stream, 1 conn"]["ttft_p50_ms"] or 0
     )
     print(f"\nadded p50, 1 conn: {added:.3f} ms; added TTFT p50, 1 conn: {added_ttft:.3f} ms")
+    # What relaying costs per chunk: a streamed request's CPU beyond a non-streamed one's
+    # (the same exchange, stored the same way), over the chunks it relayed.
+    for streamed, plain in (
+        ("E door stream", "B door (stored, threaded)"),
+        ("D door stream, 1 conn", "C door, 1 conn"),
+    ):
+        row = rows[streamed]
+        per_request = row["chunks"] / max(row["requests"], 1)
+        extra = row["cpu_ms_per_request"] - rows[plain]["cpu_ms_per_request"]
+        print(f"CPU per relayed chunk ({streamed}): {extra / max(per_request, 1):.4f} ms")
     print(f"gateway RSS: {rss_before:.1f} MB before, {rss_after:.1f} MB after")
 
 
