@@ -93,8 +93,8 @@ async def create_chat_completion(
     served model. The exchange is stored; ``X-Switchboard-Conversation`` (and the body's
     ``switchboard`` field) say where."""
     chat_request.check_n(data.n)
-    chat_request.check_stream_options(data)
     raw: dict[str, Any] = msgspec.json.decode(await request.body())
+    chat_request.check_stream_options(raw)
     config = await config_names(request.app.state).config_for(data.model)
     if config is None:
         llm = runtime_of(request.app.state).require_llm()

@@ -137,9 +137,10 @@ def prompt(turns: list[Turn], config: LLMConfigOut | None) -> list[Turn]:
     return [Turn(role="system", content=config.system_prompt), *turns]
 
 
-def check_stream_options(data: ChatCompletionCreate) -> None:
-    """``stream_options`` without ``stream`` is refused, as vLLM refuses it."""
-    if data.stream_options is not None and not data.stream:
+def check_stream_options(raw: dict[str, Any]) -> None:
+    """``stream_options`` without ``stream`` is refused, as vLLM refuses it: judged on the
+    raw values, as vLLM's validator reads them (an empty ``{}`` passes)."""
+    if raw.get("stream_options") and not raw.get("stream"):
         raise InvalidInputError(
             "stream_options can only be given when stream is true",
             details={"field": "stream_options"},

@@ -296,3 +296,42 @@ async def test_the_conversation_header_both_ways(door: Door) -> None:
     )
     assert headers["x-switchboard-conversation"] == started["id"]
     assert len(await door.messages(started["id"])) == 4
+
+
+async def test_logprobs_are_gathered_from_vllms_chunks(door: Door) -> None:
+    completion = await door.alice.chat.completions.create(
+        model="sim-model", messages=HELLO, logprobs=True, top_logprobs=2
+    )
+    choice = completion.choices[0]
+    assert choice.logprobs is not None
+    content = choice.logprobs.content
+    assert content
+    assert "".join(item.token for item in content) == choice.message.content
+    assert all(len(item.top_logprobs) == 2 for item in content)
+    sent = await door.last_request()
+    assert sent["logprobs"] is True
+    assert sent["top_logprobs"] == 2
+    # Not asked: none.
+    plain = await door.alice.chat.completions.create(model="sim-model", messages=HELLO)
+    assert plain.choices[0].logprobs is None
+
+
+async def test_response_format_reaches_vllm(door: Door) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string"}},
+        "required": ["answer"],
+    }
+    completion = await door.alice.chat.completions.create(
+        model="sim-model",
+        messages=HELLO,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "reply", "schema": schema},
+        },
+        max_tokens=200,
+    )
+    text = completion.choices[0].message.content
+    assert text is not None
+    assert isinstance(json.loads(text)["answer"], str)
+    assert (await door.last_request())["response_format"]["json_schema"]["schema"] == schema

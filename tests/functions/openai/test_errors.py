@@ -206,3 +206,12 @@ async def test_every_response_has_a_request_id(door: Door) -> None:
         if response.status_code >= 400:
             assert_openai_shape(response.json()["error"])
     assert isinstance(door.api.alice, httpx.AsyncClient)
+
+
+async def test_stream_options_without_stream_as_vllm_reads_them(door: Door) -> None:
+    # An empty {} passes vLLM's check (it reads the raw value); it asks for nothing here.
+    response = await door.api.alice.post(
+        "/v1/chat/completions",
+        json={"model": "sim-model", "messages": HELLO, "stream_options": {}},
+    )
+    assert response.status_code == 200, response.text
