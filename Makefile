@@ -52,8 +52,11 @@ format: install
 docs: install  ## the reference in docs/ as a site in build/docs (a broken link or anchor fails)
 	$(BIN)/mkdocs build
 
+# `make bench BENCH_ARGS='--against /tmp/base --against-cli functions.core.cli'`: beside a
+# checkout of an earlier commit, in the same run.
+BENCH_ARGS ?=
 bench: install  ## gateway overhead vs the upstream, in one run (see bench/README.md)
-	scripts/with-postgres.sh $(BIN)/python -m bench.bench_gateway
+	scripts/with-postgres.sh $(BIN)/python -m bench.bench_gateway $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .switchboard

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from tests.support.process import ServiceProcess
+from typing import TYPE_CHECKING
+
+from tests.support.process import REPO_ROOT, ServiceProcess
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class GatewayProcess(ServiceProcess):
@@ -16,10 +21,12 @@ class GatewayProcess(ServiceProcess):
         function: str | None = None,
         workers: int = 1,
         env: dict[str, str] | None = None,
+        code: Path = REPO_ROOT,
+        cli: str = "functions.cli",
     ) -> None:
         args = ["serve", "--workers", str(workers)]
         args += ["--function", function] if function else []
-        super().__init__("functions.cli", tuple(args), env=env)
+        super().__init__(cli, tuple(args), env=env, code=code)
         self.env = {
             "SWITCHBOARD_DATABASE_URL": database_url,
             "SWITCHBOARD_LLM_URLS": ",".join(llm_urls),

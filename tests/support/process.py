@@ -169,10 +169,13 @@ class ServiceProcess:
         *,
         port: int | None = None,
         env: dict[str, str] | None = None,
+        code: Path = REPO_ROOT,
     ) -> None:
         self.module = module
         self.args = args
         self.env = env or {}
+        # The checkout it runs from (a benchmark runs an earlier commit's beside this one).
+        self.code = code
         self._fixed_port = port is not None
         self.port: int = port if port is not None else free_port()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -218,10 +221,10 @@ class ServiceProcess:
         self._close_log()
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.code), env.get("PYTHONPATH")]))
         self._proc = start(
             self.command(),
-            cwd=REPO_ROOT,
+            cwd=self.code,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
