@@ -14,7 +14,7 @@ from msgspec import Meta
 
 from functions.core.configs.schemas import MaxTokens, Seed, Temperature, TopP
 from functions.core.messages.schemas import Role
-from functions.core.schemas import Output
+from functions.core.schemas import Output, check_value
 
 # OpenAI's own limit on a request's stop sequences is 4; vLLM takes any number.
 StopField = str | Annotated[list[str], Meta(max_length=64)]
@@ -29,6 +29,18 @@ class ChatMessageIn(msgspec.Struct, kw_only=True):
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
+
+    def __post_init__(self) -> None:
+        # A message is stored: what the databases would not store alike (a NUL, an
+        # integer beyond 64 bits, JSON nested too deep) is a 400 naming it, as on the
+        # chat API, not a database error.
+        for name in _STORED:
+            value = getattr(self, name)
+            if value is not None:
+                check_value(value, name)
+
+
+_STORED = ("content", "name", "tool_calls", "tool_call_id")
 
 
 class StreamOptions(msgspec.Struct, kw_only=True):

@@ -40,6 +40,12 @@ async def test_bad_requests_are_400_never_422(door: Door) -> None:
         )
     assert assert_openai_shape(caught.value.body)["param"] == "stream_options"
 
+    with pytest.raises(openai.BadRequestError) as caught:  # stored alike on both engines
+        await door.alice.chat.completions.create(
+            model="sim-model", messages=[{"role": "user", "content": "a\u0000b"}]
+        )
+    assert assert_openai_shape(caught.value.body)["param"] == "messages[0].content"
+
     response = await door.api.alice.post(
         "/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"}
     )
