@@ -297,7 +297,7 @@ async def evaluate(
             raise ValueError("retry_failed resumes a run: give the run_id of the run to retry")
         return data, specs, wanted
 
-    async with flow_runtime("evaluate", steps=2, prepare=prepare) as rt:
+    async with flow_runtime(NAME, steps=2, prepare=prepare) as rt:
         data, specs, wanted = rt.prepared
         progress.step(f"checking {len(data.items)} item(s) and the configurations")
         prepared = await prepare_run(
@@ -337,6 +337,8 @@ async def evaluate(
         progress.step("computing the statistics")
         report = await report_run(run.id)
         await _publish(report, rt.log)
+        rt.run.add("sent", counts.sent)
+        rt.run.add("errors", counts.errors)
         rt.log.info("eval.finished", run_id=str(run.id), sent=counts.sent, errors=counts.errors)
         failure = report.failure() if report.status == "failed" else None
         if failure is not None:

@@ -162,10 +162,11 @@ async def export_history(
             selection=Selection(owner=owner, config=config, since=since, until=until),
         )
 
-    async with flow_runtime("export", steps=1, use_llm=False, prepare=prepare) as rt:
+    async with flow_runtime(NAME, steps=1, use_llm=False, prepare=prepare) as rt:
         progress.step(f"exporting to {out}")
         result = await export_task(rt.prepared)
         report = ExportReport.of(result)
+        rt.run.add("messages", report.messages)
         await acreate_markdown_artifact(
             key=ARTIFACT_KEY, markdown=report.markdown(), description="What the export wrote."
         )

@@ -197,7 +197,7 @@ async def health_check(
         retention_days: Prune recorded checks older than this many days. Empty:
             SWITCHBOARD_HEALTH_RETENTION_DAYS.
     """
-    async with flow_runtime("health_check", steps=4) as rt:
+    async with flow_runtime(NAME, steps=4) as rt:
         settings, log = rt.settings, rt.log
         completion = (
             settings.health_check_completion if send_completion is None else send_completion
@@ -217,6 +217,10 @@ async def health_check(
         progress.step("pruning old checks")
         pruned = await prune_health_checks(retention)
         reports = probing.reports_of(verdicts, probed, completion_ms)
+        # Pushed with how the run ended (switchboard_flow_last_run_items{kind}).
+        rt.run.add("upstreams", len(reports))
+        rt.run.add("unhealthy", sum(1 for report in reports if report.verdict.status != "ok"))
+        rt.run.add("pruned", pruned)
         for report in reports:
             verdict = report.verdict
             log_at = log.info if verdict.status == "ok" else log.warning

@@ -114,7 +114,7 @@ async def maintenance(health_retention_days: RetentionDays | None = None) -> Mai
         health_retention_days: Prune health checks older than this many days. Empty:
             SWITCHBOARD_HEALTH_RETENTION_DAYS.
     """
-    async with flow_runtime("maintenance", steps=3, use_llm=False) as rt:
+    async with flow_runtime(NAME, steps=3, use_llm=False) as rt:
         settings = rt.settings
         retention = (
             settings.health_retention_days
@@ -146,5 +146,7 @@ async def maintenance(health_retention_days: RetentionDays | None = None) -> Mai
         await acreate_markdown_artifact(
             key=ARTIFACT_KEY, markdown=report.markdown(), description="What maintenance did."
         )
+        rt.run.add("retired", len(retired))
+        rt.run.add("health_checks_pruned", pruned)
         rt.log.info("maintenance.done", retired=len(retired), health_checks_pruned=pruned)
     return report

@@ -29,6 +29,7 @@ from functions.core.runtime import open_runtime
 from functions.core.settings import Settings
 from tests.core.health.support import probed
 from tests.flows.conftest import run_flow, wait_for
+from tests.ops.conftest import PushgatewayProcess, pushed, value
 from tests.support.gateway import GatewayProcess
 from tests.support.simulator import SimulatorProcess
 
@@ -141,9 +142,17 @@ async def test_a_reply_left_pending_by_a_killed_gateway_is_retired(
 
 
 async def test_prunes_lapsed_leases_and_health_checks_past_retention(
-    flows_db: str, flow_env: Callable[..., None]
+    flows_db: str, flow_env: Callable[..., None], request: pytest.FixtureRequest
 ) -> None:
-    flow_env(database_url=flows_db, health_retention_days=2, log_format="json")
+    pushgateway = PushgatewayProcess()
+    request.addfinalizer(pushgateway.close)
+    pushgateway.start()
+    flow_env(
+        database_url=flows_db,
+        health_retention_days=2,
+        log_format="json",
+        metrics_pushgateway_url=pushgateway.root_url,
+    )
     now = datetime.now(UTC)
     await health.record([probed("http://10.0.0.1:8000/v1")], checked_at=now - timedelta(days=3))
     await health.record([probed("http://10.0.0.1:8000/v1")], checked_at=now - timedelta(days=1))
@@ -161,3 +170,8 @@ async def test_prunes_lapsed_leases_and_health_checks_past_retention(
     assert len(await health.history()) == 1
     assert await query(flows_db, "SELECT id FROM process_lease") == []
     assert report.health_retention_days == 2
+    # What the run did reaches the Pushgateway under the deployment's name.
+    samples = pushed(pushgateway)
+    items = "switchboard_flow_last_run_items"
+    assert value(samples, items, flow="maintenance", kind="health_checks_pruned") == 1
+    assert value(samples, items, flow="maintenance", kind="retired") == 0
