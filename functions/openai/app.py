@@ -61,7 +61,8 @@ ConversationHeader = Annotated[
         name=placement.HEADER,
         max_length=64,
         description="A conversation id of yours to append to (its history plus new turns), "
-        "or `new`; left out, the request is stored as a new conversation.",
+        "or `new`; left out, the history is threaded: appended to the conversation it "
+        "extends, a branch of one it parts from, or a new conversation.",
     ),
 ]
 
