@@ -54,6 +54,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     llm_max_inflight_per_upstream: PositiveInt = 256
     llm_eject_after_failures: PositiveInt = 3
     llm_eject_cooldown_s: PositiveFloat = 10.0
+    # vLLM servers of embedding models (vLLM serves embeddings only from one, never beside
+    # chat): ``/v1/embeddings`` goes to them, chat and completions never do.
+    embedding_urls: tuple[str, ...] = ()
 
     log_format: Literal["json", "console"] | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -133,7 +136,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 _FIELDS = {name.upper(): name for name in Settings.__struct_fields__}
-_TUPLE_FIELDS = {"llm_urls"}
+_TUPLE_FIELDS = {"llm_urls", "embedding_urls"}
 # SWITCHBOARD_TEST_* variables belong to the test suite's tooling (the database it uses,
 # how far it stretches its waits), not to the service.
 _NOT_SETTINGS_PREFIX = "TEST_"
@@ -216,7 +219,7 @@ def _describe(exc: msgspec.ValidationError, raw: Mapping[str, object]) -> str:
     return f"invalid settings: {text}"
 
 
-def _check_llm_url(llm_url: str) -> None:
+def _check_llm_url(llm_url: str, field: str = "llm_urls") -> None:
     """An http(s) URL with a host, a valid port, and no credentials or query in it.
 
     Credentials in the URL are refused rather than sent: vLLM takes a bearer token
@@ -224,7 +227,7 @@ def _check_llm_url(llm_url: str) -> None:
     and readiness reports. The message never repeats the password.
     """
     shown = url_secrets.shown(llm_url)
-    name = env_name("llm_urls")
+    name = env_name(field)
     if url_secrets.has_credentials(llm_url):
         raise SettingsError(
             f"invalid {name} entry {shown!r}: credentials in the URL are not supported; "
@@ -258,6 +261,8 @@ def _check(settings: Settings) -> None:
         raise SettingsError(f"invalid {env_name('llm_urls')}: give at least one vLLM base URL")
     for llm_url in settings.llm_urls:
         _check_llm_url(llm_url)
+    for embedding_url in settings.embedding_urls:
+        _check_llm_url(embedding_url, "embedding_urls")
     if settings.database_pool_min > settings.database_pool_max:
         raise SettingsError(
             f"invalid {env_name('database_pool_min')}: larger than {env_name('database_pool_max')}"

@@ -18,7 +18,7 @@ body bytes.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 import msgspec
@@ -36,6 +36,7 @@ from functions.core.llm.schemas import (
     LLMStats,
     ModelInfo,
     RawCompletion,
+    RawEmbedding,
     RawStreamEvent,
     StreamEvent,
     UpstreamHealth,
@@ -49,7 +50,7 @@ from functions.core.llm.streaming import (
 from functions.core.llm.transport import build_http_client
 from functions.core.llm.upstreams import UpstreamPool
 from functions.core.llm.vllm_errors import error_for_event
-from functions.core.llm.wire import completion_decoder
+from functions.core.llm.wire import completion_decoder, embedding_decoder
 from functions.core.logging import get_logger
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ class LLMClient:
             eject_after=settings.llm_eject_after_failures,
             cooldown_s=settings.llm_eject_cooldown_s,
             models_ttl_s=models_ttl_s,
+            embedding_urls=settings.embedding_urls,
         )
         auth = {"Authorization": f"Bearer {settings.llm_api_key}"} if settings.llm_api_key else {}
         self._dispatcher = Dispatcher(
@@ -194,13 +196,13 @@ class LLMClient:
                 raise failures[0]
         return list(merged.values())
 
-    async def require_model(self, model: str) -> None:
+    async def require_model(self, model: str, *, embeddings: bool = False) -> None:
         """Raise as a send would when no upstream serves ``model``
         (:class:`ModelNotServedError`, naming the served models in
         ``details["known_models"]``, or :class:`LLMUnavailableError` when no model list
         can be read), fetching the lists first if they must be; nothing is sent."""
         await self._models.prepare(model)
-        self._pool.serving(model)
+        self._pool.serving(model, embeddings=embeddings)
 
     async def health(self) -> list[UpstreamHealth]:
         """Probe every upstream (``/health``, ``/v1/models``, ``/metrics``, ``/version``).
@@ -294,6 +296,72 @@ class LLMClient:
         )
         return RawCompletion(body=body, result=result)
 
+    async def embed_raw(
+        self,
+        body: dict[str, Any],
+        *,
+        model: str,
+        request_id: str | None = None,
+    ) -> RawEmbedding:
+        """One ``/v1/embeddings`` call on an embedding server serving ``model``
+        (``SWITCHBOARD_EMBEDDING_URLS``): ``body`` is sent as given (its ``model`` set),
+        the answer returned byte for byte with the usage read from it.
+
+        Routing, retries, the connect and total timeouts and the errors are those of
+        :meth:`chat_raw`; a generating model is a :class:`ModelKindError` before anything
+        is sent.
+        """
+        request_id = _request_id(request_id)
+        upstream_request_id = new_upstream_request_id()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self._total_s
+        await self._models.prepare(model)
+        lease, response = await self._dispatcher.open_body(
+            msgspec.json.encode({**body, "model": model}),
+            model=model,
+            endpoint="embeddings",
+            request_id=request_id,
+            upstream_request_id=upstream_request_id,
+            stream=False,
+            deadline=deadline,
+            phase="total",
+        )
+        upstream = lease.upstream
+        details = request_details(upstream, request_id, model, upstream_request_id)
+        try:
+            async with asyncio.timeout_at(deadline):
+                answer = await response.aread()
+        except TimeoutError:
+            raise LLMTimeoutError(
+                f"no embeddings from {upstream.id} within {self._total_s}s",
+                phase="total",
+                details=details,
+            ) from None
+        except httpx.HTTPError as exc:
+            raise LLMError(
+                f"the connection to {upstream.id} broke while reading the embeddings",
+                details=details,
+            ) from exc
+        finally:
+            await response.aclose()
+            self._pool.release(lease)
+        try:
+            read = embedding_decoder.decode(answer)
+        except msgspec.DecodeError as exc:
+            raise LLMError(f"unreadable embeddings from {upstream.id}", details=details) from exc
+        if read.error is not None:
+            raise error_for_event(read.error, details=details, partial_text="")
+        return RawEmbedding(
+            body=answer,
+            usage=read.usage,
+            model=read.model or model,
+            upstream_id=upstream.id,
+            upstream_url=upstream.url,
+            latency_ms=round((loop.time() - started) * 1000, 3),
+            upstream_request_id=upstream_request_id,
+        )
+
     async def collect_chat(
         self,
         request: ChatRequest,
@@ -367,7 +435,7 @@ class LLMClient:
                     text
                     for event in await reader.read()
                     for choice in event.choices
-                    if (text := choice.delta.content)
+                    if (text := choice.delta.content or choice.text)
                 ]
                 if texts:
                     yield ChatDelta(text=texts[0] if len(texts) == 1 else "".join(texts))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import msgspec
@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from functions.core.llm.schemas import ChatRequest
     from functions.core.llm.upstreams import Lease, Upstream, UpstreamPool
 
+# The vLLM routes the client calls, under each upstream's base URL.
+Endpoint = Literal["chat/completions", "completions", "embeddings"]
+ENDPOINTS: tuple[Endpoint, ...] = ("chat/completions", "completions", "embeddings")
 # Fields the client sets itself; ``ChatRequest.extra`` cannot override them.
 _OWNED_FIELDS = frozenset({"stream", "stream_options"})
 _INCLUDE_USAGE = {"include_usage": True}
@@ -71,8 +74,12 @@ def request_details(
 
 
 def encode_body(request: ChatRequest, *, stream: bool) -> bytes:
-    """The JSON body for vLLM; streams always ask for the usage chunk."""
+    """The JSON body for vLLM; streams always ask for the usage chunk. A legacy completion
+    sends its ``prompt`` in place of the messages."""
     payload: dict[str, Any] = msgspec.to_builtins(request)
+    if (prompt := payload.pop("completion_prompt", None)) is not None:
+        del payload["messages"]
+        payload["prompt"] = prompt
     extra: dict[str, Any] = payload.pop("extra", {})
     for key, value in extra.items():
         if key not in payload and key not in _OWNED_FIELDS:
@@ -132,7 +139,10 @@ class Dispatcher:
             connect=connect_timeout_s, pool=connect_timeout_s, read=None, write=None
         )
         # Parsed once: httpx's URL parsing is a visible share of a request's CPU cost.
-        self._chat_urls = {u: httpx.URL(f"{u.base_url}/chat/completions") for u in pool.upstreams}
+        self._urls: dict[Endpoint, dict[Upstream, httpx.URL]] = {
+            endpoint: {u: httpx.URL(f"{u.base_url}/{endpoint}") for u in pool.upstreams}
+            for endpoint in ENDPOINTS
+        }
 
     def _headers(self, upstream_request_id: str, *, stream: bool) -> dict[str, str]:
         return {
@@ -161,19 +171,46 @@ class Dispatcher:
         (event-loop time) bounds everything up to the response headers, and ``phase`` names
         it if it fires. The caller must close the response and release the lease.
         """
-        body = encode_body(request, stream=stream)
+        return await self.open_body(
+            encode_body(request, stream=stream),
+            model=request.model,
+            endpoint="chat/completions" if request.completion_prompt is None else "completions",
+            request_id=request_id,
+            upstream_request_id=upstream_request_id,
+            stream=stream,
+            deadline=deadline,
+            phase=phase,
+        )
+
+    async def open_body(
+        self,
+        body: bytes,
+        *,
+        model: str | None,
+        endpoint: Endpoint,
+        request_id: str | None,
+        upstream_request_id: str,
+        stream: bool,
+        deadline: float,
+        phase: TimeoutPhase,
+    ) -> tuple[Lease, httpx.Response]:
+        """:meth:`open` for a body already encoded, to ``endpoint`` of an upstream serving
+        ``model`` (``embeddings``: only the upstreams named as embedding servers)."""
         headers = self._headers(upstream_request_id, stream=stream)
+        urls = self._urls[endpoint]
+        embeddings = endpoint == "embeddings"
         tried: list[Upstream] = []
         attempt = 0
         while True:
-            lease = self._pool.acquire(request.model, avoid=tried)
+            lease = self._pool.acquire(model, avoid=tried, embeddings=embeddings)
             upstream = lease.upstream
-            details = request_details(upstream, request_id, request.model, upstream_request_id)
+            details = request_details(upstream, request_id, model, upstream_request_id)
             try:
                 if upstream in tried:
                     await asyncio.sleep(self._backoff(attempt, deadline))
                 response = await self._send(
                     upstream=upstream,
+                    url=urls[upstream],
                     body=body,
                     headers=headers,
                     deadline=deadline,
@@ -205,6 +242,7 @@ class Dispatcher:
         self,
         *,
         upstream: Upstream,
+        url: httpx.URL,
         body: bytes,
         headers: dict[str, str],
         deadline: float,
@@ -213,7 +251,7 @@ class Dispatcher:
     ) -> httpx.Response:
         """One attempt on one upstream; raises :class:`_RetryableError` when safe to retry."""
         http_request = self._http.build_request(
-            "POST", self._chat_urls[upstream], content=body, headers=headers, timeout=self.timeout
+            "POST", url, content=body, headers=headers, timeout=self.timeout
         )
         try:
             async with asyncio.timeout_at(deadline):

@@ -105,3 +105,11 @@ class ContextLengthExceededError(LLMBadRequestError):
     """
 
     code = "context_length_exceeded"
+
+
+class ModelKindError(LLMBadRequestError):
+    """The model is served, but not for this kind of request: a generating model asked for
+    embeddings, or an embedding model asked to generate (vLLM serves each from its own
+    server, and says a model "does not support" the other's API)."""
+
+    code = "model_kind_mismatch"

@@ -21,6 +21,11 @@ class ChatMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
     tool_calls: list[dict[str, Any]] | None = None
 
 
+# A legacy completion's ``prompt``: text, texts, token ids or lists of them (vLLM's forms;
+# msgspec takes one array type in a union, so the list's items are not typed here).
+CompletionPrompt = str | list[Any]
+
+
 class ChatRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Parameters of one chat completion.
 
@@ -41,6 +46,9 @@ class ChatRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     seed: int | None = None
     user: str | None = None
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
+    # Set for a legacy completion: vLLM's ``/v1/completions`` is asked with this ``prompt``
+    # (a string, token ids, ...) as sent, and ``messages`` (what is stored) is not sent.
+    completion_prompt: CompletionPrompt | None = None
 
 
 class Usage(msgspec.Struct, kw_only=True):
@@ -143,6 +151,19 @@ class UpstreamEvent(msgspec.Struct, kw_only=True, tag="upstream"):
 
 
 RawStreamEvent = UpstreamEvent | ChatDone
+
+
+class RawEmbedding(msgspec.Struct, kw_only=True):
+    """An embedding answer exactly as the upstream sent it (``body``), and what was read
+    from it: the usage (None when not reported) and where it came from."""
+
+    body: bytes
+    usage: Usage | None
+    model: str
+    upstream_id: str
+    upstream_url: str
+    latency_ms: float
+    upstream_request_id: str | None = None
 
 
 class ModelInfo(msgspec.Struct, kw_only=True):

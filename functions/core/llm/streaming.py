@@ -224,7 +224,7 @@ class ChatStreamReader:
                 if choice.finish_reason is not None:
                     self.finish_reason = choice.finish_reason
                 delta = choice.delta
-                if text := delta.content:
+                if text := delta.content or choice.text:
                     keep(text)
                 if delta.tool_calls:
                     add_calls(delta.tool_calls)
@@ -305,7 +305,7 @@ def upstream_event(raw: bytes, chunk: StreamChunk) -> UpstreamEvent:
     """The :class:`UpstreamEvent` for one event :meth:`ChatStreamReader.read` returned.
 
     Only the first choice is read: vLLM sends one choice per chunk, and the client asks
-    for one choice only.
+    for one choice only. A legacy completion's text (``choice.text``) reads as content.
     """
     if not chunk.choices:
         return UpstreamEvent(raw=raw, usage=chunk.usage, usage_only=chunk.usage is not None)
@@ -313,7 +313,7 @@ def upstream_event(raw: bytes, chunk: StreamChunk) -> UpstreamEvent:
     delta = choice.delta
     return UpstreamEvent(
         raw=raw,
-        text=delta.content or "",
+        text=delta.content or choice.text or "",
         tool_calls=delta.tool_calls,
         finish_reason=choice.finish_reason,
         usage=chunk.usage,

@@ -191,7 +191,8 @@ def build_http_client(settings: Settings) -> httpx.AsyncClient:
     Pool size follows the in-flight caps, so a capped request never waits for a connection.
     Only the connect timeout is set here; the client enforces the per-phase timeouts itself.
     """
-    max_connections = settings.llm_max_inflight_per_upstream * len(settings.llm_urls)
+    upstreams = len(settings.llm_urls) + len(settings.embedding_urls)
+    max_connections = settings.llm_max_inflight_per_upstream * upstreams
     limits = httpx.Limits(
         max_connections=max_connections + SPARE_CONNECTIONS, keepalive_expiry=KEEPALIVE_EXPIRY_S
     )

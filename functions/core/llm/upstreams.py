@@ -17,7 +17,12 @@ import time
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from functions.core.llm.errors import LLMOverloadedError, LLMUnavailableError, ModelNotServedError
+from functions.core.llm.errors import (
+    LLMOverloadedError,
+    LLMUnavailableError,
+    ModelKindError,
+    ModelNotServedError,
+)
 from functions.core.llm.schemas import LLMStats, UpstreamStats
 
 if TYPE_CHECKING:
@@ -45,6 +50,7 @@ class Upstream:
         "consecutive_failures",
         "ejected_until",
         "ejections_total",
+        "embeddings",
         "id",
         "in_flight",
         "manual_down",
@@ -59,8 +65,13 @@ class Upstream:
         "url",
     )
 
-    def __init__(self, base_url: str, upstream_id: str, max_in_flight: int) -> None:
+    def __init__(
+        self, base_url: str, upstream_id: str, max_in_flight: int, *, embeddings: bool = False
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        # An embedding server (SWITCHBOARD_EMBEDDING_URLS): vLLM serves embeddings only from
+        # an embedding model, never beside chat, so it takes embedding requests only.
+        self.embeddings = embeddings
         # Probes (/health, /metrics, /version) live at the server root, beside /v1.
         self.root_url = self.base_url.removesuffix("/v1")
         self.url = redact_url(self.base_url)
@@ -127,9 +138,14 @@ class UpstreamPool:
         models_ttl_s: float = 30.0,
         models_retry_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        embedding_urls: Sequence[str] = (),
     ) -> None:
-        ids = _upstream_ids(urls)
-        self.upstreams = [Upstream(url, ids[i], max_in_flight) for i, url in enumerate(urls)]
+        everything = [*urls, *embedding_urls]
+        ids = _upstream_ids(everything)
+        self.upstreams = [
+            Upstream(url, ids[i], max_in_flight, embeddings=i >= len(urls))
+            for i, url in enumerate(everything)
+        ]
         self._eject_after = eject_after
         self._cooldown_s = cooldown_s
         self._models_ttl_s = models_ttl_s
@@ -147,8 +163,11 @@ class UpstreamPool:
                 return upstream
         raise KeyError(f"unknown upstream {redact_url(key)!r}")
 
-    def acquire(self, model: str | None, *, avoid: Iterable[Upstream] = ()) -> Lease:
+    def acquire(
+        self, model: str | None, *, avoid: Iterable[Upstream] = (), embeddings: bool = False
+    ) -> Lease:
         """Reserve a slot on the best upstream for ``model``; pair with :meth:`release`.
+        ``embeddings``: among the embedding servers (else among the others).
 
         Upstreams in ``avoid`` (already tried by this request) are used only when nothing
         else is left. Raises :class:`ModelNotServedError` when no upstream lists the model,
@@ -157,7 +176,7 @@ class UpstreamPool:
         all that are up are at their cap.
         """
         now = self._clock()
-        serving = self.serving(model)
+        serving = self.serving(model, embeddings=embeddings)
         usable = [u for u in serving if self._usable(u, now)]
         if not usable:
             raise LLMUnavailableError(
@@ -186,15 +205,31 @@ class UpstreamPool:
         chosen.requests_total += 1
         return Lease(chosen, trial=trial)
 
-    def serving(self, model: str | None) -> list[Upstream]:
+    def serving(self, model: str | None, *, embeddings: bool = False) -> list[Upstream]:
         """The upstreams that list ``model``, whatever their health: the one rule for
-        whether a model is served, used by every send and by checks before one.
+        whether a model is served, used by every send and by checks before one. Only
+        embedding servers serve ``embeddings`` requests, and only they do.
 
         Raises :class:`ModelNotServedError` (naming the models that are served) when every
-        list is known and none holds it, :class:`LLMUnavailableError` when some list could
-        not be read yet.
+        list is known and none holds it, :class:`ModelKindError` when only servers of the
+        other kind do (a chat model asked for embeddings, or the reverse), and
+        :class:`LLMUnavailableError` when some list could not be read yet.
         """
-        serving = [u for u in self.upstreams if u.serves(model)]
+        serving = [u for u in self.upstreams if u.embeddings == embeddings and u.serves(model)]
+        if not serving and model is not None:
+            other = [u for u in self.upstreams if u.embeddings != embeddings and u.serves(model)]
+            if other:
+                raise ModelKindError(
+                    f"The model `{model}` does not support the "
+                    + ("Embeddings API" if embeddings else "Completions API")
+                    + (
+                        ": it is a generating model (embeddings come from the upstreams "
+                        "in SWITCHBOARD_EMBEDDING_URLS)"
+                        if embeddings
+                        else ": it is an embedding model (POST /v1/embeddings)"
+                    ),
+                    details={"model": model, "field": "model"},
+                )
         if not serving and any(u.models is None for u in self.upstreams):
             raise LLMUnavailableError(
                 f"no reachable LLM upstream is known to serve model {model!r}",

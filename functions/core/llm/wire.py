@@ -26,6 +26,8 @@ class Delta(msgspec.Struct):
 class StreamChoice(msgspec.Struct):
     delta: Delta = msgspec.field(default_factory=Delta)
     finish_reason: str | None = None
+    # A legacy completion's chunk carries its text here, not in a delta.
+    text: str | None = None
 
 
 class StreamChunk(msgspec.Struct):
@@ -58,6 +60,14 @@ class Completion(msgspec.Struct):
     error: Any = None
 
 
+class EmbeddingAnswer(msgspec.Struct):
+    """What the client reads of an embeddings body (the vectors pass through unread)."""
+
+    model: str = ""
+    usage: Usage | None = None
+    error: Any = None
+
+
 class ModelCard(msgspec.Struct):
     id: str
     owned_by: str | None = None
@@ -73,3 +83,4 @@ class ModelList(msgspec.Struct):
 stream_chunk_decoder = msgspec.json.Decoder(StreamChunk)
 completion_decoder = msgspec.json.Decoder(Completion)
 model_list_decoder = msgspec.json.Decoder(ModelList)
+embedding_decoder = msgspec.json.Decoder(EmbeddingAnswer)
