@@ -230,13 +230,16 @@ class Exchanges:
 
     def llm_request(self, exchange: Exchange, request: SendRequest) -> ChatRequest:
         """The upstream request for a claimed exchange: its prompt, model and sampling."""
-        return upstream_request(
+        asked = upstream_request(
             exchange.prompt,
             exchange.config,
             model=exchange.model,
             sampling=request.sampling,
             extra=request.extra,
         )
+        if request.completion_prompt is None:
+            return asked
+        return msgspec.structs.replace(asked, completion_prompt=request.completion_prompt)
 
     async def prepare(self, request: SendRequest) -> tuple[SendRequest, uuid.UUID]:
         """Check ownership (or start the conversation) before any lock or wait, so a

@@ -19,6 +19,7 @@ from functions.core.configs.schemas import (
     Temperature,
     TopP,
 )
+from functions.core.llm.schemas import CompletionPrompt
 from functions.core.messages.schemas import MessageOut, Turn
 from functions.core.schemas import Input, Output
 from functions.core.threads.schemas import Thread
@@ -88,6 +89,9 @@ class SendRequest(msgspec.Struct, frozen=True, kw_only=True):
     # The same key and request again returns the first exchange (see ``idempotency``).
     idempotency: Idempotency | None = None
     thread: Thread | None = None
+    # A legacy completion (the OpenAI door's ``/v1/completions``): its ``prompt`` as sent,
+    # asked of vLLM's completions route instead of the turns (which are what is stored).
+    completion_prompt: CompletionPrompt | None = None
 
 
 class MessageStarted(Output, kw_only=True, tag="message"):
