@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from functions.serve import FUNCTIONS
 from tests.ops.conftest import FlowSamples, Stack, scrape
+from tests.ops.routes import function_routes
 from tests.ops.tools import MONITORING
 
 # Series Prometheus makes itself for every target.
@@ -178,8 +179,6 @@ def test_no_label_carries_a_key_conversation_or_message(
     assert len(traffic.ids) >= 5
     routes = {"unmatched"}
     for function in FUNCTIONS:
-        from tests.ops.test_proxy import function_routes
-
         routes |= function_routes(function) | {"/healthz", "/readyz", "/metrics"}
     for text in texts:
         for name, labels, _ in samples(text):
