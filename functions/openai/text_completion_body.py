@@ -1,0 +1,129 @@
+"""A non-streamed ``text_completion`` body, built from the stored reply and vLLM's chunks.
+
+As for chat (``completion.py``), vLLM is read as a stream even for a non-streamed answer;
+the stored reply is its text (with ``echo``, the prompt's text before the completion, as
+vLLM answers), finish reason and usage. What only the chunks hold (the completion's id,
+``created``, ``model``, ``stop_reason``, the logprobs and token ids when asked for) is
+gathered from them as they pass.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from functions.openai.completion import placement
+
+if TYPE_CHECKING:
+    from functions.core.chat.schemas import MessageStarted
+    from functions.core.llm.schemas import UpstreamEvent
+    from functions.core.messages.schemas import MessageOut
+
+_decode = msgspec.json.decode
+# vLLM's completion logprobs: four parallel lists, one entry per token, each chunk holding
+# its tokens'. A stream's ``text_offset`` counts from the start of the generated text only
+# (the echoed prompt's chunk from its own start), a whole answer's from the start of its
+# text: so the offsets are counted again from the tokens, as vLLM counts them for a whole
+# answer (each the previous one plus the previous token's length).
+LOGPROB_LISTS = ("text_offset", "token_logprobs", "tokens", "top_logprobs")
+
+
+class CompletionFacts:
+    """What a non-streamed completion needs from vLLM's chunks (see the module docstring)."""
+
+    __slots__ = (
+        "created",
+        "id",
+        "logprobs",
+        "model",
+        "prompt_logprobs",
+        "prompt_token_ids",
+        "stop_reason",
+        "token_ids",
+        "wants_every_chunk",
+    )
+
+    def __init__(self, *, wants_every_chunk: bool) -> None:
+        # Logprobs or token ids asked for: every chunk is read, not only the first and last.
+        self.wants_every_chunk = wants_every_chunk
+        self.id: str | None = None
+        self.created: int | None = None
+        self.model: str | None = None
+        self.stop_reason: Any = None
+        self.logprobs: dict[str, list[Any]] | None = None
+        self.token_ids: list[int] | None = None
+        self.prompt_token_ids: Any = None
+        self.prompt_logprobs: Any = None
+
+    def add(self, event: UpstreamEvent) -> None:
+        if event.usage_only:
+            return
+        first = self.id is None
+        if not (first or self.wants_every_chunk or event.finish_reason is not None):
+            return
+        chunk = _decode(event.raw)
+        if not isinstance(chunk, dict):
+            return
+        if first:
+            self.id = chunk.get("id")
+            self.created = chunk.get("created")
+            self.model = chunk.get("model")
+        for choice in chunk.get("choices") or ():
+            if first:
+                self.prompt_token_ids = choice.get("prompt_token_ids")
+                self.prompt_logprobs = choice.get("prompt_logprobs")
+            if event.finish_reason is not None:
+                self.stop_reason = choice.get("stop_reason")
+            if isinstance(logprobs := choice.get("logprobs"), dict):
+                self._add_logprobs(logprobs)
+            if isinstance(token_ids := choice.get("token_ids"), list):
+                self.token_ids = [*(self.token_ids or ()), *token_ids]
+
+    def _add_logprobs(self, logprobs: dict[str, Any]) -> None:
+        if self.logprobs is None:
+            self.logprobs = {name: [] for name in LOGPROB_LISTS}
+        merged = self.logprobs
+        offsets = merged["text_offset"]
+        tokens = merged["tokens"]
+        for token in logprobs.get("tokens") or ():
+            if offsets:
+                offsets.append(offsets[-1] + len(tokens[len(offsets) - 1] or ""))
+            else:
+                offsets.append((logprobs.get("text_offset") or [0])[0])
+            tokens.append(token)
+        for name in ("token_logprobs", "top_logprobs"):
+            merged[name] += logprobs.get(name) or ()
+
+
+def text_completion_body(
+    reply: MessageOut, started: MessageStarted, facts: CompletionFacts
+) -> dict[str, Any]:
+    """``text_completion`` for a stored reply, as vLLM shapes it, and where it is stored."""
+    usage = reply.usage
+    choice: dict[str, Any] = {
+        "index": 0,
+        "text": reply.content,
+        "logprobs": facts.logprobs,
+        "finish_reason": reply.finish_reason,
+        "stop_reason": facts.stop_reason,
+        "prompt_logprobs": facts.prompt_logprobs,
+    }
+    if facts.prompt_token_ids is not None or facts.token_ids is not None:
+        choice["prompt_token_ids"] = facts.prompt_token_ids
+        choice["token_ids"] = facts.token_ids
+    return {
+        "id": facts.id or f"cmpl-{reply.id.hex}",
+        "object": "text_completion",
+        "created": facts.created or int(reply.created_at.timestamp()),
+        "model": facts.model or reply.model or "",
+        "choices": [choice],
+        "usage": None
+        if usage is None
+        else {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+        },
+        "switchboard": placement(started),
+    }
