@@ -6,8 +6,8 @@ is called, recorded however it ends, readable through the chat API as a conversa
 the caller's key. Errors are OpenAI's shape with the statuses the SDKs map to their
 exception classes; unknown body fields are passed on to vLLM, not refused.
 
-``/v1/completions`` and ``/v1/embeddings`` will sit beside these handlers on the same
-router.
+``/v1/completions`` (``text_completions``) and ``/v1/embeddings`` (``embeddings``) sit
+beside these handlers on the same router.
 """
 
 from __future__ import annotations
@@ -39,9 +39,11 @@ from functions.core.web.state import runtime_of, settings_of
 from functions.openai import chat_request, models, placement
 from functions.openai.completion import ChunkFacts, completion_body, placement_headers
 from functions.openai.config_names import config_names
+from functions.openai.embeddings import create_embeddings
 from functions.openai.failures import raised
 from functions.openai.relay import UsageWanted, relay
 from functions.openai.schemas import ChatCompletionCreate, ModelList, ModelOut
+from functions.openai.text_completions import create_completion
 
 TITLE_CHARS = 80
 IdempotencyKey = Annotated[
@@ -182,7 +184,13 @@ async def retrieve_model(
 # on to vLLM from the raw body by the handler).
 router = OPENAI.router(
     path="/v1",
-    route_handlers=[create_chat_completion, list_models, retrieve_model],
+    route_handlers=[
+        create_chat_completion,
+        create_completion,
+        create_embeddings,
+        list_models,
+        retrieve_model,
+    ],
     dependencies={
         "principal": Provide(provide_principal),
         "chat": Provide(provide_chat, sync_to_thread=False),
