@@ -7,7 +7,8 @@ real settings loader, with the workers it asks for), and Caddy with the real Cad
 front. Only what a machine without Docker must change is changed: the database URL (a
 fresh database on the test PostgreSQL), loopback addresses and free ports instead of
 service names. ``traffic`` then uses the API through the proxy like a person would, so
-the metrics and logs the other tests read come from real requests.
+the metrics and logs the other tests read come from real requests (the OpenAI door's
+too, through the official ``openai`` client).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import openai
 import pytest
+from openai import AsyncOpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from functions.core.flow_metrics import report_flow_run
@@ -251,10 +254,39 @@ async def traffic(stack: Stack) -> Stack:
         assert failed.status_code >= 400
         missing = await client.get(f"/v1/conversations/{uuid.uuid4()}")
         assert missing.status_code == 404
+    await openai_traffic(stack)
     await record_health_check(stack)
     # Every worker hears of the verdict (NOTIFY) and mirrors its live metrics each second.
     await asyncio.sleep(2)
     return stack
+
+
+async def openai_traffic(stack: Stack) -> None:
+    """The OpenAI door through the proxy, as an OpenAI client uses it (only its base URL
+    and key changed): a configuration's name as the model, a stream with usage, the models,
+    a model nobody serves."""
+    door = AsyncOpenAI(
+        base_url=f"{stack.url}/v1", api_key=stack.admin_secret, max_retries=0, timeout=30
+    )
+    async with door:
+        question = [{"role": "user", "content": f"Say hi. {PROMPT_MARKER}"}]
+        plain = await door.chat.completions.with_raw_response.create(model="ops", messages=question)
+        assert plain.parse().choices[0].message.content
+        stack.ids.append(plain.headers["x-switchboard-conversation"])
+        streamed = await door.chat.completions.create(
+            model=stack.model,
+            messages=question,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in streamed]
+        usage = chunks[-1].usage
+        assert usage is not None
+        assert usage.completion_tokens > 0
+        listed = {model.id async for model in door.models.list()}
+        assert {"ops", stack.model} <= listed, listed
+        with pytest.raises(openai.NotFoundError):
+            await door.chat.completions.create(model="no-such-model", messages=question)
 
 
 def scrape(process: ServiceProcess) -> str:

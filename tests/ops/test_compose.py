@@ -68,6 +68,9 @@ def test_each_function_scales_on_its_own(services: dict[str, Any]) -> None:
         assert "ports" not in service, function
         assert "container_name" not in service, function
         assert service["expose"] == ["8080"]
+        # One image: its HEALTHCHECK probes /healthz on SWITCHBOARD_PORT (test_dockerfile).
+        assert service["image"] == services["chat"]["image"], function
+        assert "healthcheck" not in service, function
         command = service["command"]
         assert command[:4] == ["switchboard", "serve", "--function", function]
         assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
@@ -113,7 +116,7 @@ def test_state_is_on_volumes_and_services_check_their_health(services: dict[str,
             v["type"] == "volume" and v["target"] == target for v in services[name]["volumes"]
         )
     # Every function's outcome journal (under its working directory) on one shared volume.
-    for name in ("chat", "configs", "keys", "upstreams"):
+    for name in FUNCTIONS:
         journals = [v for v in services[name]["volumes"] if v["source"] == "outcome-journals"]
         assert [(v["type"], v["target"]) for v in journals] == [("volume", "/home/switchboard")]
     for name in ("postgres", "sim", "vllm", "proxy", "prefect-server"):

@@ -14,6 +14,7 @@ from tests.ops.conftest import PROMPT_MARKER, Stack
 from tests.support.gateway import GatewayProcess
 
 SEND_ROUTE = "/v1/conversations/{conversation_id}/messages"
+DOOR_ROUTE = "/v1/chat/completions"
 CANONICAL = {
     "event",
     "timestamp",
@@ -65,6 +66,30 @@ def test_each_send_has_one_canonical_line_with_what_an_operator_needs(traffic: S
         assert 0 <= record["overhead_ms"] <= record["duration_ms"]
     request_ids = [r["request_id"] for r in records if r["event"] == "request"]
     assert len(request_ids) == len(set(request_ids)), "one line per request"
+
+
+def test_each_openai_completion_has_the_same_canonical_line(traffic: Stack) -> None:
+    records = lines(traffic.functions["openai"].log_text())
+    completed = [
+        r
+        for r in records
+        if r["event"] == "request"
+        and (r.get("method"), r.get("route"), r["status"]) == ("POST", DOOR_ROUTE, 200)
+    ]
+    # By a configuration's name and by the served model, streamed or not.
+    assert {r["config"] for r in completed} == {"ops", "none"}, completed
+    for record in completed:
+        missing = (CANONICAL | LLM_FACTS) - record.keys()
+        assert not missing, (missing, record)
+        assert record["function"] == "openai"
+        assert record["key_prefix"] == traffic.admin_secret[:12]
+        assert record["model"] == traffic.model
+        assert record["upstream"] == traffic.env["SWITCHBOARD_LLM_URLS"]
+        assert record["reply_status"] == "complete"
+        assert record["completion_tokens"] > 0
+        assert 0 <= record["overhead_ms"] <= record["duration_ms"]
+    unknown = [r for r in records if r["event"] == "request" and r["status"] == 404]
+    assert unknown, "the model nobody serves was answered 404 and logged"
 
 
 def test_an_upstream_error_is_an_event_and_on_the_request_line(traffic: Stack) -> None:
