@@ -6,7 +6,9 @@ Python error here, not a silently broken dashboard. The JSON under ``dashboards/
 script's output, committed; ``tests/ops`` checks it is up to date, that every query parses
 and that every metric it names is one Switchboard, a flow or vLLM exports.
 
-Datasources are referenced by the UIDs provisioning gives them (``prometheus``, ``loki``).
+Datasources are referenced by the UIDs provisioning gives them (``prometheus``, ``loki``);
+the functions whose logs the panels read are ``functions.serve.FUNCTIONS``, each a compose
+service of that name.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from grafana_foundation_sdk.models.dashboard import (
     VariableRefresh,
 )
 
+from functions.serve import FUNCTIONS as SERVED_FUNCTIONS
+
 if TYPE_CHECKING:
     from grafana_foundation_sdk.models import dashboard as dashboard_model
 
@@ -39,7 +43,8 @@ OUT = Path(__file__).resolve().parent / "dashboards"
 PROMETHEUS = DataSourceRef(type_val="prometheus", uid="prometheus")
 LOKI = DataSourceRef(type_val="loki", uid="loki")
 RATE = "$__rate_interval"
-FUNCTIONS = 'service=~"chat|configs|keys|upstreams"'
+# Every function's compose service (docker-compose.yml names each after its function).
+FUNCTIONS = f'service=~"{"|".join(SERVED_FUNCTIONS)}"'
 
 
 def prom(expr: str, legend: str = "__auto") -> prometheus.Dataquery:

@@ -17,6 +17,7 @@ import yaml
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import Dashboard
 
+from functions.serve import FUNCTIONS
 from tests.ops.tools import MONITORING, REPO
 
 GRAFANA = MONITORING / "grafana"
@@ -84,6 +85,7 @@ def test_the_loki_queries_select_labels_alloy_sets() -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services = set(compose["services"]) | {"upstreams"}
     queries = 0
+    selected: list[set[str]] = []
     for path in BOARDS:
         for panel in json.loads(path.read_text())["panels"]:
             if panel.get("datasource", {}).get("uid") != "loki":
@@ -95,8 +97,11 @@ def test_the_loki_queries_select_labels_alloy_sets() -> None:
                     assert label in labels, (label, target["expr"])
                     if label == "service":
                         assert set(value.split("|")) <= services, value
+                        selected.append(set(value.split("|")))
                 queries += 1
     assert queries >= 3
+    # The functions' logs panels read every function's service, the OpenAI door's too.
+    assert set(FUNCTIONS) in selected, selected
 
 
 def test_provisioning_points_at_what_compose_mounts() -> None:
