@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import glob
 import os
-import time
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
@@ -135,9 +134,9 @@ class Tally:
     the buckets in Python for each (and, with several workers, writes a shared file);
     here an observation is an addition, and a histogram's bucket is found by ``bisect``
     (in C). :func:`flush_tallies` adds what was counted to the real series: before
-    every scrape (so a scrape is exact) and at least every :data:`FLUSH_INTERVAL_S`
-    while requests arrive (so the other workers' files are current for the one that
-    answers a scrape), and when a runtime closes.
+    every scrape (so a scrape is exact), within :data:`FLUSH_INTERVAL_S` of any request
+    (:func:`flush_soon`: so the other workers' files are current for the one that answers
+    a scrape), and when an app stops.
     """
 
     __slots__ = ("_bounds", "_buckets", "_count", "_sum", "_target")
@@ -186,7 +185,8 @@ class Tally:
 # reach without them.
 _tallies: dict[tuple[MetricWrapperBase, tuple[str, ...]], Tally] = {}
 FLUSH_INTERVAL_S = 1.0
-_flushed_at = [0.0]
+# The pending flush: its event loop and timer, or None (see :func:`flush_soon`).
+_flush_timer: list[tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None] = [None]
 
 
 def child(metric: MetricWrapperBase, *values: str) -> Tally:
@@ -202,16 +202,24 @@ def child(metric: MetricWrapperBase, *values: str) -> Tally:
 
 def flush_tallies() -> None:
     """Add every tally's count to its series (see :class:`Tally`)."""
-    _flushed_at[0] = time.monotonic()
     for tally in list(_tallies.values()):
         tally.flush()
 
 
-def flush_tallies_every_second(now: float) -> None:
-    """:func:`flush_tallies` if the last flush is :data:`FLUSH_INTERVAL_S` old (``now``:
-    ``time.monotonic()``); called once per request, so a busy worker's files stay current."""
-    if now - _flushed_at[0] >= FLUSH_INTERVAL_S:
-        flush_tallies()
+def flush_soon() -> None:
+    """A :func:`flush_tallies` within :data:`FLUSH_INTERVAL_S` (one timer at a time),
+    called once per request: a worker's counts reach the shared files within a second of
+    its last request, busy or idle after."""
+    pending = _flush_timer[0]
+    if pending is not None and not pending[0].is_closed() and not pending[1].cancelled():
+        return
+    loop = asyncio.get_running_loop()
+    _flush_timer[0] = (loop, loop.call_later(FLUSH_INTERVAL_S, _timed_flush))
+
+
+def _timed_flush() -> None:
+    _flush_timer[0] = None
+    flush_tallies()
 
 
 _UPSTREAM_STATES = ("up", "half_open", "ejected", "down")

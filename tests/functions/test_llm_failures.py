@@ -96,7 +96,8 @@ async def test_a_stream_cut_mid_way_ends_with_an_error_event(api: Api) -> None:
     names = [name for name, _ in events]
     assert names[0] == "message"
     assert names[-1] == "error"
-    assert names.count("delta") == 3
+    # Three tokens before the cut: one delta each, or fewer when they arrived together.
+    assert 1 <= names.count("delta") <= 3
     failure = events[-1][1]
     assert failure["error"]["code"] == "llm_error"
     partial = "".join(data["text"] for name, data in events if name == "delta")

@@ -26,7 +26,7 @@ from functions.core.metrics import (
     HTTP_IN_FLIGHT,
     HTTP_REQUESTS,
     child,
-    flush_tallies_every_second,
+    flush_soon,
 )
 
 if TYPE_CHECKING:
@@ -139,7 +139,7 @@ class RequestContext:
                 child(HTTP_REQUESTS, self.function, method, route, str(status)).inc()
                 child(HTTP_DURATION, self.function, method, route).observe(elapsed)
                 overhead = self._overhead(facts, route, elapsed)
-                flush_tallies_every_second(time.monotonic())
+                flush_soon()
                 if scope["path"] not in _QUIET_PATHS or status >= 400:
                     self._log(
                         inner, facts, route=route, status=status, elapsed=elapsed, overhead=overhead
