@@ -50,6 +50,8 @@ from tests.support.process import HOST, ServiceProcess
 
 # A phrase that must never reach a log line unless message text logging is on.
 PROMPT_MARKER = "the-marmalade-protocol-7f3a"
+# Where compose's embedding simulator answers (its network alias).
+EMBEDDING_URL = "http://embeddings:8000/v1"
 
 
 class ComposeProcess(ServiceProcess):
@@ -110,6 +112,19 @@ def with_arg(command: list[str], name: str, value: str) -> list[str]:
     return [f"--{name}={value}" if arg.startswith(f"--{name}=") else arg for arg in command]
 
 
+def arg(command: list[str], name: str) -> str:
+    """The value of ``--name=...`` in ``command``."""
+    return next(a.split("=", 1)[1] for a in command if a.startswith(f"--{name}="))
+
+
+def simulator(service: dict[str, Any]) -> ComposeProcess:
+    """A simulator service's command, on loopback and a free port."""
+    command = with_arg(service["command"], "host", HOST)
+    process = ComposeProcess(command, {}, "/health")
+    process.args = tuple(with_arg(command, "port", str(process.port))[1:])
+    return process
+
+
 @dataclass
 class Stack:
     config: dict[str, Any]
@@ -119,6 +134,8 @@ class Stack:
     functions: dict[str, ComposeProcess]
     proxy: CaddyProcess
     model: str
+    embeddings: ComposeProcess
+    embedding_model: str
     # What traffic created: ids and secrets that must never be labels or logged.
     admin_secret: str = ""
     secrets: list[str] = field(default_factory=list)
@@ -134,7 +151,8 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def compose_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return env_file(tmp_path_factory.mktemp("compose"))
+    # The OpenAI door's /v1/embeddings on, as docs/operations.md says to turn it on.
+    return env_file(tmp_path_factory.mktemp("compose"), EMBEDDING_URLS=EMBEDDING_URL)
 
 
 @pytest.fixture(scope="session")
@@ -157,13 +175,17 @@ async def stack(
         )
         assert result.returncode == 0, result.stdout + result.stderr
 
-        sim_command = with_arg(services["sim"]["command"], "host", HOST)
-        sim = ComposeProcess(sim_command, {}, "/health")
-        sim.args = tuple(with_arg(sim_command, "port", str(sim.port))[1:])
+        sim = simulator(services["sim"])
         started.append(sim.start())
-        model = next(a.split("=", 1)[1] for a in sim_command if a.startswith("--model="))
+        embeddings = simulator(services["sim-embeddings"])
+        started.append(embeddings.start())
+        assert base_env["SWITCHBOARD_EMBEDDING_URLS"] == EMBEDDING_URL
 
-        env = {**base_env, "SWITCHBOARD_LLM_URLS": f"http://{HOST}:{sim.port}/v1"}
+        env = {
+            **base_env,
+            "SWITCHBOARD_LLM_URLS": f"http://{HOST}:{sim.port}/v1",
+            "SWITCHBOARD_EMBEDDING_URLS": f"http://{HOST}:{embeddings.port}/v1",
+        }
         functions: dict[str, ComposeProcess] = {}
         for function in FUNCTIONS:
             process = ComposeProcess(services[function]["command"], {}, "/healthz")
@@ -184,7 +206,17 @@ async def stack(
         proxy = CaddyProcess(tmp / "Caddyfile")
         local_caddyfile(tmp, proxy.port, {name: p.port for name, p in functions.items()})
         started.append(proxy.start())
-        yield Stack(config, database_url, env, sim, functions, proxy, model)
+        yield Stack(
+            config,
+            database_url,
+            env,
+            sim,
+            functions,
+            proxy,
+            model=arg(list(sim.args), "model"),
+            embeddings=embeddings,
+            embedding_model=arg(list(embeddings.args), "model"),
+        )
     finally:
         for each in reversed(started):
             each.close()
@@ -264,7 +296,7 @@ async def traffic(stack: Stack) -> Stack:
 async def openai_traffic(stack: Stack) -> None:
     """The OpenAI door through the proxy, as an OpenAI client uses it (only its base URL
     and key changed): a configuration's name as the model, a stream with usage, the models,
-    a model nobody serves."""
+    a model nobody serves, a legacy completion, embeddings."""
     door = AsyncOpenAI(
         base_url=f"{stack.url}/v1", api_key=stack.admin_secret, max_retries=0, timeout=30
     )
@@ -287,6 +319,11 @@ async def openai_traffic(stack: Stack) -> None:
         assert {"ops", stack.model} <= listed, listed
         with pytest.raises(openai.NotFoundError):
             await door.chat.completions.create(model="no-such-model", messages=question)
+        completion = await door.completions.create(model=stack.model, prompt="Say hi.")
+        assert completion.choices[0].text
+        embedded = await door.embeddings.create(model=stack.embedding_model, input=["one", "two"])
+        assert len(embedded.data) == 2
+        assert embedded.data[0].embedding
 
 
 def scrape(process: ServiceProcess) -> str:

@@ -103,6 +103,24 @@ def test_vllm_gets_a_gpu_and_the_model_from_a_variable(services: dict[str, Any],
     assert services["chat"]["environment"]["SWITCHBOARD_LLM_URLS"] == "http://llm:8000/v1"
 
 
+def test_embeddings_are_off_until_named_and_the_simulator_serves_them(
+    services: dict[str, Any], env: Path, tmp_path: Path
+) -> None:
+    # An embedding server is a vLLM of its own: none is assumed (an unreachable one would be
+    # probed, found down and alerted on), the sim profile brings one as `embeddings`.
+    for function in FUNCTIONS:
+        assert services[function]["environment"]["SWITCHBOARD_EMBEDDING_URLS"] == ""
+    simulator = services["sim-embeddings"]
+    assert "--runner=pooling" in simulator["command"]
+    assert "embeddings" in simulator["networks"]["default"]["aliases"]
+    assert simulator["healthcheck"]["test"]
+    named = compose_config(env_file(tmp_path, EMBEDDING_URLS="http://embeddings:8000/v1"), "sim")
+    openai = named["services"]["openai"]["environment"]
+    settings = load_settings(openai, dotenv=None)
+    assert settings.embedding_urls == ("http://embeddings:8000/v1",)
+    assert "sim-embeddings" not in compose_config(env, "gpu")["services"]
+
+
 def test_state_is_on_volumes_and_services_check_their_health(services: dict[str, Any]) -> None:
     postgres = services["postgres"]
     assert any(v["target"] == "/var/lib/postgresql/data" for v in postgres["volumes"])

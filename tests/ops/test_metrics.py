@@ -189,11 +189,18 @@ def test_no_label_carries_a_key_conversation_or_message(
             if "route" in labels:
                 assert labels["route"] in routes or labels["route"].startswith("/schema"), labels
             if "model" in labels:
-                assert labels["model"] in {traffic.model, "unknown"}, labels
+                assert labels["model"] in {traffic.model, traffic.embedding_model, "unknown"}, (
+                    labels
+                )
             if "config" in labels:
                 assert labels["config"] in {"ops", "ghost", "none"}, labels
             if "upstream" in labels:
-                assert labels["upstream"] in {traffic.env["SWITCHBOARD_LLM_URLS"], "none"}, labels
+                upstreams = {
+                    traffic.env["SWITCHBOARD_LLM_URLS"],
+                    traffic.env["SWITCHBOARD_EMBEDDING_URLS"],
+                    "none",
+                }
+                assert labels["upstream"] in upstreams, labels
 
 
 def totals(text: str, name: str, **match: str) -> float:
@@ -242,7 +249,8 @@ def test_several_workers_add_up_whichever_answers(traffic: Stack) -> None:
         )
         assert routed == answered, text
         assert totals(text, "switchboard_llm_upstream_in_flight") == 0
-        state = totals(text, "switchboard_llm_upstream_state", state="up")
-        assert state == 2  # both workers route to the one upstream
+        llm = traffic.env["SWITCHBOARD_LLM_URLS"]
+        state = totals(text, "switchboard_llm_upstream_state", state="up", upstream=llm)
+        assert state == 2  # both workers route to the one chat upstream
         seen.add((routed, totals(text, "switchboard_http_requests_total")))
     assert len({routed for routed, _ in seen}) == 1, seen
