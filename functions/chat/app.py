@@ -48,6 +48,7 @@ from functions.core.llm.client import LLMClient
 from functions.core.llm.errors import (
     LLMAuthError,
     LLMBadRequestError,
+    ModelKindError,
     ModelNotFoundError,
     ModelNotServedError,
 )
@@ -96,6 +97,10 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # What a send can answer besides what every route can, documented under each status.
 SEND_ERRORS: dict[type[SwitchboardError], str] = {
     LLMBadRequestError: "vLLM refused the request as invalid (its message says why)",
+    ModelKindError: (
+        "the configuration's model is an embedding model (served from "
+        "SWITCHBOARD_EMBEDDING_URLS): it cannot generate a reply"
+    ),
     ModelNotServedError: (
         "no upstream serves the configuration's model (`details.known_models` lists those "
         "served): PUT the configuration with one of them"

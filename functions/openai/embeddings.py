@@ -16,18 +16,21 @@ from litestar.params import JSONBody
 
 from functions.core.embeddings import service as embeddings
 from functions.core.keys.schemas import Principal
+from functions.core.llm.errors import ModelKindError
 from functions.core.web.docs import errors
 from functions.core.web.errors import request_id_of
 from functions.core.web.policy import OPENAI
 from functions.core.web.state import runtime_of
 from functions.openai.embedding_schemas import EmbeddingCreate
 
+KIND_MISMATCH = "the model is a generating model: embeddings come from SWITCHBOARD_EMBEDDING_URLS"
+
 
 @post(
     "/embeddings",
     summary="Create embeddings (OpenAI-compatible)",
     status_code=200,
-    responses=errors(404, 413, 415, 502, 504, policy=OPENAI),
+    responses=errors(404, 413, 415, 502, 504, codes={ModelKindError: KIND_MISMATCH}, policy=OPENAI),
 )
 async def create_embeddings(
     *,

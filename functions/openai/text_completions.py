@@ -28,6 +28,7 @@ from functions.core.chat.schemas import MessageStarted, ReplyDone, ReplyFailed, 
 from functions.core.chat.service import ChatService
 from functions.core.errors import InvalidInputError, PayloadTooLargeError
 from functions.core.keys.schemas import Principal
+from functions.core.llm.errors import ModelKindError
 from functions.core.llm.schemas import UpstreamEvent
 from functions.core.messages.schemas import Turn
 from functions.core.schemas import check_value
@@ -117,11 +118,14 @@ def extra_fields(raw: dict[str, Any]) -> dict[str, Any]:
     return extra
 
 
+KIND_MISMATCH = "the model is an embedding model: it serves POST /v1/embeddings only"
+
+
 @post(
     "/completions",
     summary="Create a completion (OpenAI-compatible, legacy)",
     status_code=200,
-    responses=errors(404, 413, 415, 502, 504, policy=OPENAI),
+    responses=errors(404, 413, 415, 502, 504, codes={ModelKindError: KIND_MISMATCH}, policy=OPENAI),
 )
 async def create_completion(
     *,
