@@ -3,6 +3,7 @@ streamed and not, ``echo`` and ``logprobs``, the errors, and what each exchange 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -10,6 +11,7 @@ import openai
 import pytest
 
 from tests.functions.openai.conftest import Door
+from tests.support.timing import scaled
 
 PROMPT = "Once upon a time"
 
@@ -254,3 +256,38 @@ async def test_another_key_cannot_read_the_stored_completion(door: Door) -> None
     response = await door.api.bob.get(f"/v1/conversations/{conversation}/messages")
     assert response.status_code == 404
     assert await door.conversations(door.api.bob) == []
+
+
+async def test_sse_framing_and_a_client_that_leaves(door: Door) -> None:
+    async with door.api.alice.stream(
+        "POST", "/v1/completions", json={"model": "sim-model", "prompt": PROMPT, "stream": True}
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        raw = b"".join([chunk async for chunk in response.aiter_raw()])
+    assert raw.startswith(b"data: {")
+    assert raw.endswith(b"\n\ndata: [DONE]\n\n")
+    assert b'"usage"' not in raw
+
+    slow = door.simulators["slow-model"]
+    await slow.fresh()
+    received = 0
+    async with door.api.alice.stream(
+        "POST", "/v1/completions", json={"model": "slow-model", "prompt": PROMPT, "stream": True}
+    ) as response:
+        conversation = response.headers["x-switchboard-conversation"]
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                received += 1
+                if received == 5:
+                    break  # leaving the block closes the connection mid-stream
+    stats = await slow.wait_for_async(lambda s: s["in_flight"] == 0 and s["aborted"] >= 1)
+    assert stats["aborted"] == 1
+    deadline = asyncio.get_running_loop().time() + scaled(5)
+    while (reply := (await stored_pair(door, conversation))[1])["status"] == "pending":
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.05)
+    assert reply["status"] == "cancelled"
+    assert reply["content"]
+    # Its usage up to the cut (every completion chunk carries a token; slow-model writes 60).
+    assert received <= reply["usage"]["completion_tokens"] < 60
