@@ -7,9 +7,11 @@ that ends on a stored assistant message of the same key, and answers:
 - **append** when that message is still its conversation's last: the rest of the history
   is new turns, and the claim checks the conversation has not moved meanwhile
   (``expect_last_seq``);
+- **append** too when only failed or cancelled exchanges came after it: a client
+  retrying (the SDKs retry a 5xx) continues the same conversation, after the failures;
 - **branch** when the conversation moved on past it (a regenerated turn, an edited one,
-  another resend that got there first): a new conversation holds the whole history and
-  records the message it forked from;
+  another resend that got there first or is being answered): a new conversation holds the
+  whole history and records the message it forked from;
 - **new** otherwise.
 
 Only prefixes ending on an assistant message are looked up, and at most the whole history
@@ -76,6 +78,11 @@ async def locate(owner: uuid.UUID, history: Sequence[Turn]) -> Located:
     if found is None:
         return Located(chain=hashes)
     matched, message_id, conversation_id, seq, last_seq = found
+    if seq != last_seq and not await _answered_after(conversation_id, seq):
+        # Only exchanges that failed or were cancelled came after the matched reply: the
+        # client is retrying (the SDKs retry a 5xx twice). Its turns go after them, in the
+        # same conversation, rather than each retry leaving a branch behind.
+        seq = last_seq
     if seq == last_seq:
         return Located(
             chain=hashes,
@@ -88,6 +95,18 @@ async def locate(owner: uuid.UUID, history: Sequence[Turn]) -> Located:
         chain=hashes,
         forked_from=ForkPoint(conversation_id=conversation_id, message_id=message_id),
     )
+
+
+# Whether a reply after the matched message was answered, or is being: anything but a
+# failed or cancelled one means the conversation really moved on.
+_ANSWERED_AFTER = (
+    "SELECT 1 AS answered FROM message WHERE conversation = {} AND seq > {} "
+    "AND role = 'assistant' AND status NOT IN ('failed', 'cancelled') LIMIT 1"
+)
+
+
+async def _answered_after(conversation_id: uuid.UUID, seq: int) -> bool:
+    return bool(await fetch(_ANSWERED_AFTER, conversation_id, seq))
 
 
 async def _lookup(

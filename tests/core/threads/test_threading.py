@@ -265,25 +265,47 @@ async def test_a_history_edited_in_the_middle_starts_a_new_conversation(
     assert unrelated["forked_from_conversation_id"] is None
 
 
-async def test_a_failed_reply_is_no_place_to_append(
+async def test_a_retry_after_a_failed_reply_continues_the_conversation(
     db: Engine[Any], sim: SimulatorProcess, faults: Faults, make_client: MakeClient
 ) -> None:
-    """Only complete replies get a hash: the text of a failed one is not what the client
-    would resend, and its history ends in a reply the model never finished."""
+    """Only complete replies get a hash (the text of a failed one is not what the client
+    would resend), so a failed exchange is never matched itself; but a client retrying
+    after it (the SDKs retry a 5xx twice) continues the same conversation after the
+    failures, instead of leaving a branch per attempt."""
     chat = ChatService(make_client(sim.base_url))
     client = await client_of(chat)
     first = await client.says("one")
-    # Every attempt the client makes (its retries included) fails.
-    faults.add({"X-Sim-Fault": "500"})
+    # One failed attempt (two in a row would eject the only upstream).
+    faults.add({"X-Sim-Fault": "500"}, times=1)
+    asked = [*client.history, user("two")]
     with pytest.raises(LLMError):
-        await client.says("two")
+        await resend(chat, client.owner, client.config, asked)
     rows = await message_rows(first.conversation_id)
-    assert (rows[-1]["status"], rows[-1]["chain_hash"]) == ("failed", None)
+    assert [(r["role"], r["status"]) for r in rows[2:]] == [
+        ("user", "complete"),
+        ("assistant", "failed"),
+    ]
+    assert rows[-1]["chain_hash"] is None
 
-    located = await threads.locate(client.owner, [*client.history, user("three")])
-    assert located.conversation_id is None
-    assert located.forked_from is not None
-    assert located.forked_from.message_id == first.id
+    located = await threads.locate(client.owner, asked)
+    assert located.conversation_id == first.conversation_id
+    assert located.expect_last_seq == rows[-1]["seq"]
+    assert located.forked_from is None
+    answered = await client.says("two")  # the retry that succeeds
+    assert answered.conversation_id == first.conversation_id
+    # No branch: the retry is the same conversation's next exchange, after the failure.
+    assert all(
+        row["forked_from_message_id"] is None for row in await conversation_rows(client.owner)
+    )
+    # Its resends thread on from it.
+    assert (await client.says("three")).conversation_id == first.conversation_id
+
+    # Once a reply after the matched one completed, the conversation moved on: a resend
+    # of the older history with another turn is a branch.
+    moved = await threads.locate(client.owner, [*client.history[:2], user("other")])
+    assert moved.conversation_id is None
+    assert moved.forked_from is not None
+    assert moved.forked_from.message_id == first.id
 
 
 async def test_the_lookup_is_one_indexed_query(
