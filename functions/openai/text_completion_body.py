@@ -127,3 +127,42 @@ def text_completion_body(
         },
         "switchboard": placement(started),
     }
+
+
+def replayed_completion_chunks(reply: MessageOut, *, include_usage: bool) -> list[dict[str, Any]]:
+    """A stored reply as ``text_completion`` stream chunks (a send replayed by its
+    ``Idempotency-Key`` has no upstream events to relay): the whole text, the finish, and
+    the usage if asked."""
+    base = {
+        "id": f"cmpl-{reply.id.hex}",
+        "object": "text_completion",
+        "created": int(reply.created_at.timestamp()),
+        "model": reply.model or "",
+    }
+
+    def choice(text: str, finish_reason: str | None) -> dict[str, Any]:
+        return {
+            "index": 0,
+            "text": text,
+            "logprobs": None,
+            "finish_reason": finish_reason,
+            "stop_reason": None,
+        }
+
+    chunks = [
+        {**base, "choices": [choice(reply.content, None)]},
+        {**base, "choices": [choice("", reply.finish_reason)]},
+    ]
+    if include_usage and (usage := reply.usage) is not None:
+        chunks.append(
+            {
+                **base,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "total_tokens": usage.total_tokens,
+                },
+            }
+        )
+    return chunks

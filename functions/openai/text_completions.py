@@ -15,15 +15,16 @@ request and leave no single place to say where it was stored. Send one request e
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from litestar import Request, Response, post
 from litestar.di import NamedDependency
-from litestar.params import JSONBody
+from litestar.params import HeaderParameter, JSONBody
 from litestar.response import Stream
 
 from functions.chat.app import SSE_HEADERS
+from functions.core.chat.idempotency import Idempotency, request_hash
 from functions.core.chat.schemas import MessageStarted, ReplyDone, ReplyFailed, SendRequest
 from functions.core.chat.service import ChatService
 from functions.core.errors import InvalidInputError, PayloadTooLargeError
@@ -31,7 +32,7 @@ from functions.core.keys.schemas import Principal
 from functions.core.llm.errors import ModelKindError
 from functions.core.llm.schemas import UpstreamEvent
 from functions.core.messages.schemas import Turn
-from functions.core.schemas import check_value
+from functions.core.schemas import END, check_value
 from functions.core.web.docs import errors
 from functions.core.web.errors import request_id_of
 from functions.core.web.policy import OPENAI
@@ -41,10 +42,30 @@ from functions.openai.completion import placement_headers
 from functions.openai.completion_schemas import CompletionCreate
 from functions.openai.config_names import config_names
 from functions.openai.failures import raised
-from functions.openai.relay import UsageWanted, relay
-from functions.openai.text_completion_body import CompletionFacts, text_completion_body
+from functions.openai.relay import DONE, UsageWanted, frame, relay
+from functions.openai.text_completion_body import (
+    CompletionFacts,
+    replayed_completion_chunks,
+    text_completion_body,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from functions.core.messages.schemas import MessageOut
 
 TITLE_CHARS = 80
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+" + END,
+        description="Retry safely, as on the chat API: the same key and body again return "
+        "the first request's reply instead of storing it twice.",
+    ),
+]
 SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "stop", "seed")
 # vLLM's own words for an empty prompt.
 EMPTY_PROMPT = "Either prompt or prompt_embeds must be provided and non-empty."
@@ -121,6 +142,13 @@ def extra_fields(raw: dict[str, Any]) -> dict[str, Any]:
 KIND_MISMATCH = "the model is an embedding model: it serves POST /v1/embeddings only"
 
 
+async def replayed(reply: MessageOut, wanted: UsageWanted) -> AsyncIterator[bytes]:
+    """The SSE body of a replayed stream: the stored reply as completion chunks."""
+    for chunk in replayed_completion_chunks(reply, include_usage=wanted.include):
+        yield frame(msgspec.json.encode(chunk))
+    yield DONE
+
+
 @post(
     "/completions",
     summary="Create a completion (OpenAI-compatible, legacy)",
@@ -133,6 +161,7 @@ async def create_completion(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     chat: NamedDependency[ChatService],
+    idempotency_key: IdempotencyKey = None,
 ) -> Response[Any]:
     """OpenAI's legacy completion, streamed (vLLM's chunks relayed) or not: ``prompt`` as
     a string or token ids, ``echo``, ``logprobs`` and every vLLM field pass through. Stored
@@ -156,6 +185,9 @@ async def create_completion(
         extra=extra_fields(raw),
         request_id=request_id_of(request),
         completion_prompt=raw["prompt"],
+        idempotency=None
+        if idempotency_key is None
+        else Idempotency(key=idempotency_key, request_hash=request_hash("openai.completions", raw)),
     )
     events = chat.stream_raw(send)
     try:
@@ -174,7 +206,9 @@ async def create_completion(
                 continuous=bool(options and options.continuous_usage_stats),
             )
             return Stream(
-                relay(events, wanted, first),
+                replayed(first.message, wanted)
+                if isinstance(first, ReplyDone)  # replayed by its Idempotency-Key
+                else relay(events, wanted, first),
                 media_type="text/event-stream",
                 headers={**SSE_HEADERS, **headers},
                 status_code=200,

@@ -291,3 +291,41 @@ async def test_sse_framing_and_a_client_that_leaves(door: Door) -> None:
     assert reply["content"]
     # Its usage up to the cut (every completion chunk carries a token; slow-model writes 60).
     assert received <= reply["usage"]["completion_tokens"] < 60
+
+
+async def test_idempotency_key_replays_the_first_completion(door: Door) -> None:
+    key = {"Idempotency-Key": "completion-retry-1"}
+    first = await door.alice.completions.with_raw_response.create(
+        model="sim-model", prompt=PROMPT, extra_headers=key
+    )
+    again = await door.alice.completions.with_raw_response.create(
+        model="sim-model", prompt=PROMPT, extra_headers=key
+    )
+    assert again.headers["x-switchboard-reply-id"] == first.headers["x-switchboard-reply-id"]
+    assert again.parse().choices[0].text == first.parse().choices[0].text
+    assert again.parse().usage == first.parse().usage
+    with pytest.raises(openai.ConflictError) as caught:
+        await door.alice.completions.create(
+            model="sim-model", prompt="another prompt", extra_headers=key
+        )
+    assert caught.value.code == "idempotency_key_reused"
+
+    # A streamed completion replayed: the stored reply, as completion chunks.
+    streamed_key = {"Idempotency-Key": "completion-retry-2"}
+    texts, usages = [], []
+    for _ in range(2):
+        stream = await door.alice.completions.create(
+            model="sim-model",
+            prompt=PROMPT,
+            extra_headers=streamed_key,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+        assert all(chunk.object == "text_completion" for chunk in chunks)
+        texts.append("".join(c.choices[0].text for c in chunks if c.choices))
+        usages.append(chunks[-1].usage)
+    assert texts[0] == texts[1]
+    assert usages[0] == usages[1]
+    assert usages[0] is not None
+    assert len(await door.conversations()) == 2
