@@ -11,6 +11,8 @@ of one list of token ids. Several prompts are a 400 naming ``prompt``: vLLM answ
 one response whose choices interleave in a stream, while the pipeline stores one reply per
 send; splitting them into several conversations would store several exchanges for one
 request and leave no single place to say where it was stored. Send one request each.
+``Idempotency-Key`` works as on the chat API (a replayed stream is the stored reply as
+completion chunks).
 """
 
 from __future__ import annotations
