@@ -6,6 +6,12 @@ under ``valgrind --tool=callgrind`` with instrumentation off during start-up, wa
 counts only N sequential sends (every exchange stored in a fresh PostgreSQL database,
 against the simulator), and prints instructions per send, non-streamed and streamed.
 
+By default the sends are the chat API's (``POST /v1/conversations/{id}/messages``).
+``--door`` sends them through the OpenAI door instead (``POST /v1/chat/completions``), as
+chat applications do: each request resends its chat's whole history, growing from
+``FIRST_TURNS`` to ``LAST_TURNS`` messages, so every send pays the thread lookup and
+appends to its conversation. ``--door both`` measures the two in one run.
+
 Point ``--code`` at another checkout (``git worktree add /tmp/base <commit>``) to compare
 two versions in the same conditions; ``--cli`` names its CLI module if it predates
 ``functions.cli``::
@@ -13,6 +19,7 @@ two versions in the same conditions; ``--cli`` names its CLI module if it predat
     scripts/with-postgres.sh .venv/bin/python -m bench.bench_instructions
     scripts/with-postgres.sh .venv/bin/python -m bench.bench_instructions \\
         --code /tmp/base --cli functions.core.cli
+    scripts/with-postgres.sh .venv/bin/python -m bench.bench_instructions --door both
 
 Needs valgrind (``apt-get install valgrind``). Start-up under callgrind takes a minute.
 """
@@ -26,6 +33,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -35,6 +43,10 @@ from tests.support.process import free_port
 
 PROMPT = "Tell me about the weather today in Seoul."
 WARMUP = 30
+# The door's chats: a history resent in full, from FIRST_TURNS messages to LAST_TURNS, as
+# bench_openai's (the same rows, counted instead of timed).
+FIRST_TURNS, LAST_TURNS = 10, 40
+CONFIG = "ir"
 
 
 def wait_until_up(url: str, timeout_s: float = 300) -> None:
@@ -65,8 +77,76 @@ def callgrind(pid: int, *args: str) -> None:
     subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True)
 
 
-def measure(code: Path, cli: str, sends: int, *, stream: bool) -> float:
-    """Instructions per send of the gateway in ``code``, in millions."""
+def chat_sender(client: httpx.Client, *, stream: bool) -> Callable[[], None]:
+    """One chat API send per call, into one conversation (its prompt a window of 2)."""
+    conversation = client.post("/v1/conversations", json={"title": "ir"}).json()["id"]
+    path = f"/v1/conversations/{conversation}/messages"
+
+    def send() -> None:
+        if stream:
+            with client.stream("POST", path, json={"content": PROMPT, "stream": True}) as r:
+                assert r.status_code == 200
+                for _ in r.iter_bytes():
+                    pass
+        else:
+            r = client.post(path, json={"content": PROMPT})
+            assert r.status_code == 201, r.text
+
+    return send
+
+
+def _seed_history(chat: int) -> list[dict[str, str]]:
+    # Each chat's opening is its own, so a new chat is a new conversation, not a branch.
+    history = []
+    for turn in range(FIRST_TURNS // 2):
+        history.append({"role": "user", "content": f"chat {chat} question {turn}: tell me more"})
+        history.append({"role": "assistant", "content": f"answer {turn} of chat {chat}"})
+    return history
+
+
+def _streamed_text(response: httpx.Response) -> str:
+    text = []
+    for line in response.iter_lines():
+        if line.startswith("data: {"):
+            for choice in json.loads(line[6:]).get("choices") or ():
+                text.append(choice["delta"].get("content") or "")
+    return "".join(text)
+
+
+def door_sender(client: httpx.Client, *, stream: bool) -> Callable[[], None]:
+    """One OpenAI door send per call: a chat resent in full, its reply appended as the
+    client would, restarted as a new chat at LAST_TURNS messages."""
+    chats = iter(range(1_000_000))
+    history = _seed_history(next(chats))
+    stored_in: str | None = None
+
+    def send() -> None:
+        nonlocal history, stored_in
+        turn = len(history) // 2
+        history.append({"role": "user", "content": f"question {turn}: go on"})
+        body: dict[str, object] = {"model": CONFIG, "messages": history, "stream": stream}
+        if stream:
+            with client.stream("POST", "/v1/chat/completions", json=body) as r:
+                assert r.status_code == 200, r.read()
+                text = _streamed_text(r)
+        else:
+            r = client.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200, r.text
+            text = r.json()["choices"][0]["message"]["content"]
+        # Every send of a chat after its first is appended to the same conversation.
+        conversation = r.headers["X-Switchboard-Conversation"]
+        assert stored_in in (None, conversation), "a resent history was not threaded"
+        stored_in = conversation
+        history.append({"role": "assistant", "content": text})
+        if len(history) >= LAST_TURNS:
+            history, stored_in = _seed_history(next(chats)), None
+
+    return send
+
+
+def measure(code: Path, cli: str, sends: int, *, stream: bool, door: bool = False) -> float:
+    """Instructions per send of the gateway in ``code``, in millions: the chat API's sends,
+    or (``door``) the OpenAI door's."""
     database_url = asyncio.run(create_postgres_database("switchboard_instructions"))
     sim_port, gateway_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
@@ -114,7 +194,7 @@ def measure(code: Path, cli: str, sends: int, *, stream: bool) -> float:
         created = client.post(
             "/v1/configs",
             json={
-                "name": "ir",
+                "name": CONFIG,
                 "model": "sim-model",
                 "max_tokens": 16,
                 "history_window": 2,
@@ -122,19 +202,7 @@ def measure(code: Path, cli: str, sends: int, *, stream: bool) -> float:
             },
         )
         assert created.status_code in (200, 201), created.text
-        conversation = client.post("/v1/conversations", json={"title": "ir"}).json()["id"]
-        path = f"/v1/conversations/{conversation}/messages"
-
-        def send() -> None:
-            if stream:
-                with client.stream("POST", path, json={"content": PROMPT, "stream": True}) as r:
-                    assert r.status_code == 200
-                    for _ in r.iter_bytes():
-                        pass
-            else:
-                r = client.post(path, json={"content": PROMPT})
-                assert r.status_code == 201, r.text
-
+        send = door_sender(client, stream=stream) if door else chat_sender(client, stream=stream)
         for _ in range(WARMUP):
             send()
         callgrind(gateway.pid, "-i", "on")
@@ -167,13 +235,22 @@ def main() -> None:
     parser.add_argument("--cli", default="functions.cli", help="its CLI module")
     parser.add_argument("--sends", type=int, default=200)
     parser.add_argument("--modes", choices=["both", "non-streamed", "streamed"], default="both")
+    parser.add_argument(
+        "--door",
+        nargs="?",
+        const="only",
+        choices=["only", "both"],
+        help="send through the OpenAI door (threaded histories); 'both': the chat API too",
+    )
     args = parser.parse_args()
     code = args.code.resolve()
     modes = {"both": (False, True), "non-streamed": (False,), "streamed": (True,)}[args.modes]
-    for stream in modes:
-        per_send = measure(code, args.cli, args.sends, stream=stream)
-        kind = "streamed" if stream else "non-streamed"
-        print(f"{code}: {per_send:.3f} M instructions per {kind} send ({args.sends} sends)")
+    apis = {None: (False,), "only": (True,), "both": (False, True)}[args.door]
+    for door in apis:
+        for stream in modes:
+            per_send = measure(code, args.cli, args.sends, stream=stream, door=door)
+            kind = ("streamed" if stream else "non-streamed") + (" door" if door else " chat API")
+            print(f"{code}: {per_send:.3f} M instructions per {kind} send ({args.sends} sends)")
 
 
 if __name__ == "__main__":
