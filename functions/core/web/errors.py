@@ -65,6 +65,9 @@ class Problem(NamedTuple):
 ErrorShape = Callable[[Problem, "str | None"], dict[str, Any]]
 """A wire shape: the JSON body of a problem, given the request's id."""
 
+ErrorHeaders = Callable[[Problem], "dict[str, str] | None"]
+"""The headers a dialect adds to a problem's own (None: none)."""
+
 
 def switchboard_body(problem: Problem, request_id: str | None) -> dict[str, Any]:
     """Switchboard's shape: ``{"error": {code, message, request_id, details}}``."""
@@ -110,6 +113,44 @@ def openai_body(problem: Problem, request_id: str | None) -> dict[str, Any]:
             "code": problem.code,
         }
     }
+
+
+# A conflict that passes: the same request sent again can succeed (the reply in the way
+# ends, the first send with the key finishes, the view is read again).
+_PASSING_CONFLICTS = frozenset(
+    {
+        "conversation_busy",
+        "idempotent_request_in_progress",
+        "idempotency_race",
+        "stale_configuration_view",
+        "thread_moved",
+    }
+)
+# A server error that stays: the gateway is misconfigured, not busy or broken for a moment.
+_LASTING_SERVER_ERRORS = frozenset({"llm_auth_failed", "database_not_migrated", "migration_failed"})
+
+
+def retry_can_fix(problem: Problem) -> bool:
+    """Whether sending the same request again may succeed: a timeout, a rate limit, a
+    conflict that passes, a server error that is not a misconfiguration."""
+    if problem.status in (408, 429):
+        return True
+    if problem.status == 409:
+        return problem.code in _PASSING_CONFLICTS
+    return problem.status >= 500 and problem.code not in _LASTING_SERVER_ERRORS
+
+
+def openai_headers(problem: Problem) -> dict[str, str] | None:
+    """``x-should-retry: false`` on an error a retry cannot fix. OpenAI's SDKs retry 408,
+    409, 429 and every 5xx on their own unless the response says so (openai-python's
+    ``_should_retry``): without it a reused ``Idempotency-Key`` or a history that does not
+    extend the named conversation is sent three times. Errors a retry can fix carry
+    nothing: the SDK's own rule retries them, after ``Retry-After``."""
+    return None if retry_can_fix(problem) else {"x-should-retry": "false"}
+
+
+def no_headers(problem: Problem) -> dict[str, str] | None:
+    return None
 
 
 def error_response(

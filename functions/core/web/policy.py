@@ -27,9 +27,12 @@ from litestar.types import ControllerRouterHandler, ExceptionHandlersMap
 
 from functions.core.schemas import Output
 from functions.core.web.errors import (
+    ErrorHeaders,
     ErrorShape,
     error_response,
+    no_headers,
     openai_body,
+    openai_headers,
     problem_of,
     switchboard_body,
 )
@@ -45,7 +48,8 @@ UnknownFields = Literal["forbid", "ignore"]
 class RouterPolicy:
     """A router's error shape and body strictness.
 
-    ``shape`` writes an error's body, ``error_schema`` documents it (OpenAPI).
+    ``shape`` writes an error's body, ``error_schema`` documents it (OpenAPI), ``headers``
+    adds the dialect's headers to the problem's own (OpenAI's ``x-should-retry``).
     ``unknown_fields``: ``forbid`` makes a body field the type does not declare a 400
     naming it; ``ignore`` drops it (at any depth) and reads the rest as strictly.
     """
@@ -54,10 +58,15 @@ class RouterPolicy:
     shape: ErrorShape
     error_schema: type[Output]
     unknown_fields: UnknownFields
+    headers: ErrorHeaders = no_headers
 
     def handle(self, request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
         """The exception handler: the one mapping, written in this policy's shape."""
-        return error_response(request, problem_of(request, exc), self.shape)
+        problem = problem_of(request, exc)
+        extra = self.headers(problem)
+        if extra:
+            problem = problem._replace(headers={**(problem.headers or {}), **extra})
+        return error_response(request, problem, self.shape)
 
     @property
     def exception_handlers(self) -> ExceptionHandlersMap:
@@ -87,7 +96,7 @@ class RouterPolicy:
 SWITCHBOARD = RouterPolicy("switchboard", switchboard_body, ErrorBody, "forbid")
 """Switchboard's own API: its error shape, unknown fields refused."""
 
-OPENAI = RouterPolicy("openai", openai_body, OpenAIErrorBody, "ignore")
+OPENAI = RouterPolicy("openai", openai_body, OpenAIErrorBody, "ignore", openai_headers)
 """An OpenAI-compatible door: OpenAI's error shape, unknown fields ignored."""
 
 
