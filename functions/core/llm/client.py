@@ -226,6 +226,35 @@ class LLMClient:
             upstream.running = result.num_requests_running
         return results
 
+    async def _read_whole(
+        self,
+        lease: Lease,
+        response: httpx.Response,
+        deadline: float,
+        details: dict[str, Any],
+        *,
+        what: str,
+    ) -> bytes:
+        """A non-streamed answer's whole body (``what`` names it in errors) by the total
+        deadline; the response is closed and the upstream's slot freed however it ends."""
+        upstream = lease.upstream
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await response.aread()
+        except TimeoutError:
+            raise LLMTimeoutError(
+                f"no complete {what} from {upstream.id} within {self._total_s}s",
+                phase="total",
+                details=details,
+            ) from None
+        except httpx.HTTPError as exc:
+            raise LLMError(
+                f"the connection to {upstream.id} broke while reading the {what}", details=details
+            ) from exc
+        finally:
+            await response.aclose()
+            self._pool.release(lease)
+
     # -- chat ---------------------------------------------------------------------------
 
     async def chat(self, request: ChatRequest, *, request_id: str | None = None) -> ChatResult:
@@ -256,22 +285,7 @@ class LLMClient:
         )
         upstream = lease.upstream
         details = request_details(upstream, request_id, request.model, upstream_request_id)
-        try:
-            async with asyncio.timeout_at(deadline):
-                body = await response.aread()
-        except TimeoutError:
-            raise LLMTimeoutError(
-                f"no complete answer from {upstream.id} within {self._total_s}s",
-                phase="total",
-                details=details,
-            ) from None
-        except httpx.HTTPError as exc:
-            raise LLMError(
-                f"the connection to {upstream.id} broke while reading the answer", details=details
-            ) from exc
-        finally:
-            await response.aclose()
-            self._pool.release(lease)
+        body = await self._read_whole(lease, response, deadline, details, what="answer")
         try:
             completion = completion_decoder.decode(body)
         except msgspec.DecodeError as exc:
@@ -329,23 +343,7 @@ class LLMClient:
         )
         upstream = lease.upstream
         details = request_details(upstream, request_id, model, upstream_request_id)
-        try:
-            async with asyncio.timeout_at(deadline):
-                answer = await response.aread()
-        except TimeoutError:
-            raise LLMTimeoutError(
-                f"no embeddings from {upstream.id} within {self._total_s}s",
-                phase="total",
-                details=details,
-            ) from None
-        except httpx.HTTPError as exc:
-            raise LLMError(
-                f"the connection to {upstream.id} broke while reading the embeddings",
-                details=details,
-            ) from exc
-        finally:
-            await response.aclose()
-            self._pool.release(lease)
+        answer = await self._read_whole(lease, response, deadline, details, what="embeddings")
         try:
             read = embedding_decoder.decode(answer)
         except msgspec.DecodeError as exc:
