@@ -356,8 +356,14 @@ class ReplyRecorder:
     # (``tool_calls``, the last one's arguments possibly unfinished).
 
     async def failed(
-        self, exc: LLMError, *, partial: str = "", tool_calls: ToolCalls = None
+        self,
+        exc: LLMError,
+        *,
+        partial: str = "",
+        tool_calls: ToolCalls = None,
+        usage: Usage | None = None,
     ) -> MessageOut:
+        """``usage``: the counts up to the failure, as for :meth:`cancelled`."""
         log.warning("chat.reply_failed", code=exc.code, error=exc.message, model=self._model)
         self._upstream = str(exc.details.get("upstream_url") or NO_UPSTREAM)
         return await self.record(
@@ -365,6 +371,8 @@ class ReplyRecorder:
                 status="failed",
                 content=partial or exc.partial_text,
                 tool_calls=tool_calls,
+                prompt_tokens=usage.prompt_tokens if usage else None,
+                completion_tokens=usage.completion_tokens if usage else None,
                 error_code=exc.code,
                 error_message=exc.message,
             )
@@ -403,13 +411,18 @@ class ReplyRecorder:
             )
         )
 
-    async def shutdown(self, partial: str = "", tool_calls: ToolCalls = None) -> MessageOut:
+    async def shutdown(
+        self, partial: str = "", tool_calls: ToolCalls = None, usage: Usage | None = None
+    ) -> MessageOut:
+        """``usage``: the counts up to the shutdown, as for :meth:`cancelled`."""
         log.warning("chat.reply_shutdown", model=self._model, partial_chars=len(partial))
         return await self.record(
             ReplyOutcome(
                 status="failed",
                 content=partial,
                 tool_calls=tool_calls,
+                prompt_tokens=usage.prompt_tokens if usage else None,
+                completion_tokens=usage.completion_tokens if usage else None,
                 error_code="shutdown",
                 error_message="the gateway shut down (a deploy or a restart) before the reply "
                 "was complete",

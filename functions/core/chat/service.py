@@ -279,13 +279,17 @@ class ChatService:
                                     counted[:] = (event.usage,)
                                 yield event
                 except Interrupted as stop:
-                    yield await _interrupted_event(stop, recorder, "".join(parts), calls)
+                    yield await _interrupted_event(
+                        stop, recorder, "".join(parts), calls, counted[-1] if counted else None
+                    )
                     return
             done = _finished(done)
             stored = await recorder.completed("".join(parts), done, ttft_ms=done.ttft_ms)
             yield ReplyDone(message=stored)
         except LLMError as exc:
-            yield await _failed_event(exc, recorder, "".join(parts), calls)
+            yield await _failed_event(
+                exc, recorder, "".join(parts), calls, counted[-1] if counted else None
+            )
         except (ReplyNotRecordedError, ConversationGoneError) as exc:
             yield _error_event(exc, None)
         except Exception as exc:
@@ -363,21 +367,31 @@ class _Exchanging:
 
 
 async def _interrupted_event(
-    stop: Interrupted, recorder: ReplyRecorder, partial: str, calls: ToolCallParts
+    stop: Interrupted,
+    recorder: ReplyRecorder,
+    partial: str,
+    calls: ToolCallParts,
+    usage: Usage | None = None,
 ) -> ReplyFailed:
-    """The last event of a stream the shutdown or a deletion ended."""
+    """The last event of a stream the shutdown or a deletion ended (``usage``: the counts
+    up to there, when the upstream sent them on every chunk)."""
     if stop.reason == "deleted":
         return _error_event(recorder.gone(), None)
-    stored = await recorder.shutdown(partial, calls.calls())
+    stored = await recorder.shutdown(partial, calls.calls(), usage)
     return _error_event(shutting_down(_ids(recorder.exchange)), stored)
 
 
 async def _failed_event(
-    exc: LLMError, recorder: ReplyRecorder, partial: str, calls: ToolCallParts
+    exc: LLMError,
+    recorder: ReplyRecorder,
+    partial: str,
+    calls: ToolCallParts,
+    usage: Usage | None = None,
 ) -> ReplyFailed:
-    """The last event of a stream the model failed, its reply recorded ``failed``."""
+    """The last event of a stream the model failed, its reply recorded ``failed`` (with
+    ``usage``, the counts up to the failure, when the upstream sent them on every chunk)."""
     try:
-        stored = await recorder.failed(exc, partial=partial, tool_calls=calls.calls())
+        stored = await recorder.failed(exc, partial=partial, tool_calls=calls.calls(), usage=usage)
     except (ReplyNotRecordedError, ConversationGoneError) as lost:
         return _error_event(lost, None)
     return _error_event(exc, stored)
