@@ -25,7 +25,14 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from tests.faults.conftest import FIRST_TOKEN_TIMEOUT_S, HANG_MODEL, SLOW_MODEL, Faults, wait_until
+from tests.faults.conftest import (
+    FIRST_TOKEN_TIMEOUT_S,
+    HANG_MODEL,
+    LEASE_TTL_S,
+    SLOW_MODEL,
+    Faults,
+    wait_until,
+)
 from tests.support.gateway import GatewayProcess
 from tests.support.simulator import SimulatorProcess
 from tests.support.timing import scaled
@@ -370,3 +377,52 @@ async def test_closing_the_sdk_stream_aborts_vllm_and_stores_the_reply_cancelled
     # Exact usage up to the cut: at least what the client read, far short of the 300 asked.
     assert reply["prompt_tokens"] > 0
     assert 1 <= reply["completion_tokens"] < 300
+
+
+async def test_kill_9_a_peer_sweeps_the_reply_then_the_history_continues_there(
+    faults: Faults,
+) -> None:
+    """Two processes on one database; the one streaming dies and is not restarted."""
+    doomed = faults.gateway()
+    peer = faults.gateway()
+    await faults.configure(peer)
+    history = [{"role": "user", "content": "Hello"}]
+    sdk = sdk_of(faults, peer)
+    first = await sdk.chat.completions.create(model=SLOW_MODEL, max_tokens=3, messages=history)
+    history += [
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "Tell me more"},
+    ]
+    doomed_sdk = sdk_of(faults, doomed)
+    cut = Read()
+    task = asyncio.create_task(
+        read_stream(doomed_sdk, cut, model=SLOW_MODEL, max_tokens=300, messages=history)
+    )
+    await asyncio.wait_for(cut.first_text.wait(), scaled(30))
+    doomed.kill()
+    killed_at = time.monotonic()
+    await task
+    await doomed_sdk.close()
+    assert cut.error is not None
+
+    async def nothing_pending() -> bool:
+        return await faults.pending() == []
+
+    await wait_until(nothing_pending, within=3 * LEASE_TTL_S)
+    swept_s = time.monotonic() - killed_at
+    rows = await rows_of(faults, cut.conversation)
+    assert [(row["role"], row["status"], row["error_code"]) for row in rows[2:]] == [
+        ("user", "complete", None),
+        ("assistant", "failed", "interrupted"),
+    ]
+    again = await read_stream(sdk, Read(), model=SLOW_MODEL, max_tokens=5, messages=history)
+    await sdk.close()
+    print(f"\ndoor, kill -9: the peer's sweep retired the reply {swept_s:.2f} s after it")
+    assert again.error is None, again.error
+    assert again.conversation == cut.conversation
+    rows = await rows_of(faults, cut.conversation)
+    assert [(row["role"], row["status"]) for row in rows[4:]] == [
+        ("user", "complete"),
+        ("assistant", "complete"),
+    ]
+    assert len(await faults.query("SELECT id FROM conversation")) == 1
