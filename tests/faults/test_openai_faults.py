@@ -145,7 +145,16 @@ async def test_sigterm_mid_stream_ends_with_an_error_chunk_and_done(faults: Faul
     raw = asyncio.create_task(
         raw_stream(faults, gateway, seen[-1], messages=[{"role": "user", "content": "raw"}], **body)
     )
+    slow = faults.sims[SLOW_MODEL]
+    before = (await slow.stats_async())["chat_in_flight"]
+    # And a non-streamed one: it is answered with the 503 when the grace runs out.
+    whole = asyncio.create_task(
+        sdk.chat.completions.with_raw_response.create(
+            messages=[{"role": "user", "content": "whole"}], **body
+        )
+    )
     await asyncio.wait_for(asyncio.gather(*(r.first_text.wait() for r in seen)), scaled(30))
+    await slow.wait_for_async(lambda stats: stats["chat_in_flight"] >= before + 1)
     assert gateway.pid is not None
     os.kill(gateway.pid, signal.SIGTERM)
     await asyncio.sleep(0.3)
@@ -160,9 +169,19 @@ async def test_sigterm_mid_stream_ends_with_an_error_chunk_and_done(faults: Faul
         pass  # the listener already closed
     await asyncio.gather(*streams)
     written = await raw
+    ended = (await asyncio.gather(whole, return_exceptions=True))[0]
     await sdk.close()
     await exited(gateway)
 
+    # The non-streamed request: a 503 the SDK may retry (on the next process of a deploy).
+    assert isinstance(ended, openai.APIStatusError), ended
+    assert (ended.status_code, ended.code) == (503, "shutting_down")
+    assert "x-should-retry" not in ended.response.headers
+    whole_rows = await faults.query(
+        "SELECT m.status, m.error_code FROM message m JOIN message u "
+        "ON u.conversation = m.conversation AND u.seq = m.seq - 1 WHERE u.content = 'whole'"
+    )
+    assert [tuple(row) for row in whole_rows] == [("failed", "shutdown")]
     if isinstance(late, openai.APIStatusError):
         assert late.status_code == 503
         assert late.code == "shutting_down"
