@@ -27,17 +27,22 @@ from openai import AsyncOpenAI
 
 from tests.faults.conftest import (
     FIRST_TOKEN_TIMEOUT_S,
+    GATEWAY_ENV,
     HANG_MODEL,
     LEASE_TTL_S,
     SLOW_MODEL,
+    TOTAL_TIMEOUT_S,
     Faults,
     wait_until,
 )
 from tests.support.gateway import GatewayProcess
+from tests.support.process import free_port
 from tests.support.simulator import SimulatorProcess
 from tests.support.timing import scaled
 
 CUT_MODEL = "cut-model"
+STALL_MODEL = "stall-model"
+STALL_AFTER_BYTES = 2000  # the headers and a few chunks
 CUT_AFTER = 5
 IN_FLIGHT = 3
 
@@ -53,6 +58,88 @@ def cut_simulator() -> Iterator[SimulatorProcess]:
         yield sim
     finally:
         sim.close()
+
+
+@pytest.fixture(scope="module")
+def stall_simulator() -> Iterator[SimulatorProcess]:
+    """An upstream behind :class:`StallingProxy`: it answers, the proxy stops passing it on."""
+    sim = SimulatorProcess("--model", STALL_MODEL, "--itl-ms", "20", "--tokens", "200").start()
+    try:
+        yield sim
+    finally:
+        sim.close()
+
+
+class StallingProxy:
+    """A TCP proxy in front of an upstream that, once a chat completion is asked through a
+    connection, passes on ``allow`` bytes of the answer and then nothing more, keeping the
+    connection open: vLLM stalled mid-stream, as a wedged engine or a dead network path
+    looks to the gateway."""
+
+    def __init__(self, upstream_port: int, allow: int) -> None:
+        self.upstream_port = upstream_port
+        self.allow = allow
+        self.port = free_port()
+        self.stalled = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def __aenter__(self) -> StallingProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        asked = asyncio.Event()
+        pumps = [
+            asyncio.create_task(self._requests(client_r, upstream_w, asked)),
+            asyncio.create_task(self._answers(upstream_r, client_w, asked)),
+        ]
+        self._tasks.update(pumps)
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            self._tasks.difference_update(pumps)
+            for writer in (client_w, upstream_w):
+                writer.close()
+
+    async def _requests(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, asked: asyncio.Event
+    ) -> None:
+        while data := await reader.read(65536):
+            if b"POST /v1/chat/completions" in data:
+                asked.set()
+            writer.write(data)
+            await writer.drain()
+
+    async def _answers(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, asked: asyncio.Event
+    ) -> None:
+        passed = 0
+        while data := await reader.read(65536):
+            if asked.is_set():
+                data = data[: max(0, self.allow - passed)]
+                passed += len(data)
+                if passed >= self.allow:
+                    self.stalled.set()
+            if data:
+                writer.write(data)
+                await writer.drain()
 
 
 @pytest.fixture
@@ -445,3 +532,45 @@ async def test_kill_9_a_peer_sweeps_the_reply_then_the_history_continues_there(
         ("assistant", "complete"),
     ]
     assert len(await faults.query("SELECT id FROM conversation")) == 1
+
+
+async def test_an_upstream_that_stalls_mid_stream_fails_at_the_token_timeout(
+    faults: Faults, stall_simulator: SimulatorProcess
+) -> None:
+    async with StallingProxy(stall_simulator.port, STALL_AFTER_BYTES) as proxy:
+        gateway = GatewayProcess(
+            faults.url,
+            [*(sim.base_url for sim in faults.sims.values()), proxy.base_url],
+            env={**GATEWAY_ENV, "SWITCHBOARD_OUTCOME_JOURNAL_DIR": str(faults.journal_dir)},
+        )
+        faults.gateways.append(gateway)
+        gateway.start()
+        sdk = sdk_of(faults, gateway)
+        started = time.monotonic()
+        stalled = await read_stream(
+            sdk,
+            Read(),
+            model=STALL_MODEL,
+            messages=[{"role": "user", "content": "Hello"}],
+            stream_options={"include_usage": True},
+        )
+        failed_after_s = time.monotonic() - started
+        await sdk.close()
+        assert proxy.stalled.is_set()
+    assert isinstance(stalled.error, openai.APIError), stalled.error
+    assert not isinstance(stalled.error, openai.APIStatusError)
+    assert stalled.error.code == "llm_timeout"
+    assert stalled.text
+    # The between-tokens timeout ended it, not the total one.
+    token_timeout_s = float(GATEWAY_ENV["SWITCHBOARD_LLM_TOKEN_TIMEOUT_S"])
+    print(
+        f"\nstalled upstream: the SDK raised {failed_after_s:.2f} s in (token timeout "
+        f"{token_timeout_s} s, total {TOTAL_TIMEOUT_S} s)"
+    )
+    assert token_timeout_s <= failed_after_s < token_timeout_s + scaled(3)
+    reply = (await rows_of(faults, stalled.conversation))[1]
+    assert (reply["status"], reply["error_code"]) == ("failed", "llm_timeout")
+    assert reply["content"] == stalled.text
+    assert reply["prompt_tokens"] > 0
+    assert reply["completion_tokens"] >= 1
+    assert await faults.pending() == []
