@@ -33,7 +33,7 @@ from piccolo.engine.postgres import PostgresEngine
 
 from functions.core.db.engine import current_engine
 from functions.core.db.sql import fetch
-from functions.core.threads.chain import chain
+from functions.core.threads.chain import DIGEST_SIZE, chain
 from functions.core.threads.schemas import ForkPoint, Located
 
 if TYPE_CHECKING:
@@ -51,11 +51,15 @@ _CANDIDATES = (
     "WHERE c.owner_key = {} ORDER BY m.seq = c.last_seq DESC, m.created_at DESC LIMIT 1"
 )
 _HIT = "WHERE EXISTS (SELECT 1 FROM message m WHERE m.chain_hash = p.h) ORDER BY p.k DESC LIMIT 1"
-# PostgreSQL: the prefixes as two arrays, so the statement is the same for any length (and
-# prepared once per connection).
+# PostgreSQL: the prefixes' hashes as one bytea (DIGEST_SIZE bytes each) and their lengths
+# as one comma-separated text, so the statement is the same for any length (prepared once
+# per connection) and its parameters are two scalars: asyncpg encodes an array element by
+# element, which cost more than the rest of the lookup's encoding.
 _PG_LOCATE = (
-    "WITH hit AS (SELECT p.k, p.h FROM unnest({}::bytea[], {}::integer[]) AS p(h, k) "  # noqa: S608
-    f"{_HIT}) {_CANDIDATES}"
+    "WITH p AS (SELECT u.k::integer AS k, "  # noqa: S608
+    f"substring({{}}::bytea FROM (u.n::integer - 1) * {DIGEST_SIZE} + 1 FOR {DIGEST_SIZE}) AS h "
+    "FROM unnest(string_to_array({}::text, ',')) WITH ORDINALITY AS u(k, n)), "
+    f"hit AS (SELECT p.k, p.h FROM p {_HIT}) {_CANDIDATES}"
 )
 
 
@@ -114,7 +118,9 @@ async def _lookup(
 ) -> tuple[int, uuid.UUID, uuid.UUID, int, int] | None:
     rows: list[dict[str, Any]]
     if isinstance(current_engine(), PostgresEngine):
-        rows = await fetch(_PG_LOCATE, [h for _, h in prefixes], [k for k, _ in prefixes], owner)
+        hashes = b"".join(h for _, h in prefixes)
+        lengths = ",".join(str(k) for k, _ in prefixes)
+        rows = await fetch(_PG_LOCATE, hashes, lengths, owner)
     else:
         flat: list[Any] = [value for pair in prefixes for value in pair]
         rows = await fetch(_sqlite_locate(len(prefixes)), *flat, owner)

@@ -321,7 +321,7 @@ async def test_the_lookup_is_one_indexed_query(
         # A handful of rows: the planner would read the table whole, so it is told not
         # to, to show the index serves the lookup.
         await fetch("SET LOCAL enable_seqscan = off")
-        plan = await fetch("EXPLAIN " + _PG_LOCATE, hashes, [1, 2], client.owner)
+        plan = await fetch("EXPLAIN " + _PG_LOCATE, b"".join(hashes), "1,2", client.owner)
         text = "\n".join(row["QUERY PLAN"] for row in plan)
         assert "Seq Scan on message" not in text, text
     else:
