@@ -96,7 +96,8 @@ async def create_chat_completion(
     served model. The exchange is stored; ``X-Switchboard-Conversation`` (and the body's
     ``switchboard`` field) say where."""
     chat_request.check_n(data.n)
-    raw: dict[str, Any] = msgspec.json.decode(await request.body())
+    sent = await request.body()
+    raw = chat_request.fields_but_messages(sent)
     chat_request.check_stream_options(raw)
     config = await config_names(request.app.state).config_for(data.model)
     if config is None:
@@ -117,7 +118,7 @@ async def create_chat_completion(
         if idempotency_key is None
         else Idempotency(
             key=idempotency_key,
-            request_hash=request_hash("openai.chat", conversation, raw),
+            request_hash=request_hash("openai.chat", conversation, msgspec.json.decode(sent)),
         ),
     )
     events = chat.stream_raw(await placement.placed(whole, conversation))

@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from functions.core.chat.schemas import message_chars_problem
 from functions.core.chat.targets import Target
 from functions.core.configs.schemas import CONFIG_NAME_PATTERN
@@ -41,6 +43,19 @@ _CONFIG_NAME = re.compile(CONFIG_NAME_PATTERN)
 _VERSIONED = re.compile(r"^(?P<name>[a-z0-9][a-z0-9._-]{0,99})@(?P<version>[1-9][0-9]{0,8})\Z")
 # Asked of vLLM on every stream: usage on every chunk (see the module docstring).
 STREAM_USAGE = {"include_usage": True, "continuous_usage_stats": True}
+
+
+_RAW_FIELDS = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_decode = msgspec.json.decode
+
+
+def fields_but_messages(body: bytes) -> dict[str, Any]:
+    """The body's fields as sent, but ``messages`` (read from the decoded request): the
+    history, most of the body and growing every turn, is not built into Python objects a
+    second time."""
+    return {
+        key: _decode(value) for key, value in _RAW_FIELDS.decode(body).items() if key != "messages"
+    }
 
 
 def target_of(model: str) -> tuple[str, int | None] | None:
