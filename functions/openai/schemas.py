@@ -33,14 +33,16 @@ class ChatMessageIn(msgspec.Struct, kw_only=True):
     def __post_init__(self) -> None:
         # A message is stored: what the databases would not store alike (a NUL, an
         # integer beyond 64 bits, JSON nested too deep) is a 400 naming it, as on the
-        # chat API, not a database error.
-        for name in _STORED:
-            value = getattr(self, name)
-            if value is not None:
-                check_value(value, name)
-
-
-_STORED = ("content", "name", "tool_calls", "tool_call_id")
+        # chat API, not a database error. Written out field by field, not looped over
+        # names: it runs for every message of every resent history.
+        if self.content is not None:
+            check_value(self.content, "content")
+        if self.name is not None:
+            check_value(self.name, "name")
+        if self.tool_calls is not None:
+            check_value(self.tool_calls, "tool_calls")
+        if self.tool_call_id is not None:
+            check_value(self.tool_call_id, "tool_call_id")
 
 
 class StreamOptions(msgspec.Struct, kw_only=True):
