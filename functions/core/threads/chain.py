@@ -42,6 +42,7 @@ _PERSON = b"switchboard-th1"
 _encode = msgspec.msgpack.Encoder().encode
 _json_decode = msgspec.json.decode
 _json_encode = msgspec.json.encode
+_blake2b = hashlib.blake2b
 
 
 def root(owner: uuid.UUID) -> bytes:
@@ -77,13 +78,14 @@ def canonical(turn: Turn) -> bytes:
     media = None
     if turn.parts:
         media = [part for part in turn.parts if part.get("type") != "text"] or None
+    calls = turn.tool_calls
     return _encode(
         (
             turn.role,
             turn.content or "",
             media,
             turn.name,
-            _calls(turn.tool_calls),
+            _calls(calls) if calls else None,
             turn.tool_call_id,
         )
     )
@@ -99,7 +101,8 @@ def chain(owner: uuid.UUID, turns: Sequence[Turn]) -> list[bytes]:
     hashes: list[bytes] = []
     previous = root(owner)
     for turn in turns:
-        previous = link(previous, turn)
+        # ``link``, inlined: a resent history is hashed whole on every request.
+        previous = _blake2b(previous + canonical(turn), digest_size=DIGEST_SIZE).digest()
         hashes.append(previous)
     return hashes
 
