@@ -69,14 +69,6 @@ def relayed(event: UpstreamEvent, wanted: UsageWanted) -> bytes | None:
     return frame(event.raw)
 
 
-async def _chained(
-    first: ChatEvent | UpstreamEvent, events: AsyncIterator[ChatEvent | UpstreamEvent]
-) -> AsyncIterator[ChatEvent | UpstreamEvent]:
-    yield first
-    async for event in events:
-        yield event
-
-
 async def relay(
     events: AsyncIterator[ChatEvent | UpstreamEvent],
     wanted: UsageWanted,
@@ -85,8 +77,12 @@ async def relay(
     """The SSE body of a stream whose ``message`` event was already read, and then
     ``first`` (read to learn whether vLLM took the request)."""
     relayed_any = False
+    # The events are read here, not through a wrapper that puts ``first`` back in front:
+    # an async generator more would cost a resumption on every chunk.
+    next_event = events.__anext__
+    event = first
     try:
-        async for event in _chained(first, events):
+        while True:
             if isinstance(event, UpstreamEvent):
                 relayed_any = True
                 if (data := relayed(event, wanted)) is not None:
@@ -100,6 +96,10 @@ async def relay(
             elif isinstance(event, ReplyFailed):
                 yield frame(_encode(error_chunk(event.error)))
                 yield DONE
+                return
+            try:
+                event = await next_event()
+            except StopAsyncIteration:
                 return
     finally:
         # Closing the send path here (not at garbage collection) aborts vLLM at once.
