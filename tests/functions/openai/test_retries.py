@@ -131,6 +131,24 @@ async def test_an_upstream_failure_is_left_to_the_sdk_to_retry(
     ] * (1 + SDK_RETRIES)
 
 
+async def test_a_failure_under_an_idempotency_key_is_retried_once_then_final(
+    door: Door, counted: Counted
+) -> None:
+    """The SDK's retry of a 502 sent with an ``Idempotency-Key`` replays the stored failure:
+    a 409 ``idempotent_request_failed`` that says not to retry, so two attempts, one store."""
+    key = {"Idempotency-Key": "retries-failed"}
+    with pytest.raises(openai.ConflictError) as caught:
+        await counted.sdk.chat.completions.create(
+            model="fail-model", messages=HELLO, extra_headers=key
+        )
+    assert caught.value.code == "idempotent_request_failed"
+    assert should_retry(caught.value) == "false"
+    assert counted.take() == 2
+    conversations = await door.conversations()
+    assert len(conversations) == 1
+    assert len(await door.messages(conversations[0]["id"])) == 2
+
+
 @pytest.mark.parametrize(
     ("status", "code", "fixable"),
     [
