@@ -23,12 +23,15 @@ class SwitchboardError(Exception):
         *,
         details: dict[str, Any] | None = None,
         retry_after_s: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.details: dict[str, Any] = details or {}
         # When retrying makes sense, how soon (sent as Retry-After).
         self.retry_after_s = retry_after_s
+        # Response headers a door adds to the error's own (where its exchange was stored).
+        self.headers = headers
 
 
 class InvalidInputError(SwitchboardError):

@@ -132,7 +132,7 @@ async def create_chat_completion(
             # (as vLLM's own server answers), not an error chunk after a 200.
             first = await anext(events)
             if isinstance(first, ReplyFailed):
-                raise raised(first.error)
+                raise raised(first.error, headers)
             options = data.stream_options
             wanted = UsageWanted(
                 include=bool(options and options.include_usage),
@@ -152,7 +152,7 @@ async def create_chat_completion(
                 body = completion_body(event.message, started, facts)
                 return Response(body, status_code=200, headers=headers)
             elif isinstance(event, ReplyFailed):
-                raise raised(event.error)
+                raise raised(event.error, headers)
         raise RuntimeError("the send path ended without a reply")
     except BaseException:
         await events.aclose()  # type: ignore[attr-defined]

@@ -38,12 +38,16 @@ def status_of(code: str) -> int:
     return _status_by_code().get(code, 502)
 
 
-def raised(error: dict[str, Any]) -> SwitchboardError:
-    """The exception for an ``error`` event's ``error``, to raise before any byte is sent."""
+def raised(error: dict[str, Any], placed: dict[str, str] | None = None) -> SwitchboardError:
+    """The exception for an ``error`` event's ``error``, to raise before any byte is sent;
+    ``placed``: the headers that say where the failed exchange was stored (OpenAI's error
+    body has no room for it), sent with the error as with an answer."""
     code = str(error.get("code", "llm_error"))
     details = error.get("details")
     return _error_class(code, status_of(code))(
-        str(error.get("message", "")), details=details if isinstance(details, dict) else None
+        str(error.get("message", "")),
+        details=details if isinstance(details, dict) else None,
+        headers=placed,
     )
 
 

@@ -201,7 +201,7 @@ async def create_completion(
             # Up to vLLM's first chunk, so a request vLLM refuses is an HTTP error.
             first = await anext(events)
             if isinstance(first, ReplyFailed):
-                raise raised(first.error)
+                raise raised(first.error, headers)
             options = data.stream_options
             wanted = UsageWanted(
                 include=bool(options and options.include_usage),
@@ -225,7 +225,7 @@ async def create_completion(
                 body = text_completion_body(event.message, started, facts)
                 return Response(body, status_code=200, headers=headers)
             elif isinstance(event, ReplyFailed):
-                raise raised(event.error)
+                raise raised(event.error, headers)
         raise RuntimeError("the send path ended without a reply")
     except BaseException:
         await events.aclose()  # type: ignore[attr-defined]

@@ -169,6 +169,8 @@ def switchboard_problem(exc: SwitchboardError) -> Problem:
         headers = {"Retry-After": "1"}
     if exc.status_code == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="switchboard"'}
+    if exc.headers:
+        headers = {**(headers or {}), **exc.headers}
     return Problem(exc.status_code, exc.code, exc.message, exc.details, headers)
 
 
