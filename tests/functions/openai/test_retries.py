@@ -1,7 +1,11 @@
 """The official SDK's own retries against the door: it retries 408, 409, 429 and every 5xx
 unless the response carries ``x-should-retry: false``. An error a retry cannot fix says so
 and is sent once; one a retry can fix is left to the SDK's rule. The SDK's attempts are
-counted on its own HTTP client (its request hook), with its default ``max_retries``."""
+counted on its own HTTP client (its request hook), with its default ``max_retries``.
+
+The failing upstream is ``cut-model`` (it fails every answer after a few tokens: a 502
+once the exchange is stored), not ``fail-model``, whose 500s get it ejected when tests
+share the gateway (then the answer is a 503 before anything is stored)."""
 
 from __future__ import annotations
 
@@ -116,8 +120,8 @@ async def test_an_upstream_failure_is_left_to_the_sdk_to_retry(
     ]
     counted.take()
     with pytest.raises(openai.InternalServerError) as caught:
-        await counted.sdk.chat.completions.create(model="fail-model", messages=history)
-    assert caught.value.status_code == 502
+        await counted.sdk.chat.completions.create(model="cut-model", messages=history)
+    assert (caught.value.status_code, caught.value.code) == (502, "llm_error")
     assert should_retry(caught.value) is None
     assert counted.take() == 1 + SDK_RETRIES
     # Every attempt is stored, threaded into the one conversation after the failures
@@ -139,7 +143,7 @@ async def test_a_failure_under_an_idempotency_key_is_retried_once_then_final(
     key = {"Idempotency-Key": "retries-failed"}
     with pytest.raises(openai.ConflictError) as caught:
         await counted.sdk.chat.completions.create(
-            model="fail-model", messages=HELLO, extra_headers=key
+            model="cut-model", messages=HELLO, extra_headers=key
         )
     assert caught.value.code == "idempotent_request_failed"
     assert should_retry(caught.value) == "false"
