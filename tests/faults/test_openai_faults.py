@@ -577,3 +577,32 @@ async def test_an_upstream_that_stalls_mid_stream_fails_at_the_token_timeout(
     assert reply["prompt_tokens"] > 0
     assert reply["completion_tokens"] >= 1
     assert await faults.pending() == []
+
+
+async def test_a_legacy_completion_cut_upstream_is_raised_and_stored_with_its_usage(
+    door_faults: Faults,
+) -> None:
+    faults = door_faults
+    gateway = faults.gateway()
+    await faults.configure(gateway)
+    sdk = sdk_of(faults, gateway)
+    stream = await sdk.completions.create(model=CUT_MODEL, prompt="Once upon", stream=True)
+    conversation = stream.response.headers["x-switchboard-conversation"]
+    texts: list[str] = []
+
+    async def read() -> None:
+        async for chunk in stream:
+            texts.extend(choice.text for choice in chunk.choices)
+
+    with pytest.raises(openai.APIError) as caught:
+        await read()
+    await sdk.close()
+    text = "".join(texts)
+    assert not isinstance(caught.value, openai.APIStatusError)
+    assert text
+    reply = (await rows_of(faults, conversation))[1]
+    assert reply["status"] == "failed"
+    assert reply["content"] == text
+    assert reply["prompt_tokens"] > 0
+    assert reply["completion_tokens"] == CUT_AFTER
+    assert await faults.pending() == []
