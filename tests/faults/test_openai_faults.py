@@ -2,9 +2,10 @@
 
 A deploy (SIGTERM) ends a door stream with the truth: an error chunk the SDK raises and
 ``[DONE]``, or the whole answer when it finishes within the grace. ``kill -9`` leaves a
-reply that the next process retires as ``interrupted``, and the same history sent again
-continues that conversation. An upstream that cuts its stream or never answers is an error
-the SDK raises, and the reply is stored failed with what arrived. A client that closes the
+reply that the next process (or a live peer's sweep) retires as ``interrupted``, and the
+same history sent again continues that conversation. An upstream that cuts its stream,
+stalls mid-stream (a proxy that stops passing it on) or never answers is an error the SDK
+raises, and the reply is stored failed with what arrived and its usage so far. A client that closes the
 SDK's stream aborts vLLM, and the reply is stored cancelled with its usage up to the cut.
 """
 
