@@ -42,7 +42,9 @@ _PERSON = b"switchboard-th1"
 _encode = msgspec.msgpack.Encoder().encode
 _json_decode = msgspec.json.decode
 _json_encode = msgspec.json.encode
-_blake2b = hashlib.blake2b
+# Copied for each link, never updated itself: a copy costs a third less than a new hasher
+# (whose keyword arguments are parsed every time).
+_LINK_HASHER = hashlib.blake2b(digest_size=DIGEST_SIZE)
 
 
 def root(owner: uuid.UUID) -> bytes:
@@ -93,7 +95,9 @@ def canonical(turn: Turn) -> bytes:
 
 def link(previous: bytes, turn: Turn) -> bytes:
     """``h_i`` from ``h_{i-1}`` and turn ``i``."""
-    return hashlib.blake2b(previous + canonical(turn), digest_size=DIGEST_SIZE).digest()
+    hasher = _LINK_HASHER.copy()
+    hasher.update(previous + canonical(turn))
+    return hasher.digest()
 
 
 def chain(owner: uuid.UUID, turns: Sequence[Turn]) -> list[bytes]:
@@ -102,7 +106,9 @@ def chain(owner: uuid.UUID, turns: Sequence[Turn]) -> list[bytes]:
     previous = root(owner)
     for turn in turns:
         # ``link``, inlined: a resent history is hashed whole on every request.
-        previous = _blake2b(previous + canonical(turn), digest_size=DIGEST_SIZE).digest()
+        hasher = _LINK_HASHER.copy()
+        hasher.update(previous + canonical(turn))
+        previous = hasher.digest()
         hashes.append(previous)
     return hashes
 
