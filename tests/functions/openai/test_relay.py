@@ -44,3 +44,11 @@ def test_what_each_client_gets() -> None:
         assert data is not None
         assert b'"usage":{' not in data
     assert relayed(plain, nothing) == b'data: {"choices":[]}\n\n'
+
+
+def test_a_nested_usage_key_after_the_chunks_own_is_not_cut_at() -> None:
+    # The last ``,"usage":`` is a nested key, not the chunk's own: decoded and written again.
+    chunk = b'{"usage":{"prompt_tokens":1},"x":{"y":1,"usage":{"z":2}},"choices":[]}'
+    assert json.loads(without_usage(chunk)) == {"x": {"y": 1, "usage": {"z": 2}}, "choices": []}
+    scalar = b'{"usage":{"prompt_tokens":1},"x":{"y":1,"usage":2}}'
+    assert json.loads(without_usage(scalar)) == {"x": {"y": 1, "usage": 2}}
