@@ -19,15 +19,13 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import HeaderParameter, JSONBody, PathParameter
-from litestar.response import Stream
 
-from functions.chat.app import SSE_HEADERS, provide_chat
+from functions.chat.app import provide_chat
 from functions.core.chat.idempotency import Idempotency, request_hash
-from functions.core.chat.schemas import MessageStarted, ReplyDone, ReplyFailed, SendRequest
+from functions.core.chat.schemas import SendRequest
 from functions.core.chat.service import ChatService
 from functions.core.keys.schemas import Principal
 from functions.core.llm.client import LLMClient
-from functions.core.llm.schemas import UpstreamEvent
 from functions.core.schemas import END
 from functions.core.settings import Settings
 from functions.core.web.app import build_app
@@ -37,11 +35,10 @@ from functions.core.web.errors import request_id_of
 from functions.core.web.policy import OPENAI
 from functions.core.web.state import runtime_of, settings_of
 from functions.openai import chat_request, models, placement
-from functions.openai.completion import ChunkFacts, completion_body, placement_headers
+from functions.openai.answer import answered
+from functions.openai.completion import ChunkFacts, completion_body
 from functions.openai.config_names import config_names
 from functions.openai.embeddings import create_embeddings
-from functions.openai.failures import raised
-from functions.openai.relay import UsageWanted, relay
 from functions.openai.schemas import ChatCompletionCreate, ModelList, ModelOut
 from functions.openai.text_completions import create_completion
 
@@ -121,42 +118,13 @@ async def create_chat_completion(
             request_hash=request_hash("openai.chat", conversation, msgspec.json.decode(sent)),
         ),
     )
-    events = chat.stream_raw(await placement.placed(whole, conversation))
-    try:
-        started = await anext(events)
-        if not isinstance(started, MessageStarted):
-            raise RuntimeError(f"the send path began with {type(started).__name__}")
-        headers = placement_headers(started)
-        if data.stream:
-            # Up to vLLM's first chunk here, so a request vLLM refuses is an HTTP error
-            # (as vLLM's own server answers), not an error chunk after a 200.
-            first = await anext(events)
-            if isinstance(first, ReplyFailed):
-                raise raised(first.error, headers)
-            options = data.stream_options
-            wanted = UsageWanted(
-                include=bool(options and options.include_usage),
-                continuous=bool(options and options.continuous_usage_stats),
-            )
-            return Stream(
-                relay(events, wanted, first),
-                media_type="text/event-stream",
-                headers={**SSE_HEADERS, **headers},
-                status_code=200,
-            )
-        facts = ChunkFacts(wants_logprobs=bool(raw.get("logprobs")))
-        async for event in events:
-            if isinstance(event, UpstreamEvent):
-                facts.add(event)
-            elif isinstance(event, ReplyDone):
-                body = completion_body(event.message, started, facts)
-                return Response(body, status_code=200, headers=headers)
-            elif isinstance(event, ReplyFailed):
-                raise raised(event.error, headers)
-        raise RuntimeError("the send path ended without a reply")
-    except BaseException:
-        await events.aclose()  # type: ignore[attr-defined]
-        raise
+    return await answered(
+        chat.stream_raw(await placement.placed(whole, conversation)),
+        stream=bool(data.stream),
+        options=data.stream_options,
+        facts=ChunkFacts(wants_logprobs=bool(raw.get("logprobs"))),
+        body=completion_body,
+    )
 
 
 @get("/models", summary="Models: configurations and served models", responses=errors(policy=OPENAI))

@@ -23,16 +23,13 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.di import NamedDependency
 from litestar.params import HeaderParameter, JSONBody
-from litestar.response import Stream
 
-from functions.chat.app import SSE_HEADERS
 from functions.core.chat.idempotency import Idempotency, request_hash
-from functions.core.chat.schemas import MessageStarted, ReplyDone, ReplyFailed, SendRequest
+from functions.core.chat.schemas import SendRequest
 from functions.core.chat.service import ChatService
 from functions.core.errors import InvalidInputError, PayloadTooLargeError
 from functions.core.keys.schemas import Principal
 from functions.core.llm.errors import ModelKindError
-from functions.core.llm.schemas import UpstreamEvent
 from functions.core.messages.schemas import Turn
 from functions.core.schemas import END, check_value
 from functions.core.web.docs import errors
@@ -40,11 +37,10 @@ from functions.core.web.errors import request_id_of
 from functions.core.web.policy import OPENAI
 from functions.core.web.state import runtime_of, settings_of
 from functions.openai import chat_request
-from functions.openai.completion import placement_headers
+from functions.openai.answer import answered
 from functions.openai.completion_schemas import CompletionCreate
 from functions.openai.config_names import config_names
-from functions.openai.failures import raised
-from functions.openai.relay import DONE, UsageWanted, frame, relay
+from functions.openai.relay import DONE, UsageWanted, frame
 from functions.openai.text_completion_body import (
     CompletionFacts,
     replayed_completion_chunks,
@@ -191,42 +187,13 @@ async def create_completion(
         if idempotency_key is None
         else Idempotency(key=idempotency_key, request_hash=request_hash("openai.completions", raw)),
     )
-    events = chat.stream_raw(send)
-    try:
-        started = await anext(events)
-        if not isinstance(started, MessageStarted):
-            raise RuntimeError(f"the send path began with {type(started).__name__}")
-        headers = placement_headers(started)
-        if data.stream:
-            # Up to vLLM's first chunk, so a request vLLM refuses is an HTTP error.
-            first = await anext(events)
-            if isinstance(first, ReplyFailed):
-                raise raised(first.error, headers)
-            options = data.stream_options
-            wanted = UsageWanted(
-                include=bool(options and options.include_usage),
-                continuous=bool(options and options.continuous_usage_stats),
-            )
-            return Stream(
-                replayed(first.message, wanted)
-                if isinstance(first, ReplyDone)  # replayed by its Idempotency-Key
-                else relay(events, wanted, first),
-                media_type="text/event-stream",
-                headers={**SSE_HEADERS, **headers},
-                status_code=200,
-            )
-        facts = CompletionFacts(
+    return await answered(
+        chat.stream_raw(send),
+        stream=bool(data.stream),
+        options=data.stream_options,
+        facts=CompletionFacts(
             wants_every_chunk=raw.get("logprobs") is not None or bool(raw.get("return_token_ids"))
-        )
-        async for event in events:
-            if isinstance(event, UpstreamEvent):
-                facts.add(event)
-            elif isinstance(event, ReplyDone):
-                body = text_completion_body(event.message, started, facts)
-                return Response(body, status_code=200, headers=headers)
-            elif isinstance(event, ReplyFailed):
-                raise raised(event.error, headers)
-        raise RuntimeError("the send path ended without a reply")
-    except BaseException:
-        await events.aclose()  # type: ignore[attr-defined]
-        raise
+        ),
+        body=text_completion_body,
+        replayed=replayed,
+    )
