@@ -169,7 +169,11 @@ def test_a_hundred_slow_connections_cost_a_bounded_amount_of_memory(
         peak = max(peak, rss_mib(app.pid))
         time.sleep(0.05)
     assert len(answers) == 100
-    assert all(answer.startswith(b"HTTP/1.1 431 ") for answer in answers), answers[:3]
+    # Refused for its size (431), or, on a loaded machine where this process's hundred
+    # threads send more slowly than they mean to, for its time (408): a limit either way.
+    assert all(answer.startswith((b"HTTP/1.1 431 ", b"HTTP/1.1 408 ")) for answer in answers), (
+        answers[:3]
+    )
     assert peak - before < 40, (before, peak)
     # Still serving, and its memory went back down.
     assert httpx.get(f"{app.root_url}/healthz").status_code == 200
