@@ -3,8 +3,7 @@
 A reply's row is written with its outcome (``messages.finish_exchange``); a call with no
 conversation has no outcome to ride on, so its row is written here, once, when it ends.
 The ledger's ``conversation`` column is required: such a row holds :data:`NO_CONVERSATION`
-(the nil UUID), which no conversation ever has, so in the usage report these calls add at
-most one to a group's distinct conversations.
+(the nil UUID), which no conversation ever has and the usage report does not count as one.
 """
 
 from __future__ import annotations

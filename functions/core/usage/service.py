@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from functions.core.db.port import Percentile, current_port
 from functions.core.db.sql import fetch
 from functions.core.errors import InvalidInputError
+from functions.core.usage.ledger import NO_CONVERSATION
 from functions.core.usage.schemas import Bucket, ErrorCount, UsageReport, UsageRow
 
 if TYPE_CHECKING:
@@ -50,7 +51,9 @@ _COUNTS = (
     "sum(CASE WHEN m.status = 'failed' THEN 1 ELSE 0 END) AS failed, "
     "sum(CASE WHEN m.status = 'cancelled' THEN 1 ELSE 0 END) AS cancelled, "
     "sum(CASE WHEN m.status = 'pending' THEN 1 ELSE 0 END) AS pending, "
-    "count(DISTINCT m.conversation) AS conversations, "
+    # A call that stores no conversation (an embedding) holds the nil id: not one.
+    f"count(DISTINCT CASE WHEN m.conversation <> '{NO_CONVERSATION}' THEN m.conversation END) "
+    "AS conversations, "
     "coalesce(sum(m.prompt_tokens), 0) AS prompt_tokens, "
     "coalesce(sum(m.completion_tokens), 0) AS completion_tokens, "
     "avg(CASE WHEN m.status = 'complete' THEN m.latency_ms END) AS latency_mean_ms"

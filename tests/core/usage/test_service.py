@@ -20,6 +20,7 @@ from functions.core.db.piccolo_migrations.core_2026_12_07t19_01_00_usage_ledger_
 )
 from functions.core.db.sql import fetch
 from functions.core.errors import InvalidInputError
+from functions.core.usage.ledger import UnstoredCall, record_unstored
 from functions.core.usage.service import usage_report
 from tests.core.exports.conftest import (
     T0,
@@ -194,3 +195,27 @@ async def test_a_window_needs_time_zones_and_an_order(db: Engine[Any]) -> None:
         await usage_report(since=T0, until=T0)
     empty = await usage_report(since=datetime.now(UTC) - H)
     assert (empty.rows, empty.totals, empty.errors) == ([], [], [])
+
+
+async def test_a_call_with_no_conversation_counts_as_usage_not_as_a_conversation(
+    db: Engine[Any],
+) -> None:
+    """An embedding's ledger row (no conversation: the nil id) is a call and its tokens,
+    never one more conversation."""
+    owner = await add_key("embedder")
+    for minute in range(3):
+        await record_unstored(
+            UnstoredCall(
+                owner=owner,
+                model="embed-model",
+                status="complete",
+                asked_at=T0 + timedelta(minutes=minute),
+                finished_at=T0 + timedelta(minutes=minute, seconds=1),
+                prompt_tokens=7,
+                completion_tokens=0,
+            )
+        )
+    report = await usage_report(since=T0, until=T0 + H, owner=owner)
+    [total] = report.totals
+    assert (total.model, total.replies, total.prompt_tokens) == ("embed-model", 3, 21)
+    assert total.conversations == 0
