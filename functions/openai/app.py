@@ -26,7 +26,6 @@ from functions.core.chat.schemas import SendRequest
 from functions.core.chat.service import ChatService
 from functions.core.keys.schemas import Principal
 from functions.core.llm.client import LLMClient
-from functions.core.schemas import END
 from functions.core.settings import Settings
 from functions.core.web.app import build_app
 from functions.core.web.auth import provide_principal
@@ -39,21 +38,10 @@ from functions.openai.answer import answered
 from functions.openai.completion import ChunkFacts, completion_body
 from functions.openai.config_names import config_names
 from functions.openai.embeddings import create_embeddings
+from functions.openai.headers import TITLE_CHARS, IdempotencyKey
 from functions.openai.schemas import ChatCompletionCreate, ModelList, ModelOut
 from functions.openai.text_completions import create_completion
 
-TITLE_CHARS = 80
-IdempotencyKey = Annotated[
-    str | None,
-    HeaderParameter(
-        name="Idempotency-Key",
-        min_length=1,
-        max_length=255,
-        pattern=r"^[\x21-\x7e]+" + END,
-        description="Retry safely, as on the chat API: the same key and body again return "
-        "the first request's reply instead of storing it twice.",
-    ),
-]
 ConversationHeader = Annotated[
     str | None,
     HeaderParameter(

@@ -41,41 +41,60 @@ def placement_headers(started: MessageStarted) -> dict[str, str]:
     }
 
 
-class ChunkFacts:
-    """What a non-streamed answer needs from vLLM's chunks: the first chunk's id, time and
-    model, the reasoning text, and (only when asked for) the logprobs."""
+class ChunkSummary:
+    """What every non-streamed answer takes from vLLM's chunks: the first chunk's id, time
+    and model, and the finishing chunk's ``stop_reason``. A chunk is decoded again only
+    where the summary lacks something: the first, the finishing one, and (``every``, when
+    the client asked for something each chunk carries) every one."""
 
-    __slots__ = ("created", "id", "logprobs", "model", "reasoning", "stop_reason", "wants_logprobs")
+    __slots__ = ("created", "id", "model", "stop_reason")
 
-    def __init__(self, *, wants_logprobs: bool) -> None:
-        self.wants_logprobs = wants_logprobs
+    def __init__(self) -> None:
         self.id: str | None = None
         self.created: int | None = None
         self.model: str | None = None
-        self.reasoning: list[str] = []
-        self.logprobs: list[Any] = []
         self.stop_reason: Any = None
 
-    def add(self, event: UpstreamEvent) -> None:
-        if event.reasoning:
-            self.reasoning.append(event.reasoning)
+    def _read(self, event: UpstreamEvent, *, every: bool) -> dict[str, Any] | None:
+        """``event``'s chunk decoded, the summary's part taken from it; None when it need
+        not be read."""
         first = self.id is None
-        # Decoded again only where the summary lacks something: the first chunk, the
-        # finishing one (its stop_reason) and, when asked for, every one's logprobs.
-        if not (first or self.wants_logprobs or event.finish_reason is not None):
-            return
+        if not (first or every or event.finish_reason is not None):
+            return None
         chunk = _decode(event.raw)
         if not isinstance(chunk, dict):
-            return
+            return None
         if first:
             self.id = chunk.get("id")
             self.created = chunk.get("created")
             self.model = chunk.get("model")
-        for choice in chunk.get("choices") or ():
-            if event.finish_reason is not None:
+        if event.finish_reason is not None:
+            for choice in chunk.get("choices") or ():
                 self.stop_reason = choice.get("stop_reason")
+        return chunk
+
+
+class ChunkFacts(ChunkSummary):
+    """A chat completion's: the summary, the reasoning text, and (only when asked for)
+    the logprobs."""
+
+    __slots__ = ("logprobs", "reasoning", "wants_logprobs")
+
+    def __init__(self, *, wants_logprobs: bool) -> None:
+        super().__init__()
+        self.wants_logprobs = wants_logprobs
+        self.reasoning: list[str] = []
+        self.logprobs: list[Any] = []
+
+    def add(self, event: UpstreamEvent) -> None:
+        if event.reasoning:
+            self.reasoning.append(event.reasoning)
+        chunk = self._read(event, every=self.wants_logprobs)
+        if chunk is None or not self.wants_logprobs:
+            return
+        for choice in chunk.get("choices") or ():
             logprobs = choice.get("logprobs")
-            if self.wants_logprobs and isinstance(logprobs, dict):
+            if isinstance(logprobs, dict):
                 self.logprobs += logprobs.get("content") or ()
 
 

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
-from functions.openai.completion import placement
+from functions.openai.completion import ChunkSummary, placement
 
 if TYPE_CHECKING:
     from functions.core.chat.schemas import MessageStarted
     from functions.core.llm.schemas import UpstreamEvent
     from functions.core.messages.schemas import MessageOut
 
-_decode = msgspec.json.decode
 # vLLM's completion logprobs: four parallel lists, one entry per token, each chunk holding
 # its tokens'. A stream's ``text_offset`` counts from the start of the generated text only
 # (the echoed prompt's chunk from its own start), a whole answer's from the start of its
@@ -29,28 +26,21 @@ _decode = msgspec.json.decode
 LOGPROB_LISTS = ("text_offset", "token_logprobs", "tokens", "top_logprobs")
 
 
-class CompletionFacts:
+class CompletionFacts(ChunkSummary):
     """What a non-streamed completion needs from vLLM's chunks (see the module docstring)."""
 
     __slots__ = (
-        "created",
-        "id",
         "logprobs",
-        "model",
         "prompt_logprobs",
         "prompt_token_ids",
-        "stop_reason",
         "token_ids",
         "wants_every_chunk",
     )
 
     def __init__(self, *, wants_every_chunk: bool) -> None:
+        super().__init__()
         # Logprobs or token ids asked for: every chunk is read, not only the first and last.
         self.wants_every_chunk = wants_every_chunk
-        self.id: str | None = None
-        self.created: int | None = None
-        self.model: str | None = None
-        self.stop_reason: Any = None
         self.logprobs: dict[str, list[Any]] | None = None
         self.token_ids: list[int] | None = None
         self.prompt_token_ids: Any = None
@@ -60,21 +50,13 @@ class CompletionFacts:
         if event.usage_only:
             return
         first = self.id is None
-        if not (first or self.wants_every_chunk or event.finish_reason is not None):
+        chunk = self._read(event, every=self.wants_every_chunk)
+        if chunk is None:
             return
-        chunk = _decode(event.raw)
-        if not isinstance(chunk, dict):
-            return
-        if first:
-            self.id = chunk.get("id")
-            self.created = chunk.get("created")
-            self.model = chunk.get("model")
         for choice in chunk.get("choices") or ():
             if first:
                 self.prompt_token_ids = choice.get("prompt_token_ids")
                 self.prompt_logprobs = choice.get("prompt_logprobs")
-            if event.finish_reason is not None:
-                self.stop_reason = choice.get("stop_reason")
             if isinstance(logprobs := choice.get("logprobs"), dict):
                 self._add_logprobs(logprobs)
             if isinstance(token_ids := choice.get("token_ids"), list):

@@ -17,12 +17,12 @@ completion chunks).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from litestar import Request, Response, post
 from litestar.di import NamedDependency
-from litestar.params import HeaderParameter, JSONBody
+from litestar.params import JSONBody
 
 from functions.core.chat.idempotency import Idempotency, request_hash
 from functions.core.chat.schemas import SendRequest
@@ -31,7 +31,7 @@ from functions.core.errors import InvalidInputError, PayloadTooLargeError
 from functions.core.keys.schemas import Principal
 from functions.core.llm.errors import ModelKindError
 from functions.core.messages.schemas import Turn
-from functions.core.schemas import END, check_value
+from functions.core.schemas import check_value
 from functions.core.web.docs import errors
 from functions.core.web.errors import request_id_of
 from functions.core.web.policy import OPENAI
@@ -40,6 +40,7 @@ from functions.openai import chat_request
 from functions.openai.answer import answered
 from functions.openai.completion_schemas import CompletionCreate
 from functions.openai.config_names import config_names
+from functions.openai.headers import TITLE_CHARS, IdempotencyKey
 from functions.openai.relay import DONE, UsageWanted, frame
 from functions.openai.text_completion_body import (
     CompletionFacts,
@@ -52,18 +53,6 @@ if TYPE_CHECKING:
 
     from functions.core.messages.schemas import MessageOut
 
-TITLE_CHARS = 80
-IdempotencyKey = Annotated[
-    str | None,
-    HeaderParameter(
-        name="Idempotency-Key",
-        min_length=1,
-        max_length=255,
-        pattern=r"^[\x21-\x7e]+" + END,
-        description="Retry safely, as on the chat API: the same key and body again return "
-        "the first request's reply instead of storing it twice.",
-    ),
-]
 SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "stop", "seed")
 # vLLM's own words for an empty prompt.
 EMPTY_PROMPT = "Either prompt or prompt_embeds must be provided and non-empty."
