@@ -29,8 +29,8 @@ from functions.core.runtime import open_runtime
 from functions.core.settings import Settings
 from tests.core.health.support import probed
 from tests.flows.conftest import run_flow, wait_for
-from tests.ops.conftest import PushgatewayProcess, pushed, value
 from tests.support.gateway import GatewayProcess
+from tests.support.pushgateway import PushgatewayProcess, pushed, value
 from tests.support.simulator import SimulatorProcess
 
 LEASE_TTL_S = 1.0

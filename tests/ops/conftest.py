@@ -29,7 +29,6 @@ import httpx
 import openai
 import pytest
 from openai import AsyncOpenAI
-from prometheus_client.parser import text_string_to_metric_families
 
 from functions.core.flow_metrics import report_flow_run
 from functions.core.health import service as health
@@ -40,13 +39,13 @@ from tests.ops.tools import (
     MONITORING,
     TEST_SECRETS,
     compose_config,
-    debian_tool,
     env_file,
     run,
     venv_tool,
 )
 from tests.support.databases import create_postgres_database, drop_postgres_database
 from tests.support.process import HOST, ServiceProcess
+from tests.support.pushgateway import FlowSamples, PushgatewayProcess, pushed
 
 # A phrase that must never reach a log line unless message text logging is on.
 PROMPT_MARKER = "the-marmalade-protocol-7f3a"
@@ -344,42 +343,10 @@ def sim_metrics(traffic: Stack) -> str:
     return httpx.get(f"{traffic.sim.root_url}/metrics", timeout=10).text
 
 
-FlowSamples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-class PushgatewayProcess(ServiceProcess):
-    health_path = "/-/ready"
-
-    def __init__(self) -> None:
-        super().__init__("pushgateway", ())
-        self.binary = debian_tool("prometheus-pushgateway", "prometheus-pushgateway")
-
-    def command(self) -> list[str]:
-        return [self.binary, f"--web.listen-address={HOST}:{self.port}"]
-
-
 @pytest.fixture(scope="session")
 def pushgateway() -> Iterator[PushgatewayProcess]:
     with PushgatewayProcess() as process:
         yield process
-
-
-def pushed(pushgateway: PushgatewayProcess) -> FlowSamples:
-    """Every ``switchboard_flow_*`` sample the Pushgateway serves, by name and labels."""
-    text = httpx.get(f"{pushgateway.root_url}/metrics", timeout=5).text
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name.startswith("switchboard_flow_")
-    }
-
-
-def value(samples: FlowSamples, name: str, **labels: str) -> float:
-    for (sample, found), number in samples.items():
-        if sample == name and all(dict(found).get(k) == v for k, v in labels.items()):
-            return number
-    raise KeyError((name, labels))
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import time
 
 from functions.core.flow_metrics import FlowRun, push_flow_run, report_flow_run
 from functions.core.settings import Settings
-from tests.ops.conftest import FlowSamples, value
+from tests.support.pushgateway import FlowSamples, value
 
 
 def test_a_run_pushes_when_it_last_succeeded_how_long_and_how_much(
