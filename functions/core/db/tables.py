@@ -40,6 +40,12 @@ class ApiKey(Table, tablename="api_key"):
     created_at = Timestamptz(default=TimestamptzNow())
     last_used_at = Timestamptz(null=True, default=None)
     revoked_at = Timestamptz(null=True, default=None)
+    # Limits (functions/core/limits): NULL takes the gateway's default for that limit.
+    requests_per_minute = Integer(null=True, default=None)
+    tokens_per_minute = BigInt(null=True, default=None)
+    max_concurrent = Integer(null=True, default=None)
+    tokens_per_day = BigInt(null=True, default=None)
+    tokens_per_month = BigInt(null=True, default=None)
 
 
 class LLMConfig(Table, tablename="llm_config"):
@@ -64,6 +70,8 @@ class LLMConfig(Table, tablename="llm_config"):
     is_default = Boolean(default=False)
     created_at = Timestamptz(default=TimestamptzNow())
     archived_at = Timestamptz(null=True, default=None)
+    # At most this many replies of this configuration at once, gateway-wide (NULL: no cap).
+    max_concurrent = Integer(null=True, default=None)
 
 
 class Conversation(Table, tablename="conversation"):
