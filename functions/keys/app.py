@@ -6,12 +6,18 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from litestar import Litestar, delete, get, post
+from litestar import Litestar, delete, get, patch, post, put
 from litestar.di import NamedDependency, Provide
 from litestar.params import JSONBody, QueryParameter
 
 from functions.core.keys import service
-from functions.core.keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyOut, Principal
+from functions.core.keys.schemas import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyOut,
+    KeyLimits,
+    Principal,
+)
 from functions.core.llm.client import LLMClient
 from functions.core.schemas import Page, decode_cursor, encode_cursor
 from functions.core.settings import Settings
@@ -63,10 +69,40 @@ async def revoke_key(key_id: IdPath, principal: NamedDependency[Principal]) -> A
     return await service.revoke_key(key_id)
 
 
+@put(
+    "/{key_id:str}/limits",
+    summary="Set an API key's limits",
+    responses=errors(400, 403, 404, 413, 415),
+    opt=ADMIN,
+)
+async def set_key_limits(
+    key_id: IdPath, data: JSONBody[KeyLimits], principal: NamedDependency[Principal]
+) -> ApiKeyOut:
+    """Replaces every limit of the key: a field left out or null takes the gateway's
+    default (``SWITCHBOARD_LIMIT_DEFAULT_*``). Serving processes apply it within seconds."""
+    require_admin(principal)
+    return await service.set_limits(key_id, data)
+
+
+@patch(
+    "/{key_id:str}",
+    summary="Change a key's expiry, configurations or models",
+    responses=errors(403, 404, 413, 415),
+    opt=ADMIN,
+)
+async def update_key(
+    key_id: IdPath, data: JSONBody[ApiKeyUpdate], principal: NamedDependency[Principal]
+) -> ApiKeyOut:
+    """The fields sent change (``null`` clears one), the others stay; effective at once in
+    every serving process."""
+    require_admin(principal)
+    return await service.update_key(key_id, data)
+
+
 # Switchboard's own API: its error shape, unknown body fields refused.
 router = SWITCHBOARD.router(
     path="/v1/keys",
-    route_handlers=[create_key, list_keys, revoke_key],
+    route_handlers=[create_key, list_keys, revoke_key, set_key_limits],
     dependencies={"principal": Provide(provide_principal)},
     tags=["keys"],
     security=[{"BearerAuth": []}],

@@ -24,6 +24,8 @@ Temperature = Annotated[float, Meta(ge=0, le=2, examples=[0.7])]
 TopP = Annotated[float, Meta(gt=0, le=1, examples=[0.95])]
 MaxTokens = Annotated[int, Meta(ge=1, le=1_000_000, examples=[512])]
 HistoryWindow = Annotated[int, Meta(ge=1, le=10_000)]
+# At most this many replies of a configuration at once, gateway-wide (functions/core/limits).
+MaxConcurrent = Annotated[int, Meta(ge=1, le=1_000_000)]
 Seed = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
 StopList = Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(max_length=16)]
 
@@ -76,6 +78,7 @@ class LLMConfigSpec(Input, kw_only=True):
     history_window: HistoryWindow | None = msgspec.field(default=None)
     extra: Extra = msgspec.field(default_factory=dict)
     is_default: bool = False
+    max_concurrent: MaxConcurrent | None = None
 
 
 class LLMConfigPatch(Input, kw_only=True):
@@ -92,6 +95,7 @@ class LLMConfigPatch(Input, kw_only=True):
     history_window: HistoryWindow | UnsetType | None = UNSET
     extra: Extra | UnsetType = UNSET
     is_default: bool | UnsetType = UNSET
+    max_concurrent: MaxConcurrent | UnsetType | None = UNSET
 
 
 class LLMConfigCreate(LLMConfigSpec, kw_only=True):
@@ -116,6 +120,7 @@ class LLMConfigOut(Output, kw_only=True):
     is_default: bool = False
     created_at: datetime
     archived_at: datetime | None = None
+    max_concurrent: int | None = None
 
     def sampling(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """The sampling fields to send, ``overrides`` winning; unset ones left out."""

@@ -92,6 +92,7 @@ def _values(spec: LLMConfigSpec) -> dict[Any, Any]:
         LLMConfig.system_prompt: spec.system_prompt,
         LLMConfig.history_window: spec.history_window,
         LLMConfig.extra: spec.extra,
+        LLMConfig.max_concurrent: spec.max_concurrent,
     }
 
 

@@ -150,11 +150,32 @@ KeyName = Annotated[
 ]
 
 
+PerMinute = Annotated[int, Meta(ge=1, le=100_000_000)]
+TokenBudget = Annotated[int, Meta(ge=1, le=10**15)]
+Concurrency = Annotated[int, Meta(ge=1, le=1_000_000)]
+
+
+class KeyLimits(Input, kw_only=True):
+    """A key's own limits (functions/core/limits). A field left null takes the gateway's
+    default (``SWITCHBOARD_LIMIT_DEFAULT_<FIELD>``), and no limit when that is unset too.
+    Tokens count the prompt and the reply, as vLLM reports them."""
+
+    requests_per_minute: PerMinute | None = None
+    tokens_per_minute: TokenBudget | None = None
+    max_concurrent: Concurrency | None = None
+    tokens_per_day: TokenBudget | None = None
+    tokens_per_month: TokenBudget | None = None
+
+
+LIMIT_FIELDS = KeyLimits.__struct_fields__
+
+
 class ApiKeyCreate(Input, kw_only=True):
     name: KeyName
     scopes: Annotated[list[Scope], Meta(min_length=1)] = msgspec.field(
         default_factory=lambda: ["chat"]
     )
+    limits: KeyLimits = msgspec.field(default_factory=KeyLimits)
 
 
 class ApiKeyOut(Output, kw_only=True):
@@ -165,6 +186,7 @@ class ApiKeyOut(Output, kw_only=True):
     created_at: datetime
     last_used_at: datetime | None = None
     revoked_at: datetime | None = None
+    limits: KeyLimits = msgspec.field(default_factory=KeyLimits)
 
 
 class ApiKeyCreated(ApiKeyOut, kw_only=True):
