@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from litestar import Litestar, delete, get, patch, post, put
+from litestar import Litestar, delete, get, post, put
 from litestar.di import NamedDependency, Provide
 from litestar.params import JSONBody, QueryParameter
 
@@ -82,21 +82,6 @@ async def set_key_limits(
     default (``SWITCHBOARD_LIMIT_DEFAULT_*``). Serving processes apply it within seconds."""
     require_admin(principal)
     return await service.set_limits(key_id, data)
-
-
-@patch(
-    "/{key_id:str}",
-    summary="Change a key's expiry, configurations or models",
-    responses=errors(403, 404, 413, 415),
-    opt=ADMIN,
-)
-async def update_key(
-    key_id: IdPath, data: JSONBody[ApiKeyUpdate], principal: NamedDependency[Principal]
-) -> ApiKeyOut:
-    """The fields sent change (``null`` clears one), the others stay; effective at once in
-    every serving process."""
-    require_admin(principal)
-    return await service.update_key(key_id, data)
 
 
 # Switchboard's own API: its error shape, unknown body fields refused.
