@@ -195,19 +195,99 @@ def keys() -> None:
     """API keys: create (the secret is shown once), list, revoke."""
 
 
+def _access_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--expires-at``, ``--config`` and ``--model``: a key's access, for create and update."""
+    for option in reversed(
+        (
+            click.option(
+                "--expires-at",
+                metavar="TIME",
+                help="When the key stops working: RFC 3339 with a time zone "
+                "(2027-01-31T00:00:00Z), or a date (midnight UTC).",
+            ),
+            click.option(
+                "--config",
+                "configs",
+                multiple=True,
+                metavar="NAME",
+                help="A configuration the key may use (repeat for several; default: any).",
+            ),
+            click.option(
+                "--model",
+                "models",
+                multiple=True,
+                metavar="MODEL",
+                help="A model the key may use (repeat for several; default: any).",
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def _expiry(text: str | None) -> str | None:
+    """``--expires-at`` as the API takes it (RFC 3339), or exit 2 saying what is wrong."""
+    from datetime import UTC, date, datetime
+
+    if text is None:
+        return None
+    try:
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), datetime.min.time(), UTC).isoformat()
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        fail(f"invalid --expires-at {text!r}: give 2027-01-31T00:00:00Z or 2027-01-31", EXIT_USAGE)
+    if parsed.tzinfo is None:
+        fail(f"--expires-at {text!r} needs a time zone (Z, or +02:00)", EXIT_USAGE)
+    return parsed.isoformat()
+
+
+def _decoded(fields: dict[str, Any], into: type[T]) -> T:
+    """Options as the API's Struct, checked as a request body is (exit 2 if refused)."""
+    try:
+        return msgspec.convert(fields, into)
+    except (msgspec.ValidationError, SwitchboardError) as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+def _show_access(key: Any) -> None:
+    if key.expires_at is not None:
+        click.echo(f"expires: {key.expires_at:%Y-%m-%dT%H:%M:%SZ}")
+    if key.allowed_configs is not None:
+        click.echo(f"configs: {printable(','.join(key.allowed_configs)) or '(none)'}")
+    if key.allowed_models is not None:
+        click.echo(f"models:  {printable(','.join(key.allowed_models)) or '(none)'}")
+
+
 @keys.command("create")
 @click.option("--name", required=True, help="Who or what the key is for.")
 @click.option("--admin", is_flag=True, help="Also grant the admin scope (configs and keys).")
+@_access_options
 @click.option("--json", "as_json", is_flag=True, help="Print the key as JSON.")
-def keys_create(name: str, admin: bool, as_json: bool) -> None:
+def keys_create(
+    *,
+    name: str,
+    admin: bool,
+    expires_at: str | None,
+    configs: tuple[str, ...],
+    models: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Create an API key and print its secret, once. Only a hash is stored."""
     from functions.core.keys.schemas import ApiKeyCreate, name_problem
     from functions.core.keys.service import create_key
 
     if (problem := name_problem(name)) is not None:
         fail(f"invalid --name '{printable(name)}': {problem}", EXIT_USAGE)
-    data = msgspec.convert(
-        {"name": name, "scopes": ["admin", "chat"] if admin else ["chat"]}, ApiKeyCreate
+    data = _decoded(
+        {
+            "name": name,
+            "scopes": ["admin", "chat"] if admin else ["chat"],
+            "expires_at": _expiry(expires_at),
+            "allowed_configs": list(configs) or None,
+            "allowed_models": list(models) or None,
+        },
+        ApiKeyCreate,
     )
     settings = settings_or_exit()
     created = with_database(settings, lambda: create_key(data))
@@ -217,6 +297,7 @@ def keys_create(name: str, admin: bool, as_json: bool) -> None:
     click.echo(f"id:     {created.id}")
     click.echo(f"name:   {printable(created.name)}")
     click.echo(f"scopes: {','.join(created.scopes)}")
+    _show_access(created)
     click.echo(f"secret: {created.secret}")
     click.echo("Store the secret now: it is not stored and cannot be shown again.", err=True)
 
@@ -259,6 +340,56 @@ def keys_revoke(key_id: str) -> None:
     when = f"{revoked.revoked_at:%Y-%m-%dT%H:%M:%SZ}"
     click.echo(f"revoked {revoked.id} ({printable(revoked.name)}) at {when}")
     click.echo("Every running server refuses it from its next request.", err=True)
+
+
+@keys.command("update")
+@click.argument("key_id")
+@_access_options
+@click.option("--no-expiry", is_flag=True, help="The key never expires.")
+@click.option("--any-config", is_flag=True, help="The key may use every configuration.")
+@click.option("--any-model", is_flag=True, help="The key may use every model.")
+@click.option("--json", "as_json", is_flag=True, help="Print the key as JSON.")
+def keys_update(
+    *,
+    key_id: str,
+    expires_at: str | None,
+    configs: tuple[str, ...],
+    models: tuple[str, ...],
+    no_expiry: bool,
+    any_config: bool,
+    any_model: bool,
+    as_json: bool,
+) -> None:
+    """Change a key's expiry or the configurations and models it may use (the options
+    given replace what the key had; the others stay). Every running server applies it at
+    once."""
+    from functions.core.keys.schemas import ApiKeyUpdate
+    from functions.core.keys.service import update_key
+
+    try:
+        parsed = uuid.UUID(key_id)
+    except ValueError:
+        fail(f"{key_id!r} is not a key id (a UUID, as `switchboard keys list` shows)", EXIT_USAGE)
+    fields: dict[str, Any] = {}
+    for given, cleared, field, value in (
+        (expires_at is not None, no_expiry, "expires_at", _expiry(expires_at)),
+        (bool(configs), any_config, "allowed_configs", list(configs)),
+        (bool(models), any_model, "allowed_models", list(models)),
+    ):
+        if given and cleared:
+            fail(f"{field}: give a value or clear it, not both", EXIT_USAGE)
+        if given or cleared:
+            fields[field] = None if cleared else value
+    if not fields:
+        fail("nothing to change: give --expires-at, --config, --model or a --no/--any option", 2)
+    data = _decoded(fields, ApiKeyUpdate)
+    settings = settings_or_exit()
+    updated = with_database(settings, lambda: update_key(parsed, data))
+    if as_json:
+        echo_json(updated)
+        return
+    click.echo(f"updated {updated.id} ({printable(updated.name)})")
+    _show_access(updated)
 
 
 # --- configs -------------------------------------------------------------------------

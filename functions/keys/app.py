@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from litestar import Litestar, delete, get, post, put
+from litestar import Litestar, delete, get, patch, post, put
 from litestar.di import NamedDependency, Provide
 from litestar.params import JSONBody, QueryParameter
 
@@ -15,6 +15,7 @@ from functions.core.keys.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyOut,
+    ApiKeyUpdate,
     KeyLimits,
     Principal,
 )
@@ -84,10 +85,25 @@ async def set_key_limits(
     return await service.set_limits(key_id, data)
 
 
+@patch(
+    "/{key_id:str}",
+    summary="Change a key's expiry, configurations or models",
+    responses=errors(403, 404, 413, 415),
+    opt=ADMIN,
+)
+async def update_key(
+    key_id: IdPath, data: JSONBody[ApiKeyUpdate], principal: NamedDependency[Principal]
+) -> ApiKeyOut:
+    """The fields sent change (``null`` clears one), the others stay; effective at once in
+    every serving process."""
+    require_admin(principal)
+    return await service.update_key(key_id, data)
+
+
 # Switchboard's own API: its error shape, unknown body fields refused.
 router = SWITCHBOARD.router(
     path="/v1/keys",
-    route_handlers=[create_key, list_keys, revoke_key, set_key_limits],
+    route_handlers=[create_key, list_keys, update_key, revoke_key, set_key_limits],
     dependencies={"principal": Provide(provide_principal)},
     tags=["keys"],
     security=[{"BearerAuth": []}],

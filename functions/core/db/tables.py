@@ -46,6 +46,12 @@ class ApiKey(Table, tablename="api_key"):
     max_concurrent = Integer(null=True, default=None)
     tokens_per_day = BigInt(null=True, default=None)
     tokens_per_month = BigInt(null=True, default=None)
+    # Access: after ``expires_at`` the key is refused like a revoked one (NULL: never); the
+    # configurations (names) and models it may send to (NULL: any; both apply when both
+    # are set, ``keys.schemas.KeyAccess``).
+    expires_at = Timestamptz(null=True, default=None)
+    allowed_configs = Array(base_column=Varchar(length=100), null=True, default=None)
+    allowed_models = Array(base_column=Varchar(length=200), null=True, default=None)
 
 
 class LLMConfig(Table, tablename="llm_config"):

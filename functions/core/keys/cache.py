@@ -5,7 +5,8 @@ of times a second. Entries live ``ttl_s`` seconds (off when zero) and are keyed 
 secret's hash, never the secret. A revocation drops them at once: in this process
 directly, in others through :mod:`functions.core.keys.revocations` (a notification on
 PostgreSQL; on SQLite each entry carries the revocation mark read before its query and is
-used only while the mark is unchanged).
+used only while the mark is unchanged). An entry of a key with an expiry lives no longer
+than the key: the request after it expires reads the key again, and is refused.
 
 Each runtime owns its cache (two runtimes in one process never share a key): it binds it
 to the context it runs in, with its engine (``Runtime.bind``), and
@@ -58,7 +59,13 @@ class PrincipalCache:
             return
         if len(self._entries) > 10_000:  # bounded: a flood of keys only costs queries
             self._entries.clear()
-        self._entries[key_hash] = (principal, time.monotonic() + self.ttl_s, mark)
+        now = time.monotonic()
+        until = now + self.ttl_s
+        if principal.expires_at is not None:
+            # Dropped when the key expires, so the next request reads it (and is refused):
+            # expiry costs no query while the key is cached.
+            until = min(until, now + (principal.expires_at.timestamp() - time.time()))
+        self._entries[key_hash] = (principal, until, mark)
 
     def enable(self, ttl_s: float) -> None:
         self.ttl_s = ttl_s

@@ -10,7 +10,7 @@ from itertools import combinations
 from typing import Annotated, Literal
 
 import msgspec
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
 from functions.core.schemas import END, Input, Output
 
@@ -170,11 +170,66 @@ class KeyLimits(Input, kw_only=True):
 LIMIT_FIELDS = KeyLimits.__struct_fields__
 
 
+# What a key may use: configurations by name, models as served (or as a configuration
+# names them). At most 100 of each; an empty list allows nothing of that kind.
+AllowedConfigs = Annotated[
+    list[Annotated[str, Meta(min_length=1, max_length=100)]],
+    Meta(
+        max_length=100,
+        description="The configurations (by name) this key may send through; null: any. "
+        "A send to a bare model has no configuration, so a key with this list cannot make one.",
+        examples=[["support-bot"]],
+    ),
+]
+AllowedModels = Annotated[
+    list[Annotated[str, Meta(min_length=1, max_length=200)]],
+    Meta(
+        max_length=100,
+        description="The models this key may use, directly or through a configuration; null: any.",
+        examples=[["llama-3.1-8b"]],
+    ),
+]
+ExpiresAt = Annotated[
+    datetime,
+    Meta(
+        tz=True,
+        description="When the key stops working (RFC 3339 with a time zone); null: never. "
+        "An expired key is a 401, as a revoked one.",
+    ),
+]
+
+
+class KeyAccess(msgspec.Struct, frozen=True, kw_only=True):
+    """What a key may send to: ``configs`` (names) and ``models``; None allows any. Both
+    apply when both are set: a send through configuration ``c`` of model ``m`` needs ``c``
+    in ``configs`` and ``m`` in ``models``; a send to a bare model (no configuration) is
+    refused by any ``configs`` list. The one rule, for sends and model lists alike."""
+
+    configs: frozenset[str] | None = None
+    models: frozenset[str] | None = None
+
+    @property
+    def unrestricted(self) -> bool:
+        return self.configs is None and self.models is None
+
+    def allows(self, config: str | None, model: str | None) -> bool:
+        if self.configs is not None and (config is None or config not in self.configs):
+            return False
+        return self.models is None or (model is not None and model in self.models)
+
+
+# Evaluations and replays run by an operator (flows, notebooks): not a caller's key.
+UNRESTRICTED = KeyAccess()
+
+
 class ApiKeyCreate(Input, kw_only=True):
     name: KeyName
     scopes: Annotated[list[Scope], Meta(min_length=1)] = msgspec.field(
         default_factory=lambda: ["chat"]
     )
+    expires_at: ExpiresAt | None = None
+    allowed_configs: AllowedConfigs | None = None
+    allowed_models: AllowedModels | None = None
     limits: KeyLimits = msgspec.field(default_factory=KeyLimits)
 
 
@@ -186,7 +241,19 @@ class ApiKeyOut(Output, kw_only=True):
     created_at: datetime
     last_used_at: datetime | None = None
     revoked_at: datetime | None = None
+    expires_at: datetime | None = None
+    allowed_configs: list[str] | None = None
+    allowed_models: list[str] | None = None
     limits: KeyLimits = msgspec.field(default_factory=KeyLimits)
+
+
+class ApiKeyUpdate(Input, kw_only=True):
+    """A partial edit of a key's access (the body of ``PATCH``): the fields present
+    change, the others stay; ``null`` clears one (no expiry, any configuration or model)."""
+
+    expires_at: ExpiresAt | UnsetType | None = UNSET
+    allowed_configs: AllowedConfigs | UnsetType | None = UNSET
+    allowed_models: AllowedModels | UnsetType | None = UNSET
 
 
 class ApiKeyCreated(ApiKeyOut, kw_only=True):
@@ -201,6 +268,8 @@ class Principal(msgspec.Struct, frozen=True):
     key_id: uuid.UUID
     name: str
     scopes: frozenset[str]
+    access: KeyAccess = UNRESTRICTED
+    expires_at: datetime | None = None
 
     @property
     def is_admin(self) -> bool:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from msgspec import UnsetType
 
 from functions.core.db.sql import fetch
 from functions.core.db.tables import ApiKey
@@ -30,6 +31,8 @@ from functions.core.keys.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyOut,
+    ApiKeyUpdate,
+    KeyAccess,
     KeyLimits,
     Principal,
     name_problem,
@@ -52,6 +55,9 @@ _KEY_COLUMNS = (
     ApiKey.created_at,
     ApiKey.last_used_at,
     ApiKey.revoked_at,
+    ApiKey.expires_at,
+    ApiKey.allowed_configs,
+    ApiKey.allowed_models,
     *(getattr(ApiKey, field) for field in LIMIT_FIELDS),
 )
 
@@ -79,6 +85,7 @@ async def create_key(data: ApiKeyCreate) -> ApiKeyCreated:
     if (problem := name_problem(data.name)) is not None:
         raise InvalidInputError(f"invalid name: {problem}", details={"field": "name"})
     name = data.name.strip()
+    _check_expiry(data.expires_at)
     await _refuse_lookalike(name)
     secret = new_secret()
     scopes = sorted(set(data.scopes))
@@ -87,11 +94,47 @@ async def create_key(data: ApiKeyCreate) -> ApiKeyCreated:
         prefix=secret[:PREFIX_LENGTH],
         key_hash=hash_secret(secret),
         scopes=scopes,
+        expires_at=data.expires_at,
+        allowed_configs=_access_list(data.allowed_configs),
+        allowed_models=_access_list(data.allowed_models),
         **msgspec.structs.asdict(data.limits),
     )
     await row.save()
     key = await _get(row.id)
     return ApiKeyCreated(**msgspec.structs.asdict(key), secret=secret)
+
+
+def _check_expiry(expires_at: datetime | None) -> None:
+    if expires_at is not None and expires_at <= datetime.now(UTC):
+        raise InvalidInputError(
+            "expires_at is in the past: give a time to come (or null: never)",
+            details={"field": "expires_at"},
+        )
+
+
+def _access_list(names: list[str] | None) -> list[str] | None:
+    """A list as stored: sorted, each name once (None stays None: any)."""
+    return None if names is None else sorted(set(names))
+
+
+async def update_key(key_id: uuid.UUID, data: ApiKeyUpdate) -> ApiKeyOut:
+    """Change a key's expiry or the configurations and models it may use (the fields
+    ``data`` holds). Every serving process drops the key from its cache at once, as on a
+    revocation, so the next request is judged by the new values."""
+    changes: dict[Any, Any] = {}
+    if not isinstance(data.expires_at, UnsetType):
+        _check_expiry(data.expires_at)
+        changes[ApiKey.expires_at] = data.expires_at
+    if not isinstance(data.allowed_configs, UnsetType):
+        changes[ApiKey.allowed_configs] = _access_list(data.allowed_configs)
+    if not isinstance(data.allowed_models, UnsetType):
+        changes[ApiKey.allowed_models] = _access_list(data.allowed_models)
+    await _get(key_id)
+    if changes:
+        current_principals().forget(key_id)
+        await ApiKey.update(changes).where(ApiKey.id == key_id)
+        await revocations.announce(key_id)
+    return await _get(key_id)
 
 
 async def _refuse_lookalike(name: str) -> None:
@@ -180,8 +223,8 @@ async def authenticate(secret: str) -> Principal:
     if cached is not None:
         return cached
     candidates = await fetch(
-        "SELECT id, name, key_hash, scopes, revoked_at, last_used_at FROM api_key "
-        "WHERE prefix = {}",
+        "SELECT id, name, key_hash, scopes, revoked_at, last_used_at, expires_at, "
+        "allowed_configs, allowed_models FROM api_key WHERE prefix = {}",
         secret[:PREFIX_LENGTH],
     )
     match = None
@@ -194,9 +237,36 @@ async def authenticate(secret: str) -> Principal:
     if match["revoked_at"] is not None:
         raise AuthenticationError("this API key has been revoked")
     now = datetime.now(UTC)
+    expires_at = _aware(match["expires_at"])
+    if expires_at is not None and expires_at <= now:
+        # Only the key's holder can see this (it takes the secret), as with a revocation.
+        raise AuthenticationError(f"this API key expired at {expires_at:%Y-%m-%dT%H:%M:%SZ}")
     last_used = match["last_used_at"]
     if last_used is None or now - last_used > LAST_USED_RESOLUTION:
         await fetch("UPDATE api_key SET last_used_at = {} WHERE id = {}", now, match["id"])
-    principal = Principal(key_id=match["id"], name=match["name"], scopes=frozenset(match["scopes"]))
+    principal = Principal(
+        key_id=match["id"],
+        name=match["name"],
+        scopes=frozenset(match["scopes"]),
+        access=KeyAccess(
+            configs=_names(match["allowed_configs"]), models=_names(match["allowed_models"])
+        ),
+        expires_at=expires_at,
+    )
     principals.put(presented, principal, mark)
     return principal
+
+
+def _names(stored: Any) -> frozenset[str] | None:
+    """An access list as the engine returns it (a list; JSON text on SQLite)."""
+    if stored is None:
+        return None
+    return frozenset(msgspec.json.decode(stored) if isinstance(stored, str) else stored)
+
+
+def _aware(value: Any) -> datetime | None:
+    """A stored time as an aware UTC datetime (SQLite returns its text)."""
+    if value is None:
+        return None
+    parsed = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
