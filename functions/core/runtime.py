@@ -41,10 +41,12 @@ from functions.core.db.engine import (
     using,
 )
 from functions.core.db.errors import as_database_error
+from functions.core.db.notifications import DeafListener, PostgresListener
 from functions.core.db.port import port_for
 from functions.core.health.watcher import HealthWatcher
 from functions.core.keys.cache import PrincipalCache, bind_principals, unbind_principals
 from functions.core.keys.revocations import marker_path, revocations_for
+from functions.core.limits.limiter import Limiter
 from functions.core.liveness.inflight import InFlight
 from functions.core.liveness.service import (
     Lease,
@@ -60,6 +62,7 @@ from functions.core.metrics import (
     remove_live_collector,
     upstream_metrics,
 )
+from functions.core.settings import env_name
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -89,6 +92,7 @@ class Runtime:
         in_flight: InFlight | None = None,
         backlog: OutcomeBacklog | None = None,
         principals: PrincipalCache | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -109,12 +113,16 @@ class Runtime:
         self.in_flight = in_flight or InFlight(grace_s=settings.shutdown_grace_s)
         # Outcomes the database did not take in time; journaled when the runtime is open.
         self.backlog = backlog or OutcomeBacklog(retry_s=settings.outcome_retry_s)
+        # Reserves before every exchange, reconciles after (in memory unless opened with
+        # SWITCHBOARD_RATE_LIMIT_URL; functions/core/limits).
+        self.limiter = limiter or Limiter(settings)
         self._chat = (
             ChatService(
                 llm,
                 self.exchanges,
                 in_flight=self.in_flight,
                 backlog=self.backlog,
+                hooks=self.limiter,
             )
             if llm is not None
             else None
@@ -150,7 +158,7 @@ class Runtime:
 
 
 @asynccontextmanager
-async def open_runtime(
+async def open_runtime(  # noqa: PLR0915 - one block that opens, in order, all a process holds
     settings: Settings,
     *,
     llm: LLMClient | None = None,
@@ -166,7 +174,7 @@ async def open_runtime(
     """
     if configure_logs:
         configure_logging(settings.resolved_log_format, settings.log_level)
-    engine = engine_from_url(settings.database_url)
+    engine = engine_from_url(settings.database_url, pool_mode=settings.database_pool_mode)
     principals = PrincipalCache(marker=marker_path(engine))
     async with contextlib.AsyncExitStack() as stack:
         # Bound before anything starts a task, so every task started here inherits it.
@@ -188,6 +196,7 @@ async def open_runtime(
             stack.push_async_callback(client.aclose)
         health = HealthWatcher(client) if serving and client is not None else None
         in_flight = InFlight(grace_s=settings.shutdown_grace_s)
+        limiter = _open_limiter(settings, stack)
         if notifications is not None:
             if health is not None:
                 notifications.subscribe(health.subscription())
@@ -238,7 +247,15 @@ async def open_runtime(
             in_flight=in_flight,
             backlog=backlog,
             principals=principals,
+            limiter=limiter,
         )
+
+
+def _open_limiter(settings: Settings, stack: contextlib.AsyncExitStack) -> Limiter:
+    """The limits of this runtime (their Redis connection closed with it)."""
+    limiter = Limiter.from_settings(settings)
+    stack.push_async_callback(limiter.close)
+    return limiter
 
 
 async def _hold_lease(
@@ -266,10 +283,25 @@ def _listen(engine: Engine[Any], settings: Settings, principals: PrincipalCache)
         principals.disable()
     elif principals.marker is not None:
         principals.enable(settings.auth_cache_ttl_s)
-    listener = port_for(engine).listener()
+    listener = _listener(engine, settings)
     if settings.auth_cache_ttl_s > 0 and principals.marker is None:
         listener.subscribe(revocations_for(principals, settings.auth_cache_ttl_s))
     return listener
+
+
+def _listener(engine: Engine[Any], settings: Settings) -> Listener:
+    """Where this process hears notifications: the direct URL when one is given; none
+    behind a pooler in transaction mode without one (the session a ``LISTEN`` needs is
+    not kept there); otherwise the engine port's listener on the database itself."""
+    if settings.database_listen_url is not None:
+        return PostgresListener(settings.database_listen_url)
+    if settings.database_pool_mode == "transaction":
+        return DeafListener(
+            f"{env_name('database_pool_mode')}=transaction and no "
+            f"{env_name('database_listen_url')}: health is read every few seconds, keys "
+            "are checked on every request, deletions are not heard from other processes"
+        )
+    return port_for(engine).listener()
 
 
 async def _open_pool_or_retry(

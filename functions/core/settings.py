@@ -43,6 +43,17 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     database_url: str = DEFAULT_DATABASE_URL
     database_pool_min: Annotated[int, Meta(ge=0)] = 1
     database_pool_max: PositiveInt = 20
+    # "transaction" when database_url is a pooler in transaction mode (PgBouncer's
+    # pool_mode = transaction): a server connection is lent for one transaction only, so
+    # nothing may outlive one. asyncpg then prepares no statement for later (its statement
+    # cache is off: a prepared statement lives on one server connection), and LISTEN, which
+    # lives on its session, goes to database_listen_url instead (docs/operations.md).
+    database_pool_mode: Literal["session", "transaction"] = "session"
+    # A direct PostgreSQL URL for the one LISTEN connection of each serving process (health
+    # verdicts, revocations, deletions reach it at once). Unset in transaction mode, no
+    # process hears notifications: each reads health every 5 s, checks keys on every
+    # request, and a deleted conversation's reply in another process runs to its end.
+    database_listen_url: str | None = None
 
     llm_urls: tuple[str, ...] = (DEFAULT_LLM_URL,)
     llm_api_key: str | None = None
@@ -103,6 +114,22 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # The most stored messages a prompt carries when its configuration sets no
     # history_window: bounds a send's memory and the prompt whatever the history's length.
     history_max_messages: Annotated[int, Meta(ge=1, le=100_000)] = 1000
+
+    # Limits (functions/core/limits, docs/operations.md). Where their counters live:
+    # unset, this process's memory; redis://host:6379/0 (or rediss://), shared by every
+    # worker and replica. How long one check may wait for it before this process enforces
+    # its share of each limit in memory (the limit divided by the live processes).
+    rate_limit_url: str | None = None
+    rate_limit_timeout_s: Annotated[float, Meta(gt=0, le=5)] = 0.1
+    # The limits of keys that set none of their own (unset: no limit).
+    limit_default_requests_per_minute: PositiveInt | None = None
+    limit_default_tokens_per_minute: PositiveInt | None = None
+    limit_default_max_concurrent: PositiveInt | None = None
+    limit_default_tokens_per_day: PositiveInt | None = None
+    limit_default_tokens_per_month: PositiveInt | None = None
+    # What a send reserves for its reply when neither it nor its configuration sets
+    # max_tokens (refunded when the reply is shorter).
+    limit_reserve_max_tokens: PositiveInt = 4096
 
     # The scheduled flows (flows/). The health check runs this often; every serving
     # process lets a recorded verdict steer routing for 180 s (health/watcher.py), so the
@@ -183,9 +210,16 @@ def load_settings(
             )
         elif value == "" and field in {
             "llm_api_key",
+            "database_listen_url",
             "log_format",
             "metrics_pushgateway_url",
             "outcome_journal_dir",
+            "rate_limit_url",
+            "limit_default_requests_per_minute",
+            "limit_default_tokens_per_minute",
+            "limit_default_max_concurrent",
+            "limit_default_tokens_per_day",
+            "limit_default_tokens_per_month",
         }:
             raw[field] = None
         elif field == "log_level":
@@ -256,6 +290,28 @@ def _check(settings: Settings) -> None:
         raise SettingsError(
             f"invalid {env_name('database_url')}={url!r}: "
             "expected postgresql://user@host:port/db or sqlite:///path/to/file.sqlite"
+        )
+    listen_url = settings.database_listen_url
+    if listen_url is not None and not listen_url.startswith(("postgresql://", "postgres://")):
+        raise SettingsError(
+            f"invalid {env_name('database_listen_url')}={url_secrets.shown(listen_url)!r}: "
+            "expected postgresql://user@host:port/db, a direct connection to PostgreSQL"
+        )
+    if listen_url is not None and settings.is_sqlite:
+        raise SettingsError(
+            f"invalid {env_name('database_listen_url')}: only for a PostgreSQL "
+            f"{env_name('database_url')} (SQLite's notifications are polled from its file)"
+        )
+    if settings.database_pool_mode == "transaction" and settings.is_sqlite:
+        raise SettingsError(
+            f"invalid {env_name('database_pool_mode')}=transaction: only for PostgreSQL "
+            "behind a pooler such as PgBouncer, not SQLite"
+        )
+    limit_url = settings.rate_limit_url
+    if limit_url is not None and not limit_url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(
+            f"invalid {env_name('rate_limit_url')}={url_secrets.shown(limit_url)!r}: "
+            "expected redis://host:6379/0 (rediss:// for TLS, unix:///path for a socket)"
         )
     if not settings.llm_urls:
         raise SettingsError(f"invalid {env_name('llm_urls')}: give at least one vLLM base URL")

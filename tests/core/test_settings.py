@@ -55,6 +55,16 @@ def test_values_are_parsed_and_lists_split() -> None:
         ({"SWITCHBOARD_DATABASE_URL": "mysql://x"}, "SWITCHBOARD_DATABASE_URL"),
         ({"SWITCHBOARD_LLM_URLS": "localhost:8000"}, "SWITCHBOARD_LLM_URLS"),
         ({"SWITCHBOARD_LLM_TOTAL_TIMEOUT_S": "-1"}, "SWITCHBOARD_LLM_TOTAL_TIMEOUT_S"),
+        ({"SWITCHBOARD_DATABASE_POOL_MODE": "statement"}, "SWITCHBOARD_DATABASE_POOL_MODE"),
+        ({"SWITCHBOARD_DATABASE_POOL_MODE": "transaction"}, "not SQLite"),
+        (
+            {
+                "SWITCHBOARD_DATABASE_URL": "postgresql://u@pgbouncer:6432/db",
+                "SWITCHBOARD_DATABASE_LISTEN_URL": "sqlite:///x.sqlite",
+            },
+            "SWITCHBOARD_DATABASE_LISTEN_URL",
+        ),
+        ({"SWITCHBOARD_DATABASE_LISTEN_URL": "postgresql://u@h/db"}, "only for a PostgreSQL"),
     ],
 )
 def test_a_bad_or_unknown_variable_is_named_in_one_line(env: dict[str, str], named: str) -> None:

@@ -17,7 +17,7 @@ import warnings
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar, Token
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from piccolo.apps.migrations.tables import Migration
@@ -39,6 +39,11 @@ warnings.filterwarnings(
     message=".*(Unable to connect to (the )?database|Unable to fetch server version)",
     module="piccolo",
 )
+
+# How PostgreSQL connections reach the server: direct or through a pooler that keeps a
+# client's server connection for its session ("session"), or one lending it per
+# transaction ("transaction", see engine_from_url).
+PoolMode = Literal["session", "transaction"]
 
 # SQLite: wait for a writer instead of failing at once with "database is locked".
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -74,12 +79,24 @@ class PrivateSQLiteEngine(SQLiteEngine):
         raise AttributeError("a PrivateSQLiteEngine's file is fixed when it is built")
 
 
-def engine_from_url(url: str) -> Engine[Any]:
-    """Build (but do not connect, nor create anything for) the engine a database URL names."""
+def engine_from_url(url: str, *, pool_mode: PoolMode = "session") -> Engine[Any]:
+    """Build (but do not connect, nor create anything for) the engine a database URL names.
+
+    ``pool_mode="transaction"``: ``url`` is a pooler that lends a server connection for
+    one transaction (PgBouncer's ``pool_mode = transaction``). asyncpg's statement cache
+    is then off: a cached statement is prepared on one server connection and would be
+    executed on another ("prepared statement ... does not exist"). Without the cache
+    asyncpg sends each statement's Parse with its Bind and Execute in one message batch,
+    which a pooler keeps on one server connection; the price is a second round trip per
+    statement (the describe), measured in docs/sizing.md.
+    """
     if url.startswith("sqlite:///"):
         return PrivateSQLiteEngine(path=str(sqlite_path(url)), timeout=SQLITE_BUSY_TIMEOUT_S)
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresEngine(config={"dsn": url})
+        config: dict[str, Any] = {"dsn": url}
+        if pool_mode == "transaction":
+            config["statement_cache_size"] = 0
+        return PostgresEngine(config=config)
     raise ValueError(f"unsupported database URL scheme: {urlsplit(url).scheme or url!r}")
 
 

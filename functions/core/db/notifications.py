@@ -11,6 +11,8 @@ choice (:mod:`functions.core.db.port`):
 
 - PostgreSQL: ``NOTIFY``, heard by :class:`PostgresListener` on one ``LISTEN`` connection
   per process, reconnected when it drops.
+- PostgreSQL behind a pooler in transaction mode: ``LISTEN`` on a direct connection
+  (``SWITCHBOARD_DATABASE_LISTEN_URL``), else :class:`DeafListener`, which hears nothing.
 - SQLite: no notifications, so :func:`log_notification` writes a row of
   ``notification_log`` and :class:`PollingListener` reads the rows after the last one it
   saw, every ``poll_s``, on a connection of its own.
@@ -201,6 +203,23 @@ class PostgresListener(_Subscribers):
                 with contextlib.suppress(Exception):
                     await connection.close(timeout=1)
             await asyncio.sleep(RECONNECT_S)
+
+
+class DeafListener(_Subscribers):
+    """Hears nothing, ever: behind a pooler in transaction mode with no direct URL to
+    ``LISTEN`` on (a ``LISTEN`` through the pooler would succeed and then hear nothing, as
+    the server connection it ran on goes back to the pool).
+
+    Subscribers stay as they are told to be when messages may be missed (``on_lost``, at
+    :meth:`start`): each falls back to what it does without notifications.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self._reason = reason
+
+    async def _run(self) -> None:
+        log.warning("notifications.not_listening", reason=self._reason)
 
 
 class PollingListener(_Subscribers):
