@@ -39,6 +39,7 @@ from functions.openai.completion import ChunkFacts, completion_body
 from functions.openai.config_names import config_names
 from functions.openai.embeddings import create_embeddings
 from functions.openai.headers import TITLE_CHARS, IdempotencyKey
+from functions.openai.responses.routes import ROUTES as RESPONSES_ROUTES
 from functions.openai.schemas import ChatCompletionCreate, ModelList, ModelOut
 from functions.openai.text_completions import create_completion
 
@@ -147,6 +148,7 @@ router = OPENAI.router(
         create_embeddings,
         list_models,
         retrieve_model,
+        *RESPONSES_ROUTES,
     ],
     dependencies={
         "principal": Provide(provide_principal),

@@ -104,13 +104,16 @@ class ChatService:
         reply, _ = await self._collected(request)
         return reply
 
-    async def ask_unstored(self, request: SendRequest, config: LLMConfigOut) -> ChatResult:
-        """The pipeline's not-stored mode (an unsaved replay): ``admit``, the in-flight
-        guard, the model's whole reply (text and tool calls gathered as :meth:`send`
-        gathers them), ``reconcile`` (told nothing was recorded). Nothing is claimed or
-        stored, so there is no lock, no idempotency and no deletion to abort it; a
-        shutdown drains it like any send. ``request.messages`` is the whole prompt, asked
-        of ``config``; ``request.conversation_id`` the conversation it is about.
+    async def ask_unstored(
+        self, request: SendRequest, config: LLMConfigOut | None, *, model: str | None = None
+    ) -> ChatResult:
+        """The pipeline's not-stored mode (an unsaved replay, a Responses ``store: false``):
+        ``admit``, the in-flight guard, the model's whole reply (text and tool calls
+        gathered as :meth:`send` gathers them), ``reconcile`` (told nothing was recorded).
+        Nothing is claimed or stored, so there is no lock, no idempotency and no deletion
+        to abort it; a shutdown drains it like any send. ``request.messages`` is the whole
+        prompt, asked of ``config`` (None: of ``model``, a served model with no
+        configuration); ``request.conversation_id`` the conversation it is about.
 
         Raises the model's ``LLMError`` (its ``partial_text`` what arrived) or, once the
         runtime drains, ``ShuttingDownError``.
@@ -126,7 +129,7 @@ class ChatService:
                 asked = upstream_request(
                     request.messages,
                     config,
-                    model=config.model,
+                    model=config.model if config is not None else model,
                     sampling=request.sampling,
                     extra=request.extra,
                 )

@@ -160,6 +160,10 @@ class Message(Table, tablename="message"):
     # set for the turns of a threaded send and for its reply once complete; NULL otherwise
     # (and for messages stored before threading). Indexed where set (message_chain_hash_idx).
     chain_hash = Bytea(null=True, default=None)
+    # What an API shows back about the request that asked for this reply (a Responses'
+    # instructions, tools, metadata, sampling, previous response): NULL for replies no
+    # such API asked for. Written once, by the door, when the reply is claimed.
+    api_request = JSONB(null=True, default=None)
 
 
 class HealthCheck(Table, tablename="health_check"):

@@ -115,6 +115,12 @@ def _to_out(row: dict[str, Any]) -> MessageOut:
     )
 
 
+def message_from_row(row: dict[str, Any]) -> MessageOut:
+    """A message read by a statement of another service, its columns named as here (the
+    configuration's name and version as ``llm_config.name``/``llm_config.version``)."""
+    return _to_out(row)
+
+
 async def get_message(message_id: uuid.UUID) -> MessageOut:
     row = await Message.select(*_COLUMNS).where(Message.id == message_id).first()
     if row is None:

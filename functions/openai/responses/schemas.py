@@ -1,0 +1,83 @@
+"""What the Responses routes read from a request.
+
+Only the fields the door acts on are named; the router's policy ignores the rest when
+decoding and the handler passes vLLM's own fields on from the raw body (``request``), as
+the door does for chat completions. ``input`` items stay dicts here: their many shapes
+are read one by one, each refused by its index and field (``items``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from functions.core.configs.schemas import MaxTokens, Temperature, TopP
+from functions.core.schemas import check_value
+
+MAX_INPUT_ITEMS = 10_000
+# OpenAI's limits on a request's ``metadata``: 16 pairs, keys of 64, values of 512 chars.
+Metadata = Annotated[dict[str, Annotated[str, Meta(max_length=512)]], Meta(max_length=16)]
+
+
+class TextFormat(msgspec.Struct, kw_only=True):
+    """``text.format``: ``text`` (the default), ``json_object`` or ``json_schema``."""
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    name: str | None = None
+    schema: dict[str, Any] | None = None
+    description: str | None = None
+    strict: bool | None = None
+
+
+class TextOptions(msgspec.Struct, kw_only=True):
+    format: TextFormat | None = None
+    verbosity: str | None = None
+
+
+class ConversationRef(msgspec.Struct, kw_only=True):
+    id: str
+
+
+class ResponseCreate(msgspec.Struct, kw_only=True):
+    """The fields of ``POST /v1/responses`` the door reads (vLLM's extras pass through)."""
+
+    model: Annotated[str, Meta(min_length=1, max_length=300)]
+    input: str | Annotated[list[dict[str, Any]], Meta(max_length=MAX_INPUT_ITEMS)] = ""
+    instructions: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: TextOptions | None = None
+    max_output_tokens: MaxTokens | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    metadata: Metadata | None = None
+    store: bool | None = True
+    previous_response_id: str | None = None
+    conversation: str | ConversationRef | None = None
+    stream: bool | None = False
+    background: bool | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    user: str | None = None
+    reasoning: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        # What is stored must be storable alike on both databases (a NUL, a huge int).
+        if self.instructions is not None:
+            check_value(self.instructions, "instructions")
+        if isinstance(self.input, list):
+            check_value(self.input, "input")
+        if self.tools is not None:
+            check_value(self.tools, "tools")
+        if self.metadata is not None:
+            check_value(self.metadata, "metadata")
+
+    def conversation_id(self) -> str | None:
+        if isinstance(self.conversation, ConversationRef):
+            return self.conversation.id
+        return self.conversation
+
+
+Order = Literal["asc", "desc"]
