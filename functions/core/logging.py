@@ -170,12 +170,15 @@ class RequestFacts:
     settings ask for message text in logs (never by default).
     """
 
-    __slots__ = ("fields", "prompt_text", "reply_text")
+    __slots__ = ("fields", "headers", "prompt_text", "reply_text")
 
     def __init__(self) -> None:
         self.fields: dict[str, Any] = {}
         self.prompt_text: str | None = None
         self.reply_text: str | None = None
+        # Headers the layers below ask the response to carry (the limits' x-ratelimit-*),
+        # streamed responses too: their head is sent after the send was admitted.
+        self.headers: list[tuple[bytes, bytes]] = []
 
 
 # Holds a mutable object, not values: tasks started while handling the request (a
@@ -194,6 +197,14 @@ def collecting_request_facts() -> Iterator[RequestFacts]:
         yield facts
     finally:
         _request_facts.reset(token)
+
+
+def note_response_headers(headers: list[tuple[bytes, bytes]]) -> None:
+    """Have the current request's response carry ``headers`` (replacing what an earlier
+    call noted), if a request is being handled and its head is not sent yet."""
+    facts = _request_facts.get()
+    if facts is not None:
+        facts.headers = headers
 
 
 def note_request(**fields: Any) -> None:

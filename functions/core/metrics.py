@@ -69,6 +69,31 @@ OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5
 # Mean time between two output tokens of one reply.
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5)
 
+# Limits (functions/core/limits): refusals by which limit refused (a fixed set of names),
+# and the shared store's health as each process sees it.
+RATE_LIMIT_REFUSALS = Counter(
+    "switchboard_rate_limit_refusals_total",
+    "Sends refused with a 429 by a limit: requests, tokens, tokens_too_large, concurrent, "
+    "config_concurrent, day, month.",
+    ["limit"],
+)
+RATE_LIMIT_STORE_UP = Gauge(
+    "switchboard_rate_limit_store_up",
+    "1 while the shared limit store (Redis) answers, 0 while this process enforces its "
+    "share of each limit in memory (the lowest over workers); absent without one.",
+    ["store"],
+    multiprocess_mode="livemin",
+)
+RATE_LIMIT_STORE_ERRORS = Counter(
+    "switchboard_rate_limit_store_errors_total",
+    "Limit checks, refunds and probes the shared store did not answer in time.",
+)
+RATE_LIMIT_DEGRADED_CHECKS = Counter(
+    "switchboard_rate_limit_degraded_checks_total",
+    "Limit checks made in memory (each limit divided by the live processes) because the "
+    "shared store was down.",
+)
+
 LLM_REQUESTS = Counter(
     "switchboard_llm_requests_total",
     "Replies asked of vLLM, by upstream, model and outcome (complete, failed, cancelled).",

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from functions.core.chat.directory import ConversationDirectory
+from functions.core.chat.hooks import Admission, admission
 from functions.core.chat.idempotency import Replay, find_previous
 from functions.core.chat.prompt import build_prompt, history_limit
 from functions.core.chat.targets import ConfigView
@@ -255,6 +256,21 @@ class Exchanges:
             )
         await self._directory.config_name(request.owner, request.conversation_id)
         return request, request.conversation_id
+
+    async def admission(
+        self, request: SendRequest, conversation_id: uuid.UUID | None
+    ) -> Admission:
+        """What the send path's hooks are told before anything is stored: the send and
+        the configuration that will answer it (from this process's memory of both, which
+        the claim checks again). ``conversation_id``: None for a new conversation; another
+        key's is a 404 here, as in :meth:`prepare`."""
+        config_name = (
+            await self._directory.config_name(request.owner, conversation_id)
+            if conversation_id is not None
+            else None
+        )
+        resolved = await self._configs.resolve(request.target, config_name)
+        return admission(request, conversation_id, resolved.config)
 
     def forget(self, conversation_id: uuid.UUID) -> None:
         """Drop what is remembered of a conversation (it was deleted)."""

@@ -335,11 +335,14 @@ class _Exchanging:
     async def __aenter__(self) -> tuple[Exchange, ReplyRecorder, SendRequest]:
         service = self._service
         exchanges = service.exchanges
-        request, conversation_id = await exchanges.prepare(self._request)
         service._in_flight.check_accepting()
-        self._admitted = admitted = admission(request, conversation_id)
+        # Admitted before anything is stored (``prepare`` may start the conversation), so
+        # a refused send leaves nothing behind.
+        sent = self._request
+        self._admitted = admitted = await exchanges.admission(sent, sent.conversation_id)
         await service._hooks.admit(admitted)
         try:
+            request, conversation_id = await exchanges.prepare(sent)
             # One busy budget for the lock's wait and the claim's (the deadline it yields).
             self._hold = hold = conversation_hold(
                 service._locks, request, conversation_id, exchanges.busy_timeout_s
@@ -351,7 +354,7 @@ class _Exchanging:
                 await hold.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
         except BaseException:
-            await service._hooks.reconcile(admitted, None)
+            await service._hooks.reconcile(admitted, None, generated=False)
             raise
         self._recorder = recorder = ReplyRecorder(exchange, service._backlog)
         return exchange, recorder, request

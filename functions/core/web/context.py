@@ -119,7 +119,7 @@ class RequestContext:
                 headers = message.get("headers", ())
                 if scope["method"] == "OPTIONS" and status == 204:
                     headers = _with_allow(headers, inner)
-                message["headers"] = [*headers, header]
+                message["headers"] = [*headers, header, *facts.headers]
             elif head and message["type"] == "http.response.body":
                 message = {**message, "body": b""}
             await send(message)

@@ -1,0 +1,136 @@
+"""Limits in one process (memory): per key and per configuration, reserve and refund,
+budgets under concurrency, and the 429s' shapes and headers on both doors."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from functions.core.limits.headers import duration
+from tests.functions.conftest import INPROCESS_MODEL
+from tests.support.inprocess import Caller, InProcessGateway
+
+
+async def limited(gateway: InProcessGateway, name: str, **limits: Any) -> Caller:
+    """A new chat key with ``limits`` set by the admin through the API."""
+    caller = await gateway.caller(name)
+    response = await gateway.admin.put(f"/v1/keys/{caller.key_id}/limits", json=limits)
+    assert response.status_code == 200, response.text
+    assert response.json()["limits"] == {
+        field: limits.get(field)
+        for field in (
+            "requests_per_minute",
+            "tokens_per_minute",
+            "max_concurrent",
+            "tokens_per_day",
+            "tokens_per_month",
+        )
+    }
+    return caller
+
+
+def door(caller: Caller, *, max_tokens: int | None = None, stream: bool = False) -> Any:
+    body: dict[str, Any] = {
+        "model": INPROCESS_MODEL,
+        "messages": [{"role": "user", "content": "hello there"}],
+        "stream": stream,
+    }
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    return caller.http.post("/v1/chat/completions", json=body)
+
+
+def test_durations_read_as_openai_writes_them() -> None:
+    assert [duration(ms) for ms in (0, 20, 999.6, 1000, 1500, 59_000, 60_000, 360_000)] == [
+        "0s",
+        "20ms",
+        "1s",
+        "1s",
+        "1.5s",
+        "59s",
+        "1m0s",
+        "6m0s",
+    ]
+
+
+async def test_requests_per_minute_refused_with_retry_headers(inprocess: InProcessGateway) -> None:
+    alice = await limited(inprocess, "alice", requests_per_minute=2)
+    first = await door(alice)
+    assert first.status_code == 200, first.text
+    assert first.headers["x-ratelimit-limit-requests"] == "2"
+    assert first.headers["x-ratelimit-remaining-requests"] == "1"
+    assert first.headers["x-ratelimit-reset-requests"] == "30s"
+    assert "x-ratelimit-limit-tokens" not in first.headers
+    streamed = await door(alice, stream=True)
+    assert streamed.status_code == 200
+    assert streamed.headers["x-ratelimit-remaining-requests"] == "0"
+    refused = await door(alice)
+    assert refused.status_code == 429
+    error = refused.json()["error"]
+    assert error["code"] == "rate_limit_exceeded"
+    assert error["type"] == "rate_limit_error"
+    assert 1 <= int(refused.headers["retry-after"]) <= 120
+    assert 0 < int(refused.headers["retry-after-ms"]) <= 30_000
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert "x-should-retry" not in refused.headers
+    # Nothing was stored for the refused send: two conversations, not three.
+    listed = await alice.http.get("/v1/conversations")
+    assert len(listed.json()["data"]) == 2
+
+
+async def test_a_large_max_tokens_that_stops_early_leaves_the_rest(
+    inprocess: InProcessGateway,
+) -> None:
+    alice = await limited(inprocess, "alice", tokens_per_minute=3000)
+    first = await door(alice, max_tokens=2500)
+    assert first.status_code == 200, first.text
+    # Reserved about 2500 and then some; the reply used a few dozen: the rest came back.
+    used = first.json()["usage"]["total_tokens"]
+    second = await door(alice, max_tokens=2500)
+    assert second.status_code == 200, second.text
+    remaining = int(second.headers["x-ratelimit-remaining-tokens"])
+    # After the second reservation (before its refund): 3000 - used - its reservation.
+    assert 3000 - used - 2600 <= remaining <= 3000 - used - 2500
+    too_large = await door(alice, max_tokens=5000)
+    assert too_large.status_code == 429
+    assert too_large.json()["error"]["code"] == "rate_limit_exceeded"
+    assert too_large.headers["x-should-retry"] == "false"
+
+
+async def test_a_day_budget_refuses_with_insufficient_quota_in_each_shape(
+    inprocess: InProcessGateway,
+) -> None:
+    alice = await limited(inprocess, "alice", tokens_per_day=200)
+    refused = await door(alice, max_tokens=500)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "insufficient_quota"
+    assert refused.headers["x-should-retry"] == "false"
+    assert "retry-after" not in refused.headers
+    created = await inprocess.admin.post(
+        "/v1/configs", json={"name": "budgeted", "model": INPROCESS_MODEL}
+    )
+    assert created.status_code == 201, created.text
+    conversation = (await alice.http.post("/v1/conversations", json={"config": "budgeted"})).json()
+    chat = await alice.http.post(
+        f"/v1/conversations/{conversation['id']}/messages",
+        json={"content": "hi", "max_tokens": 500},
+    )
+    assert chat.status_code == 429
+    assert chat.json()["error"]["code"] == "insufficient_quota"
+    assert chat.json()["error"]["details"]["limit"] == "tokens_per_day"
+    assert chat.headers["x-should-retry"] == "false"
+    listed = await alice.http.get(f"/v1/conversations/{conversation['id']}/messages")
+    assert listed.json()["data"] == []
+
+
+async def test_fifty_concurrent_sends_never_overrun_a_budget(inprocess: InProcessGateway) -> None:
+    alice = await limited(inprocess, "alice", tokens_per_day=1000)
+    answers = await asyncio.gather(*(door(alice, max_tokens=100) for _ in range(50)))
+    passed = [a for a in answers if a.status_code == 200]
+    refused = [a for a in answers if a.status_code == 429]
+    assert len(passed) + len(refused) == 50
+    assert passed
+    assert refused
+    assert all(a.json()["error"]["code"] == "insufficient_quota" for a in refused)
+    spent = sum(a.json()["usage"]["total_tokens"] for a in passed)
+    assert spent <= 1000
