@@ -10,7 +10,11 @@ from typing import Any
 import openai
 import pytest
 
-from tests.functions.openai.conftest import Door
+from tests.functions.conftest import GATEWAY_ENV
+from tests.functions.openai.conftest import Door, secret_of
+from tests.support.gateway import GatewayProcess
+from tests.support.simulator import SimulatorProcess
+from tests.support.timing import scaled
 
 MODEL = "sim-model"
 
@@ -257,3 +261,59 @@ async def test_refusals(door: Door) -> None:
         await door.alice.responses.cancel(first.id)
     with pytest.raises(openai.NotFoundError):
         await door.alice.responses.create(model="no-such-model", input="x")
+
+
+async def test_chain_across_processes_and_a_restart(
+    door: Door, backend_url: str, simulators: dict[str, SimulatorProcess]
+) -> None:
+    """Each turn sent at once after the last completed, through whichever process: the
+    chain lives in the database, not in a process (vLLM keeps it in a dict per process)."""
+    secret = secret_of(door.api.alice)
+    other = GatewayProcess(
+        backend_url, [sim.base_url for sim in simulators.values()], env=GATEWAY_ENV
+    )
+    first, conversation = await _create(door.alice, input="turn 1")
+    second, _ = await _create(door.alice, input="turn 2", previous_response_id=first.id)
+    previous = second
+    with other:
+        for turn in (3, 4):
+            if turn == 4:
+                other.stop()  # a restart: nothing of the chain was in the process
+                other.start()
+            client = openai.AsyncOpenAI(
+                base_url=f"{other.root_url}/v1", api_key=secret, max_retries=0, timeout=scaled(30.0)
+            )
+            try:
+                previous, placed = await _create(
+                    client, input=f"turn {turn}", previous_response_id=previous.id
+                )
+            finally:
+                await client.close()
+            assert placed == conversation
+    fifth, placed = await _create(door.alice, input="turn 5", previous_response_id=previous.id)
+    assert placed == conversation
+    sent = await door.last_request()
+    assert [m["content"] for m in sent["messages"] if m["role"] == "user"] == [
+        f"turn {n}" for n in range(1, 6)
+    ]
+    assert len(await door.messages(conversation)) == 10
+    assert fifth.previous_response_id == previous.id
+
+
+async def test_appended_to_a_conversation_of_the_chat_api(door: Door) -> None:
+    await door.api.create_config("responses-conv")
+    started = await door.api.conversation(title="from the chat API", config="responses-conv")
+    named = f"conv_{uuid.UUID(started['id']).hex}"
+    first, placed = await _create(door.alice, input="into it", conversation=named)
+    assert placed == started["id"]
+    assert first.conversation is not None
+    assert first.conversation.id == named
+    second, placed = await _create(door.alice, input="again", conversation=named)
+    assert placed == started["id"]
+    sent = await door.last_request()
+    assert [m["content"] for m in sent["messages"] if m["role"] == "user"] == ["into it", "again"]
+    stored = await door.messages(started["id"])
+    assert [m["role"] for m in stored] == ["user", "assistant", "user", "assistant"]
+    assert stored[-1]["content"] == second.output_text
+    with pytest.raises(openai.NotFoundError):
+        await door.bob.responses.create(model=MODEL, input="x", conversation=named)
