@@ -160,6 +160,19 @@ def run_server(
     """Serve on ``sock`` (from :func:`bind_or_exit`) until stopped."""
     from functions.cli import EXIT_SERVE, fail
 
+    if workers > 1 and settings.rate_limit_url is None:
+        # Each worker keeps its own counters: a key's limits would be N times what they say.
+        click.echo(
+            click.style(
+                f"WARNING: limits are per process: each of the {workers} workers enforces "
+                "every key's limits and budgets on its own (up to "
+                f"{workers}x what they say); set SWITCHBOARD_RATE_LIMIT_URL=redis://... to "
+                "share them",
+                fg="yellow",
+                bold=True,
+            ),
+            err=True,
+        )
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker writes its metrics here; /metrics aggregates them.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="switchboard-metrics-")
