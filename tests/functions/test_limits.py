@@ -6,6 +6,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
+from functions.core.chat.hooks import Admission
+from functions.core.chat.targets import Target
 from functions.core.limits.headers import duration
 from tests.functions.conftest import INPROCESS_MODEL
 from tests.support.inprocess import Caller, InProcessGateway
@@ -134,3 +138,93 @@ async def test_fifty_concurrent_sends_never_overrun_a_budget(inprocess: InProces
     assert all(a.json()["error"]["code"] == "insufficient_quota" for a in refused)
     spent = sum(a.json()["usage"]["total_tokens"] for a in passed)
     assert spent <= 1000
+
+
+def sdk(gateway: InProcessGateway, caller_http: Any, statuses: list[int]) -> Any:
+    """The official OpenAI client, unmodified, over the in-process app; ``statuses``
+    collects the status of every attempt it makes."""
+    import httpx
+    import openai
+
+    async def seen(response: httpx.Response) -> None:
+        statuses.append(response.status_code)
+
+    http = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=gateway.app),  # type: ignore[arg-type]
+        base_url="http://gateway/v1",
+        event_hooks={"response": [seen]},
+    )
+    secret = caller_http.headers["Authorization"].removeprefix("Bearer ")
+    return openai.AsyncOpenAI(
+        api_key=secret, base_url="http://gateway/v1", http_client=http, max_retries=3
+    )
+
+
+async def test_the_openai_sdk_retries_a_rate_limit_and_stops_on_a_spent_budget(
+    inprocess: InProcessGateway,
+) -> None:
+    import openai
+
+    alice = await limited(inprocess, "alice", max_concurrent=1)
+    limiter = inprocess.runtime.limiter
+    # Another send of alice's holds her only slot, for half a second.
+    holding = Admission(
+        owner=alice.key_id,
+        conversation_id=None,
+        target=Target(),
+        turns=1,
+        chars=10,
+        max_tokens=None,
+        request_id=None,
+    )
+    await limiter.admit(holding)
+
+    async def release_soon() -> None:
+        await asyncio.sleep(0.5)
+        await limiter.reconcile(holding, None)
+
+    releasing = asyncio.create_task(release_soon())
+    statuses: list[int] = []
+    client = sdk(inprocess, alice.http, statuses)
+    answer = await client.chat.completions.create(
+        model=INPROCESS_MODEL, messages=[{"role": "user", "content": "hi"}]
+    )
+    await releasing
+    assert answer.choices[0].message.content
+    # Refused first (the bucket was empty), then answered after Retry-After.
+    assert statuses[0] == 429
+    assert statuses[-1] == 200
+    bob = await limited(inprocess, "bob", tokens_per_day=100)
+    statuses.clear()
+    client = sdk(inprocess, bob.http, statuses)
+    with pytest.raises(openai.RateLimitError) as raised:
+        await client.chat.completions.create(
+            model=INPROCESS_MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=500
+        )
+    assert raised.value.code == "insufficient_quota"
+    assert statuses == [429]  # x-should-retry: false: no retry
+
+
+async def test_a_configuration_cap_holds_under_parallel_load(inprocess: InProcessGateway) -> None:
+    created = await inprocess.admin.post(
+        "/v1/configs", json={"name": "capped", "model": INPROCESS_MODEL, "max_concurrent": 1}
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["max_concurrent"] == 1
+    alice = await inprocess.caller("alice")
+    answers = await asyncio.gather(
+        *(
+            alice.http.post(
+                "/v1/chat/completions",
+                json={"model": "capped", "messages": [{"role": "user", "content": "hi"}]},
+            )
+            for _ in range(12)
+        )
+    )
+    passed = [a for a in answers if a.status_code == 200]
+    refused = [a for a in answers if a.status_code == 429]
+    assert passed
+    assert len(passed) + len(refused) == 12
+    for answer in refused:
+        assert answer.json()["error"]["code"] == "rate_limit_exceeded"
+        assert answer.headers["retry-after"] == "1"
