@@ -2,8 +2,9 @@
 # Switchboard's images, from one file:
 #   docker build --target functions -t switchboard .        the HTTP functions, migrations,
 #                                                           the simulator (the default target)
-#   docker build --target flows -t switchboard-flows .      the same plus Prefect and the
-#                                                           flows' extras
+#   docker build --target flows -t switchboard-flows .      the same plus Prefect, the
+#                                                           flows' extras and Prefect's
+#                                                           Kubernetes worker
 # The package is installed into a virtual environment in a throwaway stage; the images get
 # only that environment: no compilers, no dev or test dependencies, no source tree. They
 # run as an unprivileged user and check their own health.
@@ -22,7 +23,8 @@ RUN python -m venv /opt/switchboard \
     && /opt/switchboard/bin/pip install --no-cache-dir .
 
 FROM build AS build-flows
-RUN /opt/switchboard/bin/pip install --no-cache-dir ".[flows]"
+# kubernetes: the Prefect worker of a Kubernetes work pool (deploy/helm/switchboard).
+RUN /opt/switchboard/bin/pip install --no-cache-dir ".[flows,kubernetes]"
 
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PATH=/opt/switchboard/bin:$PATH \
