@@ -259,10 +259,45 @@ def _show_access(key: Any) -> None:
         click.echo(f"models:  {printable(','.join(key.allowed_models)) or '(none)'}")
 
 
+_LIMIT_OPTIONS = (
+    ("requests_per_minute", "requests a minute"),
+    ("tokens_per_minute", "tokens (prompt and reply) a minute"),
+    ("max_concurrent", "requests in progress at once"),
+    ("tokens_per_day", "tokens a UTC day"),
+    ("tokens_per_month", "tokens a UTC month"),
+)
+
+
+def _limit_options(command: Any) -> Any:
+    """``--requests-per-minute`` ... ``--tokens-per-month``: a key's limits (unset: the
+    gateway's default, SWITCHBOARD_LIMIT_DEFAULT_*)."""
+    for field, what in reversed(_LIMIT_OPTIONS):
+        command = click.option(
+            "--" + field.replace("_", "-"),
+            field,
+            type=click.IntRange(min=1),
+            default=None,
+            help=f"At most this many {what} (default: the gateway's default).",
+        )(command)
+    return command
+
+
+def _show_limits(key: Any) -> None:
+    set_limits = {
+        field: value
+        for field, _ in _LIMIT_OPTIONS
+        if (value := getattr(key.limits, field)) is not None
+    }
+    if set_limits:
+        shown = ", ".join(f"{field}={value}" for field, value in set_limits.items())
+        click.echo(f"limits: {shown}")
+
+
 @keys.command("create")
 @click.option("--name", required=True, help="Who or what the key is for.")
 @click.option("--admin", is_flag=True, help="Also grant the admin scope (configs and keys).")
 @_access_options
+@_limit_options
 @click.option("--json", "as_json", is_flag=True, help="Print the key as JSON.")
 def keys_create(
     *,
@@ -272,6 +307,7 @@ def keys_create(
     configs: tuple[str, ...],
     models: tuple[str, ...],
     as_json: bool,
+    **limits: int | None,
 ) -> None:
     """Create an API key and print its secret, once. Only a hash is stored."""
     from functions.core.keys.schemas import ApiKeyCreate, name_problem
@@ -286,6 +322,7 @@ def keys_create(
             "expires_at": _expiry(expires_at),
             "allowed_configs": list(configs) or None,
             "allowed_models": list(models) or None,
+            "limits": limits,
         },
         ApiKeyCreate,
     )
@@ -298,6 +335,7 @@ def keys_create(
     click.echo(f"name:   {printable(created.name)}")
     click.echo(f"scopes: {','.join(created.scopes)}")
     _show_access(created)
+    _show_limits(created)
     click.echo(f"secret: {created.secret}")
     click.echo("Store the secret now: it is not stored and cannot be shown again.", err=True)
 
@@ -390,6 +428,31 @@ def keys_update(
         return
     click.echo(f"updated {updated.id} ({printable(updated.name)})")
     _show_access(updated)
+
+
+@keys.command("limits")
+@click.argument("key_id")
+@_limit_options
+@click.option("--json", "as_json", is_flag=True, help="Print the key as JSON.")
+def keys_limits(*, key_id: str, as_json: bool, **limits: int | None) -> None:
+    """Replace a key's limits: the options given set them, those left out take the
+    gateway's default (SWITCHBOARD_LIMIT_DEFAULT_*). Running servers apply them within
+    5 seconds."""
+    from functions.core.keys.schemas import KeyLimits
+    from functions.core.keys.service import set_limits
+
+    try:
+        parsed = uuid.UUID(key_id)
+    except ValueError:
+        fail(f"{key_id!r} is not a key id (a UUID, as `switchboard keys list` shows)", EXIT_USAGE)
+    data = _decoded(limits, KeyLimits)
+    settings = settings_or_exit()
+    updated = with_database(settings, lambda: set_limits(parsed, data))
+    if as_json:
+        echo_json(updated)
+        return
+    click.echo(f"limits of {updated.id} ({printable(updated.name)}) replaced")
+    _show_limits(updated)
 
 
 # --- configs -------------------------------------------------------------------------

@@ -269,3 +269,24 @@ def test_serve_refuses_credentials_in_an_llm_url_in_one_line(tmp_path: Path) -> 
     assert "hunter2" not in result.stderr + result.stdout
     assert result.stderr.count("\n") == 1
     assert "SWITCHBOARD_LLM_API_KEY" in result.stderr
+
+
+def test_a_keys_limits_are_set_on_create_and_replaced(migrated: str) -> None:
+    created = run(
+        migrated, "keys", "create", "--name", "limited", "--requests-per-minute", "60",
+        "--tokens-per-day", "100000",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    assert "limits: requests_per_minute=60, tokens_per_day=100000" in created.stdout
+    key_id = created.stdout.split("id:", 1)[1].split()[0]
+    replaced = run(migrated, "keys", "limits", key_id, "--max-concurrent", "4", "--json")
+    assert replaced.returncode == 0, replaced.stderr
+    assert msgspec.json.decode(replaced.stdout)["limits"] == {
+        "requests_per_minute": None,
+        "tokens_per_minute": None,
+        "max_concurrent": 4,
+        "tokens_per_day": None,
+        "tokens_per_month": None,
+    }
+    refused = run(migrated, "keys", "limits", key_id, "--max-concurrent", "0")
+    assert refused.returncode == 2
