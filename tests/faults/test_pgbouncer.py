@@ -53,6 +53,7 @@ CONVERSATIONS = 18  # one client each, sending one message after another
 ACKED_BEFORE_KILL = 36
 ACKED_AFTER_KILL = 36
 MAX_TOKENS = (4, 16)  # 0.1-0.4 s per reply at the simulators' pace
+STATEMENTS = 40
 
 
 @dataclass
@@ -358,3 +359,46 @@ async def test_a_statement_prepared_on_one_server_connection_is_not_used_on_anot
     finally:
         await first.close()
         await other.close()
+
+
+@pytest.mark.parametrize("asked", ["UTF8", None])
+async def test_pgbouncer_lends_a_server_connection_without_setting_its_encoding(
+    pooled: tuple[str, PgBouncer], asked: str | None
+) -> None:
+    """asyncpg asks for ``'utf-8'``, which PgBouncer takes for another encoding than the
+    server's ``UTF8`` and sets (one more statement and commit) on every transaction; the
+    pooled engine asks for ``UTF8``. Counted in ``pg_stat_database``, which a backend
+    reports in full when it ends: PgBouncer is stopped before the count is read."""
+    direct, bouncer = pooled
+    engine = engine_from_url(bouncer.url, pool_mode="transaction")
+    assert isinstance(engine, PostgresEngine)
+    if asked is None:  # asyncpg's own startup: what the setting is there to avoid
+        engine.config.pop("server_settings")
+    commits = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+    before = (await _query(direct, commits))[0]["xact_commit"]
+    connection = await engine.get_new_connection()
+    try:
+        for i in range(STATEMENTS):
+            assert await connection.fetchval("SELECT $1::int", i) == i
+    finally:
+        await connection.close()
+    await asyncio.to_thread(bouncer.close)  # its server connections end and report
+
+    reads = [0]
+
+    async def counted() -> int:
+        # Each read of the count is a transaction too, counted once its backend ends.
+        reads[0] += 1
+        total = int((await _query(direct, commits))[0]["xact_commit"]) - int(before)
+        return total - (reads[0] - 1)
+
+    async def reported() -> bool:
+        return await counted() >= STATEMENTS
+
+    await wait_until(reported, within=20, interval=0.5)
+    await asyncio.sleep(0.5)  # a straggler would be the SETs themselves
+    if asked is None:
+        assert await counted() >= 2 * STATEMENTS
+    else:
+        # A few more: the reads' own, connecting; never one more per statement.
+        assert await counted() < STATEMENTS * 1.5

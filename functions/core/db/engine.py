@@ -88,7 +88,11 @@ def engine_from_url(url: str, *, pool_mode: PoolMode = "session") -> Engine[Any]
     executed on another ("prepared statement ... does not exist"). Without the cache
     asyncpg sends each statement's Parse with its Bind and Execute in one message batch,
     which a pooler keeps on one server connection; the price is a second round trip per
-    statement (the describe), measured in docs/sizing.md.
+    statement (the describe), measured in docs/sizing.md. And the client encoding is
+    asked for as the server names it: asyncpg asks for ``'utf-8'``, which PgBouncer takes
+    for another value than the server's ``UTF8`` and so sets again (``SET
+    client_encoding``: one more statement, round trip and commit) every time it lends a
+    server connection, that is for every transaction.
     """
     if url.startswith("sqlite:///"):
         return PrivateSQLiteEngine(path=str(sqlite_path(url)), timeout=SQLITE_BUSY_TIMEOUT_S)
@@ -96,6 +100,7 @@ def engine_from_url(url: str, *, pool_mode: PoolMode = "session") -> Engine[Any]
         config: dict[str, Any] = {"dsn": url}
         if pool_mode == "transaction":
             config["statement_cache_size"] = 0
+            config["server_settings"] = {"client_encoding": "UTF8"}
         return PostgresEngine(config=config)
     raise ValueError(f"unsupported database URL scheme: {urlsplit(url).scheme or url!r}")
 
