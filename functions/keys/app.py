@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated
 
 from litestar import Litestar, delete, get, patch, post, put
+from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import JSONBody, QueryParameter
 
@@ -26,6 +27,7 @@ from functions.core.web.app import build_app
 from functions.core.web.auth import ADMIN, provide_principal, require_admin
 from functions.core.web.docs import Cursor, IdPath, errors
 from functions.core.web.policy import SWITCHBOARD
+from functions.core.web.state import runtime_of
 
 
 @post("/", summary="Create an API key", responses=errors(403, 409, 413, 415), opt=ADMIN)
@@ -77,12 +79,18 @@ async def revoke_key(key_id: IdPath, principal: NamedDependency[Principal]) -> A
     opt=ADMIN,
 )
 async def set_key_limits(
-    key_id: IdPath, data: JSONBody[KeyLimits], principal: NamedDependency[Principal]
+    key_id: IdPath,
+    data: JSONBody[KeyLimits],
+    principal: NamedDependency[Principal],
+    state: State,
 ) -> ApiKeyOut:
     """Replaces every limit of the key: a field left out or null takes the gateway's
-    default (``SWITCHBOARD_LIMIT_DEFAULT_*``). Serving processes apply it within seconds."""
+    default (``SWITCHBOARD_LIMIT_DEFAULT_*``). This process applies it at once, the others
+    within 5 seconds."""
     require_admin(principal)
-    return await service.set_limits(key_id, data)
+    updated = await service.set_limits(key_id, data)
+    runtime_of(state).limiter.forget(key_id)
+    return updated
 
 
 @patch(

@@ -228,3 +228,16 @@ async def test_a_configuration_cap_holds_under_parallel_load(inprocess: InProces
     for answer in refused:
         assert answer.json()["error"]["code"] == "rate_limit_exceeded"
         assert answer.headers["retry-after"] == "1"
+
+
+async def test_a_limit_changed_by_an_admin_applies_at_once_here(
+    inprocess: InProcessGateway,
+) -> None:
+    alice = await inprocess.caller("alice")
+    assert (await door(alice)).status_code == 200  # no limits: remembered as none
+    response = await inprocess.admin.put(
+        f"/v1/keys/{alice.key_id}/limits", json={"requests_per_minute": 1}
+    )
+    assert response.status_code == 200
+    assert (await door(alice)).status_code == 200
+    assert (await door(alice)).status_code == 429
