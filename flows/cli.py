@@ -451,9 +451,10 @@ def serve_flows() -> None:
 def deploy_flows(pool: str) -> None:
     """Register every flow as a scheduled deployment for the workers of a work pool.
 
-    Create the pool once (`prefect work-pool create NAME --type process`), then start
-    workers where switchboard[flows] is installed and SWITCHBOARD_* is set:
-    `prefect worker start --pool NAME`. No image is built and no code is pushed.
+    Create the pool once (`prefect work-pool create NAME --type process`, or `--type
+    kubernetes` for a run per Job, as the Helm chart does), then start workers where
+    switchboard[flows] is installed and SWITCHBOARD_* is set: `prefect worker start --pool
+    NAME`. No image is built and no code is pushed.
     """
     _scheduled()  # Prefect, with telemetry off, or one line saying it is missing
     settings = settings_or_exit()

@@ -264,3 +264,25 @@ def test_the_network_is_closed_but_for_what_each_pod_needs(
     for function in FUNCTIONS:
         labels = function_deployment(objects, function)["spec"]["template"]["metadata"]["labels"]
         assert functions["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+
+
+def test_the_prefect_settings_the_flows_pods_set_are_prefects(rendered: dict[str, Objects]) -> None:
+    """Every PREFECT_* variable of the flows' pods names a setting this Prefect has (an
+    unknown one would be ignored without a word)."""
+    import prefect.settings
+
+    names = {
+        each["name"]
+        for objects in rendered.values()
+        for pod in pod_specs(objects).values()
+        for container in pod["spec"]["containers"]
+        for each in container.get("env", [])
+        if each["name"].startswith("PREFECT_")
+    }
+    assert {
+        "PREFECT_API_URL",
+        "PREFECT_RUNNER_SERVER_ENABLE",
+        "PREFECT_WORKER_WEBSERVER_PORT",
+    } <= names
+    unknown = {name for name in names if not hasattr(prefect.settings, name)}
+    assert unknown == set()
