@@ -45,12 +45,13 @@ async def answered(
     stream: bool,
     options: StreamOptions | None,
     facts: F,
-    body: Callable[[MessageOut, MessageStarted, F], Any],
+    body: Callable[[ReplyDone, MessageStarted, F], Any],
     replayed: Callable[[MessageOut, UsageWanted], AsyncIterator[bytes]] | None = None,
 ) -> Response[Any]:
     """The HTTP answer to a send's ``events``. ``body`` writes a non-streamed answer from the
-    stored reply and ``facts``; ``replayed`` writes a stream replayed by its Idempotency-Key
-    (None: ``relay`` writes it, from the stored reply)."""
+    stored reply (``ReplyDone``: with ``n`` > 1, every choice) and ``facts``; ``replayed``
+    writes a stream replayed by its Idempotency-Key (None: ``relay`` writes it, from the
+    stored reply)."""
     try:
         started = await anext(events)
         if not isinstance(started, MessageStarted):
@@ -77,9 +78,7 @@ async def answered(
             if isinstance(event, UpstreamEvent):
                 facts.add(event)
             elif isinstance(event, ReplyDone):
-                return Response(
-                    body(event.message, started, facts), status_code=200, headers=headers
-                )
+                return Response(body(event, started, facts), status_code=200, headers=headers)
             elif isinstance(event, ReplyFailed):
                 raise raised(event.error, headers)
         raise RuntimeError("the send path ended without a reply")

@@ -81,7 +81,7 @@ async def create_chat_completion(
     vLLM accepts reaches it. ``model`` is a configuration (``name``, ``name@version``) or a
     served model. The exchange is stored; ``X-Switchboard-Conversation`` (and the body's
     ``switchboard`` field) say where."""
-    chat_request.check_n(data.n)
+    choices = chat_request.choices(data.n)
     sent = await request.body()
     raw = chat_request.fields_but_messages(sent)
     chat_request.check_stream_options(raw)
@@ -106,6 +106,7 @@ async def create_chat_completion(
             key=idempotency_key,
             request_hash=request_hash("openai.chat", conversation, msgspec.json.decode(sent)),
         ),
+        choices=choices,
     )
     return await answered(
         chat.stream_raw(await placement.placed(whole, conversation)),

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 # What the door reads itself; every other body field goes to vLLM as it is.
 SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed")
-_READ = frozenset({"model", "messages", "stream", "stream_options", "n", *SAMPLING_KEYS, "user"})
+_READ = frozenset({"model", "messages", "stream", "stream_options", *SAMPLING_KEYS, "user"})
 GUIDED_KEYS = {
     "guided_json": "json",
     "guided_regex": "regex",
@@ -162,12 +162,36 @@ def check_stream_options(raw: dict[str, Any]) -> None:
         )
 
 
+# Each further choice is stored as a conversation of its own holding the whole history:
+# the bound keeps one request from storing thousands (vLLM takes up to 16384).
+MAX_CHOICES = 16
+
+
+def choices(n: int | None) -> int:
+    """How many choices ``n`` asks for (1 when left out), each stored as a reply of its
+    own (``functions.core.chat.choices``); below 1 or above ``MAX_CHOICES`` is a 400
+    naming ``n`` before anything is stored."""
+    if n is None:
+        return 1
+    if n < 1:
+        raise InvalidInputError(f"n must be at least 1, got {n}", details={"field": "n"})
+    if n > MAX_CHOICES:
+        raise InvalidInputError(
+            f"n={n} asks for more than {MAX_CHOICES} choices: Switchboard stores every "
+            "choice as a conversation of its own; ask for fewer, or make several requests",
+            details={"field": "n", "limit": MAX_CHOICES},
+        )
+    return n
+
+
 def check_n(n: int | None) -> None:
-    """One choice per exchange: the core records one reply per send, so ``n`` above 1 is
-    refused rather than silently answered with one choice."""
+    """A legacy completion is one reply per request (its prompt is stored as a
+    conversation of one turn and one reply), so ``n`` above 1 is refused rather than
+    silently answered with one choice."""
     if n is not None and n != 1:
         raise InvalidInputError(
-            f"n={n} is not supported: Switchboard stores one reply per request; send n=1 "
-            "(or leave it out) and make several requests",
+            f"n={n} is not supported on /v1/completions: a legacy completion stores one "
+            "reply per request; use /v1/chat/completions for several choices, or make "
+            "several requests",
             details={"field": "n"},
         )

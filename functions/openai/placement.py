@@ -9,7 +9,8 @@ has moved on is a branch, anything else a new conversation.
 request's messages must be its counted history (completed exchanges only, what a
 ``history`` prompt would send) followed by at least one new turn, else a 409 says where
 they part. A conversation the door threaded is found by the lookup; one started elsewhere
-(the chat API) carries no chain hashes and is compared turn by turn.
+(the chat API) carries no chain hashes and is compared turn by turn (the turns appended
+to it are hashed, so its later resends thread into it without the header).
 ``X-Switchboard-Conversation: new`` stores the whole history as a new conversation (which
 later resends without the header thread into).
 """
@@ -19,14 +20,14 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from functions.core.chat.prompt import counted_history
 from functions.core.conversations import service as conversations
 from functions.core.errors import ConflictError, InvalidInputError
 from functions.core.messages import service as messages
 from functions.core.messages.schemas import StoredTurn, Turn
 from functions.core.threads import service as threads
+from functions.core.threads.chain import chain
+from functions.core.threads.schemas import Located
 
 if TYPE_CHECKING:
     from functions.core.chat.schemas import SendRequest
@@ -135,5 +136,15 @@ async def placed(request: SendRequest, header: str | None) -> SendRequest:
     located = await threads.locate(request.owner, request.turns)
     if located.conversation_id == conversation_id:
         return threads.place(request, located)
-    turns = await new_turns(request.owner, conversation_id, request.turns)
-    return msgspec.structs.replace(request, conversation_id=conversation_id, turns=turns)
+    history = request.turns
+    turns = await new_turns(request.owner, conversation_id, history)
+    # Hashed as a threaded append is: its later resends thread into it, and a send of
+    # several choices has the whole history for their branches.
+    return threads.place(
+        request,
+        Located(
+            chain=chain(request.owner, history),
+            conversation_id=conversation_id,
+            matched=len(history) - len(turns),
+        ),
+    )

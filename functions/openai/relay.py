@@ -98,7 +98,7 @@ async def relay(
                     yield data
             elif isinstance(event, ReplyDone):
                 if not relayed_any:  # a replay: the stored reply, as chunks
-                    for chunk in replayed_chunks(event.message, include_usage=wanted.include):
+                    for chunk in replayed_chunks(event, include_usage=wanted.include):
                         yield frame(_encode(chunk))
                 yield DONE
                 return

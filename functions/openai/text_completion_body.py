@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from functions.openai.completion import ChunkSummary, placement
 
 if TYPE_CHECKING:
-    from functions.core.chat.schemas import MessageStarted
+    from functions.core.chat.schemas import MessageStarted, ReplyDone
     from functions.core.llm.schemas import UpstreamEvent
     from functions.core.messages.schemas import MessageOut
 
@@ -79,9 +79,10 @@ class CompletionFacts(ChunkSummary):
 
 
 def text_completion_body(
-    reply: MessageOut, started: MessageStarted, facts: CompletionFacts
+    done: ReplyDone, started: MessageStarted, facts: CompletionFacts
 ) -> dict[str, Any]:
     """``text_completion`` for a stored reply, as vLLM shapes it, and where it is stored."""
+    reply = done.message
     usage = reply.usage
     choice: dict[str, Any] = {
         "index": 0,

@@ -74,6 +74,9 @@ class SendRequest(msgspec.Struct, frozen=True, kw_only=True):
       chain hashes, appended only while the conversation has not moved on (else the send
       branches into a new conversation holding the whole history), and the reply's hash
       is written when it completes.
+    - ``choices``: above 1 (a threaded send only), the first choice is the reply in
+      ``conversation_id`` and each further one the reply of a branch of its own, forked
+      from the new user turn (``functions.core.chat.choices``).
     """
 
     owner: uuid.UUID
@@ -92,23 +95,39 @@ class SendRequest(msgspec.Struct, frozen=True, kw_only=True):
     # A legacy completion (the OpenAI door's ``/v1/completions``): its ``prompt`` as sent,
     # asked of vLLM's completions route instead of the turns (which are what is stored).
     completion_prompt: CompletionPrompt | None = None
+    # How many choices vLLM is asked for (OpenAI's ``n``): see ``functions.core.chat.choices``.
+    choices: int = 1
 
 
-class MessageStarted(Output, kw_only=True, tag="message"):
-    """Both messages are stored; the reply is ``pending`` until ``done`` or ``error``."""
+class ChoiceStarted(Output, kw_only=True):
+    """A further choice of an ``n`` > 1 send, stored in its branch: that branch's copy of
+    the user turn and the choice's pending reply."""
 
     user_message: MessageOut
     assistant_message: MessageOut
+
+
+# ``omit_defaults``: ``choices`` appears only for an ``n`` > 1 send (the OpenAI door's);
+# every other send's events are as they always were.
+class MessageStarted(Output, kw_only=True, tag="message", omit_defaults=True):
+    """Both messages are stored; the reply is ``pending`` until ``done`` or ``error``.
+    ``choices``: an ``n`` > 1 send's further choices, each stored in its branch."""
+
+    user_message: MessageOut
+    assistant_message: MessageOut
+    choices: list[ChoiceStarted] = msgspec.field(default_factory=list)
 
 
 class ReplyDelta(Output, kw_only=True, tag="delta"):
     text: str
 
 
-class ReplyDone(Output, kw_only=True, tag="done"):
-    """The stored, complete reply (content, usage, timings, config version)."""
+class ReplyDone(Output, kw_only=True, tag="done", omit_defaults=True):
+    """The stored, complete reply (content, usage, timings, config version); ``choices``:
+    an ``n`` > 1 send's further choices as stored, in order."""
 
     message: MessageOut
+    choices: list[MessageOut] = msgspec.field(default_factory=list)
 
 
 class ReplyFailed(Output, kw_only=True, tag="error"):

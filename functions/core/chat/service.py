@@ -17,6 +17,7 @@ import asyncio
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, cast
 
+from functions.core.chat.choices import ChoicesRecorder, further_choice_ids
 from functions.core.chat.exchanges import Exchanges, conversation_hold, upstream_request
 from functions.core.chat.hooks import ExchangeHooks, NoHooks, admission
 from functions.core.chat.idempotency import Replay, outcome_error, wait_for_outcome
@@ -29,6 +30,7 @@ from functions.core.chat.recorder import (
 )
 from functions.core.chat.schemas import (
     ChatEvent,
+    ChoiceStarted,
     MessageStarted,
     ReplyDelta,
     ReplyDone,
@@ -150,6 +152,7 @@ class ChatService:
 
     async def _collected(self, request: SendRequest) -> tuple[MessageOut, SwitchboardError | None]:
         """The stored reply of a send read whole, and the model's error if it failed."""
+        _one_choice(request)
         try:
             async with self._exchange(request) as (exchange, recorder, sent):
                 return await self._generate(exchange, sent, recorder)
@@ -203,13 +206,19 @@ class ChatService:
         the model's errors, a shutdown, a reply the database did not take.
         """
         # Text deltas only: the raw reading mode is off, so no UpstreamEvent is yielded.
+        _one_choice(request)
         return cast("AsyncIterator[ChatEvent]", self._streamed(request, raw=False))
 
     def stream_raw(self, request: SendRequest) -> AsyncIterator[ChatEvent | UpstreamEvent]:
         """:meth:`stream` for a door that passes vLLM's events on as sent (pass-through):
         ``message``, then each upstream SSE event (:class:`UpstreamEvent`, its payload byte
         for byte) instead of ``delta``s, then ``done``/``error``. The reply is gathered,
-        recorded and ended exactly as :meth:`stream`'s (the same text, tool calls, usage)."""
+        recorded and ended exactly as :meth:`stream`'s (the same text, tool calls, usage).
+
+        ``request.choices`` above 1 (OpenAI's ``n``): vLLM's chunks of every choice are
+        passed on as they come, interleaved; each choice is stored as a reply of its own
+        (``functions.core.chat.choices``), the further ones in ``MessageStarted.choices``
+        and ``ReplyDone.choices``."""
         return self._streamed(request, raw=True)
 
     async def _streamed(
@@ -228,11 +237,33 @@ class ChatService:
 
     async def _replayed_events(self, reply_id: uuid.UUID) -> AsyncGenerator[ChatEvent, None]:
         """A replayed send's events: both stored messages, then how the reply ended."""
-        reply = await wait_for_outcome(reply_id, self.exchanges.busy_timeout_s)
+        timeout_s = self.exchanges.busy_timeout_s
+        reply = await wait_for_outcome(reply_id, timeout_s)
         asked = await messages.get_message_at(reply.conversation_id, reply.seq - 1)
-        yield MessageStarted(user_message=asked, assistant_message=reply)
+        # An n > 1 send's further choices, each from its branch.
+        further = [
+            await wait_for_outcome(choice_id, timeout_s)
+            for choice_id in await further_choice_ids(asked)
+        ]
+        yield MessageStarted(
+            user_message=asked,
+            assistant_message=reply,
+            choices=[
+                ChoiceStarted(
+                    user_message=await messages.get_message_at(
+                        choice.conversation_id, choice.seq - 1
+                    ),
+                    assistant_message=choice,
+                )
+                for choice in further
+            ],
+        )
         error = outcome_error(reply)
-        yield ReplyDone(message=reply) if error is None else _error_event(error, reply)
+        yield (
+            ReplyDone(message=reply, choices=further)
+            if error is None
+            else _error_event(error, reply)
+        )
 
     # One generator on purpose, however many endings it handles: every layer of generator
     # between the upstream and the client costs once per event of every stream.
@@ -246,10 +277,26 @@ class ChatService:
         # The counts so far, when the upstream sends them on every chunk (a door that asks
         # for ``continuous_usage_stats``): what a reply cut by its client is charged.
         counted: list[Usage] = []
+        # n > 1: each choice gathered from the events of its index, and recorded by it.
+        choices = recorder if isinstance(recorder, ChoicesRecorder) else None
         try:
-            yield MessageStarted(
-                user_message=exchange.user_message,
-                assistant_message=exchange.assistant_message,
+            yield (
+                MessageStarted(
+                    user_message=exchange.user_message,
+                    assistant_message=exchange.assistant_message,
+                )
+                if choices is None
+                else MessageStarted(
+                    user_message=exchange.user_message,
+                    assistant_message=exchange.assistant_message,
+                    choices=[
+                        ChoiceStarted(
+                            user_message=branch.user_message,
+                            assistant_message=branch.assistant_message,
+                        )
+                        for branch in choices.further
+                    ],
+                )
             )
             done: ChatDone | None = None
             with self._in_flight.guard(exchange.assistant_message.conversation_id) as guard:
@@ -259,7 +306,10 @@ class ChatService:
                     # event. Raw: the reader gathers the text of the events it returns.
                     upstream: AsyncGenerator[StreamEvent | RawStreamEvent, None] = (
                         self._llm.stream_raw(
-                            asked, request_id=request.request_id, into=parts, tool_calls=calls
+                            asked,
+                            request_id=request.request_id,
+                            into=parts if choices is None else None,
+                            tool_calls=calls if choices is None else None,
                         )
                         if raw
                         else self._llm.stream_chat(
@@ -280,6 +330,8 @@ class ChatService:
                             else:
                                 if event.usage is not None:
                                     counted[:] = (event.usage,)
+                                if choices is not None:
+                                    choices.add(event)
                                 yield event
                 except Interrupted as stop:
                     yield await _interrupted_event(
@@ -288,7 +340,11 @@ class ChatService:
                     return
             done = _finished(done)
             stored = await recorder.completed("".join(parts), done, ttft_ms=done.ttft_ms)
-            yield ReplyDone(message=stored)
+            yield (
+                ReplyDone(message=stored)
+                if choices is None
+                else ReplyDone(message=stored, choices=choices.further_stored)
+            )
         except LLMError as exc:
             yield await _failed_event(
                 exc, recorder, "".join(parts), calls, counted[-1] if counted else None
@@ -350,13 +406,22 @@ class _Exchanging:
             until = await hold.__aenter__()
             try:
                 exchange = await exchanges.begin(request, replay_checked=True, deadline=until)
+                further = (
+                    await exchanges.begin_choices(request, exchange)
+                    if request.choices > 1
+                    else None
+                )
             except BaseException as exc:
                 await hold.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
         except BaseException:
             await service._hooks.reconcile(admitted, None, generated=False)
             raise
-        self._recorder = recorder = ReplyRecorder(exchange, service._backlog)
+        self._recorder = recorder = (
+            ReplyRecorder(exchange, service._backlog)
+            if further is None
+            else ChoicesRecorder(exchange, service._backlog, further)
+        )
         return exchange, recorder, request
 
     async def __aexit__(
@@ -401,6 +466,12 @@ async def _failed_event(
     except (ReplyNotRecordedError, ConversationGoneError) as lost:
         return _error_event(lost, None)
     return _error_event(exc, stored)
+
+
+def _one_choice(request: SendRequest) -> None:
+    # Several choices are gathered by index from the upstream's own events: stream_raw only.
+    if request.choices > 1:
+        raise ValueError("several choices are read only through stream_raw")
 
 
 def _finished(done: ChatDone | None) -> ChatDone:

@@ -32,8 +32,8 @@ class ChatRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     ``model`` may be left out: any upstream may then answer with its first served model.
     ``extra`` is merged into the JSON body as is, for vLLM's own sampling parameters
     (``top_k``, ``min_p``, ``repetition_penalty``, ...); it cannot override the fields above
-    nor ``stream``/``stream_options``, which the client owns. Only one choice is read back,
-    so ``n`` other than 1 is not supported.
+    nor ``stream``/``stream_options``, which the client owns. ``n`` (in ``extra``) above 1
+    is read back only by ``stream_raw``, whose caller gathers each choice by its ``index``.
     """
 
     messages: list[ChatMessage]
@@ -133,7 +133,8 @@ class UpstreamEvent(msgspec.Struct, kw_only=True, tag="upstream"):
 
     ``raw`` is the event's ``data:`` payload byte for byte (without the ``data: `` prefix and
     the blank line that ends it), so ``b"data: " + raw + b"\\n\\n"`` forwards it verbatim.
-    The other fields come from the event's choices (vLLM sends one per chunk): ``text`` is
+    The other fields come from the event's choice (vLLM sends one per chunk, ``index``
+    saying which of ``n``): ``text`` is
     the content delta ("" if none), ``tool_calls`` the tool-call deltas as sent,
     ``reasoning`` the reasoning delta (``reasoning`` or older vLLM's ``reasoning_content``),
     ``finish_reason`` set on the choice's last chunk. ``usage`` is set on the usage chunk
@@ -148,6 +149,8 @@ class UpstreamEvent(msgspec.Struct, kw_only=True, tag="upstream"):
     usage: Usage | None = None
     usage_only: bool = False
     reasoning: str | None = None
+    # The choice the event carries (``n`` > 1: vLLM interleaves its choices by ``index``).
+    index: int = 0
 
 
 RawStreamEvent = UpstreamEvent | ChatDone

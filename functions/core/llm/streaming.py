@@ -100,9 +100,9 @@ class ChatStreamReader:
     After :meth:`read` has returned with :attr:`finished` set, ``finish_reason``, ``usage``,
     ``model``, ``response_id`` and ``ttft_ms`` are final, :attr:`text` is the whole
     answer and :attr:`tool_calls` its tool calls. Every choice's deltas are read as one
-    reply: the client asks for one choice (``n`` is refused in a configuration's extra
-    fields), so only choice 0 exists. Errors are raised as :class:`LLMError` subclasses
-    carrying the text received so far.
+    reply: a caller that asks for several choices (the OpenAI door's ``n``) gathers each
+    from the events by their ``index`` instead, and hands no ``parts``/``tool_calls``.
+    Errors are raised as :class:`LLMError` subclasses carrying the text received so far.
     """
 
     def __init__(
@@ -304,8 +304,9 @@ def _chunk_reader(chunks: AsyncIterator[bytes]) -> Callable[[], Awaitable[bytes]
 def upstream_event(raw: bytes, chunk: StreamChunk) -> UpstreamEvent:
     """The :class:`UpstreamEvent` for one event :meth:`ChatStreamReader.read` returned.
 
-    Only the first choice is read: vLLM sends one choice per chunk, and the client asks
-    for one choice only. A legacy completion's text (``choice.text``) reads as content.
+    vLLM sends one choice per chunk, so only the first is read; its ``index`` says which
+    of ``n`` it is (a caller asking for several gathers each by it). A legacy
+    completion's text (``choice.text``) reads as content.
     """
     if not chunk.choices:
         return UpstreamEvent(raw=raw, usage=chunk.usage, usage_only=chunk.usage is not None)
@@ -318,4 +319,5 @@ def upstream_event(raw: bytes, chunk: StreamChunk) -> UpstreamEvent:
         finish_reason=choice.finish_reason,
         usage=chunk.usage,
         reasoning=delta.reasoning if delta.reasoning is not None else delta.reasoning_content,
+        index=choice.index,
     )

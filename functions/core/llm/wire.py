@@ -24,6 +24,8 @@ class Delta(msgspec.Struct):
 
 
 class StreamChoice(msgspec.Struct):
+    # Which of the request's ``n`` choices the chunk carries (one per chunk in vLLM).
+    index: int = 0
     delta: Delta = msgspec.field(default_factory=Delta)
     finish_reason: str | None = None
     # A legacy completion's chunk carries its text here, not in a delta.

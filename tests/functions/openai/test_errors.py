@@ -20,7 +20,7 @@ def assert_openai_shape(body: object) -> dict[str, object]:
 
 async def test_bad_requests_are_400_never_422(door: Door) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        await door.alice.chat.completions.create(model="sim-model", messages=HELLO, n=2)
+        await door.alice.chat.completions.create(model="sim-model", messages=HELLO, n=17)
     error = assert_openai_shape(caught.value.body)
     assert error["param"] == "n"
     assert error["type"] == "invalid_request_error"

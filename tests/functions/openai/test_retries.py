@@ -96,7 +96,7 @@ async def test_a_history_mismatch_is_sent_once(door: Door, counted: Counted) -> 
 
 async def test_requests_a_retry_cannot_fix_say_so(counted: Counted) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
-        await counted.sdk.chat.completions.create(model="sim-model", messages=HELLO, n=2)
+        await counted.sdk.chat.completions.create(model="sim-model", messages=HELLO, n=17)
     with pytest.raises(openai.NotFoundError) as unknown:
         await counted.sdk.chat.completions.create(model="no-such-model", messages=HELLO)
     with pytest.raises(openai.APIStatusError) as too_large:
