@@ -10,10 +10,10 @@ from functions.core.llm.client import LLMClient
 from functions.core.settings import Settings
 from functions.core.web.app import build_app
 from functions.keys.app import router as keys_router
-from functions.openai.app import router as openai_router
+from functions.openai.app import ROUTERS as OPENAI_ROUTERS
 from functions.upstreams.app import router as upstreams_router
 
-ROUTERS = [chat_router, configs_router, keys_router, upstreams_router, openai_router]
+ROUTERS = [chat_router, configs_router, keys_router, upstreams_router, *OPENAI_ROUTERS]
 
 
 def create_app(settings: Settings | None = None, *, llm: LLMClient | None = None) -> Litestar:

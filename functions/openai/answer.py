@@ -23,7 +23,7 @@ from functions.openai.failures import raised
 from functions.openai.relay import UsageWanted, relay
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from functions.core.chat.schemas import ChatEvent
     from functions.core.messages.schemas import MessageOut
@@ -47,16 +47,22 @@ async def answered(
     facts: F,
     body: Callable[[ReplyDone, MessageStarted, F], Any],
     replayed: Callable[[MessageOut, UsageWanted], AsyncIterator[bytes]] | None = None,
+    chunk_id: Callable[[MessageStarted], bytes] | None = None,
+    on_started: Callable[[MessageStarted], Awaitable[None]] | None = None,
 ) -> Response[Any]:
     """The HTTP answer to a send's ``events``. ``body`` writes a non-streamed answer from the
     stored reply (``ReplyDone``: with ``n`` > 1, every choice) and ``facts``; ``replayed``
     writes a stream replayed by its Idempotency-Key (None: ``relay`` writes it, from the
-    stored reply)."""
+    stored reply). ``chunk_id`` names a relayed stream's chunks after the stored
+    exchange (None: vLLM's ids); ``on_started`` runs once the exchange is stored, before
+    vLLM's answer is read."""
     try:
         started = await anext(events)
         if not isinstance(started, MessageStarted):
             raise RuntimeError(f"the send path began with {type(started).__name__}")
         headers = placement_headers(started)
+        if on_started is not None:
+            await on_started(started)
         if stream:
             first = await anext(events)
             if isinstance(first, ReplyFailed):
@@ -69,7 +75,7 @@ async def answered(
             return Stream(
                 replayed(first.message, wanted)  # type: ignore[misc, union-attr]
                 if replay
-                else relay(events, wanted, first),
+                else relay(events, wanted, first, None if chunk_id is None else chunk_id(started)),
                 media_type="text/event-stream",
                 headers={**SSE_HEADERS, **headers},
                 status_code=200,

@@ -35,12 +35,15 @@ from functions.core.web.policy import OPENAI
 from functions.core.web.state import runtime_of, settings_of
 from functions.openai import chat_request, models, placement
 from functions.openai.answer import answered
-from functions.openai.completion import ChunkFacts, completion_body
+from functions.openai.completion import ChunkFacts, chunk_id, completion_body
 from functions.openai.config_names import config_names
+from functions.openai.conversations.routes import ROUTES as CONVERSATION_ROUTES
 from functions.openai.embeddings import create_embeddings
 from functions.openai.headers import TITLE_CHARS, IdempotencyKey
 from functions.openai.responses.routes import ROUTES as RESPONSES_ROUTES
 from functions.openai.schemas import ChatCompletionCreate, ModelList, ModelOut
+from functions.openai.stored_completions import store
+from functions.openai.stored_completions.routes import ROUTES as STORED_COMPLETION_ROUTES
 from functions.openai.text_completions import create_completion
 
 ConversationHeader = Annotated[
@@ -85,6 +88,7 @@ async def create_chat_completion(
     sent = await request.body()
     raw = chat_request.fields_but_messages(sent)
     chat_request.check_stream_options(raw)
+    listed = store.requested(raw, principal.key_id)
     config = await config_names(request.app.state).config_for(data.model)
     if config is None:
         llm = runtime_of(request.app.state).require_llm()
@@ -114,6 +118,8 @@ async def create_chat_completion(
         options=data.stream_options,
         facts=ChunkFacts(wants_logprobs=bool(raw.get("logprobs"))),
         body=completion_body,
+        chunk_id=chunk_id,
+        on_started=listed,
     )
 
 
@@ -141,24 +147,36 @@ async def retrieve_model(
 
 # OpenAI's shape and tolerance: unknown body fields are ignored by the decoder (and passed
 # on to vLLM from the raw body by the handler).
-router = OPENAI.router(
-    path="/v1",
-    route_handlers=[
-        create_chat_completion,
-        create_completion,
-        create_embeddings,
-        list_models,
-        retrieve_model,
-        *RESPONSES_ROUTES,
-    ],
-    dependencies={
+HANDLERS = [
+    create_chat_completion,
+    create_completion,
+    create_embeddings,
+    list_models,
+    retrieve_model,
+    *RESPONSES_ROUTES,
+    *STORED_COMPLETION_ROUTES,
+]
+_ROUTER_OPTIONS: dict[str, Any] = {
+    "dependencies": {
         "principal": Provide(provide_principal),
         "chat": Provide(provide_chat, sync_to_thread=False),
     },
-    tags=["openai"],
-    security=[{"BearerAuth": []}],
+    "tags": ["openai"],
+    "security": [{"BearerAuth": []}],
+}
+router = OPENAI.router(path="/v1", route_handlers=HANDLERS, **_ROUTER_OPTIONS)
+# ``/v1/conversations`` is the chat API's (its own shapes and UUID ids), so OpenAI's
+# Conversations API is served under a base URL of the door's own, ``/openai/v1``, which
+# also serves every route above (left out of the OpenAPI document, where ``/v1`` has them):
+# a client whose base URL is ``/openai/v1`` has the whole OpenAI surface in one place.
+mirror = OPENAI.router(
+    path="/openai/v1", route_handlers=HANDLERS, include_in_schema=False, **_ROUTER_OPTIONS
 )
+conversations_router = OPENAI.router(
+    path="/openai/v1", route_handlers=CONVERSATION_ROUTES, **_ROUTER_OPTIONS
+)
+ROUTERS = [router, mirror, conversations_router]
 
 
 def create_app(settings: Settings | None = None, *, llm: LLMClient | None = None) -> Litestar:
-    return build_app("openai", [router], settings=settings, uses_llm=True, llm=llm)
+    return build_app("openai", ROUTERS, settings=settings, uses_llm=True, llm=llm)

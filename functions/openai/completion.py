@@ -44,6 +44,16 @@ def placement(started: MessageStarted) -> dict[str, Any]:
     return where
 
 
+def completion_id(started: MessageStarted) -> str:
+    """A chat completion's id: ``chatcmpl-`` and its (first) reply's UUID hex."""
+    return f"chatcmpl-{started.assistant_message.id.hex}"
+
+
+def chunk_id(started: MessageStarted) -> bytes:
+    """The same, as a relayed chunk carries it."""
+    return completion_id(started).encode()
+
+
 def placement_headers(started: MessageStarted) -> dict[str, str]:
     """The same, as response headers (a stream's body has no room for it): every choice's
     conversation and reply, comma-separated in order, when there are several."""
@@ -174,7 +184,9 @@ def completion_body(
     reply = done.message
     replies = [reply, *done.choices]
     return {
-        "id": (facts.id if facts and facts.id else None) or f"chatcmpl-{reply.id.hex}",
+        # The stored reply's id, as a stream's chunks carry it: the id a client reads is
+        # one it can look up (``GET /v1/chat/completions/{id}``), whatever vLLM named it.
+        "id": completion_id(started),
         "object": "chat.completion",
         "created": (facts.created if facts and facts.created else None)
         or int(reply.created_at.timestamp()),

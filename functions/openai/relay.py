@@ -69,22 +69,51 @@ class UsageWanted(msgspec.Struct, frozen=True):
     continuous: bool
 
 
-def relayed(event: UpstreamEvent, wanted: UsageWanted) -> bytes | None:
-    """One upstream event as the client should see it, or None to drop it."""
+_ID_HEAD = b'{"id":"'
+_QUOTE = ord('"')
+_BACKSLASH = ord("\\")
+
+
+def with_id(raw: bytes, chunk_id: bytes) -> bytes:
+    """A chunk's payload with its ``id`` replaced by ``chunk_id`` (the stored reply's
+    ``chatcmpl-<hex>``, so the id a client reads is the one it can look up). vLLM writes
+    compact JSON with ``id`` first: the value is swapped in place when it is a plain
+    string there; otherwise the chunk is decoded and written again."""
+    if raw.startswith(_ID_HEAD):
+        end = raw.find(_QUOTE, len(_ID_HEAD))
+        if end > 0 and raw[end - 1] != _BACKSLASH:
+            return _ID_HEAD + chunk_id + raw[end:]
+    chunk = _decode(raw)
+    if not isinstance(chunk, dict) or "id" not in chunk:
+        return raw
+    chunk["id"] = chunk_id.decode()
+    return _encode(chunk)
+
+
+def relayed(
+    event: UpstreamEvent, wanted: UsageWanted, chunk_id: bytes | None = None
+) -> bytes | None:
+    """One upstream event as the client should see it, or None to drop it; ``chunk_id``
+    names it (None: vLLM's own id)."""
+    if event.usage_only and not wanted.include:
+        return None
+    raw = event.raw if chunk_id is None else with_id(event.raw, chunk_id)
     if event.usage_only:
-        return frame(event.raw) if wanted.include else None
+        return frame(raw)
     if event.usage is not None and not (wanted.include and wanted.continuous):
-        return frame(without_usage(event.raw))
-    return frame(event.raw)
+        return frame(without_usage(raw))
+    return frame(raw)
 
 
 async def relay(
     events: AsyncIterator[ChatEvent | UpstreamEvent],
     wanted: UsageWanted,
     first: ChatEvent | UpstreamEvent,
+    chunk_id: bytes | None = None,
 ) -> AsyncIterator[bytes]:
     """The SSE body of a stream whose ``message`` event was already read, and then
-    ``first`` (read to learn whether vLLM took the request)."""
+    ``first`` (read to learn whether vLLM took the request); ``chunk_id``: the id every
+    chunk carries (None: vLLM's own)."""
     relayed_any = False
     # The events are read here, not through a wrapper that puts ``first`` back in front:
     # an async generator more would cost a resumption on every chunk.
@@ -94,7 +123,7 @@ async def relay(
         while True:
             if isinstance(event, UpstreamEvent):
                 relayed_any = True
-                if (data := relayed(event, wanted)) is not None:
+                if (data := relayed(event, wanted, chunk_id)) is not None:
                     yield data
             elif isinstance(event, ReplyDone):
                 if not relayed_any:  # a replay: the stored reply, as chunks

@@ -341,6 +341,24 @@ class UsageLedger(Table, tablename="usage_ledger"):
     finished_at = Timestamptz(default=TimestamptzNow())
 
 
+class StoredCompletion(Table, tablename="stored_completion"):
+    """A chat completion sent with ``store: true`` through the OpenAI door: listed the
+    OpenAI way (``GET /v1/chat/completions``), with the request's ``metadata``.
+
+    Not a copy: ``id`` is the reply's ``message.id``, and the completion (its messages, its
+    answer, its usage) is read from the conversation's rows. Deleting the conversation
+    deletes it; deleting it only unlists it. Listed per key, oldest first, by
+    ``stored_completion_owner_created_idx`` (in its migration).
+    """
+
+    # The reply's ``message.id`` (not a foreign key: the conversation's cascade removes it).
+    id = UUID(primary_key=True)
+    owner_key = ForeignKey(references=ApiKey, on_delete=OnDelete.cascade)
+    conversation = ForeignKey(references=Conversation, on_delete=OnDelete.cascade)
+    metadata = JSONB(default={})
+    created_at = Timestamptz(default=TimestamptzNow())
+
+
 ALL_TABLES: tuple[type[Table], ...] = (
     ApiKey,
     LLMConfig,
@@ -354,4 +372,5 @@ ALL_TABLES: tuple[type[Table], ...] = (
     EvalResult,
     ExportWatermark,
     UsageLedger,
+    StoredCompletion,
 )

@@ -9,7 +9,8 @@ In order, each cheaper than the next and none reading the body before the key is
 1. a route that declares bearer security (``security=[{"BearerAuth": []}]``, the same
    declaration the OpenAPI document shows) needs a valid key: 401 otherwise; one marked
    ``opt=ADMIN`` needs an admin key: 403 otherwise;
-2. every query parameter must be one the route takes (a typo is a 400 naming it, never
+2. every query parameter must be one the route takes, or of a family of names it reads
+   itself (``opt[QUERY_PREFIXES_OPT]``) (a typo is a 400 naming it, never
    silently ignored), and no parameter, in the path or the query, may hold a NUL;
 3. a route that takes a body needs one (``invalid_json`` saying so), declared as JSON if
    its type is declared and not compressed (415 otherwise); the body is then decoded
@@ -55,6 +56,9 @@ def query_names(
     return known
 
 
+QUERY_PREFIXES_OPT = "query_prefixes"
+"""A route's ``opt`` key: a tuple of query name prefixes it reads itself (OpenAI's
+``metadata[key]=value`` filters), which are not unknown parameters."""
 _DIGITS = re.compile(r"-?[0-9]+\Z")
 
 
@@ -82,6 +86,12 @@ def check_parameters(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
     known = query_names(handler, frozenset(path_params))
     for name in query:
         spec = known.get(name)
+        if spec is None and name.startswith(handler.opt.get(QUERY_PREFIXES_OPT, ())):
+            # A family of names the route reads itself (``metadata[key]``): checked for
+            # NUL only, as every parameter is.
+            if any("\x00" in value for value in query.getall(name)):
+                raise _nul("query", name)
+            continue
         if spec is None:
             takes = ", ".join(sorted(known)) if known else "no query parameters"
             raise InvalidInputError(
