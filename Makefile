@@ -12,7 +12,7 @@ PORT ?=
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install dev test lint format docs bench clean chart-tools
+.PHONY: install dev test lint format docs bench clean chart-tools vercel-ai
 
 # Two stamps: `make dev` needs only the base package; tests, lint and CI need every extra.
 # Installing every extra also satisfies the base, so `make dev` after `make test` installs
@@ -36,7 +36,7 @@ install: $(BIN)/.installed-all  ## everything: the package and every extra (what
 dev: $(BIN)/.installed-base  ## migrate the embedded database, start a simulator if needed, serve everything
 	$(BIN)/switchboard dev $(if $(PORT),--port $(PORT))
 
-test: install chart-tools  ## the whole suite against a real PostgreSQL (found or started) and SQLite
+test: install chart-tools vercel-ai  ## the whole suite against a real PostgreSQL (found or started) and SQLite
 	scripts/with-postgres.sh $(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # The Helm chart's checkers (deploy/helm/tools.txt: Helm's SDK, Kubernetes' schemas, checkov,
@@ -45,6 +45,13 @@ test: install chart-tools  ## the whole suite against a real PostgreSQL (found o
 # and set of pins; after that this is a check that it exists.
 chart-tools:
 	@$(PYTHON) deploy/helm/tools.py install
+
+# The Vercel AI SDK for tests/functions/openai/test_vercel_ai.py: Node (Debian's nodejs and
+# npm, installed with apt when missing) and the npm packages pinned in
+# tests/functions/openai/vercel_ai/package-lock.json, installed once per lockfile outside
+# the repository (~/.cache/switchboard/vercel-ai-<hash>); after that a check that it exists.
+vercel-ai:
+	@$(PYTHON) tests/functions/openai/vercel_ai/tools.py install
 
 # The docs are built strictly here, so CI (which runs `make lint`) fails on a broken link.
 lint: install docs

@@ -12,7 +12,9 @@ stored, and the whole prompt, built from stored state.
   with their chain hashes, so the chat door's resends of the same history find them.
 - ``conversation``: the turns are appended to that conversation of the caller's (sends
   there take its lock in turn); the history is what it holds when the request is read.
-- neither: a new conversation.
+- neither: the input is the whole history, threaded as the chat door threads it
+  (``functions.core.threads``): appended to the conversation that holds it, a branch of
+  one it parts from, or a new conversation.
 
 ``instructions`` are a system turn at the head of this request's prompt only: never
 stored as a turn, so a response continued from this one does not inherit them (OpenAI's
@@ -37,6 +39,7 @@ from functions.core.conversations import service as conversations
 from functions.core.errors import ConflictError, InvalidInputError, NotFoundError
 from functions.core.messages.schemas import Turn
 from functions.core.responses import service as responses
+from functions.core.threads import service as threads
 from functions.core.threads.chain import chain
 from functions.core.threads.schemas import ForkPoint, Thread
 from functions.openai import chat_request
@@ -269,12 +272,21 @@ async def plan(
             conversation_id=conversation_id,
             messages=chat_request.prompt([*instructions, *history, *new_turns], config),
         )
+    elif store:
+        # Threaded as the chat door's resends are: a client that sends the whole history
+        # (the Vercel AI SDK, its earlier replies as item_references) appends to the
+        # conversation holding it, instead of starting one per turn.
+        send = msgspec.structs.replace(
+            await threads.threaded(base),
+            messages=chat_request.prompt([*instructions, *new_turns], config),
+        )
+        # Its input items are the turns stored with it (the rest were stored before).
+        fields["input_count"] = len(send.turns)
     else:
         send = msgspec.structs.replace(
             base,
-            thread=Thread(history=new_turns, chain=chain(owner, new_turns)) if store else None,
             messages=chat_request.prompt([*instructions, *new_turns], config),
-            conversation_id=None if store else NIL,
+            conversation_id=NIL,
         )
     return Planned(send=send, fields=fields, store=store, config=config)
 
