@@ -9,6 +9,8 @@ With the tools' own Python (tests/deploy):
 
     .../bin/python deploy/helm/tools.py template VALUES...   every rendered object, as JSON
     .../bin/python deploy/helm/tools.py lint VALUES...       Helm's lint report, as JSON
+    .../bin/python deploy/helm/tools.py package DIR          ``helm package`` into DIR: the
+                                                            archive's files, as JSON
     .../bin/python deploy/helm/tools.py validate < OBJECTS   each object against Kubernetes'
                                                             schemas (JSON in, JSON out)
     .../bin/python deploy/helm/tools.py flow-run-job < TEMPLATE
@@ -110,6 +112,21 @@ def lint(paths: list[str]) -> dict[str, object]:
     )
 
 
+def package(destination: str) -> dict[str, str]:
+    """``helm package``: every file of the archive it writes, by path, as text."""
+    import tarfile
+
+    import helm_python as helm
+
+    archive = helm.package(CHART, destination=destination)
+    with tarfile.open(archive) as tar:
+        return {
+            member.name: tar.extractfile(member).read().decode()  # type: ignore[union-attr]
+            for member in tar.getmembers()
+            if member.isfile()
+        }
+
+
 def validate(objects: list[dict[str, object]]) -> list[dict[str, object]]:
     """Each object against Kubernetes' OpenAPI schema of its kind, strictly (an unknown
     field is an error, as ``kubectl apply --validate=strict`` makes it): its error, or None;
@@ -168,6 +185,8 @@ def main(argv: list[str]) -> None:
         json.dump(template(args), sys.stdout)
     elif command == "lint":
         json.dump(lint(args), sys.stdout)
+    elif command == "package":
+        json.dump(package(args[0]), sys.stdout)
     elif command == "validate":
         json.dump(validate(json.load(sys.stdin)), sys.stdout)
     elif command == "flow-run-job":

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from functions.serve import FUNCTIONS
-from tests.deploy.conftest import CHART, Objects, component, of_kind
+from tests.deploy.conftest import CHART, Objects, component, of_kind, tool
 from tests.ops.routes import proxy_routes
 from tests.ops.tools import MONITORING, debian_tool, run
 
@@ -164,3 +164,14 @@ def test_the_dashboards_are_monitorings_json_for_the_grafana_sidecar(
             assert json.loads(text) == json.loads(files[name])
         seen += 1
     assert seen
+
+
+def test_a_packaged_chart_carries_monitorings_files_not_links(tmp_path: Path) -> None:
+    """``helm package`` follows the links: the archive holds the rules and dashboards
+    themselves, and none of the examples (.helmignore)."""
+    files = tool("package", str(tmp_path))
+    for source, inside in ((RULES, "prometheus-rules"), (DASHBOARDS, "grafana-dashboards")):
+        for path in source.iterdir():
+            assert files[f"switchboard/files/{inside}/{path.name}"] == path.read_text()
+    assert not [name for name in files if "/examples/" in name]
+    assert "switchboard/values.yaml" in files

@@ -127,3 +127,24 @@ def test_the_flows_image_has_the_kubernetes_worker_the_tools_check() -> None:
     assert wanted.specifier.contains(version)
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     assert '".[flows,kubernetes]"' in dockerfile
+
+
+@pytest.mark.parametrize(
+    ("values", "refusal"),
+    [
+        ("databse:\n  existingSecret: x\n", "additional properties 'databse' not allowed"),
+        ("flows:\n  mode: served\n", "flows/mode"),
+        (
+            "settings:\n  SWITCHBOARD_LOG_LEVEL: DEBUG\n",
+            "invalid propertyName 'SWITCHBOARD_LOG_LEVEL'",
+        ),
+        ("llm:\n  urls: []\n", "llm/urls"),
+    ],
+)
+def test_values_the_chart_cannot_mean_are_refused_by_its_schema(
+    values: str, refusal: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(values)
+    report = tool("lint", str(path))
+    assert any(refusal in error for error in report["errors"]), report
