@@ -115,7 +115,7 @@ class Runtime:
         self.backlog = backlog or OutcomeBacklog(retry_s=settings.outcome_retry_s)
         # Reserves before every exchange, reconciles after (in memory unless opened with
         # SWITCHBOARD_RATE_LIMIT_URL; functions/core/limits).
-        self.limiter = limiter or Limiter(settings)
+        self.limiter = limiter or Limiter(settings, llm=llm)
         self._chat = (
             ChatService(
                 llm,
@@ -196,7 +196,7 @@ async def open_runtime(  # noqa: PLR0915 - one block that opens, in order, all a
             stack.push_async_callback(client.aclose)
         health = HealthWatcher(client) if serving and client is not None else None
         in_flight = InFlight(grace_s=settings.shutdown_grace_s)
-        limiter = _open_limiter(settings, stack)
+        limiter = _open_limiter(settings, stack, client)
         if notifications is not None:
             if health is not None:
                 notifications.subscribe(health.subscription())
@@ -251,9 +251,12 @@ async def open_runtime(  # noqa: PLR0915 - one block that opens, in order, all a
         )
 
 
-def _open_limiter(settings: Settings, stack: contextlib.AsyncExitStack) -> Limiter:
-    """The limits of this runtime (their Redis connection closed with it)."""
-    limiter = Limiter.from_settings(settings)
+def _open_limiter(
+    settings: Settings, stack: contextlib.AsyncExitStack, llm: LLMClient | None
+) -> Limiter:
+    """The limits of this runtime (their Redis connection closed with it); ``llm`` counts
+    prompts when ``SWITCHBOARD_LIMIT_PROMPT_TOKENS=tokenize``."""
+    limiter = Limiter.from_settings(settings, llm)
     stack.push_async_callback(limiter.close)
     return limiter
 

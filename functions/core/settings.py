@@ -130,6 +130,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # What a send reserves for its reply when neither it nor its configuration sets
     # max_tokens (refunded when the reply is shorter).
     limit_reserve_max_tokens: PositiveInt = 4096
+    # How a prompt's tokens are reserved: "estimate" (4 characters a token, no cost), or
+    # "tokenize", counted by the upstream's /tokenize when the whole prompt is known (the
+    # OpenAI door): exact, for one more short upstream call per send.
+    limit_prompt_tokens: Literal["estimate", "tokenize"] = "estimate"
 
     # The scheduled flows (flows/). The health check runs this often; every serving
     # process lets a recorded verdict steer routing for 180 s (health/watcher.py), so the

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 import msgspec
 
 from functions.core.chat.targets import Target
+from functions.core.messages.schemas import Turn
 
 if TYPE_CHECKING:
     from functions.core.chat.schemas import SendRequest
@@ -46,6 +47,9 @@ class Admission(msgspec.Struct, frozen=True, kw_only=True):
     config: str | None = None
     config_max_tokens: int | None = None
     config_max_concurrent: int | None = None
+    # The whole prompt when the door sends it (for counting it exactly), and the model.
+    prompt: list[Turn] | None = None
+    model: str | None = None
 
 
 class ExchangeHooks(Protocol):
@@ -78,7 +82,11 @@ class NoHooks:
 
 
 def admission(
-    request: SendRequest, conversation_id: uuid.UUID | None, config: LLMConfigOut | None = None
+    request: SendRequest,
+    conversation_id: uuid.UUID | None,
+    config: LLMConfigOut | None = None,
+    *,
+    model: str | None = None,
 ) -> Admission:
     """The admission of ``request`` in ``conversation_id`` (None: a conversation the send
     will start), answered by ``config`` (its new turns, or its whole prompt when the door
@@ -108,4 +116,6 @@ def admission(
         config=config.name if config is not None else None,
         config_max_tokens=config.max_tokens if config is not None else None,
         config_max_concurrent=config.max_concurrent if config is not None else None,
+        prompt=request.messages,
+        model=model or (config.model if config is not None else request.target.model),
     )

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from functions.core.chat.exchanges import upstream_request
 from functions.core.db.sql import fetch
 from functions.core.db.tables import ProcessLease
 from functions.core.keys.schemas import KeyLimits
@@ -46,6 +47,7 @@ from functions.core.keys.service import key_limits
 from functions.core.limits.errors import QuotaExceededError, RateLimitedError
 from functions.core.limits.headers import rate_headers
 from functions.core.limits.store import Ask, MemoryStore, Store, Verdict
+from functions.core.llm.errors import LLMError
 from functions.core.logging import get_logger, note_response_headers
 from functions.core.metrics import (
     RATE_LIMIT_DEGRADED_CHECKS,
@@ -55,7 +57,10 @@ from functions.core.metrics import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from functions.core.chat.hooks import Admission
+    from functions.core.llm.client import LLMClient
     from functions.core.messages.schemas import MessageOut
     from functions.core.settings import Settings
 
@@ -88,8 +93,12 @@ class Limiter:
     """The runtime's limits (an ``ExchangeHooks``). ``shared``: the Redis store, or None to
     keep every counter in this process."""
 
-    def __init__(self, settings: Settings, shared: Store | None = None) -> None:
+    def __init__(
+        self, settings: Settings, shared: Store | None = None, *, llm: LLMClient | None = None
+    ) -> None:
         self._settings = settings
+        # Counts a whole prompt exactly (SWITCHBOARD_LIMIT_PROMPT_TOKENS=tokenize).
+        self._counter = llm if settings.limit_prompt_tokens == "tokenize" else None
         self._defaults = KeyLimits(
             requests_per_minute=settings.limit_default_requests_per_minute,
             tokens_per_minute=settings.limit_default_tokens_per_minute,
@@ -102,6 +111,8 @@ class Limiter:
         self._memory = MemoryStore()
         self._degraded = False
         self._live_processes = 1
+        # How many processes share a limit while the store is down (a test swaps it).
+        self.count_live_processes: Callable[[], Awaitable[int]] = _live_processes
         self._counted_at = 0.0
         self._book: dict[uuid.UUID, tuple[KeyLimits, float]] = {}
         self._held: dict[int, _Held] = {}
@@ -113,14 +124,13 @@ class Limiter:
             RATE_LIMIT_STORE_UP.labels("redis").set(1)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Limiter:
+    def from_settings(cls, settings: Settings, llm: LLMClient | None = None) -> Limiter:
         if settings.rate_limit_url is None:
-            return cls(settings)
+            return cls(settings, llm=llm)
         from functions.core.limits.redis_store import RedisStore
 
-        return cls(
-            settings, RedisStore.from_url(settings.rate_limit_url, settings.rate_limit_timeout_s)
-        )
+        store = RedisStore.from_url(settings.rate_limit_url, settings.rate_limit_timeout_s)
+        return cls(settings, store, llm=llm)
 
     @property
     def shared(self) -> bool:
@@ -148,9 +158,13 @@ class Limiter:
         config_cap = admission.config_max_concurrent or 0
         if limits is _NO_LIMITS and not config_cap:
             return
-        prompt = estimate_tokens(admission.chars, admission.turns)
         counts_tokens = bool(
             limits.tokens_per_minute or limits.tokens_per_day or limits.tokens_per_month
+        )
+        prompt = (
+            await self._counted(admission)
+            if counts_tokens and self._counter is not None
+            else estimate_tokens(admission.chars, admission.turns)
         )
         if admission.history and counts_tokens and admission.conversation_id is not None:
             prompt += await _history_tokens(admission.conversation_id)
@@ -212,6 +226,22 @@ class Limiter:
             # The shared store went away: its slots expire on their own, the refund is lost
             # (the key is charged its reservation, never less than it used).
             self._store_failed(exc)
+
+    async def _counted(self, admission: Admission) -> int:
+        """The prompt's tokens as the upstream counts them, when the whole prompt is known
+        (else, or if the upstream cannot say in time, the estimate)."""
+        counter, prompt, model = self._counter, admission.prompt, admission.model
+        if counter is None or prompt is None or model is None:
+            return estimate_tokens(admission.chars, admission.turns)
+        try:
+            return await counter.count_prompt_tokens(
+                model,
+                upstream_request(prompt, None, model=model).messages,
+                timeout_s=self._settings.llm_connect_timeout_s,
+            )
+        except LLMError as exc:
+            log.warning("limits.tokenize_failed", model=model, error=exc.message)
+            return estimate_tokens(admission.chars, admission.turns)
 
     async def _limits(self, key_id: uuid.UUID) -> KeyLimits:
         now = time.monotonic()
@@ -281,8 +311,13 @@ class Limiter:
             return
         self._counted_at = now
         with contextlib.suppress(Exception):
-            live = await ProcessLease.count().where(ProcessLease.expires_at > datetime.now(UTC))
-            self._live_processes = max(1, int(live))
+            self._live_processes = max(1, await self.count_live_processes())
+
+
+async def _live_processes() -> int:
+    """Serving processes whose lease has not lapsed (this one included)."""
+    live = await ProcessLease.count().where(ProcessLease.expires_at > datetime.now(UTC))
+    return int(live)
 
 
 def _share(ask: Ask, processes: int) -> Ask:

@@ -31,6 +31,7 @@ from functions.core.llm.probes import probe_upstream
 from functions.core.llm.schemas import (
     ChatDelta,
     ChatDone,
+    ChatMessage,
     ChatRequest,
     ChatResult,
     LLMStats,
@@ -254,6 +255,38 @@ class LLMClient:
         finally:
             await response.aclose()
             self._pool.release(lease)
+
+    async def count_prompt_tokens(
+        self, model: str, messages: list[ChatMessage], *, timeout_s: float
+    ) -> int:
+        """The tokens ``messages`` make as ``model``'s prompt, counted by an upstream that
+        serves it (vLLM's ``/tokenize``, with the chat template and generation prompt the
+        completion would use). Raises a subclass of :class:`LLMError` (``timeout_s`` bounds
+        the whole call)."""
+        upstream_request_id = new_upstream_request_id()
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        await self._models.prepare(model)
+        body = msgspec.json.encode(
+            {"model": model, "messages": messages, "add_generation_prompt": True}
+        )
+        lease, response = await self._dispatcher.open_body(
+            body,
+            model=model,
+            endpoint="tokenize",
+            request_id=None,
+            upstream_request_id=upstream_request_id,
+            stream=False,
+            deadline=deadline,
+            phase="total",
+        )
+        details = request_details(lease.upstream, None, model, upstream_request_id)
+        answer = await self._read_whole(lease, response, deadline, details, what="token count")
+        try:
+            return msgspec.json.decode(answer, type=_TokenCount).count
+        except msgspec.DecodeError as exc:
+            raise LLMError(
+                f"unreadable token count from {lease.upstream.id}", details=details
+            ) from exc
 
     # -- chat ---------------------------------------------------------------------------
 
@@ -602,3 +635,9 @@ def _request_id(explicit: str | None) -> str | None:
         return explicit
     bound = structlog.contextvars.get_contextvars().get("request_id")
     return str(bound) if bound is not None else None
+
+
+class _TokenCount(msgspec.Struct):
+    """What vLLM's ``/tokenize`` answers, as far as a count needs."""
+
+    count: int

@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from functions.core.llm.upstreams import Lease, Upstream, UpstreamPool
 
 # The vLLM routes the client calls, under each upstream's base URL.
-Endpoint = Literal["chat/completions", "completions", "embeddings"]
-ENDPOINTS: tuple[Endpoint, ...] = ("chat/completions", "completions", "embeddings")
+Endpoint = Literal["chat/completions", "completions", "embeddings", "tokenize"]
+ENDPOINTS: tuple[Endpoint, ...] = ("chat/completions", "completions", "embeddings", "tokenize")
 # Fields the client sets itself; ``ChatRequest.extra`` cannot override them.
 _OWNED_FIELDS = frozenset({"stream", "stream_options"})
 _INCLUDE_USAGE = {"include_usage": True}
@@ -140,7 +140,7 @@ class Dispatcher:
         )
         # Parsed once: httpx's URL parsing is a visible share of a request's CPU cost.
         self._urls: dict[Endpoint, dict[Upstream, httpx.URL]] = {
-            endpoint: {u: httpx.URL(f"{u.base_url}/{endpoint}") for u in pool.upstreams}
+            endpoint: {u: httpx.URL(_endpoint_url(u.base_url, endpoint)) for u in pool.upstreams}
             for endpoint in ENDPOINTS
         }
 
@@ -343,3 +343,12 @@ async def _read_error_body(response: httpx.Response, deadline: float) -> bytes:
     finally:
         await response.aclose()
     return bytes(data[:MAX_ERROR_BODY_BYTES])
+
+
+def _endpoint_url(base_url: str, endpoint: Endpoint) -> str:
+    """Where ``endpoint`` is on an upstream: under its base URL (``.../v1``), but vLLM
+    serves ``/tokenize`` at its root."""
+    if endpoint == "tokenize":
+        root = base_url[: -len("/v1")] if base_url.endswith("/v1") else base_url
+        return f"{root}/tokenize"
+    return f"{base_url}/{endpoint}"
