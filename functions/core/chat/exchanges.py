@@ -208,6 +208,40 @@ class Exchanges:
                 self.lease.retire_later(reply_id)
                 raise
 
+    async def begin_choices(self, request: SendRequest, first: Exchange) -> list[Exchange]:
+        """The further choices of an ``n`` > 1 send (``request.choices``), once ``first``
+        is claimed: each a new conversation of the same key holding the whole history
+        (with its chain hashes) and a pending reply, forked from ``first``'s user turn
+        (``functions.core.chat.choices``). A new conversation is nobody else's, so no lock
+        is held and no claim waits. If one cannot be stored, those stored are retired (and
+        ``first`` with them) before the error is raised: nobody will answer them."""
+        thread = request.thread
+        if thread is None:
+            raise ValueError("several choices need the whole history (a threaded send)")
+        fork = ForkPoint(
+            conversation_id=first.assistant_message.conversation_id,
+            message_id=first.user_message.id,
+        )
+        branch = msgspec.structs.replace(
+            request,
+            conversation_id=None,
+            turns=thread.history,
+            idempotency=None,  # the first choice's claim holds the key
+            choices=1,
+            thread=msgspec.structs.replace(
+                thread, expect_last_seq=None, tail_message_id=None, forked_from=fork
+            ),
+        )
+        claimed: list[Exchange] = []
+        try:
+            for _ in range(request.choices - 1):
+                claimed.append(await self.begin(branch, replay_checked=True))
+        except BaseException:
+            for exchange in [first, *claimed]:
+                self.lease.retire_later(exchange.assistant_message.id)
+            raise
+        return claimed
+
     async def _claim(self, claim_request: ClaimRequest, request: SendRequest) -> Claim:
         """The claim, with this process's books kept (``Lease.replies``): the reply counts
         as answered here from before the claim can commit. A refused claim stored nothing.
