@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from functions.cli import main as switchboard
-from functions.core.settings import Settings
-from functions.serve import FUNCTIONS, SHUTDOWN_MARGIN_S
+from functions.core.settings import Settings, load_settings
+from functions.serve import FUNCTIONS, server_config
 from tests.deploy.conftest import (
     VALUE_SETS,
     Objects,
@@ -34,6 +34,17 @@ def pod_specs(objects: Objects) -> dict[str, dict[str, Any]]:
         for each in objects
         if each["kind"] in {"Deployment", "Job"}
     }
+
+
+def container_settings(container: dict[str, Any]) -> Settings:
+    """The settings a container's process would load from its environment (a Secret's
+    value stands in as a placeholder URL)."""
+    env = {
+        each["name"]: each.get("value", "postgresql://secret@db.example/switchboard")
+        for each in container.get("env", [])
+        if each["name"].startswith("SWITCHBOARD_")
+    }
+    return load_settings(env, dotenv=None)
 
 
 def function_deployment(objects: Objects, function: str) -> dict[str, Any]:
@@ -66,16 +77,15 @@ def test_each_function_has_probes_limits_a_drain_and_its_own_budget(
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         for bound in ("requests", "limits"):
             assert set(container["resources"][bound]) == {"cpu", "memory"}
-        # The drain: the preStop pause, then serve's own graceful shutdown, fit the grace.
+        # The drain: the preStop pause, then the graceful shutdown serve configures from
+        # the pod's own settings (read by the real loader), fit the pod's grace.
         pause = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
-        env = {each["name"]: each.get("value") for each in container["env"]}
-        grace, retry = (
-            float(env["SWITCHBOARD_SHUTDOWN_GRACE_S"]),
-            float(env["SWITCHBOARD_OUTCOME_RETRY_S"]),
-        )
-        assert (grace, retry) == (shutdown["graceSeconds"], shutdown["outcomeRetrySeconds"])
-        assert pod["spec"]["terminationGracePeriodSeconds"] >= pause + grace + retry + (
-            SHUTDOWN_MARGIN_S
+        settings = container_settings(container)
+        assert settings.shutdown_grace_s == shutdown["graceSeconds"]
+        assert settings.outcome_retry_s == shutdown["outcomeRetrySeconds"]
+        server = server_config(settings, function=function, workers=int(command[-1]))
+        assert pod["spec"]["terminationGracePeriodSeconds"] >= (
+            pause + server.timeout_graceful_shutdown
         )
         # Each function's own budget and autoscaler select it and nothing else.
         labels = pod["metadata"]["labels"]
@@ -131,6 +141,8 @@ def test_every_pod_runs_hardened_and_reads_only_real_settings(
             names = {each["name"] for each in container.get("env", [])}
             unknown = {n for n in names if n.startswith("SWITCHBOARD_")} - SETTINGS
             assert unknown == set(), where
+            if "SWITCHBOARD_DATABASE_URL" in names:
+                container_settings(container)  # every value one the settings loader takes
             if "SWITCHBOARD_OUTCOME_JOURNAL_DIR" in names:
                 journal = next(
                     each["value"]
