@@ -29,6 +29,7 @@ from functions.core.messages.service import message_from_row
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+NIL = uuid.UUID(int=0)
 # A message's columns as ``messages.service`` reads them (``m``: the message, ``l``: its
 # configuration version).
 _MESSAGE = (
@@ -50,6 +51,49 @@ _REPLY = (
     f"{_FROM}{_CONFIG}WHERE m.id = {{}} AND c.owner_key = {{}} AND m.role = 'assistant' "
     "AND m.api_request IS NOT NULL"
 )
+
+
+# What a continuation needs of the response it continues, and no more: the lookup runs
+# on every ``previous_response_id``, so it reads six columns, not the reply whole.
+# Whether a later reply was answered is asked only when the reply is not the last message.
+_PREVIOUS = (
+    "SELECT m.conversation, m.seq, m.status, c.last_seq, CASE WHEN m.seq = c.last_seq "  # noqa: S608
+    "THEN 0 ELSE (SELECT COUNT(*) FROM (SELECT 1 FROM message a WHERE a.conversation = "
+    "m.conversation AND a.seq > m.seq AND a.role = 'assistant' AND a.status NOT IN "
+    "('failed', 'cancelled') LIMIT 1) AS later) END AS answered_after "
+    f"{_FROM}WHERE m.id = {{}} AND c.owner_key = {{}} AND m.role = 'assistant' "
+    "AND m.api_request IS NOT NULL"
+)
+
+
+class Previous(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a response stands in its conversation, for one that continues it:
+    ``last_seq`` is the conversation's last message, ``answered_after`` whether a later
+    reply there completed or is being generated."""
+
+    reply_id: uuid.UUID
+    conversation_id: uuid.UUID
+    seq: int
+    status: str
+    last_seq: int
+    answered_after: bool
+
+
+async def previous_of(owner: uuid.UUID, reply_id: uuid.UUID | None) -> Previous | None:
+    """The response ``previous_response_id`` names, if it is ``owner``'s: one lookup by
+    primary key, whatever the length of the chain behind it."""
+    rows = await fetch(_PREVIOUS, reply_id or NIL, owner)
+    if not rows:
+        return None
+    row = rows[0]
+    return Previous(
+        reply_id=reply_id or NIL,
+        conversation_id=uuid.UUID(str(row["conversation"])),
+        seq=int(row["seq"]),
+        status=str(row["status"]),
+        last_seq=int(row["last_seq"]),
+        answered_after=bool(row["answered_after"]),
+    )
 
 
 class StoredResponse(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,7 +122,7 @@ def not_found(response_id: str) -> NotFoundError:
 async def get_response(owner: uuid.UUID, reply_id: uuid.UUID | None) -> StoredResponse | None:
     """The response answered by ``reply_id`` if it is ``owner``'s (None otherwise; a
     malformed id, None, costs the same lookup)."""
-    rows = await fetch(_REPLY, reply_id or uuid.UUID(int=0), owner)
+    rows = await fetch(_REPLY, reply_id or NIL, owner)
     if not rows:
         return None
     row = rows[0]

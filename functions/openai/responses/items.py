@@ -152,6 +152,10 @@ async def _item_turns(  # noqa: PLR0912 - one branch per item type
         elif kind == "function_call":
             call = _call(item, field)
             last = turns[-1] if turns else None
+            if last is not None and any(c.get("id") == call["id"] for c in last.tool_calls or ()):
+                # Sent again beside a reference to the reply that made it (the AI SDK
+                # references a reply's text and resends its calls).
+                continue
             if last is not None and last.role == "assistant" and last.tool_call_id is None:
                 turns[-1] = Turn(
                     role="assistant",

@@ -197,14 +197,14 @@ def check(data: ResponseCreate) -> None:
         )
 
 
-async def _previous(owner: uuid.UUID, shown: str) -> responses.StoredResponse:
-    stored = await responses.get_response(owner, parse_id(IdKind.RESPONSE, shown))
+async def _previous(owner: uuid.UUID, shown: str) -> responses.Previous:
+    stored = await responses.previous_of(owner, parse_id(IdKind.RESPONSE, shown))
     if stored is None:
         raise NotFoundError(
             f"Previous response with id '{shown}' not found.",
             details={"field": "previous_response_id", "id": shown},
         )
-    if stored.reply.status == "pending":
+    if stored.status == "pending":
         raise PreviousInProgressError(
             f"Previous response with id '{shown}' is still in progress; continue from it "
             "once it has finished",
@@ -256,8 +256,7 @@ async def plan(
     cap = settings.history_max_messages
     if data.previous_response_id is not None:
         previous = await _previous(owner, data.previous_response_id)
-        reply = previous.reply
-        history = await responses.history_through(reply.conversation_id, reply.seq, cap)
+        history = await responses.history_through(previous.conversation_id, previous.seq, cap)
         whole = [*history, *new_turns]
         send = _continued(base, previous, whole, store=store)
         send = msgspec.structs.replace(
@@ -292,25 +291,27 @@ async def plan(
 
 
 def _continued(
-    base: SendRequest, previous: responses.StoredResponse, whole: list[Turn], *, store: bool
+    base: SendRequest, previous: responses.Previous, whole: list[Turn], *, store: bool
 ) -> SendRequest:
     """A send continuing ``previous``: appended to its conversation or a branch of it."""
-    reply = previous.reply
     if not store:
-        return msgspec.structs.replace(base, conversation_id=reply.conversation_id)
+        return msgspec.structs.replace(base, conversation_id=previous.conversation_id)
     hashes = chain(base.owner, whole)
-    tail = reply.seq
+    tail = previous.seq
     if tail != previous.last_seq and not previous.answered_after:
         tail = previous.last_seq  # only failed or cancelled exchanges since: append after them
     if tail == previous.last_seq:
         return msgspec.structs.replace(
             base,
-            conversation_id=reply.conversation_id,
+            conversation_id=previous.conversation_id,
             thread=Thread(
-                history=whole, chain=hashes, expect_last_seq=tail, tail_message_id=reply.id
+                history=whole,
+                chain=hashes,
+                expect_last_seq=tail,
+                tail_message_id=previous.reply_id,
             ),
         )
-    fork = ForkPoint(conversation_id=reply.conversation_id, message_id=reply.id)
+    fork = ForkPoint(conversation_id=previous.conversation_id, message_id=previous.reply_id)
     return msgspec.structs.replace(
         base,
         conversation_id=None,

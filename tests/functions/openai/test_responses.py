@@ -4,6 +4,7 @@ conversation, continued by ``previous_response_id`` from stored state alone."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -171,12 +172,14 @@ async def test_function_tools_round_trip_across_previous_response_id(door: Door)
 
 
 async def test_stream_events_parsed_by_the_sdk(door: Door) -> None:
-    async with door.alice.responses.stream(model=MODEL, input="stream me") as stream:
+    # The slow model streams a token at a time: deltas are relayed as they arrive (what
+    # arrives together is passed on together).
+    async with door.alice.responses.stream(model="slow-model", input="stream me") as stream:
         kinds = [event.type async for event in stream]
         final = await stream.get_final_response()
     assert kinds[:2] == ["response.created", "response.in_progress"]
     assert kinds[-1] == "response.completed"
-    assert "response.output_text.delta" in kinds
+    assert kinds.count("response.output_text.delta") > 1  # relayed as it arrives
     for kind in (
         "response.output_item.added",
         "response.content_part.added",
@@ -317,3 +320,58 @@ async def test_appended_to_a_conversation_of_the_chat_api(door: Door) -> None:
     assert stored[-1]["content"] == second.output_text
     with pytest.raises(openai.NotFoundError):
         await door.bob.responses.create(model=MODEL, input="x", conversation=named)
+
+
+async def test_cut_by_max_output_tokens_is_incomplete(door: Door) -> None:
+    cut = await door.alice.responses.create(model=MODEL, input="long", max_output_tokens=3)
+    assert cut.status == "incomplete"
+    assert cut.incomplete_details is not None
+    assert cut.incomplete_details.reason == "max_output_tokens"
+    assert cut.usage is not None
+    assert cut.usage.output_tokens == 3
+    events = await door.alice.responses.create(
+        model=MODEL, input="long", max_output_tokens=3, stream=True
+    )
+    last = [event async for event in events][-1]
+    assert last.type == "response.incomplete"
+    assert last.response.incomplete_details is not None
+    sent = await door.last_request()
+    assert sent["max_tokens"] == 3
+
+
+async def _settled(door: Door, response_id: str) -> Any:
+    """The response once its reply is no longer pending (a cut is recorded after the
+    client has gone)."""
+    for _ in range(200):
+        fetched = await door.alice.responses.retrieve(response_id)
+        if fetched.status != "in_progress":
+            return fetched
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{response_id} still in progress")
+
+
+async def test_failed_and_cancelled_responses(door: Door) -> None:
+    # vLLM fails before any output: an HTTP error, the failed reply stored and retrievable.
+    with pytest.raises(openai.InternalServerError) as failed:
+        await door.alice.responses.create(model="fail-model", input="x")
+    reply_id = failed.value.response.headers["x-switchboard-reply-id"]
+    stored = await door.alice.responses.retrieve(f"resp_{uuid.UUID(reply_id).hex}")
+    assert stored.status == "failed"
+    assert stored.error is not None
+
+    # vLLM cuts the stream after three tokens: the stream ends in response.failed.
+    events = await door.alice.responses.create(model="cut-model", input="x", stream=True)
+    seen = [event async for event in events]
+    assert seen[-1].type == "response.failed"
+    assert seen[-1].response.error is not None
+    assert (await door.alice.responses.retrieve(seen[-1].response.id)).status == "failed"
+
+    # The client leaves mid-stream: vLLM is aborted and the response stored cancelled.
+    response_id = ""
+    async with door.alice.responses.stream(model="slow-model", input="x") as stream:
+        async for event in stream:
+            if event.type == "response.created":
+                response_id = event.response.id
+            if event.type == "response.output_text.delta":
+                break
+    assert (await _settled(door, response_id)).status == "cancelled"
