@@ -11,6 +11,14 @@ to one core), then drives both with closed-loop clients on the other core:
   D. one connection, streamed (32 chunks): added time to first token, and the gateway's
      CPU per relayed chunk
   E. the door, streamed, N connections: CPU per relayed chunk under load
+  F. Responses (``/v1/responses``), non-streamed, N connections: each connection a chain of
+     10 turns, each sent with ``previous_response_id`` at once after the last completed
+     (the history read from the store, never resent), then a new chain
+  G. the same, streamed (Responses events)
+
+and the chain lookup's CPU (``previous_response_id`` to its reply and conversation), in
+this process against the same database, for a response at turn 1 and at turn 10 of a
+chain: an index lookup costs the same whatever the chain's length.
 
 It reports requests/s, p50/p99, the gateway's CPU per request (and per chunk) and its RSS.
 
@@ -33,10 +41,13 @@ from typing import Any
 import aiohttp
 
 from bench.bench_gateway import CpuMeter
-from functions.core.db.engine import engine_from_url, use_engine
+from functions.core.db.engine import close_pool, engine_from_url, open_pool, use_engine
 from functions.core.db.migrate import migrate
+from functions.core.db.sql import fetch
 from functions.core.keys import service as keys
 from functions.core.keys.schemas import ApiKeyCreate
+from functions.core.responses import service as responses
+from functions.openai.ids import IdKind, parse_id
 from tests.support.databases import create_postgres_database, drop_postgres_database
 from tests.support.gateway import GatewayProcess
 from tests.support.simulator import SimulatorProcess
@@ -108,17 +119,75 @@ async def _chat_loop(
             history = _seed_history(chat * 1000 + epoch)
 
 
+CHAIN_TURNS = 10
+
+
+async def _responses_loop(
+    session: aiohttp.ClientSession,
+    url: str,
+    model: str,
+    chat: int,
+    stream: bool,
+    until: float,
+    out: dict[str, list[Any]],
+) -> None:
+    """One connection: chains of CHAIN_TURNS responses, each continuing the last by
+    ``previous_response_id`` as soon as it completed."""
+    previous: str | None = None
+    turn = 0
+    while time.monotonic() < until:
+        body: dict[str, Any] = {
+            "model": model,
+            "input": f"chat {chat} question {turn}: go on",
+            "max_output_tokens": TOKENS,
+        }
+        if previous is not None:
+            body["previous_response_id"] = previous
+        if stream:
+            body["stream"] = True
+        started = time.monotonic()
+        first_token: float | None = None
+        async with session.post(url, json=body) as response:
+            if response.status != 200:
+                out["errors"].append(response.status)
+                await response.read()
+                continue
+            if stream:
+                async for line in response.content:
+                    if not line.startswith(b"data: {"):
+                        continue
+                    if b'"response.output_text.delta"' in line:
+                        if first_token is None:
+                            first_token = time.monotonic()
+                        out["chunks"].append(1)
+                    elif b'"response.completed"' in line or b'"response.incomplete"' in line:
+                        answer = json.loads(line[6:])["response"]
+            else:
+                answer = await response.json()
+        ended = time.monotonic()
+        out["latency"].append((ended - started) * 1000)
+        if first_token is not None:
+            out["ttft"].append((first_token - started) * 1000)
+        turn += 1
+        previous = answer["id"]
+        if turn == 1 or turn == CHAIN_TURNS:
+            out["ids"].append((turn, answer["id"]))
+        if turn >= CHAIN_TURNS:
+            previous, turn = None, 0
+
+
 async def _run(
     url: str, model: str, headers: dict[str, str], connections: int, stream: bool, seconds: float
 ) -> dict[str, Any]:
-    out: dict[str, list[Any]] = {"latency": [], "ttft": [], "errors": [], "chunks": []}
+    out: dict[str, list[Any]] = {"latency": [], "ttft": [], "errors": [], "chunks": [], "ids": []}
+    loop = _responses_loop if url.endswith("/responses") else _chat_loop
     connector = aiohttp.TCPConnector(limit=connections)
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
         until = time.monotonic() + seconds
         started = time.monotonic()
         await asyncio.gather(
             *(
-                _chat_loop(session, url, model, os.getpid() * 100 + i, stream, until, out)
+                loop(session, url, model, os.getpid() * 100 + i, stream, until, out)
                 for i in range(connections)
             )
         )
@@ -131,6 +200,7 @@ async def _run(
         "p50_ms": _pct(out["latency"], 50),
         "p99_ms": _pct(out["latency"], 99),
         "ttft_p50_ms": _pct(out["ttft"], 50),
+        "ids": out["ids"][:400],
     }
 
 
@@ -148,6 +218,42 @@ def drive(core: int, *args: Any) -> dict[str, Any]:
     result: dict[str, Any] = parent.recv()
     process.join()
     return result
+
+
+async def lookup_cpu_ms(database_url: str, ids: list[tuple[int, str]]) -> dict[int, float]:
+    """CPU per ``previous_response_id`` lookup (this process's, asyncpg's encoding and
+    decoding included), for responses at turn 1 and at turn CHAIN_TURNS of a chain."""
+    engine = engine_from_url(database_url)
+    use_engine(engine)
+    await open_pool(engine, min_size=1, max_size=1)
+    rows = await fetch("SELECT owner_key FROM conversation LIMIT 1")
+    owner = rows[0]["owner_key"]
+    chosen = {
+        turn: [parse_id(IdKind.RESPONSE, i) for t, i in ids if t == turn][:10]
+        for turn in (1, CHAIN_TURNS)
+    }
+    spent = dict.fromkeys([*chosen, 0], 0.0)
+    rounds = 300
+    try:
+        for replies in chosen.values():  # warm: statements prepared, pool connected
+            for reply_id in replies:
+                assert await responses.previous_of(owner, reply_id) is not None
+        # Interleaved, so drift on a loaded machine falls on all alike; 0 is the baseline:
+        # the same number of ``SELECT 1`` through the same path (pool, asyncpg, rows).
+        for _ in range(rounds):
+            for turn, replies in chosen.items():
+                started = time.process_time()
+                for reply_id in replies:
+                    await responses.previous_of(owner, reply_id)
+                spent[turn] += time.process_time() - started
+            started = time.process_time()
+            for _ in range(len(chosen[1])):
+                await fetch("SELECT 1 AS one")
+            spent[0] += time.process_time() - started
+    finally:
+        await close_pool(engine)
+    counts = {0: len(chosen[1]), **{turn: len(replies) for turn, replies in chosen.items()}}
+    return {turn: spent[turn] * 1000 / (rounds * counts[turn]) for turn in spent}
 
 
 async def prepare(database_url: str) -> str:
@@ -178,6 +284,7 @@ def main() -> None:
         auth = {"Authorization": f"Bearer {secret}"}
         direct = f"{sim.base_url}/chat/completions"
         door = f"{gateway.root_url}/v1/chat/completions"
+        responses_url = f"{gateway.root_url}/v1/responses"
         n, seconds = args.connections, args.duration
 
         def measured(url: str, headers: dict[str, str], conns: int, stream: bool) -> dict[str, Any]:
@@ -190,6 +297,7 @@ def main() -> None:
             return result
 
         drive(other_core, door, "sim-model", auth, 4, False, 2.0)  # warm up
+        drive(other_core, responses_url, "sim-model", auth, 4, False, 2.0)
         rss_before = meter.rss_mb()
         rows = {
             "A direct": drive(other_core, direct, "sim-model", {}, n, False, seconds),
@@ -200,7 +308,10 @@ def main() -> None:
             "D door stream, 1 conn": measured(door, auth, 1, True),
             "E direct stream": drive(other_core, direct, "sim-model", {}, n, True, seconds),
             "E door stream": measured(door, auth, n, True),
+            "F responses chain": measured(responses_url, auth, n, False),
+            "G responses chain stream": measured(responses_url, auth, n, True),
         }
+        lookup = asyncio.run(lookup_cpu_ms(database_url, rows["F responses chain"]["ids"]))
         rss_after = meter.rss_mb()
     finally:
         gateway.close()
@@ -238,6 +349,12 @@ def main() -> None:
         extra = row["cpu_ms_per_request"] - rows[plain]["cpu_ms_per_request"]
         print(f"CPU per relayed chunk ({streamed}): {extra / max(per_request, 1):.4f} ms")
     print(f"gateway RSS: {rss_before:.1f} MB before, {rss_after:.1f} MB after")
+    baseline = lookup.pop(0)
+    print(
+        "previous_response_id lookup CPU: "
+        + ", ".join(f"turn {turn}: {ms:.4f} ms" for turn, ms in lookup.items())
+        + f" (a SELECT 1 through the same path: {baseline:.4f} ms)"
+    )
 
 
 if __name__ == "__main__":
