@@ -327,3 +327,40 @@ async def test_the_whole_door_is_served_under_its_own_base_url(conv: Conversatio
     listed = await conv.door.api.alice.get("/v1/conversations")
     assert listed.status_code == 200
     assert "next_cursor" in listed.json()
+
+
+async def test_a_history_resent_past_a_deleted_item_branches(conv: Conversations) -> None:
+    history: list[Any] = [{"role": "user", "content": "Hello there"}]
+    first = await conv.door.alice.chat.completions.with_raw_response.create(
+        model="sim-model", messages=history
+    )
+    conversation = first.headers["x-switchboard-conversation"]
+    history += [
+        {"role": "assistant", "content": first.parse().choices[0].message.content},
+        {"role": "user", "content": "Go on"},
+    ]
+    second = await conv.door.alice.chat.completions.with_raw_response.create(
+        model="sim-model", messages=history
+    )
+    assert second.headers["x-switchboard-conversation"] == conversation
+    history += [
+        {"role": "assistant", "content": second.parse().choices[0].message.content},
+        {"role": "user", "content": "And then?"},
+    ]
+    stored = await conv.door.messages(conversation)
+    asked = f"msg_{UUID(stored[2]['id']).hex}"
+    await conv.alice.conversations.items.delete(
+        asked, conversation_id=f"conv_{UUID(conversation).hex}"
+    )
+
+    # The conversation no longer holds what the client resends: a branch from the last
+    # message both still share, never an append.
+    third = await conv.door.alice.chat.completions.with_raw_response.create(
+        model="sim-model", messages=history
+    )
+    branch = third.headers["x-switchboard-conversation"]
+    assert branch != conversation
+    forked = (await conv.door.api.alice.get(f"/v1/conversations/{branch}")).json()
+    assert forked["forked_from_message_id"] == stored[1]["id"]
+    assert len(await conv.door.messages(branch)) == len(history) + 1
+    assert [m["seq"] for m in await conv.door.messages(conversation)] == [1, 2, 4]
