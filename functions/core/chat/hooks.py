@@ -18,6 +18,8 @@ from functions.core.chat.targets import Target
 from functions.core.messages.schemas import Turn
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from functions.core.chat.schemas import SendRequest
     from functions.core.configs.schemas import LLMConfigOut
     from functions.core.messages.schemas import MessageOut
@@ -50,6 +52,8 @@ class Admission(msgspec.Struct, frozen=True, kw_only=True):
     # The whole prompt when the door sends it (for counting it exactly), and the model.
     prompt: list[Turn] | None = None
     model: str | None = None
+    # How many replies vLLM is asked for (OpenAI's ``n``): each may use ``max_tokens``.
+    choices: int = 1
 
 
 class ExchangeHooks(Protocol):
@@ -60,13 +64,19 @@ class ExchangeHooks(Protocol):
         stored, the client gets its status)."""
 
     async def reconcile(
-        self, admission: Admission, reply: MessageOut | None, *, generated: bool = True
+        self,
+        admission: Admission,
+        reply: MessageOut | None,
+        *,
+        generated: bool = True,
+        others: Sequence[MessageOut] = (),
     ) -> None:
         """Once the exchange has ended, however it ended: ``reply`` is the stored reply
         (its final status and usage), or None when nothing was recorded (the claim was
         refused, the conversation was deleted, the database did not take the outcome, an
         unstored send). ``generated``: False when the model was never asked (the claim
-        was refused), so nothing was spent."""
+        was refused), so nothing was spent. ``others``: the further choices of an ``n`` >
+        1 send, as stored (their usage is their own completion tokens)."""
 
 
 class NoHooks:
@@ -76,7 +86,12 @@ class NoHooks:
         return None
 
     async def reconcile(
-        self, admission: Admission, reply: MessageOut | None, *, generated: bool = True
+        self,
+        admission: Admission,
+        reply: MessageOut | None,
+        *,
+        generated: bool = True,
+        others: Sequence[MessageOut] = (),
     ) -> None:
         return None
 
@@ -117,5 +132,6 @@ def admission(
         config_max_tokens=config.max_tokens if config is not None else None,
         config_max_concurrent=config.max_concurrent if config is not None else None,
         prompt=request.messages,
+        choices=request.choices,
         model=model or (config.model if config is not None else request.target.model),
     )

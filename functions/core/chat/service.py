@@ -433,8 +433,11 @@ class _Exchanging:
         try:
             await self._hold.__aexit__(kind, exc, traceback)
         finally:
-            stored = self._recorder.stored if self._recorder is not None else None
-            await self._service._hooks.reconcile(self._admitted, stored)
+            recorder = self._recorder
+            stored = recorder.stored if recorder is not None else None
+            # The further choices of an n > 1 send: their tokens are spent too.
+            others = recorder.further_stored if isinstance(recorder, ChoicesRecorder) else ()
+            await self._service._hooks.reconcile(self._admitted, stored, others=others)
 
 
 async def _interrupted_event(

@@ -57,7 +57,7 @@ from functions.core.metrics import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
 
     from functions.core.chat.hooks import Admission
     from functions.core.llm.client import LLMClient
@@ -168,7 +168,7 @@ class Limiter:
         )
         if admission.history and counts_tokens and admission.conversation_id is not None:
             prompt += await _history_tokens(admission.conversation_id)
-        reply = (
+        reply = admission.choices * (
             admission.max_tokens
             or admission.config_max_tokens
             or self._settings.limit_reserve_max_tokens
@@ -204,7 +204,12 @@ class Limiter:
             note_response_headers(headers)
 
     async def reconcile(
-        self, admission: Admission, reply: MessageOut | None, *, generated: bool = True
+        self,
+        admission: Admission,
+        reply: MessageOut | None,
+        *,
+        generated: bool = True,
+        others: Sequence[MessageOut] = (),
     ) -> None:
         held = self._held.pop(id(admission), None)
         if held is None:
@@ -216,7 +221,11 @@ class Limiter:
             # An exchange whose usage nothing recorded: charged what it reserved.
             used = ask.tokens
         elif reply.usage is not None:
-            used = (reply.usage.prompt_tokens or 0) + (reply.usage.completion_tokens or 0)
+            # With n > 1, each further choice's usage is its own completion tokens.
+            used = sum(
+                (r.usage.prompt_tokens + r.usage.completion_tokens) if r.usage else 0
+                for r in (reply, *others)
+            )
         else:
             # A reply cut before vLLM counted it: the prompt's estimate and what arrived.
             used = held.prompt_tokens + estimate_tokens(len(reply.content), 0)

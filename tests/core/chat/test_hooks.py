@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +40,23 @@ class Books:
         self.admitted: list[Admission] = []
         self.reconciled: list[tuple[Admission, MessageOut | None]] = []
         self.events: list[tuple[str, Admission]] = []
+        # Whether the model was asked, as each reconcile was told.
+        self.generated: list[bool] = []
 
     async def admit(self, admission: Admission) -> None:
         self.admitted.append(admission)
         self.events.append(("admit", admission))
 
-    async def reconcile(self, admission: Admission, reply: MessageOut | None) -> None:
+    async def reconcile(
+        self,
+        admission: Admission,
+        reply: MessageOut | None,
+        *,
+        generated: bool = True,
+        others: Sequence[MessageOut] = (),
+    ) -> None:
         self.reconciled.append((admission, reply))
+        self.generated.append(generated)
         self.events.append(("reconcile", admission))
 
     def each_admitted_then_reconciled_once(self) -> bool:
@@ -144,6 +155,7 @@ async def test_a_failed_reply_is_reconciled_as_stored_and_a_refused_send_with_no
         await chat.send(party.says("Me too"))
     assert len(books.admitted) == 2
     assert books.reconciled[-1] == (books.admitted[-1], None)
+    assert books.generated == [True, False]  # the refused claim asked the model nothing
     holding.cancel()
     with pytest.raises(asyncio.CancelledError):
         await holding

@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import pytest
 
 from functions.core.chat.hooks import Admission
@@ -169,3 +170,17 @@ async def test_memory_and_redis_answer_alike() -> None:
             assert answers["memory"] == ["", "", "", "concurrent"]
         finally:
             await redis.close()
+
+
+async def test_several_choices_reserve_each_reply_and_are_charged_all_of_them() -> None:
+    owner = uuid.uuid4()
+    limiter = limiter_for(KeyLimits(tokens_per_day=10_000), owner)
+    three = msgspec.structs.replace(admitted(owner), choices=3)
+    await limiter.admit(three)
+    assert spent(limiter, owner) == estimate_tokens(400, 1) + 3 * 500
+    first = reply(usage=Usage(prompt_tokens=90, completion_tokens=10, total_tokens=100))
+    others = [
+        reply(usage=Usage(prompt_tokens=0, completion_tokens=n, total_tokens=n)) for n in (7, 12)
+    ]
+    await limiter.reconcile(three, first, others=others)
+    assert spent(limiter, owner) == 90 + 10 + 7 + 12
