@@ -150,6 +150,46 @@ class ChatService:
             await self._hooks.reconcile(admitted, None)
         return result
 
+    async def stream_unstored(
+        self, request: SendRequest, config: LLMConfigOut | None, *, model: str | None = None
+    ) -> AsyncGenerator[ReplyDelta | ChatDone, None]:
+        """:meth:`ask_unstored`, streamed (a Responses ``store: false`` with ``stream``):
+        the reply's text as it arrives (``ReplyDelta``), then the upstream's ``ChatDone``
+        (finish, usage, tool calls). Nothing is claimed or stored; closing the iterator
+        aborts vLLM. Raises as :meth:`ask_unstored` does (an ``LLMError`` once the stream
+        has begun is raised from the iteration)."""
+        assert request.conversation_id is not None, "the conversation it is about"
+        assert request.messages is not None, "the whole prompt"
+        self._in_flight.check_accepting()
+        admitted = admission(request, request.conversation_id)
+        await self._hooks.admit(admitted)
+        done: ChatDone | None = None
+        try:
+            with self._in_flight.guard(None) as guard:
+                asked = upstream_request(
+                    request.messages,
+                    config,
+                    model=config.model if config is not None else model,
+                    sampling=request.sampling,
+                    extra=request.extra,
+                )
+                upstream = self._llm.stream_chat(asked, request_id=request.request_id)
+                async with aclosing(upstream) as events:
+                    while True:
+                        with guard.waiting():
+                            event = await anext(events, None)
+                        if event is None:
+                            break
+                        if isinstance(event, ChatDelta):
+                            yield ReplyDelta(text=event.text)
+                        else:
+                            done = event
+            yield _finished(done)
+        except Interrupted:
+            raise shutting_down({"conversation_id": str(request.conversation_id)}) from None
+        finally:
+            await self._hooks.reconcile(admitted, None)
+
     async def _collected(self, request: SendRequest) -> tuple[MessageOut, SwitchboardError | None]:
         """The stored reply of a send read whole, and the model's error if it failed."""
         _one_choice(request)

@@ -11,11 +11,14 @@ deltas, closed (``...done``) before ``response.completed`` (or ``response.incomp
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from functions.core.chat.schemas import ReplyDelta, ReplyDone, ReplyFailed
+from functions.core.errors import SwitchboardError
+from functions.core.messages.schemas import MessageError, Usage
 from functions.openai.failures import status_of
 from functions.openai.ids import IdKind, format_id
 from functions.openai.responses.items import message_item, output_items, output_text
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from functions.core.chat.schemas import ChatEvent
+    from functions.core.llm.schemas import ChatDone, ChatResult
     from functions.core.messages.schemas import MessageOut
 
 _encode = msgspec.json.encode
@@ -239,6 +243,35 @@ def _error_event(events: Events, error: dict[str, Any]) -> bytes:
     )
 
 
+def _opened_text(events: Events, reply: MessageOut) -> list[bytes]:
+    """The reply's text item announced, before its first delta."""
+    return [
+        events(
+            "response.output_item.added",
+            output_index=0,
+            item={**message_item(reply, "", "in_progress"), "content": []},
+        ),
+        events(
+            "response.content_part.added",
+            item_id=format_id(IdKind.MESSAGE, reply.id),
+            output_index=0,
+            content_index=0,
+            part=output_text(""),
+        ),
+    ]
+
+
+def _delta(events: Events, reply: MessageOut, text: str) -> bytes:
+    return events(
+        "response.output_text.delta",
+        item_id=format_id(IdKind.MESSAGE, reply.id),
+        output_index=0,
+        content_index=0,
+        delta=text,
+        logprobs=[],
+    )
+
+
 async def streamed(
     send: AsyncIterator[ChatEvent], reply: MessageOut, request: dict[str, Any]
 ) -> AsyncIterator[bytes]:
@@ -246,7 +279,6 @@ async def streamed(
     its text as it arrives, then its items closed and how it ended. Closing it closes
     the send, which aborts vLLM and stores the reply ``cancelled``."""
     events = Events()
-    item_id = format_id(IdKind.MESSAGE, reply.id)
     try:
         for data in opening(events, reply, request):
             yield data
@@ -255,26 +287,9 @@ async def streamed(
             if isinstance(event, ReplyDelta):
                 if not text_open:
                     text_open = True
-                    yield events(
-                        "response.output_item.added",
-                        output_index=0,
-                        item={**message_item(reply, "", "in_progress"), "content": []},
-                    )
-                    yield events(
-                        "response.content_part.added",
-                        item_id=item_id,
-                        output_index=0,
-                        content_index=0,
-                        part=output_text(""),
-                    )
-                yield events(
-                    "response.output_text.delta",
-                    item_id=item_id,
-                    output_index=0,
-                    content_index=0,
-                    delta=event.text,
-                    logprobs=[],
-                )
+                    for data in _opened_text(events, reply):
+                        yield data
+                yield _delta(events, reply, event.text)
             elif isinstance(event, ReplyDone):
                 for data in _close_items(events, event.message, text_open, 0):
                     yield data
@@ -288,6 +303,62 @@ async def streamed(
                 return
     finally:
         await send.aclose()  # type: ignore[attr-defined]
+
+
+async def streamed_unstored(
+    send: AsyncIterator[ReplyDelta | ChatDone], reply: MessageOut, request: dict[str, Any]
+) -> AsyncIterator[bytes]:
+    """The SSE body of a response not stored (the send path's not-stored mode, streamed):
+    the same events as :func:`streamed`, its reply (``reply``, an id naming no row) made
+    from what arrived."""
+    events = Events()
+    parts: list[str] = []
+    try:
+        for data in opening(events, reply, request):
+            yield data
+        async for event in send:
+            if isinstance(event, ReplyDelta):
+                if not parts:
+                    for data in _opened_text(events, reply):
+                        yield data
+                parts.append(event.text)
+                yield _delta(events, reply, event.text)
+                continue
+            finished = unstored_reply(reply, "".join(parts), event)
+            for data in _close_items(events, finished, bool(parts), 0):
+                yield data
+            yield _ending(events, finished, request)
+    except SwitchboardError as exc:
+        failed = msgspec.structs.replace(
+            reply,
+            content="".join(parts),
+            status="failed",
+            error=MessageError(code=exc.code, message=exc.message),
+        )
+        yield _ending(events, failed, request)
+    finally:
+        await send.aclose()  # type: ignore[attr-defined]
+
+
+def unstored_reply(reply: MessageOut, content: str, done: ChatDone | ChatResult) -> MessageOut:
+    """A reply not stored, as the upstream finished it."""
+    usage = done.usage
+    return msgspec.structs.replace(
+        reply,
+        content=content,
+        tool_calls=done.tool_calls,
+        status="complete",
+        model=done.model,
+        usage=None
+        if usage is None
+        else Usage(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.prompt_tokens + usage.completion_tokens,
+        ),
+        finish_reason=done.finish_reason,
+        completed_at=datetime.now(UTC),
+    )
 
 
 def whole_stream(reply: MessageOut, request: dict[str, Any]) -> list[bytes]:

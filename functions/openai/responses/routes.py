@@ -18,7 +18,7 @@ from functions.core.chat.schemas import MessageStarted, ReplyDone, ReplyFailed
 from functions.core.chat.service import ChatService
 from functions.core.errors import InvalidInputError, NotFoundError
 from functions.core.keys.schemas import Principal
-from functions.core.messages.schemas import MessageOut, Usage
+from functions.core.messages.schemas import MessageOut
 from functions.core.responses import service as responses
 from functions.core.web.docs import errors
 from functions.core.web.errors import request_id_of
@@ -55,7 +55,7 @@ async def create_response(
     continues one, ``conversation`` appends to one."""
     state = request.app.state
     raw = _decode(await request.body())
-    config = await config_names(state).config_for(data.model, principal.access)
+    config = await config_names(state).config_for(data.model)
     if config is None:
         await runtime_of(state).require_llm().require_model(data.model)
     planned = await plan(
@@ -100,37 +100,31 @@ async def _unstored(planned: Planned, chat: ChatService, *, stream: bool) -> Res
     """``store: false``: the pipeline's not-stored mode, its reply shown under an id that
     names no row (so it cannot be retrieved, continued or referenced)."""
     send = planned.send
-    result = await chat.ask_unstored(send, planned.config, model=send.target.model)
     now = datetime.now(UTC)
-    usage = result.usage
     reply = MessageOut(
         id=uuid.uuid4(),
         conversation_id=send.conversation_id or uuid.UUID(int=0),
         seq=0,
         role="assistant",
-        content=result.content,
-        tool_calls=result.tool_calls,
-        status="complete",
-        model=result.model,
-        usage=None
-        if usage is None
-        else Usage(
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            total_tokens=usage.prompt_tokens + usage.completion_tokens,
-        ),
-        finish_reason=result.finish_reason,
+        content="",
+        status="pending",
+        model=send.target.model,
         created_at=now,
-        completed_at=now,
     )
     if stream:
         return Stream(
-            render.whole_stream(reply, planned.fields),
+            render.streamed_unstored(
+                chat.stream_unstored(send, planned.config, model=send.target.model),
+                reply,
+                planned.fields,
+            ),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
             status_code=200,
         )
-    return Response(render.response_object(reply, planned.fields), status_code=200)
+    result = await chat.ask_unstored(send, planned.config, model=send.target.model)
+    finished = render.unstored_reply(reply, result.content, result)
+    return Response(render.response_object(finished, planned.fields), status_code=200)
 
 
 async def _stored(principal: Principal, response_id: str) -> responses.StoredResponse:

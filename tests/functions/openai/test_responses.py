@@ -250,6 +250,26 @@ async def test_store_false_is_not_retrievable(door: Door) -> None:
     with pytest.raises(openai.NotFoundError):
         await door.alice.responses.retrieve(unstored.id)
     assert await door.conversations() == []
+    # Streamed as it arrives, parsed by the SDK, and not stored either.
+    async with door.alice.responses.stream(
+        model="slow-model", input="stream, forget", store=False
+    ) as stream:
+        kinds = [event.type async for event in stream]
+        final = await stream.get_final_response()
+    assert kinds[0] == "response.created"
+    assert kinds.count("response.output_text.delta") > 1
+    assert final.output_text
+    with pytest.raises(openai.NotFoundError):
+        await door.alice.responses.retrieve(final.id)
+    # Continuing a stored response without storing: the history is read, nothing written.
+    kept, conversation = await _create(door.alice, input="kept")
+    passing = await door.alice.responses.create(
+        model=MODEL, input="passing", previous_response_id=kept.id, store=False
+    )
+    assert passing.output_text
+    sent = await door.last_request()
+    assert [m["content"] for m in sent["messages"] if m["role"] == "user"] == ["kept", "passing"]
+    assert len(await door.messages(conversation)) == 2
 
 
 async def test_refusals(door: Door) -> None:
