@@ -5,6 +5,7 @@ conversation, continued by ``previous_response_id`` from stored state alone."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -362,7 +363,8 @@ async def test_cut_by_max_output_tokens_is_incomplete(door: Door) -> None:
 async def _settled(door: Door, response_id: str) -> Any:
     """The response once its reply is no longer pending (a cut is recorded after the
     client has gone)."""
-    for _ in range(200):
+    deadline = time.monotonic() + scaled(15.0)
+    while time.monotonic() < deadline:
         fetched = await door.alice.responses.retrieve(response_id)
         if fetched.status != "in_progress":
             return fetched
