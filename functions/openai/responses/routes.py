@@ -175,7 +175,7 @@ async def list_input_items(
     principal: NamedDependency[Principal],
     after: Annotated[str | None, QueryParameter(max_length=100)] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
-    order: Order = "desc",
+    order: Annotated[Order, QueryParameter(description="By place in the conversation")] = "desc",
 ) -> dict[str, Any]:
     """The items this request sent (not the history it continued), ``order`` by their
     place in the conversation, ``after`` an item id of the list."""
