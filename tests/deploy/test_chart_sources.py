@@ -15,6 +15,7 @@ from functions.serve import FUNCTIONS
 from tests.deploy.conftest import CHART, Objects, component, of_kind, tool
 from tests.ops.routes import proxy_routes
 from tests.ops.tools import MONITORING, debian_tool, run
+from tests.support.process import REPO_ROOT
 
 RULES = MONITORING / "prometheus" / "rules"
 DASHBOARDS = MONITORING / "grafana" / "dashboards"
@@ -175,3 +176,13 @@ def test_a_packaged_chart_carries_monitorings_files_not_links(tmp_path: Path) ->
             assert files[f"switchboard/files/{inside}/{path.name}"] == path.read_text()
     assert not [name for name in files if "/examples/" in name]
     assert "switchboard/values.yaml" in files
+
+
+def test_the_kubernetes_page_names_every_value_and_example() -> None:
+    page = (REPO_ROOT / "docs" / "kubernetes.md").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    table = page.split("## Values", 1)[1]
+    missing = [key for key in values if f"`{key}" not in table]
+    assert missing == []
+    for example in (CHART / "examples").glob("*.yaml"):
+        assert f"`{example.name}`" in page or f"examples/{example.name}" in page, example.name
