@@ -140,11 +140,20 @@ async def _stored(principal: Principal, response_id: str) -> responses.StoredRes
     responses=errors(404, policy=OPENAI),
 )
 async def retrieve_response(
-    response_id: ResponseId, principal: NamedDependency[Principal]
+    response_id: ResponseId,
+    principal: NamedDependency[Principal],
+    stream: Annotated[bool, QueryParameter(description="Not supported: see below")] = False,
 ) -> dict[str, Any]:
     """A stored response of your key: its status, output and usage as stored now (one in
-    progress shows ``in_progress``)."""
+    progress shows ``in_progress``). Streaming a response again (``stream=true``) is for
+    background responses, which this gateway does not run: a 400."""
     stored = await _stored(principal, response_id)
+    if stream:
+        raise InvalidInputError(
+            "stream=true retrieves a background response's events, and this gateway runs "
+            "no background responses: retrieve it without stream",
+            details={"field": "stream"},
+        )
     return render.response_object(stored.reply, stored.request)
 
 

@@ -283,6 +283,8 @@ async def test_refusals(door: Door) -> None:
         )
     with pytest.raises(openai.BadRequestError, match="synchronous"):
         await door.alice.responses.cancel(first.id)
+    with pytest.raises(openai.BadRequestError, match="background"):
+        await door.alice.responses.retrieve(first.id, stream=True)
     with pytest.raises(openai.NotFoundError):
         await door.alice.responses.create(model="no-such-model", input="x")
 
