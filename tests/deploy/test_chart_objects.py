@@ -89,6 +89,15 @@ def test_each_function_has_probes_limits_a_drain_and_its_own_budget(
         )
         # Each function's own budget and autoscaler select it and nothing else.
         labels = pod["metadata"]["labels"]
+        spread = pod["spec"].get("topologySpreadConstraints", [])
+        if values["functionDefaults"]["spreadAcrossNodes"]:
+            keys = {
+                each["topologyKey"]
+                for each in spread
+                if each["labelSelector"]["matchLabels"].items() <= labels.items()
+                and each["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == function
+            }
+            assert "kubernetes.io/hostname" in keys
         [budget] = [
             b
             for b in budgets.values()
