@@ -1,11 +1,13 @@
 """The door's answer to one send, for chat and legacy completions alike.
 
-A handler starts the send (``ChatService.stream_raw``) and hands its events here: the
-stored messages come first (``placement_headers`` say where), then either a stream relayed
-from vLLM's first chunk on (read before the 200, so a request vLLM refuses is an HTTP
-error, as vLLM's own server answers), or the upstream's events gathered (``facts``) into
-one body once the reply is stored. A failure after the exchange was stored is raised with
-the headers that say where. Closing the events on any exit aborts vLLM at once.
+A handler starts the send (``ChatService.stream_raw``; ``gather_raw`` for a non-streamed
+answer, which reads vLLM whole with no event passed up per chunk) and hands its events
+here: the stored messages come first (``placement_headers`` say where), then either a
+stream relayed from vLLM's first chunk on (read before the 200, so a request vLLM refuses
+is an HTTP error, as vLLM's own server answers), or the upstream's events gathered
+(``facts``) into one body once the reply is stored. A failure after the exchange was
+stored is raised with the headers that say where. Closing the events on any exit aborts
+vLLM at once.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from litestar import Response
 from litestar.response import Stream
 
 from functions.chat.app import SSE_HEADERS
-from functions.core.chat.schemas import MessageStarted, ReplyDone, ReplyFailed
+from functions.core.chat.schemas import MessageStarted, ReplyDone, ReplyFailed, UpstreamBatch
 from functions.core.llm.schemas import UpstreamEvent
 from functions.openai.completion import placement_headers
 from functions.openai.failures import raised
@@ -40,7 +42,7 @@ F = TypeVar("F", bound=Facts)
 
 
 async def answered(
-    events: AsyncIterator[ChatEvent | UpstreamEvent],
+    events: AsyncIterator[ChatEvent | UpstreamEvent | UpstreamBatch],
     *,
     stream: bool,
     options: StreamOptions | None,
@@ -81,7 +83,10 @@ async def answered(
                 status_code=200,
             )
         async for event in events:
-            if isinstance(event, UpstreamEvent):
+            if isinstance(event, UpstreamBatch):
+                for upstream in event.events:
+                    facts.add(upstream)
+            elif isinstance(event, UpstreamEvent):
                 facts.add(event)
             elif isinstance(event, ReplyDone):
                 return Response(body(event, started, facts), status_code=200, headers=headers)

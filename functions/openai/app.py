@@ -112,8 +112,10 @@ async def create_chat_completion(
         ),
         choices=choices,
     )
+    placed = await placement.placed(whole, conversation)
     return await answered(
-        chat.stream_raw(await placement.placed(whole, conversation)),
+        # Several choices are gathered by index from the relayed events; one read whole.
+        chat.stream_raw(placed) if data.stream or choices > 1 else chat.gather_raw(placed),
         stream=bool(data.stream),
         options=data.stream_options,
         facts=ChunkFacts(wants_logprobs=bool(raw.get("logprobs"))),

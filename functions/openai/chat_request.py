@@ -24,6 +24,7 @@ from functions.core.chat.targets import Target
 from functions.core.configs.schemas import CONFIG_NAME_PATTERN
 from functions.core.errors import InvalidInputError, PayloadTooLargeError
 from functions.core.messages.schemas import Turn
+from functions.core.schemas import InputValueError, check_value
 
 if TYPE_CHECKING:
     from functions.core.configs.schemas import LLMConfigOut
@@ -98,47 +99,75 @@ def sampling(data: ChatCompletionCreate) -> dict[str, Any]:
     return chosen
 
 
-def turn_of(message: ChatMessageIn, index: int) -> Turn:
-    """One message as a stored turn: its text, and its parts when it has more than text."""
-    content = message.content
-    if message.role == "tool" and message.tool_call_id is None:
-        raise InvalidInputError(
-            "a tool message needs tool_call_id (the id of the call it answers)",
-            details={"field": f"messages[{index}].tool_call_id"},
-        )
-    if isinstance(content, list):
-        text = "".join(
-            part["text"]
-            for part in content
-            if part.get("type") == "text" and isinstance(part.get("text"), str)
-        )
-        return Turn(
-            role=message.role,
-            content=text,
-            parts=content,
-            tool_calls=message.tool_calls,
-            tool_call_id=message.tool_call_id,
-            name=message.name,
-        )
-    return Turn(
-        role=message.role,
-        content=content or "",
-        tool_calls=message.tool_calls or None,
-        tool_call_id=message.tool_call_id,
-        name=message.name,
+def _parts_text(parts: list[dict[str, Any]]) -> str:
+    """The text of content parts: their text parts joined with nothing between them."""
+    return "".join(
+        part["text"]
+        for part in parts
+        if part.get("type") == "text" and isinstance(part.get("text"), str)
     )
 
 
+def _check_stored(value: Any, index: int, field: str) -> None:
+    """What the databases would not store alike (a NUL, an integer beyond 64 bits, JSON
+    nested too deep) is a 400 naming the field, as on the chat API."""
+    try:
+        check_value(value, field)
+    except InputValueError as exc:
+        raise InvalidInputError(
+            f"messages[{index}].{exc}", details={"field": f"messages[{index}].{exc.field}"}
+        ) from None
+
+
 def turns_of(messages: list[ChatMessageIn], max_chars: int) -> list[Turn]:
-    """The messages as turns; a turn's text over SWITCHBOARD_MAX_MESSAGE_CHARS (``max_chars``)
-    is a 413 naming it, as on the chat API."""
-    turns = [turn_of(message, index) for index, message in enumerate(messages)]
-    for index, turn in enumerate(turns):
-        if (too_long := message_chars_problem(turn.content, max_chars)) is not None:
+    """The messages as stored turns: each one's text, and its parts when it has more than
+    text. A value the databases would not store alike is a 400 and a text over
+    SWITCHBOARD_MAX_MESSAGE_CHARS (``max_chars``) a 413, each naming the message; a tool
+    message needs its ``tool_call_id``.
+
+    One pass, the checks written out: it runs for every message of every resent history
+    (a plain text message, nearly all of them, costs a NUL test and a length test)."""
+    turns: list[Turn] = []
+    append = turns.append
+    for index, message in enumerate(messages):
+        content, role, name = message.content, message.role, message.name
+        calls, call_id = message.tool_calls, message.tool_call_id
+        if role == "tool" and call_id is None:
+            raise InvalidInputError(
+                "a tool message needs tool_call_id (the id of the call it answers)",
+                details={"field": f"messages[{index}].tool_call_id"},
+            )
+        if isinstance(content, str):
+            if "\x00" in content:
+                _check_stored(content, index, "content")
+            text, parts = content, None
+        elif content is None:
+            text, parts = "", None
+        else:
+            _check_stored(content, index, "content")
+            text, parts = _parts_text(content), content
+        if name is not None and "\x00" in name:
+            _check_stored(name, index, "name")
+        if call_id is not None and "\x00" in call_id:
+            _check_stored(call_id, index, "tool_call_id")
+        if calls is not None:
+            _check_stored(calls, index, "tool_calls")
+        if len(text) > max_chars:
             raise PayloadTooLargeError(
-                f"messages[{index}].content {too_long}",
+                f"messages[{index}].content {message_chars_problem(text, max_chars)}",
                 details={"field": f"messages[{index}].content", "limit_chars": max_chars},
             )
+        append(
+            Turn(
+                role=role,
+                content=text,
+                parts=parts,
+                # A text turn's empty list of calls is stored as none (parts keep theirs).
+                tool_calls=calls if parts is not None else calls or None,
+                tool_call_id=call_id,
+                name=name,
+            )
+        )
     return turns
 
 

@@ -23,7 +23,7 @@ from functions.openai.failures import error_chunk
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from functions.core.chat.schemas import ChatEvent
+    from functions.core.chat.schemas import ChatEvent, UpstreamBatch
 
 DONE = b"data: [DONE]\n\n"
 _USAGE_KEY = b',"usage":'
@@ -106,9 +106,9 @@ def relayed(
 
 
 async def relay(
-    events: AsyncIterator[ChatEvent | UpstreamEvent],
+    events: AsyncIterator[ChatEvent | UpstreamEvent | UpstreamBatch],
     wanted: UsageWanted,
-    first: ChatEvent | UpstreamEvent,
+    first: ChatEvent | UpstreamEvent | UpstreamBatch,
     chunk_id: bytes | None = None,
 ) -> AsyncIterator[bytes]:
     """The SSE body of a stream whose ``message`` event was already read, and then

@@ -14,7 +14,7 @@ from msgspec import Meta
 
 from functions.core.configs.schemas import MaxTokens, Seed, Temperature, TopP
 from functions.core.messages.schemas import Role
-from functions.core.schemas import Output, check_value
+from functions.core.schemas import Output
 
 # OpenAI's own limit on a request's stop sequences is 4; vLLM takes any number.
 StopField = str | Annotated[list[str], Meta(max_length=64)]
@@ -22,27 +22,15 @@ StopField = str | Annotated[list[str], Meta(max_length=64)]
 
 class ChatMessageIn(msgspec.Struct, kw_only=True):
     """One message of ``messages``, in OpenAI's shape. ``content`` is a string, a list of
-    content parts, or null (an assistant turn that only calls tools)."""
+    content parts, or null (an assistant turn that only calls tools). What the databases
+    would not store alike is checked as the messages become turns
+    (``chat_request.turns_of``), in one pass, not field by field as they are decoded."""
 
     role: Role
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
-
-    def __post_init__(self) -> None:
-        # A message is stored: what the databases would not store alike (a NUL, an
-        # integer beyond 64 bits, JSON nested too deep) is a 400 naming it, as on the
-        # chat API, not a database error. Written out field by field, not looped over
-        # names: it runs for every message of every resent history.
-        if self.content is not None:
-            check_value(self.content, "content")
-        if self.name is not None:
-            check_value(self.name, "name")
-        if self.tool_calls is not None:
-            check_value(self.tool_calls, "tool_calls")
-        if self.tool_call_id is not None:
-            check_value(self.tool_call_id, "tool_call_id")
 
 
 class StreamOptions(msgspec.Struct, kw_only=True):

@@ -177,7 +177,7 @@ async def create_completion(
         else Idempotency(key=idempotency_key, request_hash=request_hash("openai.completions", raw)),
     )
     return await answered(
-        chat.stream_raw(send),
+        chat.stream_raw(send) if data.stream else chat.gather_raw(send),
         stream=bool(data.stream),
         options=data.stream_options,
         facts=CompletionFacts(

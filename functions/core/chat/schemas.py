@@ -19,7 +19,7 @@ from functions.core.configs.schemas import (
     Temperature,
     TopP,
 )
-from functions.core.llm.schemas import CompletionPrompt
+from functions.core.llm.schemas import CompletionPrompt, UpstreamEvent
 from functions.core.messages.schemas import MessageOut, Turn
 from functions.core.schemas import Input, Output
 from functions.core.threads.schemas import Thread
@@ -136,6 +136,14 @@ class ReplyFailed(Output, kw_only=True, tag="error"):
 
     error: dict[str, Any]
     message: MessageOut | None
+
+
+class UpstreamBatch(msgspec.Struct, kw_only=True):
+    """vLLM's events of a send read whole (``ChatService.gather_raw``), as
+    ``stream_raw`` would have yielded them one by one: given once, before the reply's
+    ``done`` or ``error``."""
+
+    events: list[UpstreamEvent]
 
 
 ChatEvent = MessageStarted | ReplyDelta | ReplyDone | ReplyFailed

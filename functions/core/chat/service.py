@@ -36,9 +36,11 @@ from functions.core.chat.schemas import (
     ReplyDone,
     ReplyFailed,
     SendRequest,
+    UpstreamBatch,
 )
 from functions.core.conversations import service as conversations
 from functions.core.db.notifications import notify
+from functions.core.errors import SwitchboardError
 from functions.core.liveness.inflight import (
     CONVERSATION_DELETED,
     InFlight,
@@ -56,7 +58,6 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from functions.core.configs.schemas import LLMConfigOut
-    from functions.core.errors import SwitchboardError
     from functions.core.llm.client import LLMClient
     from functions.core.llm.schemas import RawStreamEvent, StreamEvent
     from functions.core.messages.schemas import Exchange, MessageOut
@@ -205,11 +206,19 @@ class ChatService:
         return _Exchanging(self, request)
 
     async def _generate(
-        self, exchange: Exchange, request: SendRequest, recorder: ReplyRecorder
+        self,
+        exchange: Exchange,
+        request: SendRequest,
+        recorder: ReplyRecorder,
+        events: list[UpstreamEvent] | None = None,
     ) -> tuple[MessageOut, SwitchboardError | None]:
-        """The model's whole reply for a claimed exchange, recorded however it ends."""
+        """The model's whole reply for a claimed exchange, recorded however it ends;
+        ``events`` gathers the upstream's own events (:meth:`gather_raw`)."""
         parts: list[str] = []  # what arrived, kept if the send is cut short
         calls = ToolCallParts()  # likewise the tool calls
+        # The counts so far, when the upstream sends them on every chunk (the OpenAI
+        # door asks for it): what a reply cut short is charged.
+        counted: list[Usage] = []
         with self._in_flight.guard(exchange.assistant_message.conversation_id) as guard:
             try:
                 with guard.waiting():
@@ -218,25 +227,62 @@ class ChatService:
                         request_id=request.request_id,
                         into=parts,
                         tool_calls=calls,
+                        events=events,
+                        counted=counted,
                     )
                 if result.finish_reason is None:
                     raise LLMError(UNFINISHED, partial_text=result.content, details=_ids(exchange))
             except LLMError as exc:
-                stored = await recorder.failed(exc, tool_calls=calls.calls())
+                stored = await recorder.failed(
+                    exc, tool_calls=calls.calls(), usage=counted[-1] if counted else None
+                )
                 exc.details.update(_ids(exchange))
                 return stored, exc
             except Interrupted as stop:
                 if stop.reason == "deleted":
                     raise recorder.gone() from None
-                await recorder.shutdown("".join(parts), calls.calls())
+                await recorder.shutdown(
+                    "".join(parts), calls.calls(), counted[-1] if counted else None
+                )
                 raise shutting_down(_ids(exchange)) from None
             except asyncio.CancelledError:
-                await recorder.cancelled("".join(parts), calls.calls())
+                await recorder.cancelled(
+                    "".join(parts), calls.calls(), counted[-1] if counted else None
+                )
                 raise
             except Exception as exc:
                 await recorder.broken(exc, partial="".join(parts), tool_calls=calls.calls())
                 raise
         return await recorder.completed(result.content, result, ttft_ms=result.ttft_ms), None
+
+    async def gather_raw(
+        self, request: SendRequest
+    ) -> AsyncGenerator[ChatEvent | UpstreamBatch, None]:
+        """:meth:`stream_raw` for a door that answers once the reply is whole (the OpenAI
+        door's non-streamed answer): ``message``, then the upstream's events in one
+        :class:`UpstreamBatch` (read as :meth:`send` reads the model, with no event passed
+        up per chunk), then ``done``/``error``. The reply is recorded as :meth:`send`
+        records it, a reply cut short with its counts up to the cut; a shutdown, a deletion
+        or an outcome the database did not take is an ``error`` event, as in a stream."""
+        _one_choice(request)
+        try:
+            async with self._exchange(request) as (exchange, recorder, sent):
+                yield MessageStarted(
+                    user_message=exchange.user_message,
+                    assistant_message=exchange.assistant_message,
+                )
+                events: list[UpstreamEvent] = []
+                try:
+                    reply, error = await self._generate(exchange, sent, recorder, events)
+                except SwitchboardError as exc:
+                    yield _error_event(exc, recorder.stored)
+                    return
+                if events:
+                    yield UpstreamBatch(events=events)
+                yield ReplyDone(message=reply) if error is None else _error_event(error, reply)
+        except Replay as replay:
+            async for replayed in self._replayed_events(replay.reply_id):
+                yield replayed
 
     def stream(self, request: SendRequest) -> AsyncIterator[ChatEvent]:
         """Send and yield the reply as it arrives: ``message``, ``delta``..., ``done``/``error``.

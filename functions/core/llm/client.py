@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncGenerator
     from types import TracebackType
 
+    from functions.core.llm.schemas import UpstreamEvent, Usage
     from functions.core.llm.upstreams import Lease
     from functions.core.settings import Settings
 
@@ -400,6 +401,8 @@ class LLMClient:
         request_id: str | None = None,
         into: list[str] | None = None,
         tool_calls: ToolCallParts | None = None,
+        events: list[UpstreamEvent] | None = None,
+        counted: list[Usage] | None = None,
     ) -> ChatResult:
         """A whole completion, read from the upstream as a stream.
 
@@ -409,13 +412,22 @@ class LLMClient:
         handle. Cancelling the caller closes the connection, as with :meth:`stream_chat`;
         ``into`` (a list the caller holds) keeps the text that arrived before that, and
         ``tool_calls`` (likewise) the tool calls.
+
+        ``events`` (a caller that answers from vLLM's own chunks, the OpenAI door's
+        non-streamed answer): each SSE event as :meth:`stream_raw` would yield it, gathered
+        here instead of passed up one by one. ``counted``: the latest usage the upstream
+        reported (on every chunk with ``continuous_usage_stats``), kept through a cut.
         """
         parts: list[str] = [] if into is None else into
         call = await self._open_stream(request, request_id, parts=parts, tool_calls=tool_calls)
         reader = call.reader
         try:
             while not reader.finished:
-                await reader.read()  # the reader gathers the text into ``parts``
+                read = await reader.read()  # the reader gathers the text into ``parts``
+                if events is not None:
+                    events += map(upstream_event, reader.payloads, read)
+                if counted is not None and reader.usage is not None:
+                    counted[:] = (reader.usage,)
             done = call.finish()
             await reader.drain()
         finally:

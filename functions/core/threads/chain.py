@@ -103,13 +103,20 @@ def link(previous: bytes, turn: Turn) -> bytes:
 def chain(owner: uuid.UUID, turns: Sequence[Turn]) -> list[bytes]:
     """The hash of every prefix of ``turns`` (``h_1 .. h_n``), in order."""
     hashes: list[bytes] = []
+    append = hashes.append
     previous = root(owner)
+    copy, encode = _LINK_HASHER.copy, _encode
     for turn in turns:
-        # ``link``, inlined: a resent history is hashed whole on every request.
-        hasher = _LINK_HASHER.copy()
-        hasher.update(previous + canonical(turn))
+        # ``link`` and ``canonical`` inlined: a resent history is hashed whole on every
+        # request. A text turn (nearly all of them) has no media and no calls.
+        if turn.parts or turn.tool_calls:
+            data = canonical(turn)
+        else:
+            data = encode((turn.role, turn.content or "", None, turn.name, None, turn.tool_call_id))
+        hasher = copy()
+        hasher.update(previous + data)
         previous = hasher.digest()
-        hashes.append(previous)
+        append(previous)
     return hashes
 
 
