@@ -5,22 +5,20 @@ outage."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
 from typing import Any
 
+from tests.ops.tools import debian_tool
 from tests.support.process import free_port, start, stop
 from tests.support.timing import scaled
 
 
 class RedisServer:
     def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        self.binary = binary
+        # Installed from Debian when missing, as the other tools the tests drive.
+        self.binary = debian_tool("redis-server", "redis-server")
         self.port = free_port()
         self.process: subprocess.Popen[Any] | None = None
 
