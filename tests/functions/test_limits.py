@@ -241,3 +241,39 @@ async def test_a_limit_changed_by_an_admin_applies_at_once_here(
     assert response.status_code == 200
     assert (await door(alice)).status_code == 200
     assert (await door(alice)).status_code == 429
+
+
+async def test_the_chat_function_streams_with_the_same_headers(inprocess: InProcessGateway) -> None:
+    created = await inprocess.admin.post(
+        "/v1/configs", json={"name": "headed", "model": INPROCESS_MODEL}
+    )
+    assert created.status_code == 201, created.text
+    alice = await limited(inprocess, "alice", requests_per_minute=5, tokens_per_minute=50_000)
+    conversation = (await alice.http.post("/v1/conversations", json={"config": "headed"})).json()
+    streamed = await alice.http.post(
+        f"/v1/conversations/{conversation['id']}/messages",
+        json={"content": "hi", "stream": True, "max_tokens": 50},
+    )
+    assert streamed.status_code == 200
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    assert streamed.headers["x-ratelimit-limit-requests"] == "5"
+    assert streamed.headers["x-ratelimit-remaining-requests"] == "4"
+    assert streamed.headers["x-ratelimit-limit-tokens"] == "50000"
+    assert int(streamed.headers["x-ratelimit-remaining-tokens"]) < 50_000 - 50
+    assert streamed.headers["x-ratelimit-reset-tokens"].endswith(("ms", "s"))
+
+
+async def test_a_keys_concurrency_cap_holds_under_parallel_load(
+    inprocess: InProcessGateway,
+) -> None:
+    alice = await limited(inprocess, "alice", max_concurrent=1)
+    answers = await asyncio.gather(*(door(alice) for _ in range(12)))
+    passed = [a for a in answers if a.status_code == 200]
+    refused = [a for a in answers if a.status_code == 429]
+    assert passed
+    assert len(passed) + len(refused) == 12
+    for answer in refused:
+        assert answer.json()["error"]["code"] == "rate_limit_exceeded"
+        assert answer.json()["error"]["message"].startswith("this API key already has 1 request")
+    # Every slot was given back: a send after the burst passes.
+    assert (await door(alice)).status_code == 200
