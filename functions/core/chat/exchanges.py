@@ -497,7 +497,9 @@ def _exchange(
             mode=request.prompt,
             new_turns=request.turns,
             stored=claimed.history,
-            system_prompt=config.system_prompt if config else None,
+            system_prompt=request.instructions
+            if request.instructions is not None
+            else (config.system_prompt if config else None),
             window=config.history_window if config else None,
         )
     )

@@ -95,6 +95,9 @@ class SendRequest(msgspec.Struct, frozen=True, kw_only=True):
     # A legacy completion (the OpenAI door's ``/v1/completions``): its ``prompt`` as sent,
     # asked of vLLM's completions route instead of the turns (which are what is stored).
     completion_prompt: CompletionPrompt | None = None
+    # ``history`` mode: the system prompt of this send only, instead of the configuration's
+    # (a Responses' ``instructions``: never stored as a turn, never carried over).
+    instructions: str | None = None
     # How many choices vLLM is asked for (OpenAI's ``n``): see ``functions.core.chat.choices``.
     choices: int = 1
 

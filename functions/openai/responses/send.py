@@ -10,8 +10,9 @@ stored, and the whole prompt, built from stored state.
   conversation holding the whole history, recording the reply it forked from. Threading
   does exactly this for the chat door (``functions.core.threads``); the turns are stored
   with their chain hashes, so the chat door's resends of the same history find them.
-- ``conversation``: the turns are appended to that conversation of the caller's (sends
-  there take its lock in turn); the history is what it holds when the request is read.
+- ``conversation``: the turns are appended to that conversation of the caller's; the
+  claim reads its history under the conversation's lock (the ``history`` prompt mode,
+  ``instructions`` as its system prompt), so responses appended at once see each other.
 - neither: the input is the whole history, threaded as the chat door threads it
   (``functions.core.threads``): appended to the conversation that holds it, a branch of
   one it parts from, or a new conversation.
@@ -265,12 +266,22 @@ async def plan(
     elif (named := data.conversation_id()) is not None:
         conversation_id = await _conversation(owner, named)
         fields["conversation"] = named
-        history = await responses.history_through(conversation_id, LAST_SEQ, cap)
-        send = msgspec.structs.replace(
-            base,
-            conversation_id=conversation_id,
-            messages=chat_request.prompt([*instructions, *history, *new_turns], config),
-        )
+        if store:
+            # The claim reads the history under the conversation's lock: two responses
+            # appended at once each see the other's exchange if it came first.
+            send = msgspec.structs.replace(
+                base,
+                conversation_id=conversation_id,
+                prompt="history",
+                instructions=data.instructions or None,
+            )
+        else:
+            history = await responses.history_through(conversation_id, LAST_SEQ, cap)
+            send = msgspec.structs.replace(
+                base,
+                conversation_id=conversation_id,
+                messages=chat_request.prompt([*instructions, *history, *new_turns], config),
+            )
     elif store:
         # Threaded as the chat door's resends are: a client that sends the whole history
         # (the Vercel AI SDK, its earlier replies as item_references) appends to the

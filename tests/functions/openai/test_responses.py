@@ -334,13 +334,26 @@ async def test_appended_to_a_conversation_of_the_chat_api(door: Door) -> None:
     assert placed == started["id"]
     assert first.conversation is not None
     assert first.conversation.id == named
-    second, placed = await _create(door.alice, input="again", conversation=named)
+    second, placed = await _create(
+        door.alice, input="again", conversation=named, instructions="Answer in French."
+    )
     assert placed == started["id"]
     sent = await door.last_request()
+    assert sent["messages"][0] == {"role": "system", "content": "Answer in French."}
     assert [m["content"] for m in sent["messages"] if m["role"] == "user"] == ["into it", "again"]
     stored = await door.messages(started["id"])
     assert [m["role"] for m in stored] == ["user", "assistant", "user", "assistant"]
     assert stored[-1]["content"] == second.output_text
+    # Two at once: appended in turn, the later one's prompt holding the earlier exchange.
+    await asyncio.gather(
+        _create(door.alice, input="left", conversation=named),
+        _create(door.alice, input="right", conversation=named),
+    )
+    sent = await door.last_request()
+    users = [m["content"] for m in sent["messages"] if m["role"] == "user"]
+    assert users[:2] == ["into it", "again"]
+    assert sorted(users[2:]) == ["left", "right"]
+    assert len(await door.messages(started["id"])) == 8
     with pytest.raises(openai.NotFoundError):
         await door.bob.responses.create(model=MODEL, input="x", conversation=named)
 
