@@ -77,3 +77,41 @@ def test_a_value_that_contains_itself_is_cut_not_recursed_forever() -> None:
     loop.append(loop)
     log.info("odd", value=loop)  # type: ignore[attr-defined]
     assert "[too deep]" in stream.getvalue()
+
+
+def test_a_line_of_many_fields_is_the_line_info_writes() -> None:
+    from functions.core.logging import log_fields
+
+    stream, log = capture_json(request_id="req-9")
+    secret = "sb-" + "L0ngK3y" * 5
+    fields = {
+        "path": f"/v1/x/{secret}",
+        "key_prefix": "sb-abcdefghi",  # a key's display prefix: not a secret
+        "upstream": "http://u:hunter2@gpu:8000/v1",
+        "api_key": "plain",
+        "status": 201,
+    }
+    log_fields(log, "request", dict(fields))
+    log.info("request", **fields)  # type: ignore[attr-defined]
+    structlog.contextvars.clear_contextvars()
+    fast, slow = (msgspec.json.decode(line) for line in stream.getvalue().splitlines()[-2:])
+    assert fast.pop("timestamp")[:11] == slow.pop("timestamp")[:11]
+    assert fast == slow
+    assert fast["request_id"] == "req-9"
+    assert fast["key_prefix"] == "sb-abcdefghi"
+    assert secret not in fast["path"]
+    assert "hunter2" not in fast["upstream"]
+    assert fast["api_key"] == "[redacted]"
+
+
+def test_timestamps_are_rfc3339_utc_with_microseconds() -> None:
+    from datetime import UTC, datetime
+
+    stream, log = capture_json()
+    before = datetime.now(UTC)
+    log.info("tick")  # type: ignore[attr-defined]
+    stamp = msgspec.json.decode(stream.getvalue().splitlines()[-1])["timestamp"]
+    assert stamp.endswith("Z")
+    parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    assert abs((parsed - before).total_seconds()) < 60
+    assert len(stamp) == len("2026-12-08T01:20:00.123456Z")

@@ -19,7 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from functions.core.logging import RequestFacts, collecting_request_facts, get_logger
+from functions.core.logging import (
+    RequestFacts,
+    collecting_request_facts,
+    get_logger,
+    log_fields,
+)
 from functions.core.metrics import (
     GATEWAY_OVERHEAD,
     HTTP_DURATION,
@@ -184,7 +189,7 @@ class RequestContext:
         if facts.prompt_text is not None and _logs_message_text(scope):
             fields["prompt_text"] = facts.prompt_text
             fields["reply_text"] = facts.reply_text
-        log.info("request", **fields)
+        log_fields(log, "request", fields)
 
 
 class OnRuntime:
