@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import openai
 import pytest
 from openai import AsyncOpenAI
 
+from functions.core.db.sql import fetch
 from tests.functions.openai.conftest import Door, secret_of
 from tests.support.timing import scaled
 
@@ -254,36 +256,70 @@ async def test_deleting_an_item_leaves_the_order(conv: Conversations) -> None:
     assert [m["seq"] for m in stored] == [1, 3, 4, 5]
 
 
-async def test_appending_while_a_reply_is_pending_is_busy(conv: Conversations) -> None:
-    await conv.door.api.create_config("slow", model="slow-model")
-    started = await conv.door.api.conversation(config="slow")
-    conversation = "conv_" + UUID(started["id"]).hex
-    async with conv.door.api.alice.stream(
-        "POST",
-        f"/v1/conversations/{started['id']}/messages",
-        json={"content": "Tell me a long story", "stream": True},
-    ) as streaming:
-        assert streaming.status_code == 200
-        lines = streaming.aiter_lines()
-        while "delta" not in await anext(lines):
-            pass  # the reply is being generated
-        with pytest.raises(openai.ConflictError) as busy:
-            await conv.alice.conversations.items.create(
-                conversation, items=[{"role": "user", "content": "Meanwhile"}]
-            )
-        assert busy.value.code == "conversation_busy"
-        assert busy.value.response.headers.get("retry-after")
-        async for _ in lines:
-            pass
-    await conv.alice.conversations.items.create(
-        conversation, items=[{"role": "user", "content": "Afterwards"}]
+async def _pending_reply(conversation_id: UUID, *, lease_left: timedelta) -> UUID:
+    """A reply being generated, as a claim leaves it: the conversation's last message,
+    ``pending``, owned by a process whose lease runs for ``lease_left`` more (a process
+    of the test's: a real send's window depends on the machine's load)."""
+    now = datetime.now(UTC)
+    lease, reply = uuid4(), uuid4()
+    await fetch(
+        "INSERT INTO process_lease (id, host, pid, started_at, heartbeat_at, expires_at) "
+        "VALUES ({}, 'test', 1, {}, {}, {})",
+        lease,
+        now,
+        now,
+        now + lease_left,
     )
-    stored = await conv.door.messages(started["id"])
+    bumped = await fetch(
+        "UPDATE conversation SET last_seq = last_seq + 1 WHERE id = {} RETURNING last_seq",
+        conversation_id,
+    )
+    await fetch(
+        "INSERT INTO message (id, conversation, seq, role, content, status, created_at, "
+        "owner_instance, stale_after) VALUES ({}, {}, {}, 'assistant', '', 'pending', {}, {}, {})",
+        reply,
+        conversation_id,
+        bumped[0]["last_seq"],
+        now,
+        lease,
+        now + timedelta(minutes=10),
+    )
+    return reply
+
+
+async def test_appending_while_a_reply_is_pending_is_busy(conv: Conversations) -> None:
+    created = await conv.alice.conversations.create(items=[{"role": "user", "content": "Hi"}])
+    row = UUID(row_id(created.id))
+    await _pending_reply(row, lease_left=timedelta(minutes=10))
+    with pytest.raises(openai.ConflictError) as busy:
+        await conv.alice.conversations.items.create(
+            created.id, items=[{"role": "user", "content": "Meanwhile"}]
+        )
+    assert busy.value.code == "conversation_busy"
+    assert busy.value.response.headers.get("retry-after")
+    # Nothing was stored, and the pending reply cannot be deleted under its send.
+    items = (await conv.alice.conversations.items.list(created.id, order="asc")).data
+    assert [(item.role, item.status) for item in items] == [
+        ("user", "completed"),
+        ("assistant", "in_progress"),
+    ]
+    with pytest.raises(openai.ConflictError):
+        await conv.alice.conversations.items.delete(items[1].id, conversation_id=created.id)
+
+    # A pending reply whose process's lease lapsed is retired, as a send's claim retires
+    # it, and the items go after it.
+    other = await conv.alice.conversations.create(items=[{"role": "user", "content": "Hi"}])
+    await _pending_reply(UUID(row_id(other.id)), lease_left=timedelta(seconds=-1))
+    await conv.alice.conversations.items.create(
+        other.id, items=[{"role": "user", "content": "Afterwards"}]
+    )
+    stored = await conv.door.messages(row_id(other.id))
     assert [(m["seq"], m["role"], m["status"]) for m in stored] == [
         (1, "user", "complete"),
-        (2, "assistant", "complete"),
+        (2, "assistant", "failed"),
         (3, "user", "complete"),
     ]
+    assert stored[1]["error"]["code"] == "interrupted"
 
 
 async def test_another_keys_ids_are_missing_ones(conv: Conversations) -> None:
