@@ -302,6 +302,7 @@ async def send_message(
         )
     send = SendRequest(
         owner=principal.key_id,
+        access=principal.access,
         conversation_id=conversation,
         turns=[Turn(role="user", content=data.content)],
         sampling=data.overrides(),

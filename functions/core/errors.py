@@ -56,6 +56,12 @@ class PermissionDeniedError(SwitchboardError):
     code = "forbidden"
 
 
+class ModelNotAllowedError(PermissionDeniedError):
+    """The key may not use this configuration or model (``api_key.allowed_*``)."""
+
+    code = "model_not_allowed"
+
+
 class NotFoundError(SwitchboardError):
     status_code = 404
     code = "not_found"

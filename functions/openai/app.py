@@ -89,13 +89,14 @@ async def create_chat_completion(
     raw = chat_request.fields_but_messages(sent)
     chat_request.check_stream_options(raw)
     listed = store.requested(raw, principal.key_id)
-    config = await config_names(request.app.state).config_for(data.model)
+    config = await config_names(request.app.state).config_for(data.model, principal.access)
     if config is None:
         llm = runtime_of(request.app.state).require_llm()
         await llm.require_model(data.model)  # an unknown model is a 404 before any store
     turns = chat_request.turns_of(data.messages, settings_of(request.app.state).max_message_chars)
     whole = SendRequest(
         owner=principal.key_id,
+        access=principal.access,
         title=_title(data),
         turns=turns,
         prompt="exact",
@@ -129,7 +130,7 @@ async def create_chat_completion(
 async def list_models(state: State, principal: NamedDependency[Principal]) -> ModelList:
     """Configurations (``owned_by: switchboard``, by ``name`` and ``name@version``) and the
     models the upstreams in rotation serve, with their ``max_model_len``."""
-    return await models.list_models(runtime_of(state).llm)
+    return await models.list_models(runtime_of(state).llm, principal.access)
 
 
 @get(
@@ -144,7 +145,7 @@ async def retrieve_model(
     state: State,
     principal: NamedDependency[Principal],
 ) -> ModelOut:
-    return await models.get_model(model_id.lstrip("/"), runtime_of(state).llm)
+    return await models.get_model(model_id.lstrip("/"), runtime_of(state).llm, principal.access)
 
 
 # OpenAI's shape and tolerance: unknown body fields are ignored by the decoder (and passed

@@ -18,12 +18,15 @@ from typing import TYPE_CHECKING
 
 from functions.core.configs import service as configs
 from functions.core.errors import NotFoundError
+from functions.core.keys import access as keys_access
+from functions.core.keys.schemas import UNRESTRICTED
 from functions.openai.chat_request import target_of
 
 if TYPE_CHECKING:
     from litestar.datastructures import State
 
     from functions.core.configs.schemas import LLMConfigOut
+    from functions.core.keys.schemas import KeyAccess
 
 TTL_S = 2.0
 MAX_ENTRIES = 1024
@@ -37,8 +40,27 @@ class ConfigNames:
         self._ttl_s = ttl_s
         self._found: dict[str, tuple[float, LLMConfigOut | None]] = {}
 
-    async def config_for(self, model: str) -> LLMConfigOut | None:
-        """The configuration ``model`` names (a pinned version must exist: 404), or None."""
+    async def config_for(self, model: str, access: KeyAccess = UNRESTRICTED) -> LLMConfigOut | None:
+        """The configuration ``model`` names (a pinned version must exist: 404), or None.
+
+        ``access``: what the caller's key may use. Anything else is a 403 here, before a
+        configuration or model outside its lists is looked up or asked of an upstream, so
+        such a key cannot tell one that exists from one that does not."""
+        if access.configs is not None:
+            named = target_of(model)
+            keys_access.require_named(
+                access, config=named[0] if named else None, model=None if named else model
+            )
+        config = await self._cached(model)
+        if not access.unrestricted:
+            keys_access.require(
+                access,
+                config=config.name if config else None,
+                model=config.model if config else model,
+            )
+        return config
+
+    async def _cached(self, model: str) -> LLMConfigOut | None:
         now = time.monotonic()
         cached = self._found.get(model)
         if cached is not None and cached[0] > now:

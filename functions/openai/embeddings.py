@@ -44,6 +44,7 @@ async def create_embeddings(
     answer = await embeddings.embed(
         runtime_of(request.app.state).require_llm(),
         owner=principal.key_id,
+        access=principal.access,
         model=data.model,
         body=raw,
         request_id=request_id_of(request),

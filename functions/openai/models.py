@@ -1,5 +1,7 @@
 """``/v1/models``: the configurations (by name and by ``name@version``) and the models the
-upstreams serve, as OpenAI's and vLLM's clients read a model list."""
+upstreams serve, as OpenAI's and vLLM's clients read a model list. A key with an access
+list (``KeyAccess``) sees only what it may use: the rest is not listed and is a 404, as a
+model that does not exist."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from functions.openai.schemas import ModelList, ModelOut
 
 if TYPE_CHECKING:
     from functions.core.configs.schemas import LLMConfigOut
+    from functions.core.keys.schemas import KeyAccess
     from functions.core.llm.client import LLMClient
     from functions.core.llm.schemas import ModelInfo
 
@@ -60,19 +63,21 @@ async def served_models(llm: LLMClient | None) -> dict[str, ModelInfo]:
         return {}
 
 
-async def list_models(llm: LLMClient | None) -> ModelList:
+async def list_models(llm: LLMClient | None, access: KeyAccess) -> ModelList:
     served = await served_models(llm)
     data: list[ModelOut] = []
     for config in await configs.list_configs():
-        data.append(config_model(config, config.name, served))
-        data.append(config_model(config, f"{config.name}@{config.version}", served))
+        if access.allows(config.name, config.model):
+            data.append(config_model(config, config.name, served))
+            data.append(config_model(config, f"{config.name}@{config.version}", served))
     now = int(time.time())
-    data += [upstream_model(info, now) for info in served.values()]
+    data += [upstream_model(info, now) for info in served.values() if access.allows(None, info.id)]
     return ModelList(data=data)
 
 
-async def get_model(model_id: str, llm: LLMClient | None) -> ModelOut:
-    """One model by id: a configuration (``name``, ``name@version``) or a served model."""
+async def get_model(model_id: str, llm: LLMClient | None, access: KeyAccess) -> ModelOut:
+    """One model by id: a configuration (``name``, ``name@version``) or a served model,
+    if ``access`` allows it (else a 404, as an unknown one)."""
     named = target_of(model_id)
     served = await served_models(llm)
     if named is not None:
@@ -81,10 +86,14 @@ async def get_model(model_id: str, llm: LLMClient | None) -> ModelOut:
             config = await configs.get_config(name, version)
         except NotFoundError:
             config = None
-        if config is not None and (version is not None or config.archived_at is None):
+        if (
+            config is not None
+            and (version is not None or config.archived_at is None)
+            and access.allows(config.name, config.model)
+        ):
             return config_model(config, model_id, served)
     info = served.get(model_id)
-    if info is None:
+    if info is None or not access.allows(None, info.id):
         raise NotFoundError(
             f"The model `{model_id}` does not exist: it is neither a configuration nor a "
             "model an upstream serves (GET /v1/models lists them)",

@@ -158,12 +158,13 @@ async def create_completion(
     raw: dict[str, Any] = msgspec.json.decode(await request.body())
     chat_request.check_stream_options(raw)
     prompt = one_prompt(raw.get("prompt"))
-    config = await config_names(request.app.state).config_for(data.model)
+    config = await config_names(request.app.state).config_for(data.model, principal.access)
     if config is None:
         await runtime_of(request.app.state).require_llm().require_model(data.model)
     turn = prompt_turn(prompt, settings_of(request.app.state).max_message_chars)
     send = SendRequest(
         owner=principal.key_id,
+        access=principal.access,
         title=turn.content[:TITLE_CHARS],
         turns=[turn],
         prompt="exact",

@@ -31,7 +31,7 @@ from functions.core.errors import AuthenticationError
 from functions.core.keys import revocations
 from functions.core.keys import service as keys
 from functions.core.keys.cache import current_principals
-from functions.core.keys.schemas import ApiKeyCreate
+from functions.core.keys.schemas import UNRESTRICTED, ApiKeyCreate
 from functions.core.messages.schemas import Turn
 from functions.core.runtime import Runtime, open_runtime
 from functions.core.settings import Settings
@@ -128,6 +128,7 @@ async def test_two_runtimes_send_at_once_each_on_its_own_database(
                 )
                 reply = await rt.chat.send(
                     SendRequest(
+                        access=UNRESTRICTED,
                         owner=principal.key_id,
                         conversation_id=conversation.id,
                         turns=[Turn(role="user", content=f"hello from {name} #{n}")],
@@ -303,6 +304,7 @@ async def test_two_runtimes_live_metrics_add_up_in_one_scrape(
         owner = await keys.create_key(ApiKeyCreate(name="metrics"))
         reply = await rt.chat.send(
             SendRequest(
+                access=UNRESTRICTED,
                 owner=owner.id,
                 turns=[Turn(role="user", content="count me")],
                 sampling={"max_tokens": 2},

@@ -35,6 +35,7 @@ from functions.core.configs import service as configs
 from functions.core.configs.schemas import LLMConfigCreate
 from functions.core.evals import service
 from functions.core.evals.datasets import load_dataset
+from functions.core.keys.schemas import UNRESTRICTED
 from functions.core.llm.errors import ModelNotServedError
 from tests.core.evals.judge_upstream import JUDGE_MODEL, JudgeUpstream
 from tests.flows.conftest import flow_state, prefect_env, run_flow
@@ -323,6 +324,7 @@ async def test_a_dataset_from_seeded_history_runs_against_a_candidate(
             for text in (f"Hi, about {topic}", "And then?"):
                 await chat.send(
                     SendRequest(
+                        access=UNRESTRICTED,
                         owner=owner,
                         conversation_id=conversation.id,
                         turns=[Turn(role="user", content=text)],

@@ -23,7 +23,7 @@ from flows.maintenance import MaintenanceReport, maintenance
 from functions.core.chat.schemas import SendRequest
 from functions.core.health import service as health
 from functions.core.keys import service as keys
-from functions.core.keys.schemas import ApiKeyCreate
+from functions.core.keys.schemas import UNRESTRICTED, ApiKeyCreate
 from functions.core.messages.schemas import Turn
 from functions.core.runtime import open_runtime
 from functions.core.settings import Settings
@@ -132,6 +132,7 @@ async def test_a_reply_left_pending_by_a_killed_gateway_is_retired(
     async with open_runtime(settings) as runtime:
         sent = await runtime.chat.send(
             SendRequest(
+                access=UNRESTRICTED,
                 owner=admin.id,
                 conversation_id=uuid.UUID(conversation),
                 turns=[Turn(role="user", content="again, briefly")],

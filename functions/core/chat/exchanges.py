@@ -33,6 +33,7 @@ from functions.core.errors import (
     InvalidInputError,
     NotFoundError,
 )
+from functions.core.keys import access
 from functions.core.liveness.service import Lease, pending_bound
 from functions.core.llm.schemas import ChatMessage, ChatRequest
 from functions.core.messages.claim import (
@@ -127,7 +128,7 @@ class Exchanges:
         while True:
             await self.lease.ensure()
             config_name = await self._directory.config_name(request.owner, conversation_id)
-            resolved = await self._configs.resolve(request.target, config_name)
+            resolved = await self._resolve(request, config_name)
             turn_ids = [uuid.uuid4() for _ in request.turns]
             reply_id, now = uuid.uuid4(), datetime.now(UTC)
             window = resolved.config.history_window if resolved.config else None
@@ -263,6 +264,13 @@ class Exchanges:
         self.lease.replies.claimed(reply_id)
         return claimed
 
+    async def _resolve(self, request: SendRequest, config_name: str | None) -> Resolved:
+        """The configuration (or bare model) answering ``request``, if its key may use it."""
+        resolved = await self._configs.resolve(request.target, config_name)
+        config = resolved.config.name if resolved.config else None
+        access.require(request.access, config=config, model=resolved.model)
+        return resolved
+
     def llm_request(self, exchange: Exchange, request: SendRequest) -> ChatRequest:
         """The upstream request for a claimed exchange: its prompt, model and sampling."""
         asked = upstream_request(
@@ -283,6 +291,10 @@ class Exchanges:
         Raises :class:`Replay` when the send was made before with its idempotency key.
         """
         await self._check_replay(request)
+        # What the send names, before anything is stored (what it resolves to is checked
+        # by the claim's loop: a conversation's configuration, the default).
+        target = request.target
+        access.require_named(request.access, config=target.config, model=target.model)
         if request.conversation_id is None:
             conversation_id = await self._start_conversation(request)
             return msgspec.structs.replace(request, conversation_id=conversation_id), (

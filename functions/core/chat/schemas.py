@@ -19,6 +19,7 @@ from functions.core.configs.schemas import (
     Temperature,
     TopP,
 )
+from functions.core.keys.schemas import KeyAccess
 from functions.core.llm.schemas import CompletionPrompt, UpstreamEvent
 from functions.core.messages.schemas import MessageOut, Turn
 from functions.core.schemas import Input, Output
@@ -80,6 +81,9 @@ class SendRequest(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     owner: uuid.UUID
+    # What the sending key may use (its ``Principal.access``; ``UNRESTRICTED`` for an
+    # operator's run): required, so no door can forget it.
+    access: KeyAccess
     turns: list[Turn]
     conversation_id: uuid.UUID | None = None
     title: str = ""

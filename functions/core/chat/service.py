@@ -41,6 +41,7 @@ from functions.core.chat.schemas import (
 from functions.core.conversations import service as conversations
 from functions.core.db.notifications import notify
 from functions.core.errors import SwitchboardError
+from functions.core.keys import access
 from functions.core.liveness.inflight import (
     CONVERSATION_DELETED,
     InFlight,
@@ -124,6 +125,11 @@ class ChatService:
         assert request.conversation_id is not None, "the conversation it is about"
         assert request.messages is not None, "the whole prompt"
         self._in_flight.check_accepting()
+        access.require(
+            request.access,
+            config=config.name if config is not None else None,
+            model=config.model if config is not None else model,
+        )
         admitted = admission(request, request.conversation_id)
         await self._hooks.admit(admitted)
         parts: list[str] = []

@@ -13,12 +13,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from functions.core.keys import access as keys_access
 from functions.core.llm.errors import LLMError
 from functions.core.usage.ledger import UnstoredCall, record_unstored
 
 if TYPE_CHECKING:
     import uuid
 
+    from functions.core.keys.schemas import KeyAccess
     from functions.core.llm.client import LLMClient
     from functions.core.llm.schemas import RawEmbedding
 
@@ -27,13 +29,16 @@ async def embed(
     llm: LLMClient,
     *,
     owner: uuid.UUID,
+    access: KeyAccess,
     model: str,
     body: dict[str, Any],
     request_id: str | None = None,
 ) -> RawEmbedding:
     """vLLM's answer to ``body`` (an embeddings request, passed as is) from a server of
     ``model``, charged to ``owner`` in the usage ledger. Raises the client's
-    :class:`LLMError` (recorded as a failed call when it came from an upstream)."""
+    :class:`LLMError` (recorded as a failed call when it came from an upstream), or a
+    403 when the key may not use ``model`` (an embedding model has no configuration)."""
+    keys_access.require(access, config=None, model=model)
     await llm.require_model(model, embeddings=True)
     asked_at = datetime.now(UTC)
     try:

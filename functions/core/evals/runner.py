@@ -72,6 +72,7 @@ from functions.core.evals.scorers import (
     effective_scorers,
     score_output,
 )
+from functions.core.keys.schemas import UNRESTRICTED
 from functions.core.llm.errors import LLMError, ModelNotServedError
 from functions.core.logging import get_logger
 from functions.core.messages.schemas import StoredTurn, Turn
@@ -439,6 +440,7 @@ class Evaluator:
         config = self._configs[target.id]
         request = SendRequest(
             owner=self.run.owner,
+            access=UNRESTRICTED,  # an operator's run
             turns=eval_prompt(item_turns(item), config),
             prompt="exact",
             target=Target(config=target.name, version=target.version),
@@ -523,6 +525,7 @@ class Evaluator:
             raise InvalidInputError(f"judge {config!r} was not pinned when the run started")
         request = SendRequest(
             owner=self.run.owner,
+            access=UNRESTRICTED,  # an operator's run
             turns=eval_prompt(turns, self._configs[target.id]),
             prompt="exact",
             target=Target(config=target.name, version=target.version),

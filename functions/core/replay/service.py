@@ -49,6 +49,7 @@ from functions.core.conversations import service as conversations
 from functions.core.conversations.schemas import ConversationCreate
 from functions.core.errors import InvalidInputError, SwitchboardError
 from functions.core.evals.service import find_owner
+from functions.core.keys.schemas import UNRESTRICTED
 from functions.core.llm.errors import LLMError
 from functions.core.logging import get_logger
 from functions.core.messages.schemas import MessageOut, StoredTurn, Turn
@@ -410,6 +411,7 @@ class ReplayService:
             result = await self._chat.ask_unstored(
                 SendRequest(
                     owner=about.owner,
+                    access=UNRESTRICTED,  # an operator's replay
                     conversation_id=about.id,
                     turns=new_turns,
                     prompt="exact",
@@ -457,6 +459,7 @@ class ReplayService:
         stored = await self._chat.send_recorded(
             SendRequest(
                 owner=owner,
+                access=UNRESTRICTED,  # an operator's replay
                 conversation_id=conversation_id,
                 turns=new_turns,
                 # Nothing stored is read: the replay asks with the original's history.

@@ -55,13 +55,14 @@ async def create_response(
     continues one, ``conversation`` appends to one."""
     state = request.app.state
     raw = _decode(await request.body())
-    config = await config_names(state).config_for(data.model)
+    config = await config_names(state).config_for(data.model, principal.access)
     if config is None:
         await runtime_of(state).require_llm().require_model(data.model)
     planned = await plan(
         data,
         raw if isinstance(raw, dict) else {},
         owner=principal.key_id,
+        access=principal.access,
         config=config,
         settings=settings_of(state),
         request_id=request_id_of(request),

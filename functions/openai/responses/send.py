@@ -49,6 +49,7 @@ from functions.openai.ids import IdKind, parse_id
 from functions.openai.responses.items import turns_of
 
 if TYPE_CHECKING:
+    from functions.core.keys.schemas import KeyAccess
     from functions.core.settings import Settings
     from functions.openai.responses.schemas import ResponseCreate
 
@@ -232,6 +233,7 @@ async def plan(
     raw: dict[str, Any],
     *,
     owner: uuid.UUID,
+    access: KeyAccess,
     config: LLMConfigOut | None,
     settings: Settings,
     request_id: str | None,
@@ -245,6 +247,7 @@ async def plan(
     store = data.store is not False
     base = SendRequest(
         owner=owner,
+        access=access,
         turns=new_turns,
         title=_title(new_turns),
         prompt="exact",

@@ -22,7 +22,7 @@ from functions.core.conversations import service as conversations
 from functions.core.conversations.schemas import ConversationCreate
 from functions.core.db.sql import fetch
 from functions.core.keys import service as keys
-from functions.core.keys.schemas import ApiKeyCreate
+from functions.core.keys.schemas import UNRESTRICTED, ApiKeyCreate
 from functions.core.llm.client import LLMClient
 from functions.core.llm.transport import build_http_client
 from functions.core.messages import service as messages
@@ -85,7 +85,9 @@ class Party:
     def says(self, *texts: str, **fields: Any) -> SendRequest:
         """A chat send: one user turn per text (``fields`` may name another owner)."""
         fields = {"owner": self.owner, "conversation_id": self.conversation_id, **fields}
-        return SendRequest(turns=[Turn(role="user", content=text) for text in texts], **fields)
+        return SendRequest(
+            access=UNRESTRICTED, turns=[Turn(role="user", content=text) for text in texts], **fields
+        )
 
 
 async def new_key(name: str = "caller") -> uuid.UUID:

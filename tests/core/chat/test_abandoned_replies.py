@@ -23,6 +23,7 @@ from functions.core.chat.exchanges import Exchanges, unconfirmed_send
 from functions.core.chat.idempotency import Idempotency
 from functions.core.chat.schemas import SendRequest
 from functions.core.configs import service as configs
+from functions.core.keys.schemas import UNRESTRICTED
 from functions.core.liveness.replies import OwnReplies
 from functions.core.liveness.service import (
     ABANDONED_MESSAGE,
@@ -169,7 +170,12 @@ def test_the_503_of_an_unknown_claim_names_the_ids_and_how_to_retry() -> None:
         stale_before=now - BOUND,
         history_limit=None,
     )
-    send = SendRequest(owner=request.owner, conversation_id=request.conversation_id, turns=turns)
+    send = SendRequest(
+        access=UNRESTRICTED,
+        owner=request.owner,
+        conversation_id=request.conversation_id,
+        turns=turns,
+    )
     keyed = unconfirmed_send(
         request,
         msgspec.structs.replace(send, idempotency=Idempotency(key="k-1", request_hash="h")),

@@ -21,6 +21,7 @@ from functions.core.chat.targets import Target
 from functions.core.configs import service as configs
 from functions.core.configs.schemas import LLMConfigSpec
 from functions.core.conversations import service as conversations
+from functions.core.keys.schemas import UNRESTRICTED
 from functions.core.messages.schemas import ConfigRef, MessageOut, Turn
 from tests.core.chat.conftest import (
     MODEL,
@@ -108,6 +109,7 @@ async def test_no_conversation_id_starts_a_conversation(
     party = await new_party()
     chat = ChatService(make_client(sim.base_url))
     request = SendRequest(
+        access=UNRESTRICTED,
         owner=party.owner,
         turns=[Turn(role="user", content="A new topic")],
         title="Quarterly plan",
@@ -158,6 +160,7 @@ async def test_exact_prompt_sends_exactly_the_turns_and_stores_them_all(
     earlier = await chat.send(party.says("earlier"))
     reply = await chat.send(
         SendRequest(
+            access=UNRESTRICTED,
             owner=party.owner,
             conversation_id=party.conversation_id,
             turns=EXACT_TURNS,
@@ -203,6 +206,7 @@ async def test_a_bare_model_target_stores_no_configuration(
     chat = ChatService(make_client(sim.base_url))
     reply = await chat.send(
         SendRequest(
+            access=UNRESTRICTED,
             owner=owner,
             turns=[Turn(role="user", content="Hi model")],
             prompt="exact",

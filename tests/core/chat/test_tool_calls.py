@@ -23,6 +23,7 @@ from functions.core.chat.schemas import ReplyDone, ReplyFailed, SendRequest
 from functions.core.chat.service import ChatService
 from functions.core.exports.schemas import ExportRequest
 from functions.core.exports.service import export_history
+from functions.core.keys.schemas import UNRESTRICTED
 from functions.core.llm.client import LLMClient
 from functions.core.llm.errors import LLMError
 from functions.core.messages.schemas import Turn
@@ -113,7 +114,12 @@ async def test_a_tool_call_round_trip_is_stored_sent_back_and_read_back(
     # The tool's answer, as a door that speaks OpenAI's turns sends it.
     chat = gateway.runtime.chat
     tool_turn = Turn(role="tool", content=ANSWER, tool_call_id=call["id"])
-    request = SendRequest(owner=alice.key_id, conversation_id=conversation["id"], turns=[tool_turn])
+    request = SendRequest(
+        access=UNRESTRICTED,
+        owner=alice.key_id,
+        conversation_id=conversation["id"],
+        turns=[tool_turn],
+    )
     final = await answer_tool(chat, request, stream=stream)
     assert (final["status"], final["tool_calls"]) == ("complete", None)
     assert final["content"]

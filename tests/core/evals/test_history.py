@@ -28,7 +28,7 @@ from functions.core.evals.datasets import (
 from functions.core.evals.history import dataset_from_history
 from functions.core.evals.schemas import DatasetMessage
 from functions.core.keys import service as keys
-from functions.core.keys.schemas import ApiKeyCreate
+from functions.core.keys.schemas import UNRESTRICTED, ApiKeyCreate
 from functions.core.llm.errors import LLMError
 from functions.core.messages.schemas import Turn
 from tests.core.evals.conftest import BodyFaults, MakeChat, make_config
@@ -41,7 +41,10 @@ async def new_conversation(owner: uuid.UUID, config: str) -> uuid.UUID:
 
 def says(owner: uuid.UUID, conversation_id: uuid.UUID, text: str) -> SendRequest:
     return SendRequest(
-        owner=owner, conversation_id=conversation_id, turns=[Turn(role="user", content=text)]
+        access=UNRESTRICTED,
+        owner=owner,
+        conversation_id=conversation_id,
+        turns=[Turn(role="user", content=text)],
     )
 
 

@@ -29,7 +29,7 @@ from functions.core.conversations.schemas import ConversationCreate
 from functions.core.db.engine import use_engine
 from functions.core.db.sql import fetch
 from functions.core.keys import service as keys
-from functions.core.keys.schemas import ApiKeyCreate
+from functions.core.keys.schemas import UNRESTRICTED, ApiKeyCreate
 from functions.core.liveness.service import Lease
 from functions.core.messages import service as messages
 from functions.core.messages.claim import ClaimRequest, claim
@@ -260,6 +260,7 @@ async def moved_epoch_is_a_stale_view(w: World) -> Any:
 
 async def begin_with(w: World, target: Target | None = None) -> Any:
     request = SendRequest(
+        access=UNRESTRICTED,
         owner=w.owner,
         conversation_id=w.conversation,
         turns=[user("hi")],

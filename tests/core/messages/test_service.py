@@ -19,7 +19,7 @@ from functions.core.db.engine import engine_from_url, using
 from functions.core.db.tables import Message, ProcessLease
 from functions.core.errors import ConflictError, NotFoundError
 from functions.core.keys import service as keys
-from functions.core.keys.schemas import ApiKeyCreate
+from functions.core.keys.schemas import UNRESTRICTED, ApiKeyCreate
 from functions.core.messages import service
 from functions.core.messages.claim import ConversationBusyError
 from functions.core.messages.schemas import Exchange, ReplyOutcome, Turn
@@ -28,7 +28,10 @@ from functions.core.messages.schemas import Exchange, ReplyOutcome, Turn
 async def begin(owner: uuid.UUID, conv_id: uuid.UUID, text: str) -> Exchange:
     """Claim one user turn, as the chat function does (no wait when busy)."""
     request = SendRequest(
-        owner=owner, conversation_id=conv_id, turns=[Turn(role="user", content=text)]
+        access=UNRESTRICTED,
+        owner=owner,
+        conversation_id=conv_id,
+        turns=[Turn(role="user", content=text)],
     )
     return await Exchanges(busy_timeout_s=0).begin(request)
 
@@ -149,7 +152,10 @@ async def test_a_pending_reply_whose_process_died_is_retired_at_once(db: object)
     owner, conv_id, _cfg = await setup()
     dead = Exchanges(busy_timeout_s=0)
     request = SendRequest(
-        owner=owner, conversation_id=conv_id, turns=[Turn(role="user", content="first")]
+        access=UNRESTRICTED,
+        owner=owner,
+        conversation_id=conv_id,
+        turns=[Turn(role="user", content="first")],
     )
     stuck = await dead.begin(request)
     await ProcessLease.update({ProcessLease.expires_at: datetime.now(UTC)}).where(

@@ -20,6 +20,7 @@ from functions.core.configs.schemas import LLMConfigCreate, LLMConfigOut
 from functions.core.conversations import service as conversations
 from functions.core.conversations.schemas import ConversationCreate
 from functions.core.db.engine import use_engine
+from functions.core.keys.schemas import UNRESTRICTED
 from functions.core.llm.client import LLMClient
 from functions.core.llm.errors import LLMError
 from functions.core.llm.transport import build_http_client
@@ -98,7 +99,10 @@ async def seed_conversation(
     )
     for text in texts:
         request = SendRequest(
-            owner=owner, conversation_id=created.id, turns=[Turn(role="user", content=text)]
+            access=UNRESTRICTED,
+            owner=owner,
+            conversation_id=created.id,
+            turns=[Turn(role="user", content=text)],
         )
         try:
             await chat.send(request)

@@ -17,7 +17,7 @@ from functions.core.errors import InvalidInputError, NotFoundError
 from functions.core.exports.schemas import ExportRequest, Format, Selection
 from functions.core.exports.service import export_history
 from functions.core.keys import service as keys
-from functions.core.keys.schemas import ApiKeyCreate
+from functions.core.keys.schemas import UNRESTRICTED, ApiKeyCreate
 from functions.core.replay.service import ReplayService
 from functions.core.replay.sources import export_files, load_conversation, read_export
 from tests.core.evals.conftest import BodyFaults
@@ -106,7 +106,10 @@ async def seed_conversation_more(
 
     await chat.send(
         SendRequest(
-            owner=owner, conversation_id=conversation, turns=[Turn(role="user", content=text)]
+            access=UNRESTRICTED,
+            owner=owner,
+            conversation_id=conversation,
+            turns=[Turn(role="user", content=text)],
         )
     )
 

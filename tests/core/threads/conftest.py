@@ -11,6 +11,7 @@ from functions.core.chat.schemas import SendRequest
 from functions.core.chat.service import ChatService
 from functions.core.chat.targets import Target
 from functions.core.db.sql import fetch
+from functions.core.keys.schemas import UNRESTRICTED
 from functions.core.messages.schemas import MessageOut, Turn
 from functions.core.threads import service as threads
 from tests.core.chat.conftest import chat_simulator, faults, make_client, sim
@@ -31,7 +32,13 @@ async def resend(
     chat: ChatService, owner: uuid.UUID, config: str, history: list[Turn]
 ) -> MessageOut:
     """One turn of an application that sends its whole history: placed, then sent."""
-    request = SendRequest(owner=owner, turns=history, prompt="exact", target=Target(config=config))
+    request = SendRequest(
+        access=UNRESTRICTED,
+        owner=owner,
+        turns=history,
+        prompt="exact",
+        target=Target(config=config),
+    )
     return await chat.send(await threads.threaded(request))
 
 

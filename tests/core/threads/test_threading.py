@@ -20,6 +20,7 @@ from functions.core.chat.schemas import SendRequest
 from functions.core.chat.service import ChatService
 from functions.core.chat.targets import Target
 from functions.core.conversations import service as conversations
+from functions.core.keys.schemas import UNRESTRICTED
 from functions.core.llm.errors import LLMError
 from functions.core.messages.schemas import Turn
 from functions.core.threads import service as threads
@@ -85,6 +86,7 @@ async def test_two_resends_of_the_same_turn_at_once_append_one_and_branch_the_ot
     placed = [
         await threads.threaded(
             SendRequest(
+                access=UNRESTRICTED,
                 owner=client.owner,
                 turns=history,
                 prompt="exact",
@@ -347,7 +349,11 @@ async def test_a_new_thread_asked_for_is_new_and_later_resends_find_it(
 
     def request(history: list[Turn]) -> SendRequest:
         return SendRequest(
-            owner=client.owner, turns=history, prompt="exact", target=Target(config=client.config)
+            access=UNRESTRICTED,
+            owner=client.owner,
+            turns=history,
+            prompt="exact",
+            target=Target(config=client.config),
         )
 
     # The same history again, asked into a new conversation (X-Switchboard-Conversation: new).
@@ -371,7 +377,11 @@ async def test_a_resend_in_the_same_process_branches_without_waiting_for_the_oth
     first = await client.says("hello")
     history = [*client.history, user("and then?")]
     request = SendRequest(
-        owner=client.owner, turns=history, prompt="exact", target=Target(config=client.config)
+        access=UNRESTRICTED,
+        owner=client.owner,
+        turns=history,
+        prompt="exact",
+        target=Target(config=client.config),
     )
     placed = [await threads.threaded(request) for _ in range(2)]
     faults.add({"X-Sim-TTFT-Ms": str(int(scaled(3) * 1000))}, times=1)
