@@ -15,10 +15,18 @@ from msgspec import Meta
 
 from functions.core.configs.schemas import MaxTokens, Temperature, TopP
 from functions.core.schemas import check_value
+from functions.openai.metadata import MAX_KEY_CHARS, MAX_PAIRS, MAX_VALUE_CHARS
 
 MAX_INPUT_ITEMS = 10_000
-# OpenAI's limits on a request's ``metadata``: 16 pairs, keys of 64, values of 512 chars.
-Metadata = Annotated[dict[str, Annotated[str, Meta(max_length=512)]], Meta(max_length=16)]
+# OpenAI's limits on a request's ``metadata`` (``functions.openai.metadata``), keys
+# included: a key over 64 characters was stored and shown back.
+Metadata = Annotated[
+    dict[
+        Annotated[str, Meta(max_length=MAX_KEY_CHARS)],
+        Annotated[str, Meta(max_length=MAX_VALUE_CHARS)],
+    ],
+    Meta(max_length=MAX_PAIRS),
+]
 
 
 class TextFormat(msgspec.Struct, kw_only=True):
