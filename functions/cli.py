@@ -455,6 +455,77 @@ def keys_limits(*, key_id: str, as_json: bool, **limits: int | None) -> None:
     _show_limits(updated)
 
 
+# --- usage ---------------------------------------------------------------------------
+
+
+@main.command("usage")
+@click.option("--from", "since", metavar="TIME", help="Start: a whole hour or a date (UTC).")
+@click.option("--to", "until", metavar="TIME", help="End, excluded (default: this hour's end).")
+@click.option(
+    "--group-by",
+    default="",
+    metavar="DIMS",
+    help="Comma-separated: key, config, config_version, model, upstream, day, hour.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON, as GET /v1/usage answers.")
+def usage(since: str | None, until: str | None, group_by: str, as_json: bool) -> None:
+    """Requests, tokens, errors and latency per key, configuration, model, upstream or
+    time (what GET /v1/usage answers an admin key), from --from (a day before --to by
+    default) to --to."""
+    from functions.core.usage.totals import parse_group_by, parse_time, usage_totals
+
+    try:
+        dimensions = parse_group_by(group_by)
+        start = parse_time(since, "--from") if since else None
+        end = parse_time(until, "--to") if until else None
+    except SwitchboardError as exc:
+        fail(exc.message, EXIT_USAGE)
+    settings = settings_or_exit()
+    answer = with_database(
+        settings, lambda: usage_totals(since=start, until=end, group_by=dimensions)
+    )
+    if as_json:
+        echo_json(answer)
+        return
+    click.echo(f"{answer.from_:%Y-%m-%dT%H:%MZ} to {answer.to:%Y-%m-%dT%H:%MZ}")
+    if not answer.data:
+        click.echo("no exchanges in this window")
+        return
+    shown = ("day", "hour", "key", "config", "config_version", "model", "upstream")
+    columns = [d for d in shown if d in dimensions]
+    head = [c.upper() for c in columns] + [
+        "REQUESTS", "OK", "FAILED", "CANCELLED", "PROMPT", "COMPLETION", "P50 MS", "P95 MS",
+        "TTFT P50", "ERRORS",
+    ]  # fmt: skip
+    lines = [head]
+    for row in answer.data:
+        values = {
+            "day": f"{row.start:%Y-%m-%d}" if row.start else "",
+            "hour": f"{row.start:%Y-%m-%dT%H:00Z}" if row.start else "",
+            "key": row.key_name or str(row.key_id),
+            "config": row.config or "-",
+            "config_version": f"{row.config or '-'}@{row.config_version or '-'}",
+            "model": row.model or "-",
+            "upstream": row.upstream or "-",
+        }
+        lines.append(
+            [printable(values[c]) for c in columns]
+            + [
+                str(row.requests), str(row.complete), str(row.failed), str(row.cancelled),
+                str(row.prompt_tokens), str(row.completion_tokens),
+                _ms(row.latency_ms.p50), _ms(row.latency_ms.p95), _ms(row.ttft_ms.p50),
+                printable(",".join(f"{code}:{n}" for code, n in row.errors.items())) or "-",
+            ]
+        )  # fmt: skip
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    for line in lines:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 # --- configs -------------------------------------------------------------------------
 
 

@@ -10,10 +10,18 @@ from functions.core.llm.client import LLMClient
 from functions.core.settings import Settings
 from functions.core.web.app import build_app
 from functions.keys.app import router as keys_router
+from functions.keys.usage import router as usage_router
 from functions.openai.app import ROUTERS as OPENAI_ROUTERS
 from functions.upstreams.app import router as upstreams_router
 
-ROUTERS = [chat_router, configs_router, keys_router, upstreams_router, *OPENAI_ROUTERS]
+ROUTERS = [
+    chat_router,
+    configs_router,
+    keys_router,
+    usage_router,
+    upstreams_router,
+    *OPENAI_ROUTERS,
+]
 
 
 def create_app(settings: Settings | None = None, *, llm: LLMClient | None = None) -> Litestar:

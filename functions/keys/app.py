@@ -1,4 +1,5 @@
-"""The keys function: create (secret shown once), list and revoke API keys (admin only)."""
+"""The keys function: create (secret shown once), list, change and revoke API keys (admin
+only), and what they used (``GET /v1/usage``, ``functions.keys.usage``)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from functions.core.web.auth import ADMIN, provide_principal, require_admin
 from functions.core.web.docs import Cursor, IdPath, errors
 from functions.core.web.policy import SWITCHBOARD
 from functions.core.web.state import runtime_of
+from functions.keys.usage import router as usage_router
 
 
 @post("/", summary="Create an API key", responses=errors(403, 409, 413, 415), opt=ADMIN)
@@ -120,4 +122,4 @@ router = SWITCHBOARD.router(
 
 def create_app(settings: Settings | None = None, *, llm: LLMClient | None = None) -> Litestar:
     """``llm``: a client to share (tests, one process serving several apps); unused here."""
-    return build_app("keys", [router], settings=settings, uses_llm=False, llm=llm)
+    return build_app("keys", [router, usage_router], settings=settings, uses_llm=False, llm=llm)

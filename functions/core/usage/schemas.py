@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -77,3 +78,61 @@ class UsageReport(msgspec.Struct, frozen=True, kw_only=True):
             starts.append(at)
             at += step
         return starts
+
+
+# ``GET /v1/usage``: what a row can be grouped by.
+Dimension = Literal["key", "config", "config_version", "model", "upstream", "day", "hour"]
+DIMENSIONS: tuple[Dimension, ...] = (
+    "key",
+    "config",
+    "config_version",
+    "model",
+    "upstream",
+    "day",
+    "hour",
+)
+
+
+class Percentiles(msgspec.Struct, frozen=True, kw_only=True):
+    """Of the completed replies, in milliseconds, read from the rollup's histogram: within
+    one bucket (a factor of √2) of the exact value; null when no reply completed."""
+
+    p50: float | None
+    p95: float | None
+
+
+class UsageGroup(msgspec.Struct, frozen=True, kw_only=True):
+    """The exchanges of one group (the fields not grouped by are null).
+
+    ``requests`` counts every finished exchange (``complete`` + ``failed`` +
+    ``cancelled``); ``errors`` counts them by error code (a failure's, or ``cancelled``
+    for a reply the client left); tokens are as vLLM counted them, whatever the ending.
+    """
+
+    start: datetime | None
+    key_id: uuid.UUID | None
+    key_name: str | None
+    config: str | None
+    config_version: int | None
+    model: str | None
+    upstream: str | None
+    requests: int
+    complete: int
+    failed: int
+    cancelled: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    errors: dict[str, int]
+    latency_ms: Percentiles
+    ttft_ms: Percentiles
+
+
+class UsageOut(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /v1/usage``: the exchanges asked in ``[from, to)``, grouped by ``group_by``
+    (no grouping: one row, the totals; no row when there was no exchange)."""
+
+    from_: datetime = msgspec.field(name="from")
+    to: datetime
+    group_by: list[Dimension]
+    data: list[UsageGroup]
