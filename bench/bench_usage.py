@@ -16,7 +16,7 @@ fills it. Then, in the same run:
   with the trigger on and off, the difference per row (PostgreSQL's CPU added to each
   exchange's outcome write; the statement runs in the server, so its time is its CPU).
 
-    scripts/with-postgres.sh .venv/bin/python -m bench.bench_usage [--rows 10000000]
+    scripts/with-postgres.sh .venv/bin/python -u -m bench.bench_usage [--rows 10000000]
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def generate(rows: int, start: datetime, first: int = 1) -> str:
         "completion_tokens, ttft_ms, latency_ms, asked_at, finished_at) "
         "SELECT gen_random_uuid(), "
         "('00000000-0000-4000-8000-' || lpad((i % 20)::text, 12, '0'))::uuid, "
-        "gen_random_uuid(), NULL, 'config-' || (i % 5), 1 + (i % 3), 'model-' || (i % 3), "
+        "'00000000-0000-0000-0000-000000000000', NULL, 'config-' || (i % 5), 1 + (i % 3), "
+        "'model-' || (i % 3), "
         "'http://llm-' || (i % 2) || ':8000/v1', "
         "CASE WHEN i % 50 = 0 THEN 'failed' WHEN i % 97 = 0 THEN 'cancelled' "
         "ELSE 'complete' END, "
