@@ -168,6 +168,11 @@ class ChatService:
         assert request.conversation_id is not None, "the conversation it is about"
         assert request.messages is not None, "the whole prompt"
         self._in_flight.check_accepting()
+        access.require(
+            request.access,
+            config=config.name if config is not None else None,
+            model=config.model if config is not None else model,
+        )
         admitted = admission(request, request.conversation_id)
         await self._hooks.admit(admitted)
         done: ChatDone | None = None
