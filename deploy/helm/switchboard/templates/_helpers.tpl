@@ -52,6 +52,7 @@ checkov.io/skip3: "CKV_K8S_35=Switchboard reads its settings, the database URL i
 - {function: chat, type: Prefix, path: /v1/conversations}
 - {function: configs, type: Prefix, path: /v1/configs}
 - {function: keys, type: Prefix, path: /v1/keys}
+- {function: keys, type: Exact, path: /v1/usage}
 - {function: upstreams, type: Exact, path: /v1/upstreams}
 - {function: openai, type: Prefix, path: /v1/chat/completions}
 - {function: openai, type: Exact, path: /v1/completions}
