@@ -94,6 +94,22 @@ RATE_LIMIT_DEGRADED_CHECKS = Counter(
     "shared store was down.",
 )
 
+# Usage by key (its name when SWITCHBOARD_METRICS_KEY_NAMES lists it, else "other": never
+# an id, and no more values than the operator listed) and configuration ("none": a bare
+# model). GET /v1/usage has every key; these are for dashboards and alerts.
+KEY_REPLIES = Counter(
+    "switchboard_key_replies_total",
+    "Replies by key (a name listed in SWITCHBOARD_METRICS_KEY_NAMES, else other), "
+    "configuration and final status.",
+    ["key", "config", "status"],
+)
+KEY_TOKENS = Counter(
+    "switchboard_key_tokens_total",
+    "Tokens reported by vLLM by key (as switchboard_key_replies_total), configuration and "
+    "kind (prompt or completion).",
+    ["key", "config", "kind"],
+)
+
 LLM_REQUESTS = Counter(
     "switchboard_llm_requests_total",
     "Replies asked of vLLM, by upstream, model and outcome (complete, failed, cancelled).",

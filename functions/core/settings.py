@@ -154,6 +154,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Where flow runs push their metrics (a Prometheus Pushgateway, e.g.
     # http://pushgateway:9091); unset, they push nothing (functions/core/flow_metrics.py).
     metrics_pushgateway_url: str | None = None
+    # Key names whose usage /metrics shows under their own `key` label (comma-separated);
+    # every other key counts as `other`, so the label stays bounded by the operator's list.
+    metrics_key_names: tuple[str, ...] = ()
 
     @property
     def is_sqlite(self) -> bool:
@@ -167,7 +170,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 _FIELDS = {name.upper(): name for name in Settings.__struct_fields__}
-_TUPLE_FIELDS = {"llm_urls", "embedding_urls"}
+_TUPLE_FIELDS = {"llm_urls", "embedding_urls", "metrics_key_names"}
 # SWITCHBOARD_TEST_* variables belong to the test suite's tooling (the database it uses,
 # how far it stretches its waits), not to the service.
 _NOT_SETTINGS_PREFIX = "TEST_"

@@ -294,6 +294,39 @@ def llm_performance() -> Dashboard:
                 width=8,
             )
         )
+        .with_row(Row("Usage by key and configuration"))
+        .with_panel(
+            series(
+                "Replies/s by key (SWITCHBOARD_METRICS_KEY_NAMES; the rest: other)",
+                prom(
+                    f"sum by (key, status) (rate(switchboard_key_replies_total[{RATE}]))",
+                    "{{key}} {{status}}",
+                ),
+                unit="reqps",
+                width=8,
+            )
+        )
+        .with_panel(
+            series(
+                "Tokens/s by key",
+                prom(
+                    f"sum by (key, kind) (rate(switchboard_key_tokens_total[{RATE}]))",
+                    "{{key}} {{kind}}",
+                ),
+                width=8,
+            )
+        )
+        .with_panel(
+            series(
+                "Replies/s by configuration and status",
+                prom(
+                    f"sum by (config, status) (rate(switchboard_key_replies_total[{RATE}]))",
+                    "{{config}} {{status}}",
+                ),
+                unit="reqps",
+                width=8,
+            )
+        )
         .with_row(Row("Tokens"))
         .with_panel(
             series(

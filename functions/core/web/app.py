@@ -113,6 +113,8 @@ def build_app(
         debug=False,
     )
     # Wrap the whole handler (not a Litestar middleware, which skips unmatched routes).
-    on_runtime = OnRuntime(RequestContext(app.asgi_handler, function))
+    on_runtime = OnRuntime(
+        RequestContext(app.asgi_handler, function, key_names=frozenset(settings.metrics_key_names))
+    )
     app.asgi_handler = on_runtime  # type: ignore[assignment]
     return app

@@ -30,6 +30,8 @@ from functions.core.metrics import (
     HTTP_DURATION,
     HTTP_IN_FLIGHT,
     HTTP_REQUESTS,
+    KEY_REPLIES,
+    KEY_TOKENS,
     child,
     flush_soon,
 )
@@ -95,10 +97,14 @@ def _with_allow(headers: Any, scope: dict[str, Any]) -> list[tuple[bytes, bytes]
 class RequestContext:
     """Wraps an ASGI app: binds ``request_id``, echoes it, logs and counts each request."""
 
-    def __init__(self, app: ASGIApp, function: str) -> None:
+    def __init__(
+        self, app: ASGIApp, function: str, *, key_names: frozenset[str] = frozenset()
+    ) -> None:
         self.app = app
         self.function = function
         self.in_flight = HTTP_IN_FLIGHT.labels(function)
+        # The keys whose usage is labelled by name (SWITCHBOARD_METRICS_KEY_NAMES).
+        self.key_names = key_names
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -144,11 +150,27 @@ class RequestContext:
                 child(HTTP_REQUESTS, self.function, method, route, str(status)).inc()
                 child(HTTP_DURATION, self.function, method, route).observe(elapsed)
                 overhead = self._overhead(facts, route, elapsed)
+                self._count_usage(state, facts)
                 flush_soon()
                 if scope["path"] not in _QUIET_PATHS or status >= 400:
                     self._log(
                         inner, facts, route=route, status=status, elapsed=elapsed, overhead=overhead
                     )
+
+    def _count_usage(self, state: dict[str, Any], facts: RequestFacts) -> None:
+        """A send's reply in the per-key usage metrics (nothing for other requests)."""
+        fields = facts.fields
+        status = fields.get("reply_status")
+        if status is None:
+            return
+        name = state.get("principal_name")
+        key = name if name in self.key_names else "other"
+        config = str(fields.get("config") or "none")
+        child(KEY_REPLIES, key, config, str(status)).inc()
+        for kind in ("prompt", "completion"):
+            tokens = fields.get(f"{kind}_tokens")
+            if isinstance(tokens, int) and tokens > 0:
+                child(KEY_TOKENS, key, config, kind).inc(tokens)
 
     def _overhead(self, facts: RequestFacts, route: str, elapsed: float) -> float | None:
         """Time outside the upstream call, for a request whose reply completed."""
