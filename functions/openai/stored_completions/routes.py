@@ -100,7 +100,9 @@ def _metadata_filters(request: Request[Any, Any, Any]) -> dict[str, str]:
         raise InvalidInputError(
             f"at most {MAX_PAIRS} metadata filters", details={"field": "metadata"}
         )
-    return filters
+    # A filter's key or value is held to what metadata may hold: a NUL in a key reached
+    # PostgreSQL's jsonb path as text and was a 500.
+    return check_metadata(filters)
 
 
 def _page(data: list[dict[str, Any]], *, has_more: bool) -> dict[str, Any]:
