@@ -41,7 +41,12 @@ from functions.core.conversations.schemas import (
     ConversationUpdate,
 )
 from functions.core.db.errors import SchemaMissingError
-from functions.core.errors import InvalidInputError, PayloadTooLargeError, SwitchboardError
+from functions.core.errors import (
+    InvalidInputError,
+    ModelNotAllowedError,
+    PayloadTooLargeError,
+    SwitchboardError,
+)
 from functions.core.keys.schemas import Principal
 from functions.core.liveness.inflight import ShuttingDownError
 from functions.core.llm.client import LLMClient
@@ -131,6 +136,10 @@ SEND_ERRORS: dict[type[SwitchboardError], str] = {
         "this gateway process is stopping (a deploy or a restart): retry, another process answers"
     ),
     SchemaMissingError: "the database is not migrated: run `switchboard db migrate`",
+    ModelNotAllowedError: (
+        "this key may not use the conversation's configuration or its model (the key's "
+        "allowed_configs or allowed_models): an admin can change them"
+    ),
 }
 _encoder = msgspec.json.Encoder()
 

@@ -24,6 +24,7 @@ from functions.chat.app import provide_chat
 from functions.core.chat.idempotency import Idempotency, request_hash
 from functions.core.chat.schemas import SendRequest
 from functions.core.chat.service import ChatService
+from functions.core.errors import ModelNotAllowedError
 from functions.core.keys.schemas import Principal
 from functions.core.llm.client import LLMClient
 from functions.core.settings import Settings
@@ -38,7 +39,7 @@ from functions.openai.answer import answered
 from functions.openai.completion import ChunkFacts, chunk_id, completion_body
 from functions.openai.config_names import config_names
 from functions.openai.conversations.routes import ROUTES as CONVERSATION_ROUTES
-from functions.openai.embeddings import create_embeddings
+from functions.openai.embeddings import NOT_ALLOWED, create_embeddings
 from functions.openai.headers import TITLE_CHARS, IdempotencyKey
 from functions.openai.responses.routes import ROUTES as RESPONSES_ROUTES
 from functions.openai.schemas import ChatCompletionCreate, ModelList, ModelOut
@@ -69,7 +70,9 @@ def _title(data: ChatCompletionCreate) -> str:
     "/chat/completions",
     summary="Create a chat completion (OpenAI-compatible)",
     status_code=200,
-    responses=errors(404, 409, 413, 415, 502, 504, policy=OPENAI),
+    responses=errors(
+        404, 409, 413, 415, 502, 504, codes={ModelNotAllowedError: NOT_ALLOWED}, policy=OPENAI
+    ),
 )
 async def create_chat_completion(
     *,

@@ -15,6 +15,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from functions.core.embeddings import service as embeddings
+from functions.core.errors import ModelNotAllowedError
 from functions.core.keys.schemas import Principal
 from functions.core.llm.errors import ModelKindError
 from functions.core.web.docs import errors
@@ -24,13 +25,22 @@ from functions.core.web.state import runtime_of
 from functions.openai.embedding_schemas import EmbeddingCreate
 
 KIND_MISMATCH = "the model is a generating model: embeddings come from SWITCHBOARD_EMBEDDING_URLS"
+NOT_ALLOWED = "the key may not use this model (its allowed_configs or allowed_models)"
 
 
 @post(
     "/embeddings",
     summary="Create embeddings (OpenAI-compatible)",
     status_code=200,
-    responses=errors(404, 413, 415, 502, 504, codes={ModelKindError: KIND_MISMATCH}, policy=OPENAI),
+    responses=errors(
+        404,
+        413,
+        415,
+        502,
+        504,
+        codes={ModelKindError: KIND_MISMATCH, ModelNotAllowedError: NOT_ALLOWED},
+        policy=OPENAI,
+    ),
 )
 async def create_embeddings(
     *,

@@ -27,7 +27,7 @@ from litestar.params import JSONBody
 from functions.core.chat.idempotency import Idempotency, request_hash
 from functions.core.chat.schemas import SendRequest
 from functions.core.chat.service import ChatService
-from functions.core.errors import InvalidInputError, PayloadTooLargeError
+from functions.core.errors import InvalidInputError, ModelNotAllowedError, PayloadTooLargeError
 from functions.core.keys.schemas import Principal
 from functions.core.llm.errors import ModelKindError
 from functions.core.messages.schemas import Turn
@@ -40,6 +40,7 @@ from functions.openai import chat_request
 from functions.openai.answer import answered
 from functions.openai.completion_schemas import CompletionCreate
 from functions.openai.config_names import config_names
+from functions.openai.embeddings import NOT_ALLOWED
 from functions.openai.headers import TITLE_CHARS, IdempotencyKey
 from functions.openai.relay import DONE, UsageWanted, frame
 from functions.openai.text_completion_body import (
@@ -140,7 +141,15 @@ async def replayed(reply: MessageOut, wanted: UsageWanted) -> AsyncIterator[byte
     "/completions",
     summary="Create a completion (OpenAI-compatible, legacy)",
     status_code=200,
-    responses=errors(404, 413, 415, 502, 504, codes={ModelKindError: KIND_MISMATCH}, policy=OPENAI),
+    responses=errors(
+        404,
+        413,
+        415,
+        502,
+        504,
+        codes={ModelKindError: KIND_MISMATCH, ModelNotAllowedError: NOT_ALLOWED},
+        policy=OPENAI,
+    ),
 )
 async def create_completion(
     *,

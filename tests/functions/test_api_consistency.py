@@ -377,7 +377,8 @@ async def test_every_error_a_send_can_answer_is_documented_on_its_route(
         assert str(status) in responses, (status, code)
         described = responses[str(status)]["description"]
         assert re.search(rf"(?<![\w]){code}(?![\w])", described), (status, code, described)
-    assert "403" not in responses  # not an admin route: "forbidden" cannot happen
+    # Not an admin route: "forbidden" cannot happen; a key's access lists can refuse.
+    assert "model_not_allowed" in responses["403"]["description"]
     # Once a stream has begun, failures are events; a replayed failed key too.
     streamed = responses["200"]["description"]
     for code in ("shutting_down", "reply_not_recorded", "idempotent_request_failed"):
