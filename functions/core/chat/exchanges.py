@@ -303,9 +303,7 @@ class Exchanges:
         await self._directory.config_name(request.owner, request.conversation_id)
         return request, request.conversation_id
 
-    async def admission(
-        self, request: SendRequest, conversation_id: uuid.UUID | None
-    ) -> Admission:
+    async def admission(self, request: SendRequest, conversation_id: uuid.UUID | None) -> Admission:
         """What the send path's hooks are told before anything is stored: the send and
         the configuration that will answer it (from this process's memory of both, which
         the claim checks again). ``conversation_id``: None for a new conversation; another
