@@ -72,15 +72,18 @@ class ResponseCreate(msgspec.Struct, kw_only=True):
     reasoning: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        # What is stored must be storable alike on both databases (a NUL, a huge int).
-        if self.instructions is not None:
-            check_value(self.instructions, "instructions")
+        # What is stored must be storable alike on both databases (a NUL, a huge int):
+        # every field the reply's row keeps (``api_request``), or PostgreSQL's jsonb
+        # refused a NUL with a 500 after the reply was claimed, where SQLite stored it.
+        check_value(self.model, "model")
         if isinstance(self.input, list):
             check_value(self.input, "input")
-        if self.tools is not None:
-            check_value(self.tools, "tools")
-        if self.metadata is not None:
-            check_value(self.metadata, "metadata")
+        for field in ("instructions", "tools", "tool_choice", "metadata", "user", "reasoning"):
+            value = getattr(self, field)
+            if value is not None:
+                check_value(value, field)
+        if self.text is not None:
+            check_value(msgspec.to_builtins(self.text), "text")
 
     def conversation_id(self) -> str | None:
         if isinstance(self.conversation, ConversationRef):

@@ -192,6 +192,23 @@ async def test_responses_refuse_hostile_bodies(inprocess: InProcessGateway) -> N
         ("POST", "/v1/responses", body(store="maybe"), 400),
         ("POST", "/v1/responses", body(text={"format": {"type": "yaml"}}), 400),
         ("POST", "/v1/responses", body(truncation="sometimes"), 400),
+        # What the reply's row keeps of the request must be storable on both engines.
+        ("POST", "/v1/responses", body(user="a\u0000b"), 400),
+        ("POST", "/v1/responses", body(model="m\u0000"), (400, 404)),
+        ("POST", "/v1/responses", body(tool_choice={"type": "function", "name": "\u0000"}), 400),
+        ("POST", "/v1/responses", body(reasoning={"effort": "\u0000"}), 400),
+        (
+            "POST",
+            "/v1/responses",
+            body(text={"format": {"type": "json_schema", "name": "n", "schema": {"a": "\u0000"}}}),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/responses",
+            body(text={"format": {"type": "json_schema", "name": "n", "schema": {"a": 10**30}}}),
+            400,
+        ),
         ("POST", "/v1/responses", body(conversation=7), 400),
         ("POST", "/v1/responses", body(conversation={"name": "x"}), 400),
         (
