@@ -48,6 +48,7 @@ from functions.core.errors import (
     SwitchboardError,
 )
 from functions.core.keys.schemas import Principal
+from functions.core.limits.errors import QuotaExceededError, RateLimitedError
 from functions.core.liveness.inflight import ShuttingDownError
 from functions.core.llm.client import LLMClient
 from functions.core.llm.errors import (
@@ -139,6 +140,14 @@ SEND_ERRORS: dict[type[SwitchboardError], str] = {
     ModelNotAllowedError: (
         "this key may not use the conversation's configuration or its model (the key's "
         "allowed_configs or allowed_models): an admin can change them"
+    ),
+    RateLimitedError: (
+        "over one of the key's rates (requests or tokens per minute) or concurrency caps, "
+        "or the configuration's: retry after `Retry-After` (nothing was stored)"
+    ),
+    QuotaExceededError: (
+        "the key's daily or monthly token budget is spent (`x-should-retry: false`): "
+        "nothing was stored; an admin can raise it"
     ),
 }
 _encoder = msgspec.json.Encoder()

@@ -79,8 +79,9 @@ RATE_LIMIT_REFUSALS = Counter(
 )
 RATE_LIMIT_STORE_UP = Gauge(
     "switchboard_rate_limit_store_up",
-    "1 while the shared limit store (Redis) answers, 0 while this process enforces its "
-    "share of each limit in memory (the lowest over workers); absent without one.",
+    "1 while the limit store answers; store=redis: 0 while this process enforces its "
+    "share of each limit in memory (the lowest over workers); store=memory (no shared "
+    "store): always 1.",
     ["store"],
     multiprocess_mode="livemin",
 )

@@ -120,8 +120,9 @@ class Limiter:
         self._slot_ttl_ms = int(
             (settings.llm_total_timeout_s + settings.send_lock_timeout_s + 60) * 1000
         )
-        if shared is not None:
-            RATE_LIMIT_STORE_UP.labels("redis").set(1)
+        # Set in every process, so the series an alert reads always exists: a process with
+        # no shared store reports its in-memory one, which always answers.
+        RATE_LIMIT_STORE_UP.labels("redis" if shared is not None else "memory").set(1)
 
     @classmethod
     def from_settings(cls, settings: Settings, llm: LLMClient | None = None) -> Limiter:

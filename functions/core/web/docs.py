@@ -46,6 +46,10 @@ _MEANINGS = {
     409: "conflict / config_archived / conversation_busy: the object's state prevents this",
     413: "payload_too_large: the body exceeds SWITCHBOARD_MAX_BODY_BYTES",
     415: "unsupported_media_type: the body is not declared as JSON, or is compressed",
+    429: (
+        "rate_limit_exceeded (retry after `Retry-After`) / insufficient_quota (a token "
+        "budget is spent: `x-should-retry: false`): the key's limits refused the request"
+    ),
     500: "internal_error: a bug; quote the request_id when reporting it",
     502: "llm_error: vLLM failed or returned an error",
     503: "database_unavailable / llm_unavailable / llm_overloaded: try again shortly",
@@ -64,6 +68,7 @@ _EXAMPLE_CODES = {
         "unsupported_media_type",
         "the body must be JSON, sent with Content-Type: application/json (got 'text/plain')",
     ),
+    429: ("rate_limit_exceeded", "over this key's 60 requests per minute: retry in 2 s"),
     500: ("internal_error", "an internal error occurred; quote the request_id when reporting it"),
     502: ("llm_error", "vLLM at 10.0.0.5:8000 answered 500: EngineCore encountered an issue"),
     503: ("database_unavailable", "the database is unreachable; try again shortly"),
