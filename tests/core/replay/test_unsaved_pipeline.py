@@ -83,8 +83,16 @@ async def test_each_unsaved_turn_is_admitted_and_reconciled_once_and_nothing_is_
     admitted = [admission for kind, admission, _ in books.events if kind == "admit"]
     assert {(a.owner, a.conversation_id) for a in admitted} == {(owner, original)}
     assert {a.target for a in admitted} == {Target(config="candidate", version=1)}
-    assert [a.turns for a in admitted] == [1, 1]
-    assert [a.chars for a in admitted] == [len("Hi 👋"), len("안녕? More?")]
+    # An unsaved turn sends its whole prompt (the configuration's system prompt, the
+    # history replayed so far, the turn), so the admission counts all of it.
+    assert [a.turns for a in admitted] == [2, 4]
+    assert [a.chars for a in admitted] == [
+        sum(len(turn.content) for turn in a.prompt or ()) for a in admitted
+    ]
+    first, second = (a.prompt or [] for a in admitted)
+    assert [turn.content for turn in first] == ["Be brief.", "Hi 👋"]
+    assert [turn.role for turn in second] == ["system", "user", "assistant", "user"]
+    assert second[-1].content == "안녕? More?"
     assert [a.request_id for a in admitted] == [
         f"replay-{str(original)[:8]}-1",
         f"replay-{str(original)[:8]}-2",
