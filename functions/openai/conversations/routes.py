@@ -25,7 +25,7 @@ lookup.
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from litestar import Request, delete, get, post
@@ -46,6 +46,7 @@ from functions.core.web.state import settings_of
 from functions.openai.headers import TITLE_CHARS
 from functions.openai.ids import IdKind, format_id, parse_id
 from functions.openai.metadata import Metadata, check_metadata
+from functions.openai.paging import After, Limit, OrderBy, page
 from functions.openai.responses.items import stored_items, turns_of
 
 if TYPE_CHECKING:
@@ -122,16 +123,6 @@ def items_of(message: MessageOut) -> list[dict[str, Any]]:
     for item in rendered:
         item["status"] = status
     return rendered
-
-
-def item_list(data: list[dict[str, Any]], *, has_more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
 
 
 def _title(turns: list[Any]) -> str:
@@ -224,9 +215,9 @@ async def list_items(
     *,
     conversation_id: ConversationPath,
     principal: NamedDependency[Principal],
-    after: Annotated[str | None, QueryParameter(description="An item id to list after")] = None,
-    limit: Annotated[int, QueryParameter(ge=1, le=100, description="Page size")] = 20,
-    order: Annotated[Literal["asc", "desc"], QueryParameter(description="By position")] = "desc",
+    after: After = None,
+    limit: Limit = 20,
+    order: OrderBy = "desc",
     include: Include = None,
 ) -> dict[str, Any]:
     """Items in conversation order (``desc``, newest first, by default). A page ends on a
@@ -254,7 +245,7 @@ async def list_items(
             break
         data += rendered
         taken += 1
-    return item_list(data, has_more=taken < len(messages))
+    return page(data, has_more=taken < len(messages))
 
 
 @post(
@@ -276,7 +267,7 @@ async def create_items(
     row = await _owned(owner, conversation_id)
     turns = await turns_of(data.items, owner, settings_of(request.app.state).max_message_chars)
     added = await stored.append(owner, row, turns)
-    return item_list([item for message in added for item in items_of(message)], has_more=False)
+    return page([item for message in added for item in items_of(message)], has_more=False)
 
 
 @get(

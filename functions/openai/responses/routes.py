@@ -28,9 +28,10 @@ from functions.openai.completion import placement, placement_headers
 from functions.openai.config_names import config_names
 from functions.openai.failures import raised
 from functions.openai.ids import IdKind, parse_id
+from functions.openai.paging import After, Limit, OrderBy, page
 from functions.openai.responses import render
 from functions.openai.responses.items import stored_items
-from functions.openai.responses.schemas import Order, ResponseCreate
+from functions.openai.responses.schemas import ResponseCreate
 from functions.openai.responses.send import Planned, plan
 
 ResponseId = Annotated[str, PathParameter(max_length=100, description="A response id (`resp_...`)")]
@@ -183,9 +184,9 @@ async def delete_response(
 async def list_input_items(
     response_id: ResponseId,
     principal: NamedDependency[Principal],
-    after: Annotated[str | None, QueryParameter(max_length=100)] = None,
-    limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
-    order: Annotated[Order, QueryParameter(description="By place in the conversation")] = "desc",
+    after: After = None,
+    limit: Limit = 20,
+    order: OrderBy = "desc",
 ) -> dict[str, Any]:
     """The items this request sent (not the history it continued), ``order`` by their
     place in the conversation, ``after`` an item id of the list."""
@@ -195,14 +196,7 @@ async def list_input_items(
         after_seq = await _seq_of(principal, stored, after)
     rows = await responses.input_messages(stored, after_seq=after_seq, limit=limit + 1, order=order)
     more = len(rows) > limit
-    data = [item for row in rows[:limit] for item in stored_items(row)]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": more,
-    }
+    return page([item for row in rows[:limit] for item in stored_items(row)], has_more=more)
 
 
 async def _seq_of(principal: Principal, stored: responses.StoredResponse, after: str) -> int:

@@ -89,6 +89,3 @@ class ResponseCreate(msgspec.Struct, kw_only=True):
         if isinstance(self.conversation, ConversationRef):
             return self.conversation.id
         return self.conversation
-
-
-Order = Literal["asc", "desc"]

@@ -9,7 +9,7 @@ Another key's completion is the same 404 as a missing one, after the same lookup
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from litestar import Request, delete, get, post
@@ -24,6 +24,7 @@ from functions.core.web.docs import errors
 from functions.core.web.policy import OPENAI
 from functions.openai.ids import IdKind, format_id, parse_id
 from functions.openai.metadata import MAX_PAIRS, Metadata, check_metadata
+from functions.openai.paging import After, Limit, OrderBy, page
 
 if TYPE_CHECKING:
     import uuid
@@ -105,16 +106,6 @@ def _metadata_filters(request: Request[Any, Any, Any]) -> dict[str, str]:
     return check_metadata(filters)
 
 
-def _page(data: list[dict[str, Any]], *, has_more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
-
-
 @get(
     "/chat/completions",
     summary="List stored chat completions",
@@ -126,11 +117,9 @@ async def list_completions(
     request: Request[Any, Any, Any],
     principal: NamedDependency[Principal],
     model: Annotated[str | None, QueryParameter(description="Only this model's")] = None,
-    after: Annotated[
-        str | None, QueryParameter(description="A completion id to list after")
-    ] = None,
-    limit: Annotated[int, QueryParameter(ge=1, le=100, description="Page size")] = 20,
-    order: Annotated[Literal["asc", "desc"], QueryParameter(description="By when stored")] = "asc",
+    after: After = None,
+    limit: Limit = 20,
+    order: OrderBy = "asc",
 ) -> dict[str, Any]:
     """Chat completions sent with ``store: true``, oldest first by default; filtered by
     ``model`` and by every ``metadata[key]=value`` given."""
@@ -144,7 +133,7 @@ async def list_completions(
         limit=limit + 1,
         order=order,
     )
-    return _page([completion_out(c) for c in found[:limit]], has_more=len(found) > limit)
+    return page([completion_out(c) for c in found[:limit]], has_more=len(found) > limit)
 
 
 @get(
@@ -221,9 +210,9 @@ def _store_message(message: Any) -> dict[str, Any]:
 async def list_messages(
     completion_id: CompletionPath,
     principal: NamedDependency[Principal],
-    after: Annotated[str | None, QueryParameter(description="A message id to list after")] = None,
-    limit: Annotated[int, QueryParameter(ge=1, le=100, description="Page size")] = 20,
-    order: Annotated[Literal["asc", "desc"], QueryParameter(description="By position")] = "asc",
+    after: After = None,
+    limit: Limit = 20,
+    order: OrderBy = "asc",
 ) -> dict[str, Any]:
     """The request's messages (the history its client sent, then its new turns), first
     to last by default."""
@@ -238,7 +227,7 @@ async def list_messages(
                 f"Message with id '{after}' not found.", details={"field": "after", "id": after}
             )
         messages = messages[at + 1 :]
-    return _page(messages[:limit], has_more=len(messages) > limit)
+    return page(messages[:limit], has_more=len(messages) > limit)
 
 
 ROUTES = [
