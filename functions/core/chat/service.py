@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from functions.core.chat.choices import ChoicesRecorder, further_choice_ids
 from functions.core.chat.exchanges import Exchanges, conversation_hold, upstream_request
-from functions.core.chat.hooks import ExchangeHooks, NoHooks, admission
+from functions.core.chat.hooks import Admission, ExchangeHooks, NoHooks, admission
 from functions.core.chat.idempotency import Replay, outcome_error, wait_for_outcome
 from functions.core.chat.locks import ConversationLocks
 from functions.core.chat.recorder import (
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from functions.core.configs.schemas import LLMConfigOut
     from functions.core.llm.client import LLMClient
     from functions.core.llm.schemas import RawStreamEvent, StreamEvent
-    from functions.core.messages.schemas import Exchange, MessageOut
+    from functions.core.messages.schemas import Exchange, MessageOut, Turn
 
 
 UNFINISHED = "the upstream stream ended without finishing the reply"
@@ -122,21 +122,12 @@ class ChatService:
         Raises the model's ``LLMError`` (its ``partial_text`` what arrived) or, once the
         runtime drains, ``ShuttingDownError``.
         """
-        assert request.conversation_id is not None, "the conversation it is about"
-        assert request.messages is not None, "the whole prompt"
-        self._in_flight.check_accepting()
-        access.require(
-            request.access,
-            config=config.name if config is not None else None,
-            model=config.model if config is not None else model,
-        )
-        admitted = admission(request, request.conversation_id)
-        await self._hooks.admit(admitted)
+        admitted, prompt = await self._admit_unstored(request, config, model)
         parts: list[str] = []
         try:
             with self._in_flight.guard(None) as guard:
                 asked = upstream_request(
-                    request.messages,
+                    prompt,
                     config,
                     model=config.model if config is not None else model,
                     sampling=request.sampling,
@@ -157,14 +148,12 @@ class ChatService:
             await self._hooks.reconcile(admitted, None)
         return result
 
-    async def stream_unstored(
-        self, request: SendRequest, config: LLMConfigOut | None, *, model: str | None = None
-    ) -> AsyncGenerator[ReplyDelta | ChatDone, None]:
-        """:meth:`ask_unstored`, streamed (a Responses ``store: false`` with ``stream``):
-        the reply's text as it arrives (``ReplyDelta``), then the upstream's ``ChatDone``
-        (finish, usage, tool calls). Nothing is claimed or stored; closing the iterator
-        aborts vLLM. Raises as :meth:`ask_unstored` does (an ``LLMError`` once the stream
-        has begun is raised from the iteration)."""
+    async def _admit_unstored(
+        self, request: SendRequest, config: LLMConfigOut | None, model: str | None
+    ) -> tuple[Admission, list[Turn]]:
+        """What both unsaved modes check before vLLM is asked: the process still accepts,
+        the key may use what the send names, the hooks admit it. Returns the admission
+        and the whole prompt."""
         assert request.conversation_id is not None, "the conversation it is about"
         assert request.messages is not None, "the whole prompt"
         self._in_flight.check_accepting()
@@ -175,11 +164,22 @@ class ChatService:
         )
         admitted = admission(request, request.conversation_id)
         await self._hooks.admit(admitted)
+        return admitted, request.messages
+
+    async def stream_unstored(
+        self, request: SendRequest, config: LLMConfigOut | None, *, model: str | None = None
+    ) -> AsyncGenerator[ReplyDelta | ChatDone, None]:
+        """:meth:`ask_unstored`, streamed (a Responses ``store: false`` with ``stream``):
+        the reply's text as it arrives (``ReplyDelta``), then the upstream's ``ChatDone``
+        (finish, usage, tool calls). Nothing is claimed or stored; closing the iterator
+        aborts vLLM. Raises as :meth:`ask_unstored` does (an ``LLMError`` once the stream
+        has begun is raised from the iteration)."""
+        admitted, prompt = await self._admit_unstored(request, config, model)
         done: ChatDone | None = None
         try:
             with self._in_flight.guard(None) as guard:
                 asked = upstream_request(
-                    request.messages,
+                    prompt,
                     config,
                     model=config.model if config is not None else model,
                     sampling=request.sampling,
